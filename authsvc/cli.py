@@ -1,0 +1,214 @@
+"""The ``authsvc`` command: run the TokenService and manage its clients and keys.
+
+Every flag of ``serve`` can also be set with an ``AUTHSVC_*`` environment variable (the flag
+wins). Administrative commands open the same data directory and key-encryption key as the
+server; a running server sees their changes within its client-cache lifetime (2 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+from authsvc.admin import Authority, load_kek, open_store
+from authsvc.core.clients import DEFAULT_TOKEN_TTL, Client
+from authsvc.core.errors import ConfigurationError, OAuthError
+from authsvc.core.ports import SystemClock, SystemRandom
+from authsvc.core.scopes import parse_scope
+from authsvc.store.base import StoreError
+
+__all__ = ["main"]
+
+
+def default_data_dir(env: Mapping[str, str]) -> Path:
+    base = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "authsvc"
+
+
+def _env_bool(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _add_common(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    p.add_argument(
+        "--data-dir", type=Path, default=Path(env["AUTHSVC_DATA_DIR"]) if env.get("AUTHSVC_DATA_DIR") else
+        default_data_dir(env), help="directory of the SQLite database [env AUTHSVC_DATA_DIR; default "
+        "$XDG_DATA_HOME/authsvc]")
+    p.add_argument("--kek-file", type=Path, default=Path(env["AUTHSVC_KEK_FILE"]) if env.get("AUTHSVC_KEK_FILE")
+                   else None, help="file holding the key-encryption key (64 hex digits) [env AUTHSVC_KEK_FILE; "
+                   "or the key itself in AUTHSVC_KEK; default: a development key generated in the data dir]")
+
+
+def _add_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", "-o", choices=["table", "json"], default="table", help="output format")
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="authsvc", description="gRPC machine-to-machine authorization server")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the TokenService", description="Run the TokenService (OAuth 2.0 "
+                           "client credentials over gRPC).")
+    serve.add_argument("--listen", default=env.get("AUTHSVC_LISTEN", "127.0.0.1:50051"),
+                       help="HOST:PORT to listen on [env AUTHSVC_LISTEN; default 127.0.0.1:50051]")
+    _add_common(serve, env)
+    serve.add_argument("--issuer", default=env.get("AUTHSVC_ISSUER", "https://authsvc.local"),
+                       help="issuer URL, the iss of every token [env AUTHSVC_ISSUER; default https://authsvc.local]")
+    serve.add_argument("--tls-cert", type=Path, default=env.get("AUTHSVC_TLS_CERT") or None,
+                       help="PEM certificate chain for TLS [env AUTHSVC_TLS_CERT]")
+    serve.add_argument("--tls-key", type=Path, default=env.get("AUTHSVC_TLS_KEY") or None,
+                       help="PEM private key for TLS [env AUTHSVC_TLS_KEY]")
+    serve.add_argument("--insecure", action="store_true", default=_env_bool(env.get("AUTHSVC_INSECURE")),
+                       help="allow plaintext on a non-loopback address (only behind a TLS-terminating proxy) "
+                       "[env AUTHSVC_INSECURE=1]")
+    serve.add_argument("--workers", type=int, default=int(env.get("AUTHSVC_WORKERS", "1")),
+                       help="server processes sharing the port; set it to the number of cores to use them all "
+                       "[env AUTHSVC_WORKERS; default 1]")
+    serve.add_argument("--log-level", default=env.get("AUTHSVC_LOG_LEVEL", "INFO"),
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="[env AUTHSVC_LOG_LEVEL; default INFO]")
+
+    clients = sub.add_parser("clients", help="manage OAuth clients").add_subparsers(dest="action", required=True)
+    create = clients.add_parser("create", help="register a client; prints its secret once")
+    create.add_argument("--client-id", help="the id (default: generated)")
+    create.add_argument("--scope", required=True, help='allowed scopes, space-separated, e.g. "payments:read '
+                        'payments:write"')
+    create.add_argument("--audience", action="append", required=True,
+                        help="an allowed audience; repeat for several; the first is the default")
+    create.add_argument("--ttl", type=int, default=DEFAULT_TOKEN_TTL,
+                        help=f"access-token lifetime in seconds (default {DEFAULT_TOKEN_TTL})")
+    for name, helptext in [("list", "list clients"), ("show", "show one client"), ("disable", "refuse its tokens"),
+                           ("enable", "accept it again"), ("rotate-secret", "issue a new secret; the old one stops "
+                                                                            "working")]:
+        p = clients.add_parser(name, help=helptext)
+        if name != "list":
+            p.add_argument("client_id", metavar="ID")
+        _add_common(p, env)
+        _add_output(p)
+    _add_common(create, env)
+    _add_output(create)
+
+    keys = sub.add_parser("keys", help="manage signing keys").add_subparsers(dest="action", required=True)
+    keys_list = keys.add_parser("list", help="list signing keys (never the private part)")
+    _add_common(keys_list, env)
+    _add_output(keys_list)
+    return parser
+
+
+def _ts(value: int | None) -> str:
+    return "-" if value is None else datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _client_dict(c: Client) -> dict[str, object]:
+    d = asdict(c)
+    del d["secret_hash"]
+    return d
+
+
+def _table(rows: list[dict[str, object]], columns: list[str]) -> str:
+    cells = [[" ".join(v) if isinstance(v := r[c], list | tuple) else str(v) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def _authority(args: argparse.Namespace, env: Mapping[str, str]) -> Authority:
+    return Authority(
+        open_store(args.data_dir),
+        load_kek(kek=env.get("AUTHSVC_KEK") or None, kek_file=args.kek_file, data_dir=args.data_dir),
+        clock=SystemClock(),
+        random=SystemRandom(),
+    )
+
+
+def _print_client(c: Client, output: str, secret: str | None = None) -> None:
+    d = _client_dict(c)
+    if secret is not None:
+        d = {"client_id": c.client_id, "client_secret": secret, **{k: v for k, v in d.items() if k != "client_id"}}
+    if output == "json":
+        print(json.dumps(d, indent=2))
+        return
+    for k, v in d.items():
+        print(f"{k + ':':<20}{' '.join(v) if isinstance(v, list | tuple) else v}")
+    if secret is not None:
+        print("\nStore the client secret now: it is not kept and will not be shown again.", file=sys.stderr)
+
+
+def _clients(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    authority = _authority(args, env)
+    if args.action == "create":
+        client, secret = authority.create_client(
+            client_id=args.client_id, scopes=list(parse_scope(args.scope)), audiences=args.audience,
+            token_ttl=args.ttl,
+        )
+        _print_client(client, args.output, secret)
+    elif args.action == "list":
+        clients = [_client_dict(c) for c in authority.list_clients()]
+        if args.output == "json":
+            print(json.dumps(clients, indent=2))
+        else:
+            print(_table(clients, ["client_id", "enabled", "allowed_scopes", "allowed_audiences", "token_ttl"]))
+    elif args.action == "show":
+        _print_client(authority.get_client(args.client_id), args.output)
+    elif args.action in ("disable", "enable"):
+        _print_client(authority.set_enabled(args.client_id, args.action == "enable"), args.output)
+    elif args.action == "rotate-secret":
+        client, secret = authority.rotate_secret(args.client_id)
+        _print_client(client, args.output, secret)
+    return 0
+
+
+def _keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    authority = _authority(args, env)
+    keys = [asdict(k) for k in authority.keys()]
+    if args.output == "json":
+        print(json.dumps(keys, indent=2))
+    else:
+        for k in keys:
+            for f in ("created_at", "activated_at", "retired_at"):
+                k[f] = _ts(k[f])  # type: ignore[arg-type]
+        print(_table(keys, ["kid", "state", "created_at", "activated_at", "retired_at"]))
+    return 0
+
+
+def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from authsvc.server.app import run  # grpc is imported only by the command that needs it
+    from authsvc.server.config import ServeConfig
+
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = ServeConfig(
+        data_dir=args.data_dir, listen=args.listen, issuer=args.issuer, tls_cert=args.tls_cert,
+        tls_key=args.tls_key, insecure=args.insecure, kek=env.get("AUTHSVC_KEK") or None, kek_file=args.kek_file,
+        workers=args.workers,
+    )
+    return run(config)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
+    "serve": _serve, "clients": _clients, "keys": _keys,
+}
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    args = build_parser(env).parse_args(argv)
+    if args.command != "serve":
+        logging.basicConfig(level=logging.WARNING, format="authsvc: %(levelname)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args, env)
+    except (OAuthError, ConfigurationError, StoreError) as exc:
+        print(f"authsvc: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

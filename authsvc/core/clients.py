@@ -1,0 +1,123 @@
+"""Registered OAuth clients (RFC 6749 §2) and the rules for registering them.
+
+A client is a confidential client (§2.1) that authenticates with a service-generated secret
+(§2.3.1) and may use the client credentials grant (§4.4). It is allowed a fixed set of scopes
+and audiences; a token request may ask for a subset of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from authsvc.core.errors import InvalidRequest
+from authsvc.core.scopes import validate_scope_token
+
+__all__ = [
+    "CLIENT_CREDENTIALS",
+    "DEFAULT_TOKEN_TTL",
+    "MAX_AUDIENCES",
+    "MAX_TOKEN_TTL",
+    "MIN_TOKEN_TTL",
+    "Client",
+    "new_client",
+    "validate_audience",
+    "validate_client_id",
+]
+
+CLIENT_CREDENTIALS = "client_credentials"
+
+DEFAULT_TOKEN_TTL = 300
+"""Default access-token lifetime in seconds: short-lived, as RFC 9068 §5 advises."""
+MIN_TOKEN_TTL = 30
+MAX_TOKEN_TTL = 86_400
+MAX_AUDIENCES = 16
+
+_CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,127}")
+_AUDIENCE = re.compile(r"[\x21-\x7e]{1,256}")
+
+
+def validate_client_id(client_id: str) -> str:
+    """Return ``client_id`` if well formed: 1 to 128 of ``A-Z a-z 0-9 . _ ~ -``, starting with a
+    letter or digit. Anything else (spaces, colons, control characters, non-ASCII look-alikes)
+    can name no client and is refused with :class:`InvalidRequest`."""
+    if not _CLIENT_ID.fullmatch(client_id):
+        raise InvalidRequest("client_id must be 1 to 128 characters of A-Z a-z 0-9 . _ ~ -")
+    return client_id
+
+
+def validate_audience(audience: str) -> str:
+    """Return ``audience`` if it is 1 to 256 printable ASCII characters without spaces."""
+    if not _AUDIENCE.fullmatch(audience):
+        raise InvalidRequest("an audience is 1 to 256 printable ASCII characters without spaces")
+    return audience
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """A registered client. ``secret_hash`` is the keyed hash of its secret, never the secret."""
+
+    client_id: str
+    secret_hash: str
+    allowed_scopes: tuple[str, ...]
+    default_scopes: tuple[str, ...]
+    allowed_audiences: tuple[str, ...]
+    default_audience: str
+    token_ttl: int
+    grant_types: tuple[str, ...]
+    enabled: bool
+    created_at: int
+    updated_at: int
+
+    def with_changes(self, **changes: object) -> Client:
+        """Return a copy with the given fields replaced."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+def new_client(
+    *,
+    client_id: str,
+    secret_hash: str,
+    scopes: Iterable[str],
+    audiences: Iterable[str],
+    now: int,
+    default_scopes: Iterable[str] | None = None,
+    default_audience: str | None = None,
+    token_ttl: int = DEFAULT_TOKEN_TTL,
+) -> Client:
+    """Validate a registration and return the new :class:`Client`.
+
+    ``default_scopes`` are granted when a request names no scope (RFC 6749 §3.3 "pre-defined
+    default value"); they default to all allowed scopes. ``default_audience`` is used when a
+    request names no audience; it defaults to the first allowed audience.
+    """
+    validate_client_id(client_id)
+    allowed = tuple(dict.fromkeys(validate_scope_token(s) for s in scopes))
+    defaults = allowed if default_scopes is None else tuple(dict.fromkeys(default_scopes))
+    if not set(defaults) <= set(allowed):
+        raise InvalidRequest("default scopes must be among the allowed scopes")
+    auds = tuple(dict.fromkeys(validate_audience(a) for a in audiences))
+    if not auds:
+        raise InvalidRequest("a client needs at least one audience")
+    if len(auds) > MAX_AUDIENCES:
+        raise InvalidRequest(f"a client may have at most {MAX_AUDIENCES} audiences")
+    default_aud = auds[0] if default_audience is None else default_audience
+    if default_aud not in auds:
+        raise InvalidRequest("the default audience must be one of the allowed audiences")
+    if not MIN_TOKEN_TTL <= token_ttl <= MAX_TOKEN_TTL:
+        raise InvalidRequest(f"token lifetime must be between {MIN_TOKEN_TTL} and {MAX_TOKEN_TTL} seconds")
+    return Client(
+        client_id=client_id,
+        secret_hash=secret_hash,
+        allowed_scopes=allowed,
+        default_scopes=defaults,
+        allowed_audiences=auds,
+        default_audience=default_aud,
+        token_ttl=token_ttl,
+        grant_types=(CLIENT_CREDENTIALS,),
+        enabled=True,
+        created_at=now,
+        updated_at=now,
+    )

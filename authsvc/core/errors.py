@@ -1,0 +1,119 @@
+"""The error tree of the protocol core.
+
+Every error the core raises is an :class:`OAuthError` that carries the OAuth error code of the
+specification that defines it (RFC 6749 §5.2, RFC 6750 §3.1, RFC 8707 §2) and a description
+that is safe to show to the caller. The gRPC edge maps the code to a status in one place
+(:mod:`authsvc.server.errors`); nothing else decides what goes on the wire.
+
+Descriptions never contain secrets, tokens, key material or internal identifiers. Keep the
+underlying cause with ``raise ... from exc``: it reaches the logs, not the caller.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigurationError",
+    "InsufficientScope",
+    "InvalidClient",
+    "InvalidRequest",
+    "InvalidScope",
+    "InvalidTarget",
+    "InvalidToken",
+    "NotFound",
+    "OAuthError",
+    "ServerError",
+    "TemporarilyUnavailable",
+    "UnauthorizedClient",
+    "UnsupportedGrantType",
+]
+
+
+class OAuthError(Exception):
+    """Base class of every error the core raises towards a caller.
+
+    ``error`` is the OAuth error code (lower snake case, as the RFCs spell it); ``reason`` is the
+    same code in upper snake case, as it appears in ``google.rpc.ErrorInfo.reason``.
+    """
+
+    error: str = "server_error"
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+    @property
+    def reason(self) -> str:
+        return self.error.upper()
+
+
+class InvalidRequest(OAuthError):
+    """RFC 6749 §5.2: the request is missing a parameter, repeats one, or is malformed."""
+
+    error = "invalid_request"
+
+
+class InvalidClient(OAuthError):
+    """RFC 6749 §5.2: client authentication failed (unknown client, wrong secret, no or
+    unsupported authentication). Unknown client and wrong secret must be indistinguishable."""
+
+    error = "invalid_client"
+
+
+class UnauthorizedClient(OAuthError):
+    """RFC 6749 §5.2: the authenticated client may not use this grant type."""
+
+    error = "unauthorized_client"
+
+
+class UnsupportedGrantType(OAuthError):
+    """RFC 6749 §5.2: the grant type is not supported by this authorization server."""
+
+    error = "unsupported_grant_type"
+
+
+class InvalidScope(OAuthError):
+    """RFC 6749 §5.2: the requested scope is invalid, unknown, malformed, or exceeds the scope
+    granted to the client."""
+
+    error = "invalid_scope"
+
+
+class InvalidTarget(OAuthError):
+    """RFC 8707 §2: the requested audience (resource) is invalid or not allowed for the client."""
+
+    error = "invalid_target"
+
+
+class InvalidToken(OAuthError):
+    """RFC 6750 §3.1: the access token is missing, malformed, expired, or otherwise invalid."""
+
+    error = "invalid_token"
+
+
+class InsufficientScope(OAuthError):
+    """RFC 6750 §3.1: the access token lacks a scope that the called method requires."""
+
+    error = "insufficient_scope"
+
+
+class TemporarilyUnavailable(OAuthError):
+    """RFC 6749 §4.1.2.1: the server cannot handle the request now (e.g. keys unreachable)."""
+
+    error = "temporarily_unavailable"
+
+
+class ServerError(OAuthError):
+    """RFC 6749 §4.1.2.1: an unexpected condition. The description stays generic."""
+
+    error = "server_error"
+
+
+class NotFound(OAuthError):
+    """An administrative lookup (client, key) found nothing. Never used on the token endpoint,
+    where an unknown client is :class:`InvalidClient`."""
+
+    error = "not_found"
+
+
+class ConfigurationError(Exception):
+    """Start-up configuration is invalid or inconsistent (not a caller's error)."""

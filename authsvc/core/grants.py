@@ -1,0 +1,241 @@
+"""The token endpoint and its grants (RFC 6749 §3.2, §4.4, §5).
+
+A grant is a small class registered with the :class:`TokenEndpoint`: it says which
+``grant_type`` it handles and turns an authenticated client's request into a
+:class:`Grant` decision (scopes, audiences, lifetime). The endpoint does what every grant shares:
+request checks, client authentication (§2.3), token construction and signing. A second grant or
+client-authentication method is an addition, not an edit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from authsvc.core.clients import CLIENT_CREDENTIALS, MAX_AUDIENCES, Client, validate_audience, validate_client_id
+from authsvc.core.errors import (
+    InvalidClient,
+    InvalidRequest,
+    InvalidScope,
+    InvalidTarget,
+    UnauthorizedClient,
+    UnsupportedGrantType,
+)
+from authsvc.core.keys import b64url
+from authsvc.core.ports import Clock, RandomSource
+from authsvc.core.scopes import format_scope, parse_scope
+from authsvc.core.secrets import MAX_SECRET_LENGTH, SecretHasher
+from authsvc.core.tokens import AccessTokenClaims, TokenSigner
+
+__all__ = [
+    "ClientAuthMethod",
+    "ClientCredentialsGrant",
+    "ClientLookup",
+    "Grant",
+    "GrantHandler",
+    "IssuedToken",
+    "TokenEndpoint",
+    "TokenRequest",
+]
+
+_GRANT_TYPE_MAX = 128
+
+
+class ClientAuthMethod(StrEnum):
+    """How the client presented its credentials (RFC 7591 §2 names)."""
+
+    CLIENT_SECRET_POST = "client_secret_post"
+    CLIENT_SECRET_BASIC = "client_secret_basic"
+
+
+class ClientLookup(Protocol):
+    """What the token endpoint needs of the client store: one read by id."""
+
+    def get_client(self, client_id: str) -> Client | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    """A token request after the transport has extracted the client's credentials."""
+
+    grant_type: str
+    client_id: str
+    client_secret: str
+    scope: str
+    audience: tuple[str, ...]
+    auth_method: ClientAuthMethod
+
+    def __repr__(self) -> str:  # never show the secret
+        return (
+            f"TokenRequest(grant_type={self.grant_type!r}, client_id={self.client_id!r}, "
+            f"client_secret=<redacted>, scope={self.scope!r}, audience={self.audience!r}, "
+            f"auth_method={self.auth_method.value!r})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a grant handler decided to grant."""
+
+    scopes: tuple[str, ...]
+    audiences: tuple[str, ...]
+    lifetime: int
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A successful token response (RFC 6749 §5.1) and what to log about it."""
+
+    access_token: str
+    token_type: str
+    expires_in: int
+    scope: str
+    jti: str
+    client_id: str
+    kid: str
+
+    def __repr__(self) -> str:  # the token itself never reaches a log line
+        return f"IssuedToken(jti={self.jti!r}, client_id={self.client_id!r}, kid={self.kid!r}, scope={self.scope!r})"
+
+
+class GrantHandler(Protocol):
+    """A registered grant: the ``grant_type`` it handles and how it decides."""
+
+    grant_type: str
+
+    def decide(self, request: TokenRequest, client: Client) -> Grant: ...
+
+
+class ClientCredentialsGrant:
+    """RFC 6749 §4.4: the client asks for a token on its own behalf.
+
+    Scopes (§3.3): the requested scopes must all be allowed to the client; none requested yields
+    the client's default scopes. Audiences (RFC 8707 §2): each requested audience must be allowed;
+    none requested yields the client's default audience.
+    """
+
+    grant_type = CLIENT_CREDENTIALS
+
+    def decide(self, request: TokenRequest, client: Client) -> Grant:
+        requested = parse_scope(request.scope)
+        if requested:
+            # §3.3: "The authorization server MAY fully or partially ignore the scope requested";
+            # we refuse rather than silently narrow, so a caller never holds less than it asked for.
+            allowed = set(client.allowed_scopes)
+            if any(s not in allowed for s in requested):
+                raise InvalidScope("a requested scope is not allowed for this client")
+            scopes = requested
+        else:
+            scopes = client.default_scopes
+        if request.audience:
+            allowed_auds = set(client.allowed_audiences)
+            if any(a not in allowed_auds for a in request.audience):
+                raise InvalidTarget("a requested audience is not allowed for this client")
+            audiences = tuple(dict.fromkeys(request.audience))
+        else:
+            audiences = (client.default_audience,)
+        return Grant(scopes=scopes, audiences=audiences, lifetime=client.token_ttl)
+
+
+class TokenEndpoint:
+    """The token endpoint of RFC 6749 §3.2, independent of any transport.
+
+    ``signer`` is called on every request, so key rotation takes effect without rebuilding the
+    endpoint. ``issuer`` is the ``iss`` of every token (RFC 9068 §2.2).
+    """
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        clients: ClientLookup,
+        hasher: SecretHasher,
+        signer: Callable[[], TokenSigner],
+        clock: Clock,
+        random: RandomSource,
+    ) -> None:
+        self._issuer = issuer
+        self._clients = clients
+        self._hasher = hasher
+        self._signer = signer
+        self._clock = clock
+        self._random = random
+        self._grants: dict[str, GrantHandler] = {}
+
+    def register_grant(self, grant: GrantHandler) -> None:
+        self._grants[grant.grant_type] = grant
+
+    def authenticate(self, client_id: str, client_secret: str) -> Client:
+        """RFC 6749 §2.3.1. Unknown client, wrong secret and disabled client all raise the same
+        :class:`InvalidClient`, after the same keyed hash and constant-time comparison."""
+        if not client_id or not client_secret:
+            raise InvalidClient("client authentication is required")
+        validate_client_id(client_id)
+        if len(client_secret) > MAX_SECRET_LENGTH:
+            raise InvalidRequest("client_secret is too long")
+        client = self._clients.get_client(client_id)
+        ok = self._hasher.verify(client_secret, client.secret_hash if client is not None else None)
+        if not ok or client is None or not client.enabled:
+            raise InvalidClient("client authentication failed")
+        return client
+
+    def issue(self, request: TokenRequest) -> IssuedToken:
+        """Run the whole grant. Raises an :class:`~authsvc.core.errors.OAuthError` subclass."""
+        if not request.grant_type:
+            raise InvalidRequest("grant_type is required")
+        if len(request.grant_type) > _GRANT_TYPE_MAX:
+            raise InvalidRequest("grant_type is too long")
+        handler = self._grants.get(request.grant_type)
+        if handler is None:
+            raise UnsupportedGrantType("only the client_credentials grant is supported")
+        if len(request.audience) > MAX_AUDIENCES:
+            raise InvalidRequest(f"at most {MAX_AUDIENCES} audiences may be requested")
+        for audience in request.audience:
+            validate_audience(audience)
+        parse_scope(request.scope)  # a malformed scope is refused before any client lookup
+        client = self.authenticate(request.client_id, request.client_secret)
+        if handler.grant_type not in client.grant_types:
+            raise UnauthorizedClient("this client may not use this grant type")
+        grant = handler.decide(request, client)
+
+        signer = self._signer()
+        now = int(self._clock.now())
+        jti = b64url(self._random.token_bytes(16))
+        scope = format_scope(grant.scopes)
+        claims = AccessTokenClaims(
+            iss=self._issuer,
+            sub=client.client_id,
+            aud=grant.audiences[0] if len(grant.audiences) == 1 else list(grant.audiences),
+            exp=now + grant.lifetime,
+            iat=now,
+            nbf=now,
+            jti=jti,
+            client_id=client.client_id,
+            scope=scope,
+        )
+        return IssuedToken(
+            access_token=signer.sign(claims),
+            token_type="Bearer",  # noqa: S106 - the token type name, not a secret
+            expires_in=grant.lifetime,
+            scope=scope,
+            jti=jti,
+            client_id=client.client_id,
+            kid=signer.key.kid,
+        )
+
+
+def client_credentials_endpoint(
+    *,
+    issuer: str,
+    clients: ClientLookup,
+    hasher: SecretHasher,
+    signer: Callable[[], TokenSigner],
+    clock: Clock,
+    random: RandomSource,
+) -> TokenEndpoint:
+    """A :class:`TokenEndpoint` with the client credentials grant registered."""
+    endpoint = TokenEndpoint(issuer=issuer, clients=clients, hasher=hasher, signer=signer, clock=clock, random=random)
+    endpoint.register_grant(ClientCredentialsGrant())
+    return endpoint

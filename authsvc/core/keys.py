@@ -1,0 +1,195 @@
+"""Signing keys, their public JWKs (RFC 7517), key ids (RFC 7638) and encryption at rest.
+
+Tokens are signed with RS256 (RFC 7518 §3.3) by an RSA key of at least 2048 bits. The key id is
+the key's RFC 7638 JWK thumbprint, so it is derived from the public key and never chosen.
+
+Private keys are stored only encrypted: AES-256-GCM under a key-encryption key (KEK), with the
+key id as associated data so that a ciphertext cannot be swapped onto another key's row.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypedDict
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from authsvc.core.errors import ConfigurationError
+from authsvc.core.ports import RandomSource
+
+__all__ = [
+    "ALGORITHM",
+    "MIN_RSA_BITS",
+    "KeyEncryptionKey",
+    "KeyState",
+    "PublicJwk",
+    "SigningKey",
+    "b64url",
+    "generate_rsa_key",
+    "jwks_json",
+    "public_jwk",
+    "rfc7638_thumbprint",
+]
+
+ALGORITHM = "RS256"
+MIN_RSA_BITS = 2048
+DEFAULT_RSA_BITS = 2048
+
+
+class KeyState(StrEnum):
+    """Life cycle of a signing key. Only ``active`` signs; ``next``, ``active`` and ``retiring``
+    are published in the JWKS; ``retired`` is kept for audit only."""
+
+    NEXT = "next"
+    ACTIVE = "active"
+    RETIRING = "retiring"
+    RETIRED = "retired"
+
+
+PUBLISHED_STATES = frozenset({KeyState.NEXT, KeyState.ACTIVE, KeyState.RETIRING})
+
+
+class PublicJwk(TypedDict):
+    """An RSA public key as an RFC 7517 JWK (RFC 7518 §6.3.1 members)."""
+
+    kty: str
+    use: str
+    alg: str
+    kid: str
+    n: str
+    e: str
+
+
+def b64url(data: bytes) -> str:
+    """Unpadded base64url (RFC 7515 §2)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _uint(value: int) -> str:
+    return b64url(value.to_bytes((value.bit_length() + 7) // 8 or 1, "big"))
+
+
+def rfc7638_thumbprint(public_key: rsa.RSAPublicKey) -> str:
+    """The RFC 7638 §3 SHA-256 thumbprint: required members only, in lexicographic order,
+    no whitespace, then base64url of the digest."""
+    numbers = public_key.public_numbers()
+    canonical = json.dumps(
+        {"e": _uint(numbers.e), "kty": "RSA", "n": _uint(numbers.n)}, separators=(",", ":"), sort_keys=True
+    )
+    return b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+def public_jwk(public_key: rsa.RSAPublicKey) -> PublicJwk:
+    """The public JWK of ``public_key``, with ``kid`` set to its thumbprint."""
+    numbers = public_key.public_numbers()
+    return PublicJwk(
+        kty="RSA",
+        use="sig",
+        alg=ALGORITHM,
+        kid=rfc7638_thumbprint(public_key),
+        n=_uint(numbers.n),
+        e=_uint(numbers.e),
+    )
+
+
+def generate_rsa_key(bits: int = DEFAULT_RSA_BITS) -> rsa.RSAPrivateKey:
+    """Generate an RSA signing key (public exponent 65537). Refuses fewer than 2048 bits."""
+    if bits < MIN_RSA_BITS:
+        raise ValueError(f"RSA signing keys need at least {MIN_RSA_BITS} bits")
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A key with its metadata. ``private_key`` is loaded once and reused for every signature."""
+
+    kid: str
+    state: KeyState
+    private_key: rsa.RSAPrivateKey
+    jwk: PublicJwk
+    created_at: int
+    activated_at: int | None = None
+    retired_at: int | None = None
+
+    @classmethod
+    def from_private_key(
+        cls, private_key: rsa.RSAPrivateKey, *, state: KeyState, created_at: int, activated_at: int | None = None
+    ) -> SigningKey:
+        if private_key.key_size < MIN_RSA_BITS:
+            raise ValueError(f"RSA signing keys need at least {MIN_RSA_BITS} bits")
+        jwk = public_jwk(private_key.public_key())
+        return cls(
+            kid=jwk["kid"],
+            state=state,
+            private_key=private_key,
+            jwk=jwk,
+            created_at=created_at,
+            activated_at=activated_at,
+        )
+
+
+def jwks_json(keys: list[PublicJwk]) -> str:
+    """Serialize a JWK Set (RFC 7517 §5) the way an HTTP ``jwks_uri`` would serve it."""
+    return json.dumps({"keys": keys}, separators=(",", ":"))
+
+
+class KeyEncryptionKey:
+    """A 256-bit key that encrypts private keys and other service secrets at rest.
+
+    ``kek_id`` is a short fingerprint stored beside every ciphertext, so that a service started
+    with the wrong KEK says so clearly instead of failing with an opaque decryption error.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ConfigurationError("the key-encryption key must be exactly 32 bytes")
+        self._aead = AESGCM(key)
+        self.kek_id = b64url(hashlib.sha256(b"authsvc kek id\x00" + key).digest()[:12])
+
+    @classmethod
+    def from_text(cls, text: str) -> KeyEncryptionKey:
+        """Parse a KEK given as 64 hex digits or as base64url/base64 of 32 bytes."""
+        text = text.strip()
+        try:
+            if len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text):
+                raw = bytes.fromhex(text)
+            else:
+                raw = base64.urlsafe_b64decode(text.replace("+", "-").replace("/", "_") + "=" * (-len(text) % 4))
+        except ValueError as exc:
+            raise ConfigurationError("the key-encryption key is neither hex nor base64") from exc
+        return cls(raw)
+
+    def wrap(self, plaintext: bytes, *, aad: bytes, random: RandomSource) -> bytes:
+        """Encrypt ``plaintext``; the result is ``nonce || ciphertext || tag``."""
+        nonce = random.token_bytes(12)
+        return nonce + self._aead.encrypt(nonce, plaintext, aad)
+
+    def unwrap(self, blob: bytes, *, aad: bytes) -> bytes:
+        """Decrypt what :meth:`wrap` produced. Raises :class:`ConfigurationError` on tampering or
+        a wrong KEK."""
+        try:
+            return self._aead.decrypt(blob[:12], blob[12:], aad)
+        except InvalidTag as exc:
+            raise ConfigurationError("a stored key could not be decrypted with this key-encryption key") from exc
+
+    def wrap_private_key(self, key: SigningKey, *, random: RandomSource) -> bytes:
+        der = key.private_key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return self.wrap(der, aad=b"authsvc signing key\x00" + key.kid.encode("ascii"), random=random)
+
+    def unwrap_private_key(self, blob: bytes, *, kid: str) -> rsa.RSAPrivateKey:
+        der = self.unwrap(blob, aad=b"authsvc signing key\x00" + kid.encode("ascii"))
+        private_key = serialization.load_der_private_key(der, password=None)
+        if not isinstance(private_key, rsa.RSAPrivateKey):
+            raise ConfigurationError("a stored signing key is not an RSA key")
+        if rfc7638_thumbprint(private_key.public_key()) != kid:
+            raise ConfigurationError("a stored signing key does not match its key id")
+        return private_key

@@ -1,0 +1,168 @@
+"""Process wiring of the TokenService: build the server from a :class:`ServeConfig`, serve until
+SIGTERM or SIGINT, shut down gracefully.
+
+One process serves on one event loop; ``workers > 1`` starts that many processes that share the
+listening port (SO_REUSEPORT), so that token signing uses every core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import multiprocessing.connection
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from authsvc.admin import Authority, load_kek, open_store
+from authsvc.core.grants import client_credentials_endpoint
+from authsvc.core.ports import SystemClock, SystemRandom
+from authsvc.core.tokens import TokenSigner
+from authsvc.server.config import ServeConfig, split_host_port
+from authsvc.server.token_service import TokenServicer
+from authsvc.store.cache import CachedClientLookup
+from authsvc.v1 import token_pb2, token_pb2_grpc
+
+__all__ = ["TOKEN_SERVICE", "RunningServer", "open_authority", "run", "serve", "start_server"]
+
+log = logging.getLogger("authsvc.server")
+
+TOKEN_SERVICE = token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name
+
+
+def open_authority(config: ServeConfig) -> Authority:
+    """The deployment state for ``config``: store opened and migrated, KEK loaded."""
+    return Authority(
+        open_store(config.data_dir),
+        load_kek(kek=config.kek, kek_file=config.kek_file, data_dir=config.data_dir),
+        clock=SystemClock(),
+        random=SystemRandom(),
+    )
+
+
+@dataclass
+class RunningServer:
+    """A started TokenService."""
+
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    authority: Authority
+
+    async def stop(self, grace: float | None) -> None:
+        """Report NOT_SERVING, let in-flight calls finish within ``grace`` seconds, stop."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.authority.store.close()
+
+
+def _server_options(config: ServeConfig, *, reuse_port: bool) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", 4 * 1024 * 1024),
+        ("grpc.max_metadata_size", config.max_metadata_bytes),
+        # gRPC enables SO_REUSEPORT by default; a second server on a taken port must fail loudly
+        # unless we are deliberately sharing the port between our own workers.
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+        ("grpc.keepalive_permit_without_calls", 0),
+    ]
+
+
+async def start_server(
+    config: ServeConfig, *, authority: Authority | None = None, reuse_port: bool = False
+) -> RunningServer:
+    """Build and start the TokenService; returns once it is SERVING."""
+    authority = authority or open_authority(config)
+    signer = TokenSigner(authority.ensure_signing_key())
+    endpoint = client_credentials_endpoint(
+        issuer=config.issuer,
+        clients=CachedClientLookup(authority.store, ttl=config.client_cache_ttl),
+        hasher=authority.hasher(),
+        signer=lambda: signer,
+        clock=authority.clock,
+        random=authority.random,
+    )
+    server = grpc.aio.server(options=_server_options(config, reuse_port=reuse_port))
+    token_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(endpoint, authority.jwks_json), server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [TOKEN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+    )
+    if config.tls_cert is not None and config.tls_key is not None:
+        credentials = grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])
+        port = server.add_secure_port(config.listen, credentials)
+    else:
+        port = server.add_insecure_port(config.listen)
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health.set(TOKEN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    host, _ = split_host_port(config.listen)
+    log.info(
+        "TokenService listening on %s:%d (%s), issuer %s, signing key kid=%s",
+        f"[{host}]" if ":" in host else host, port, "TLS" if config.tls else "plaintext", config.issuer,
+        signer.key.kid,
+    )
+    return RunningServer(server, port, health, authority)
+
+
+async def serve(config: ServeConfig, *, reuse_port: bool = False) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    running = await start_server(config, reuse_port=reuse_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (grace %.1fs)", config.grace_period)
+    await running.stop(config.grace_period)
+    log.info("stopped")
+
+
+def _worker(config: ServeConfig, log_level: int) -> None:
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s")
+    asyncio.run(serve(config, reuse_port=True))
+
+
+def run(config: ServeConfig) -> int:
+    """Run the TokenService in this process, or in ``config.workers`` worker processes."""
+    if config.workers == 1:
+        asyncio.run(serve(config))
+        return 0
+    # Bootstrap once (migrations, pepper, first key) before the workers race for it.
+    authority = open_authority(config)
+    authority.hasher()
+    authority.ensure_signing_key()
+    authority.store.close()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(config, logging.getLogger().level), daemon=False)
+             for _ in range(config.workers)]
+    for p in procs:
+        p.start()
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                p.terminate()
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    rc = 0
+    alive = {p.sentinel: p for p in procs}
+    while alive:
+        for sentinel in multiprocessing.connection.wait(list(alive)):
+            proc = alive.pop(sentinel)  # type: ignore[call-overload]
+            proc.join()
+            if proc.exitcode != 0 and not stopping:
+                log.error("worker %s exited with %s; stopping the others", proc.pid, proc.exitcode)
+                forward(signal.SIGTERM, None)
+                rc = 1
+    return rc

@@ -1,0 +1,49 @@
+"""Versioned schema migrations, shared by every SQL engine.
+
+Each migration is a version number and a list of statements in portable SQL (types and syntax
+that SQLite and PostgreSQL both accept). Migrations only ever append: an applied migration is
+never edited. A store applies the missing ones at start, inside one transaction that holds the
+database's write lock, so several processes starting at once apply each migration exactly once.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE clients (
+                client_id         VARCHAR(128) PRIMARY KEY,
+                secret_hash       TEXT NOT NULL,
+                allowed_scopes    TEXT NOT NULL,
+                default_scopes    TEXT NOT NULL,
+                allowed_audiences TEXT NOT NULL,
+                default_audience  TEXT NOT NULL,
+                token_ttl         INTEGER NOT NULL,
+                grant_types       TEXT NOT NULL,
+                enabled           BOOLEAN NOT NULL,
+                created_at        BIGINT NOT NULL,
+                updated_at        BIGINT NOT NULL
+            )""",
+            """CREATE TABLE signing_keys (
+                kid             VARCHAR(64) PRIMARY KEY,
+                state           VARCHAR(16) NOT NULL,
+                public_jwk      TEXT NOT NULL,
+                private_key_enc BYTEA NOT NULL,
+                kek_id          VARCHAR(32) NOT NULL,
+                created_at      BIGINT NOT NULL,
+                activated_at    BIGINT,
+                retired_at      BIGINT
+            )""",
+            """CREATE TABLE service_secrets (
+                name      VARCHAR(64) PRIMARY KEY,
+                value_enc BYTEA NOT NULL,
+                kek_id    VARCHAR(32) NOT NULL
+            )""",
+        ],
+    ),
+]
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]

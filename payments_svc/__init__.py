@@ -1,0 +1,1 @@
+"""The PaymentService: a payment gateway that verifies authsvc access tokens offline."""

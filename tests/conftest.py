@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from authsvc.admin import Authority
+from authsvc.server.app import RunningServer, open_authority, start_server
+from authsvc.server.config import ServeConfig
+from authsvc.v1 import token_pb2_grpc
+from tests.helpers import ServerThread
+
+ISSUER = "https://auth.test"
+KEK = "11" * 32
+
+
+@dataclass
+class RegisteredClient:
+    client_id: str
+    secret: str
+
+
+@dataclass
+class TokenServer:
+    """A real TokenService on a free port, with direct access to its deployment state."""
+
+    running: RunningServer
+    config: ServeConfig
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.running.port}"
+
+    @property
+    def authority(self) -> Authority:
+        return self.running.authority
+
+    def register(
+        self, client_id: str = "shop", scopes: tuple[str, ...] = ("payments:read", "payments:write"),
+        audiences: tuple[str, ...] = ("payments",), ttl: int = 300,
+    ) -> RegisteredClient:
+        client, secret = self.authority.create_client(
+            client_id=client_id, scopes=list(scopes), audiences=list(audiences), token_ttl=ttl
+        )
+        return RegisteredClient(client.client_id, secret)
+
+
+def serve_config(data_dir: Path, **overrides: object) -> ServeConfig:
+    settings: dict[str, object] = {"data_dir": data_dir, "listen": "127.0.0.1:0", "issuer": ISSUER, "kek": KEK}
+    settings.update(overrides)
+    return ServeConfig(**settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def token_server(tmp_path: Path) -> Iterator[TokenServer]:
+    config = serve_config(tmp_path / "data")
+    thread = ServerThread(lambda: start_server(config, authority=open_authority(config)))
+    running = thread.start()
+    try:
+        yield TokenServer(running, config)
+    finally:
+        thread.stop(grace=0)
+
+
+@pytest.fixture
+def channel(token_server: TokenServer) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(token_server.target) as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.Channel) -> token_pb2_grpc.TokenServiceStub:
+    return token_pb2_grpc.TokenServiceStub(channel)
+
+
+@pytest.fixture
+def client(token_server: TokenServer) -> RegisteredClient:
+    return token_server.register()
