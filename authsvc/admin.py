@@ -30,7 +30,7 @@ from authsvc.core.secrets import SecretHasher, generate_client_secret
 from authsvc.store.base import Store, StoredKey
 from authsvc.store.sqlite import SQLiteStore
 
-__all__ = ["Authority", "KeyInfo", "load_kek", "open_store"]
+__all__ = ["Authority", "KeyInfo", "load_kek", "open_authority", "open_store"]
 
 log = logging.getLogger("authsvc.admin")
 
@@ -58,7 +58,9 @@ def load_kek(*, kek: str | None, kek_file: Path | None, data_dir: Path) -> KeyEn
             mode = kek_file.stat().st_mode
             text = kek_file.read_text()
         except OSError as exc:
-            raise ConfigurationError(f"cannot read the key-encryption key file {kek_file}: {exc.strerror}") from exc
+            raise ConfigurationError(
+                f"cannot read the key-encryption key file {kek_file}: {exc.strerror}"
+            ) from exc
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("key-encryption key file %s is readable by group or others; chmod 600 it", kek_file)
         return KeyEncryptionKey.from_text(text)
@@ -79,6 +81,22 @@ def load_kek(*, kek: str | None, kek_file: Path | None, data_dir: Path) -> KeyEn
             path,
         )
     return KeyEncryptionKey.from_text(path.read_text())
+
+
+def open_authority(
+    data_dir: Path, *, kek: str | None, kek_file: Path | None, clock: Clock, random: RandomSource
+) -> Authority:
+    """Open the data directory's store with its KEK, checked against what is stored."""
+    store = open_store(data_dir)
+    try:
+        authority = Authority(
+            store, load_kek(kek=kek, kek_file=kek_file, data_dir=data_dir), clock=clock, random=random
+        )
+        authority.check_kek()
+    except BaseException:
+        store.close()
+        raise
+    return authority
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +120,14 @@ class Authority:
         self.clock = clock
         self.random = random
         self._hasher: SecretHasher | None = None
+
+    def check_kek(self) -> None:
+        """Create the deployment's pepper on first use, and make sure this process's KEK is the
+        one everything stored was encrypted with. Call once after opening: a wrong KEK must fail
+        at start-up, not when the first key or secret is needed."""
+        self.hasher()
+        for stored in self.store.list_keys():
+            self._check_kek(stored.kek_id)
 
     def _now(self) -> int:
         return int(self.clock.now())
@@ -137,7 +163,9 @@ class Authority:
                 return self._load(stored)
         private_key = generate_rsa_key(bits)
         now = self._now()
-        key = SigningKey.from_private_key(private_key, state=KeyState.ACTIVE, created_at=now, activated_at=now)
+        key = SigningKey.from_private_key(
+            private_key, state=KeyState.ACTIVE, created_at=now, activated_at=now
+        )
         stored = StoredKey(
             kid=key.kid,
             state=KeyState.ACTIVE.value,
@@ -157,10 +185,13 @@ class Authority:
         self._check_kek(stored.kek_id)
         private_key = self.kek.unwrap_private_key(stored.private_key_enc, kid=stored.kid)
         return SigningKey.from_private_key(
-            private_key, state=KeyState(stored.state), created_at=stored.created_at, activated_at=stored.activated_at
+            private_key,
+            state=KeyState(stored.state),
+            created_at=stored.created_at,
+            activated_at=stored.activated_at,
         )
 
-    def keys(self) -> list[KeyInfo]:
+    def list_keys(self) -> list[KeyInfo]:
         return [
             KeyInfo(k.kid, k.state, k.created_at, k.activated_at, k.retired_at, k.kek_id)
             for k in self.store.list_keys()
@@ -169,7 +200,9 @@ class Authority:
     def jwks_json(self) -> str:
         """The JWK Set of every published key (``next``, ``active``, ``retiring``)."""
         published = {KeyState.NEXT.value, KeyState.ACTIVE.value, KeyState.RETIRING.value}
-        jwks: list[PublicJwk] = [json.loads(k.public_jwk) for k in self.store.list_keys() if k.state in published]
+        jwks: list[PublicJwk] = [
+            json.loads(k.public_jwk) for k in self.store.list_keys() if k.state in published
+        ]
         return jwks_json(jwks)
 
     # -- clients ---------------------------------------------------------------------------

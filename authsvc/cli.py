@@ -17,7 +17,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from authsvc.admin import Authority, load_kek, open_store
+from authsvc.admin import Authority, open_authority
 from authsvc.core.clients import DEFAULT_TOKEN_TTL, Client
 from authsvc.core.errors import ConfigurationError, OAuthError
 from authsvc.core.ports import SystemClock, SystemRandom
@@ -38,12 +38,18 @@ def _env_bool(value: str | None) -> bool:
 
 def _add_common(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     p.add_argument(
-        "--data-dir", type=Path, default=Path(env["AUTHSVC_DATA_DIR"]) if env.get("AUTHSVC_DATA_DIR") else
-        default_data_dir(env), help="directory of the SQLite database [env AUTHSVC_DATA_DIR; default "
-        "$XDG_DATA_HOME/authsvc]")
-    p.add_argument("--kek-file", type=Path, default=Path(env["AUTHSVC_KEK_FILE"]) if env.get("AUTHSVC_KEK_FILE")
-                   else None, help="file holding the key-encryption key (64 hex digits) [env AUTHSVC_KEK_FILE; "
-                   "or the key itself in AUTHSVC_KEK; default: a development key generated in the data dir]")
+        "--data-dir",
+        type=Path,
+        default=Path(env["AUTHSVC_DATA_DIR"]) if env.get("AUTHSVC_DATA_DIR") else default_data_dir(env),
+        help="directory of the SQLite database [env AUTHSVC_DATA_DIR; default $XDG_DATA_HOME/authsvc]",
+    )
+    p.add_argument(
+        "--kek-file",
+        type=Path,
+        default=Path(env["AUTHSVC_KEK_FILE"]) if env.get("AUTHSVC_KEK_FILE") else None,
+        help="file holding the key-encryption key (64 hex digits) [env AUTHSVC_KEK_FILE; "
+        "or the key itself in AUTHSVC_KEK; default: a development key generated in the data dir]",
+    )
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:
@@ -51,41 +57,87 @@ def _add_output(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="authsvc", description="gRPC machine-to-machine authorization server")
+    parser = argparse.ArgumentParser(
+        prog="authsvc", description="gRPC machine-to-machine authorization server"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the TokenService", description="Run the TokenService (OAuth 2.0 "
-                           "client credentials over gRPC).")
-    serve.add_argument("--listen", default=env.get("AUTHSVC_LISTEN", "127.0.0.1:50051"),
-                       help="HOST:PORT to listen on [env AUTHSVC_LISTEN; default 127.0.0.1:50051]")
+    serve = sub.add_parser(
+        "serve",
+        help="run the TokenService",
+        description="Run the TokenService (OAuth 2.0 client credentials over gRPC).",
+    )
+    serve.add_argument(
+        "--listen",
+        default=env.get("AUTHSVC_LISTEN", "127.0.0.1:50051"),
+        help="HOST:PORT to listen on [env AUTHSVC_LISTEN; default 127.0.0.1:50051]",
+    )
     _add_common(serve, env)
-    serve.add_argument("--issuer", default=env.get("AUTHSVC_ISSUER", "https://authsvc.local"),
-                       help="issuer URL, the iss of every token [env AUTHSVC_ISSUER; default https://authsvc.local]")
-    serve.add_argument("--tls-cert", type=Path, default=env.get("AUTHSVC_TLS_CERT") or None,
-                       help="PEM certificate chain for TLS [env AUTHSVC_TLS_CERT]")
-    serve.add_argument("--tls-key", type=Path, default=env.get("AUTHSVC_TLS_KEY") or None,
-                       help="PEM private key for TLS [env AUTHSVC_TLS_KEY]")
-    serve.add_argument("--insecure", action="store_true", default=_env_bool(env.get("AUTHSVC_INSECURE")),
-                       help="allow plaintext on a non-loopback address (only behind a TLS-terminating proxy) "
-                       "[env AUTHSVC_INSECURE=1]")
-    serve.add_argument("--workers", type=int, default=int(env.get("AUTHSVC_WORKERS", "1")),
-                       help="server processes sharing the port; set it to the number of cores to use them all "
-                       "[env AUTHSVC_WORKERS; default 1]")
-    serve.add_argument("--log-level", default=env.get("AUTHSVC_LOG_LEVEL", "INFO"),
-                       choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="[env AUTHSVC_LOG_LEVEL; default INFO]")
+    serve.add_argument(
+        "--issuer",
+        default=env.get("AUTHSVC_ISSUER", "https://authsvc.local"),
+        help="issuer URL, the iss of every token [env AUTHSVC_ISSUER; default https://authsvc.local]",
+    )
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=env.get("AUTHSVC_TLS_CERT") or None,
+        help="PEM certificate chain for TLS [env AUTHSVC_TLS_CERT]",
+    )
+    serve.add_argument(
+        "--tls-key",
+        type=Path,
+        default=env.get("AUTHSVC_TLS_KEY") or None,
+        help="PEM private key for TLS [env AUTHSVC_TLS_KEY]",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_env_bool(env.get("AUTHSVC_INSECURE")),
+        help="allow plaintext on a non-loopback address (only behind a TLS-terminating proxy) "
+        "[env AUTHSVC_INSECURE=1]",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(env.get("AUTHSVC_WORKERS", "1")),
+        help="server processes sharing the port; set it to the number of cores to use them all "
+        "[env AUTHSVC_WORKERS; default 1]",
+    )
+    serve.add_argument(
+        "--log-level",
+        default=env.get("AUTHSVC_LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="[env AUTHSVC_LOG_LEVEL; default INFO]",
+    )
 
-    clients = sub.add_parser("clients", help="manage OAuth clients").add_subparsers(dest="action", required=True)
+    clients = sub.add_parser("clients", help="manage OAuth clients").add_subparsers(
+        dest="action", required=True
+    )
     create = clients.add_parser("create", help="register a client; prints its secret once")
     create.add_argument("--client-id", help="the id (default: generated)")
-    create.add_argument("--scope", required=True, help='allowed scopes, space-separated, e.g. "payments:read '
-                        'payments:write"')
-    create.add_argument("--audience", action="append", required=True,
-                        help="an allowed audience; repeat for several; the first is the default")
-    create.add_argument("--ttl", type=int, default=DEFAULT_TOKEN_TTL,
-                        help=f"access-token lifetime in seconds (default {DEFAULT_TOKEN_TTL})")
-    for name, helptext in [("list", "list clients"), ("show", "show one client"), ("disable", "refuse its tokens"),
-                           ("enable", "accept it again"), ("rotate-secret", "issue a new secret; the old one stops "
-                                                                            "working")]:
+    create.add_argument(
+        "--scope", required=True, help='allowed scopes, space-separated, e.g. "payments:read payments:write"'
+    )
+    create.add_argument(
+        "--audience",
+        action="append",
+        required=True,
+        help="an allowed audience; repeat for several; the first is the default",
+    )
+    create.add_argument(
+        "--ttl",
+        type=int,
+        default=DEFAULT_TOKEN_TTL,
+        help=f"access-token lifetime in seconds (default {DEFAULT_TOKEN_TTL})",
+    )
+    for name, helptext in [
+        ("list", "list clients"),
+        ("show", "show one client"),
+        ("disable", "refuse its tokens"),
+        ("enable", "accept it again"),
+        ("rotate-secret", "issue a new secret; the old one stops working"),
+    ]:
         p = clients.add_parser(name, help=helptext)
         if name != "list":
             p.add_argument("client_id", metavar="ID")
@@ -120,9 +172,10 @@ def _table(rows: list[dict[str, object]], columns: list[str]) -> str:
 
 
 def _authority(args: argparse.Namespace, env: Mapping[str, str]) -> Authority:
-    return Authority(
-        open_store(args.data_dir),
-        load_kek(kek=env.get("AUTHSVC_KEK") or None, kek_file=args.kek_file, data_dir=args.data_dir),
+    return open_authority(
+        args.data_dir,
+        kek=env.get("AUTHSVC_KEK") or None,
+        kek_file=args.kek_file,
         clock=SystemClock(),
         random=SystemRandom(),
     )
@@ -131,7 +184,11 @@ def _authority(args: argparse.Namespace, env: Mapping[str, str]) -> Authority:
 def _print_client(c: Client, output: str, secret: str | None = None) -> None:
     d = _client_dict(c)
     if secret is not None:
-        d = {"client_id": c.client_id, "client_secret": secret, **{k: v for k, v in d.items() if k != "client_id"}}
+        d = {
+            "client_id": c.client_id,
+            "client_secret": secret,
+            **{k: v for k, v in d.items() if k != "client_id"},
+        }
     if output == "json":
         print(json.dumps(d, indent=2))
         return
@@ -145,7 +202,9 @@ def _clients(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     authority = _authority(args, env)
     if args.action == "create":
         client, secret = authority.create_client(
-            client_id=args.client_id, scopes=list(parse_scope(args.scope)), audiences=args.audience,
+            client_id=args.client_id,
+            scopes=list(parse_scope(args.scope)),
+            audiences=args.audience,
             token_ttl=args.ttl,
         )
         _print_client(client, args.output, secret)
@@ -154,7 +213,9 @@ def _clients(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         if args.output == "json":
             print(json.dumps(clients, indent=2))
         else:
-            print(_table(clients, ["client_id", "enabled", "allowed_scopes", "allowed_audiences", "token_ttl"]))
+            print(
+                _table(clients, ["client_id", "enabled", "allowed_scopes", "allowed_audiences", "token_ttl"])
+            )
     elif args.action == "show":
         _print_client(authority.get_client(args.client_id), args.output)
     elif args.action in ("disable", "enable"):
@@ -167,32 +228,41 @@ def _clients(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def _keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     authority = _authority(args, env)
-    keys = [asdict(k) for k in authority.keys()]
+    keys = [asdict(k) for k in authority.list_keys()]
     if args.output == "json":
         print(json.dumps(keys, indent=2))
     else:
         for k in keys:
             for f in ("created_at", "activated_at", "retired_at"):
-                k[f] = _ts(k[f])  # type: ignore[arg-type]
+                k[f] = _ts(k[f])
         print(_table(keys, ["kid", "state", "created_at", "activated_at", "retired_at"]))
     return 0
 
 
 def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from authsvc.server.app import run  # grpc is imported only by the command that needs it
-    from authsvc.server.config import ServeConfig
+    # grpc is imported only by the command that needs it: admin commands start faster without it
+    from authsvc.server.app import run  # noqa: PLC0415
+    from authsvc.server.config import ServeConfig  # noqa: PLC0415
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = ServeConfig(
-        data_dir=args.data_dir, listen=args.listen, issuer=args.issuer, tls_cert=args.tls_cert,
-        tls_key=args.tls_key, insecure=args.insecure, kek=env.get("AUTHSVC_KEK") or None, kek_file=args.kek_file,
+        data_dir=args.data_dir,
+        listen=args.listen,
+        issuer=args.issuer,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        insecure=args.insecure,
+        kek=env.get("AUTHSVC_KEK") or None,
+        kek_file=args.kek_file,
         workers=args.workers,
     )
     return run(config)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
-    "serve": _serve, "clients": _clients, "keys": _keys,
+    "serve": _serve,
+    "clients": _clients,
+    "keys": _keys,
 }
 
 

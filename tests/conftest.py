@@ -39,8 +39,11 @@ class TokenServer:
         return self.running.authority
 
     def register(
-        self, client_id: str = "shop", scopes: tuple[str, ...] = ("payments:read", "payments:write"),
-        audiences: tuple[str, ...] = ("payments",), ttl: int = 300,
+        self,
+        client_id: str = "shop",
+        scopes: tuple[str, ...] = ("payments:read", "payments:write"),
+        audiences: tuple[str, ...] = ("payments",),
+        ttl: int = 300,
     ) -> RegisteredClient:
         client, secret = self.authority.create_client(
             client_id=client_id, scopes=list(scopes), audiences=list(audiences), token_ttl=ttl
@@ -49,7 +52,12 @@ class TokenServer:
 
 
 def serve_config(data_dir: Path, **overrides: object) -> ServeConfig:
-    settings: dict[str, object] = {"data_dir": data_dir, "listen": "127.0.0.1:0", "issuer": ISSUER, "kek": KEK}
+    settings: dict[str, object] = {
+        "data_dir": data_dir,
+        "listen": "127.0.0.1:0",
+        "issuer": ISSUER,
+        "kek": KEK,
+    }
     settings.update(overrides)
     return ServeConfig(**settings)  # type: ignore[arg-type]
 

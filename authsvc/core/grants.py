@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from authsvc.core.clients import CLIENT_CREDENTIALS, MAX_AUDIENCES, Client, validate_audience, validate_client_id
+from authsvc.core.clients import (
+    CLIENT_CREDENTIALS,
+    MAX_AUDIENCES,
+    Client,
+    validate_audience,
+    validate_client_id,
+)
 from authsvc.core.errors import (
     InvalidClient,
     InvalidRequest,
@@ -46,8 +52,8 @@ _GRANT_TYPE_MAX = 128
 class ClientAuthMethod(StrEnum):
     """How the client presented its credentials (RFC 7591 §2 names)."""
 
-    CLIENT_SECRET_POST = "client_secret_post"
-    CLIENT_SECRET_BASIC = "client_secret_basic"
+    CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105 - a method name, not a secret
+    CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105 - a method name, not a secret
 
 
 class ClientLookup(Protocol):
@@ -97,7 +103,10 @@ class IssuedToken:
     kid: str
 
     def __repr__(self) -> str:  # the token itself never reaches a log line
-        return f"IssuedToken(jti={self.jti!r}, client_id={self.client_id!r}, kid={self.kid!r}, scope={self.scope!r})"
+        return (
+            f"IssuedToken(jti={self.jti!r}, client_id={self.client_id!r}, kid={self.kid!r}, "
+            f"scope={self.scope!r}, access_token=<redacted>)"
+        )
 
 
 class GrantHandler(Protocol):
@@ -236,6 +245,8 @@ def client_credentials_endpoint(
     random: RandomSource,
 ) -> TokenEndpoint:
     """A :class:`TokenEndpoint` with the client credentials grant registered."""
-    endpoint = TokenEndpoint(issuer=issuer, clients=clients, hasher=hasher, signer=signer, clock=clock, random=random)
+    endpoint = TokenEndpoint(
+        issuer=issuer, clients=clients, hasher=hasher, signer=signer, clock=clock, random=random
+    )
     endpoint.register_grant(ClientCredentialsGrant())
     return endpoint

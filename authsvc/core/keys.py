@@ -120,7 +120,12 @@ class SigningKey:
 
     @classmethod
     def from_private_key(
-        cls, private_key: rsa.RSAPrivateKey, *, state: KeyState, created_at: int, activated_at: int | None = None
+        cls,
+        private_key: rsa.RSAPrivateKey,
+        *,
+        state: KeyState,
+        created_at: int,
+        activated_at: int | None = None,
     ) -> SigningKey:
         if private_key.key_size < MIN_RSA_BITS:
             raise ValueError(f"RSA signing keys need at least {MIN_RSA_BITS} bits")
@@ -161,7 +166,9 @@ class KeyEncryptionKey:
             if len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text):
                 raw = bytes.fromhex(text)
             else:
-                raw = base64.urlsafe_b64decode(text.replace("+", "-").replace("/", "_") + "=" * (-len(text) % 4))
+                raw = base64.urlsafe_b64decode(
+                    text.replace("+", "-").replace("/", "_") + "=" * (-len(text) % 4)
+                )
         except ValueError as exc:
             raise ConfigurationError("the key-encryption key is neither hex nor base64") from exc
         return cls(raw)
@@ -177,7 +184,9 @@ class KeyEncryptionKey:
         try:
             return self._aead.decrypt(blob[:12], blob[12:], aad)
         except InvalidTag as exc:
-            raise ConfigurationError("a stored key could not be decrypted with this key-encryption key") from exc
+            raise ConfigurationError(
+                "a stored key could not be decrypted with this key-encryption key"
+            ) from exc
 
     def wrap_private_key(self, key: SigningKey, *, random: RandomSource) -> bytes:
         der = key.private_key.private_bytes(

@@ -23,7 +23,7 @@ __all__ = ["SECRET_BYTES", "SECRET_PREFIX", "SecretHasher", "generate_client_sec
 SECRET_BYTES = 32
 """Random bytes in a generated secret (256 bits)."""
 
-SECRET_PREFIX = "authsvc_cs_"
+SECRET_PREFIX = "authsvc_cs_"  # noqa: S105 - the public prefix, not a secret
 """Prefix of every generated secret, so that secret scanners can recognise a leaked one."""
 
 _SCHEME = "hmac-sha256"

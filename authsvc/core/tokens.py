@@ -21,7 +21,7 @@ from authsvc.core.keys import ALGORITHM, SigningKey, b64url
 
 __all__ = ["ACCESS_TOKEN_TYP", "AccessTokenClaims", "TokenSigner"]
 
-ACCESS_TOKEN_TYP = "at+jwt"
+ACCESS_TOKEN_TYP = "at+jwt"  # noqa: S105 - a media type, not a secret
 """RFC 9068 §2.1: the ``typ`` header of a JWT access token."""
 
 
@@ -50,5 +50,7 @@ class TokenSigner:
     def sign(self, claims: AccessTokenClaims) -> str:
         payload = b64url(json.dumps(claims, separators=(",", ":"), ensure_ascii=True).encode("ascii"))
         signing_input = f"{self._header_segment}.{payload}"
-        signature = self.key.private_key.sign(signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256())
+        signature = self.key.private_key.sign(
+            signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256()
+        )
         return f"{signing_input}.{b64url(signature)}"

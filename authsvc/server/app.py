@@ -19,7 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from authsvc.admin import Authority, load_kek, open_store
+from authsvc import admin
+from authsvc.admin import Authority
 from authsvc.core.grants import client_credentials_endpoint
 from authsvc.core.ports import SystemClock, SystemRandom
 from authsvc.core.tokens import TokenSigner
@@ -36,12 +37,9 @@ TOKEN_SERVICE = token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name
 
 
 def open_authority(config: ServeConfig) -> Authority:
-    """The deployment state for ``config``: store opened and migrated, KEK loaded."""
-    return Authority(
-        open_store(config.data_dir),
-        load_kek(kek=config.kek, kek_file=config.kek_file, data_dir=config.data_dir),
-        clock=SystemClock(),
-        random=SystemRandom(),
+    """The deployment state for ``config``: store opened and migrated, KEK loaded and checked."""
+    return admin.open_authority(
+        config.data_dir, kek=config.kek, kek_file=config.kek_file, clock=SystemClock(), random=SystemRandom()
     )
 
 
@@ -92,10 +90,13 @@ async def start_server(
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        [TOKEN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+        [TOKEN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
     )
     if config.tls_cert is not None and config.tls_key is not None:
-        credentials = grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])
+        credentials = grpc.ssl_server_credentials(
+            [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
+        )
         port = server.add_secure_port(config.listen, credentials)
     else:
         port = server.add_insecure_port(config.listen)
@@ -105,7 +106,10 @@ async def start_server(
     host, _ = split_host_port(config.listen)
     log.info(
         "TokenService listening on %s:%d (%s), issuer %s, signing key kid=%s",
-        f"[{host}]" if ":" in host else host, port, "TLS" if config.tls else "plaintext", config.issuer,
+        f"[{host}]" if ":" in host else host,
+        port,
+        "TLS" if config.tls else "plaintext",
+        config.issuer,
         signer.key.kid,
     )
     return RunningServer(server, port, health, authority)
@@ -140,8 +144,10 @@ def run(config: ServeConfig) -> int:
     authority.ensure_signing_key()
     authority.store.close()
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(config, logging.getLogger().level), daemon=False)
-             for _ in range(config.workers)]
+    procs = [
+        ctx.Process(target=_worker, args=(config, logging.getLogger().level), daemon=False)
+        for _ in range(config.workers)
+    ]
     for p in procs:
         p.start()
     stopping = False
@@ -159,7 +165,7 @@ def run(config: ServeConfig) -> int:
     alive = {p.sentinel: p for p in procs}
     while alive:
         for sentinel in multiprocessing.connection.wait(list(alive)):
-            proc = alive.pop(sentinel)  # type: ignore[call-overload]
+            proc = alive.pop(sentinel)  # type: ignore[arg-type]
             proc.join()
             if proc.exitcode != 0 and not stopping:
                 log.error("worker %s exited with %s; stopping the others", proc.pid, proc.exitcode)

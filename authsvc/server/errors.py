@@ -42,6 +42,7 @@ def status_for(exc: BaseException) -> grpc.Status:
     code = STATUS_BY_ERROR.get(exc.error, grpc.StatusCode.INTERNAL)
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN))
-    return rpc_status.to_status(
+    status: grpc.Status = rpc_status.to_status(
         status_pb2.Status(code=code.value[0], message=exc.description, details=[detail])
     )
+    return status

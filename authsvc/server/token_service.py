@@ -9,7 +9,7 @@ issued token is logged by its ``jti``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import grpc
 
@@ -30,13 +30,17 @@ def _loggable(value: str) -> str:
 
 
 def token_request_from(
-    request: token_pb2.IssueTokenRequest, metadata: tuple[tuple[str, str | bytes], ...] | None
+    request: token_pb2.IssueTokenRequest, metadata: Iterable[tuple[str, str | bytes]] | None
 ) -> TokenRequest:
     """Build the core's request. RFC 6749 §2.3: a client MUST NOT use more than one
     authentication method in a request."""
     basic = basic_credentials(metadata)
     if basic is None:
-        client_id, secret, method = request.client_id, request.client_secret, ClientAuthMethod.CLIENT_SECRET_POST
+        client_id, secret, method = (
+            request.client_id,
+            request.client_secret,
+            ClientAuthMethod.CLIENT_SECRET_POST,
+        )
     else:
         if request.client_secret:
             raise InvalidRequest("use either Basic authentication or client_secret, not both")
@@ -77,8 +81,13 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
             log.exception("token request failed unexpectedly: client_id=%s", _loggable(client_id))
             await context.abort_with_status(status_for(exc))
             raise AssertionError("unreachable") from exc
-        log.info("token issued: jti=%s client_id=%s kid=%s scope=%r", issued.jti, issued.client_id, issued.kid,
-                 issued.scope)
+        log.info(
+            "token issued: jti=%s client_id=%s kid=%s scope=%r",
+            issued.jti,
+            issued.client_id,
+            issued.kid,
+            issued.scope,
+        )
         return token_pb2.IssueTokenResponse(
             access_token=issued.access_token,
             token_type=issued.token_type,

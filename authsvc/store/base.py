@@ -18,7 +18,7 @@ class StoreError(Exception):
     """Base of the errors a store raises."""
 
 
-class AlreadyExists(StoreError):  # noqa: N818 - reads as a condition, like FileExistsError
+class AlreadyExists(StoreError):
     """A row with this identity exists already."""
 
 

@@ -25,6 +25,9 @@ _CLIENT_COLUMNS = (
     "client_id, secret_hash, allowed_scopes, default_scopes, allowed_audiences, default_audience, "
     "token_ttl, grant_types, enabled, created_at, updated_at"
 )
+_MIGRATIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT)"
+)
 _KEY_COLUMNS = "kid, state, public_jwk, private_key_enc, kek_id, created_at, activated_at, retired_at"
 
 
@@ -109,12 +112,12 @@ class SQLiteStore:
 
     def migrate(self) -> None:
         with self._write() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT)")
+            conn.execute(_MIGRATIONS_TABLE)
             current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
             if current > SCHEMA_VERSION:
                 raise StoreError(
-                    f"the database schema is version {current}, newer than this authsvc knows ({SCHEMA_VERSION}); "
-                    "upgrade authsvc"
+                    f"the database schema is version {current}, newer than this authsvc knows "
+                    f"({SCHEMA_VERSION}); upgrade authsvc"
                 )
             for version, statements in MIGRATIONS:
                 if version <= current:
@@ -122,16 +125,23 @@ class SQLiteStore:
                 for statement in statements:
                     conn.execute(statement)
                 conn.execute(
-                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, strftime('%s','now'))", (version,)
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, strftime('%s','now'))",
+                    (version,),
                 )
 
     def schema_version(self) -> int:
-        return int(self._conn().execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0])
+        return int(
+            self._conn().execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+        )
 
     # -- clients ---------------------------------------------------------------------------
 
     def get_client(self, client_id: str) -> Client | None:
-        row = self._conn().execute(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id = ?", (client_id,)).fetchone()
+        row = (
+            self._conn()
+            .execute(f"SELECT {_CLIENT_COLUMNS} FROM clients WHERE client_id = ?", (client_id,))
+            .fetchone()
+        )
         return None if row is None else _client_from_row(row)
 
     def list_clients(self) -> list[Client]:
@@ -142,7 +152,8 @@ class SQLiteStore:
         try:
             with self._write() as conn:
                 conn.execute(
-                    f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _client_row(client)
+                    f"INSERT INTO clients ({_CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _client_row(client),
                 )
         except sqlite3.IntegrityError as exc:
             raise AlreadyExists(f"client {client.client_id!r} exists already") from exc
@@ -151,9 +162,9 @@ class SQLiteStore:
         row = _client_row(client)
         with self._write() as conn:
             cur = conn.execute(
-                "UPDATE clients SET secret_hash = ?, allowed_scopes = ?, default_scopes = ?, allowed_audiences = ?, "
-                "default_audience = ?, token_ttl = ?, grant_types = ?, enabled = ?, created_at = ?, updated_at = ? "
-                "WHERE client_id = ?",
+                "UPDATE clients SET secret_hash = ?, allowed_scopes = ?, default_scopes = ?, "
+                "allowed_audiences = ?, default_audience = ?, token_ttl = ?, grant_types = ?, enabled = ?, "
+                "created_at = ?, updated_at = ? WHERE client_id = ?",
                 (*row[1:], row[0]),
             )
             return cur.rowcount == 1
@@ -161,7 +172,11 @@ class SQLiteStore:
     # -- keys ------------------------------------------------------------------------------
 
     def list_keys(self) -> list[StoredKey]:
-        rows = self._conn().execute(f"SELECT {_KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid").fetchall()
+        rows = (
+            self._conn()
+            .execute(f"SELECT {_KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid")
+            .fetchall()
+        )
         return [_key_from_row(r) for r in rows]
 
     def activate_first_key(self, key: StoredKey) -> StoredKey:
@@ -173,8 +188,16 @@ class SQLiteStore:
                 return _key_from_row(row)
             conn.execute(
                 f"INSERT INTO signing_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key.kid, KeyState.ACTIVE.value, key.public_jwk, key.private_key_enc, key.kek_id,
-                 key.created_at, key.activated_at, key.retired_at),
+                (
+                    key.kid,
+                    KeyState.ACTIVE.value,
+                    key.public_jwk,
+                    key.private_key_enc,
+                    key.kek_id,
+                    key.created_at,
+                    key.activated_at,
+                    key.retired_at,
+                ),
             )
             return key
 
@@ -182,11 +205,14 @@ class SQLiteStore:
 
     def get_or_create_secret(self, name: str, value_enc: bytes, kek_id: str) -> tuple[bytes, str]:
         with self._write() as conn:
-            row = conn.execute("SELECT value_enc, kek_id FROM service_secrets WHERE name = ?", (name,)).fetchone()
+            row = conn.execute(
+                "SELECT value_enc, kek_id FROM service_secrets WHERE name = ?", (name,)
+            ).fetchone()
             if row is not None:
                 return bytes(row[0]), str(row[1])
             conn.execute(
-                "INSERT INTO service_secrets (name, value_enc, kek_id) VALUES (?, ?, ?)", (name, value_enc, kek_id)
+                "INSERT INTO service_secrets (name, value_enc, kek_id) VALUES (?, ?, ?)",
+                (name, value_enc, kek_id),
             )
             return value_enc, kek_id
 
