@@ -12,6 +12,7 @@ underlying cause with ``raise ... from exc``: it reaches the logs, not the calle
 from __future__ import annotations
 
 __all__ = [
+    "AccessDenied",
     "ConfigurationError",
     "InsufficientScope",
     "InvalidClient",
@@ -94,6 +95,13 @@ class InsufficientScope(OAuthError):
     """RFC 6750 §3.1: the access token lacks a scope that the called method requires."""
 
     error = "insufficient_scope"
+
+
+class AccessDenied(OAuthError):
+    """RFC 6749 §4.1.2.1: the request is refused whatever the token, e.g. a method that declares
+    no policy (deny by default)."""
+
+    error = "access_denied"
 
 
 class TemporarilyUnavailable(OAuthError):

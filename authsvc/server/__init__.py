@@ -3,6 +3,6 @@ reflection and process wiring."""
 
 from authsvc.server.app import RunningServer, run, serve, start_server
 from authsvc.server.config import ServeConfig
-from authsvc.server.errors import status_for
+from authsvc.status import status_for
 
 __all__ = ["RunningServer", "ServeConfig", "run", "serve", "start_server", "status_for"]

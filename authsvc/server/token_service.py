@@ -15,7 +15,7 @@ import grpc
 
 from authsvc.core.errors import InvalidRequest, OAuthError
 from authsvc.core.grants import ClientAuthMethod, TokenEndpoint, TokenRequest
-from authsvc.server.errors import status_for
+from authsvc.status import status_for
 from authsvc.server.metadata import basic_credentials
 from authsvc.v1 import token_pb2, token_pb2_grpc
 

@@ -1,4 +1,5 @@
-"""The one place where errors become gRPC statuses.
+"""The one place where errors become gRPC statuses, for the TokenService and for every server
+that verifies tokens with :mod:`authsvc.verify` (so it lives outside both).
 
 An :class:`~authsvc.core.errors.OAuthError` becomes a status code (DESIGN.md §2) with the
 error's sanitized description as the message and a ``google.rpc.ErrorInfo`` detail whose
@@ -23,6 +24,7 @@ STATUS_BY_ERROR: dict[str, grpc.StatusCode] = {
     "invalid_client": grpc.StatusCode.UNAUTHENTICATED,
     "invalid_token": grpc.StatusCode.UNAUTHENTICATED,
     "insufficient_scope": grpc.StatusCode.PERMISSION_DENIED,
+    "access_denied": grpc.StatusCode.PERMISSION_DENIED,
     "unauthorized_client": grpc.StatusCode.PERMISSION_DENIED,
     "invalid_request": grpc.StatusCode.INVALID_ARGUMENT,
     "invalid_scope": grpc.StatusCode.INVALID_ARGUMENT,
