@@ -9,14 +9,19 @@ else becomes INTERNAL with a generic message; its details go to the log only.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from authsvc.core.errors import OAuthError, ServerError
+from authsvc.core.errors import InvalidRequest, OAuthError, ServerError
 
-__all__ = ["ERROR_DOMAIN", "STATUS_BY_ERROR", "status_for"]
+__all__ = ["ERROR_DOMAIN", "STATUS_BY_ERROR", "DecodeGuard", "status_for"]
 
 ERROR_DOMAIN = "authsvc"
 
@@ -48,3 +53,72 @@ def status_for(exc: BaseException) -> grpc.Status:
         status_pb2.Status(code=code.value[0], message=exc.description, details=[detail])
     )
     return status
+
+
+class _Undecodable:
+    """Stands in for a request message whose bytes did not parse."""
+
+
+_UNDECODABLE = _Undecodable()
+
+
+def _guarded(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return _UNDECODABLE
+
+    return parse
+
+
+class DecodeGuard(grpc.aio.ServerInterceptor):
+    """Answers a unary request that is not a valid protobuf message with INVALID_ARGUMENT
+    (``INVALID_REQUEST``) instead of grpc's default UNKNOWN, whose message names parser internals,
+    and without an error-level traceback per request. Put it first in the interceptor list."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler
+        status = status_for(
+            InvalidRequest("the request is not a valid protobuf message of the method's type")
+        )
+        if handler.response_streaming:
+            inner_stream: Callable[..., Any] = handler.unary_stream  # type: ignore[assignment]
+
+            async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                if request is _UNDECODABLE:
+                    await context.abort_with_status(status)
+                result = inner_stream(request, context)
+                if inspect.isasyncgen(result):
+                    async for item in result:
+                        await context.write(item)
+                    return None
+                return await result
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=_guarded(handler.request_deserializer),
+                response_serializer=handler.response_serializer,
+            )
+        inner: Callable[..., Any] = handler.unary_unary  # type: ignore[assignment]
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if request is _UNDECODABLE:
+                await context.abort_with_status(status)
+            result = inner(request, context)
+            return await result if inspect.isawaitable(result) else result
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary,
+            request_deserializer=_guarded(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )

@@ -3,7 +3,7 @@
 Every error the core raises is an :class:`OAuthError` that carries the OAuth error code of the
 specification that defines it (RFC 6749 §5.2, RFC 6750 §3.1, RFC 8707 §2) and a description
 that is safe to show to the caller. The gRPC edge maps the code to a status in one place
-(:mod:`authsvc.server.errors`); nothing else decides what goes on the wire.
+(:mod:`authsvc.status`); nothing else decides what goes on the wire.
 
 Descriptions never contain secrets, tokens, key material or internal identifiers. Keep the
 underlying cause with ``raise ... from exc``: it reaches the logs, not the caller.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypedDict
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 ALGORITHM = "RS256"
+_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
+_B64_KEY = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]=?")  # 32 bytes, canonical trailing bits
 MIN_RSA_BITS = 2048
 DEFAULT_RSA_BITS = 2048
 
@@ -162,16 +165,12 @@ class KeyEncryptionKey:
     def from_text(cls, text: str) -> KeyEncryptionKey:
         """Parse a KEK given as 64 hex digits or as base64url/base64 of 32 bytes."""
         text = text.strip()
-        try:
-            if len(text) == 64 and all(c in "0123456789abcdefABCDEF" for c in text):
-                raw = bytes.fromhex(text)
-            else:
-                raw = base64.urlsafe_b64decode(
-                    text.replace("+", "-").replace("/", "_") + "=" * (-len(text) % 4)
-                )
-        except ValueError as exc:
-            raise ConfigurationError("the key-encryption key is neither hex nor base64") from exc
-        return cls(raw)
+        if _HEX_KEY.fullmatch(text):
+            return cls(bytes.fromhex(text))
+        normalized = text.replace("+", "-").replace("/", "_")
+        if not _B64_KEY.fullmatch(normalized):
+            raise ConfigurationError("the key-encryption key is neither 64 hex digits nor base64 of 32 bytes")
+        return cls(base64.urlsafe_b64decode(normalized.rstrip("=") + "="))
 
     def wrap(self, plaintext: bytes, *, aad: bytes, random: RandomSource) -> bytes:
         """Encrypt ``plaintext``; the result is ``nonce || ciphertext || tag``."""
@@ -181,6 +180,8 @@ class KeyEncryptionKey:
     def unwrap(self, blob: bytes, *, aad: bytes) -> bytes:
         """Decrypt what :meth:`wrap` produced. Raises :class:`ConfigurationError` on tampering or
         a wrong KEK."""
+        if len(blob) < 12 + 16:
+            raise ConfigurationError("a stored key is truncated")
         try:
             return self._aead.decrypt(blob[:12], blob[12:], aad)
         except InvalidTag as exc:

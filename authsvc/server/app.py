@@ -26,6 +26,7 @@ from authsvc.core.ports import SystemClock, SystemRandom
 from authsvc.core.tokens import TokenSigner
 from authsvc.server.config import ServeConfig, split_host_port
 from authsvc.server.token_service import TokenServicer
+from authsvc.status import DecodeGuard
 from authsvc.store.cache import CachedClientLookup
 from authsvc.v1 import token_pb2, token_pb2_grpc
 
@@ -85,7 +86,9 @@ async def start_server(
         clock=authority.clock,
         random=authority.random,
     )
-    server = grpc.aio.server(options=_server_options(config, reuse_port=reuse_port))
+    server = grpc.aio.server(
+        options=_server_options(config, reuse_port=reuse_port), interceptors=[DecodeGuard()]
+    )
     token_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(endpoint, authority.jwks_json), server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -2,7 +2,7 @@
 
 It extracts the client's credentials from the request or the metadata, hands a transport-free
 :class:`~authsvc.core.grants.TokenRequest` to the core, and maps the outcome: a response, or a
-status built by :func:`authsvc.server.errors.status_for`. Tokens never reach the log; each
+status built by :func:`authsvc.status.status_for`. Tokens never reach the log; each
 issued token is logged by its ``jti``.
 """
 
@@ -15,8 +15,8 @@ import grpc
 
 from authsvc.core.errors import InvalidRequest, OAuthError
 from authsvc.core.grants import ClientAuthMethod, TokenEndpoint, TokenRequest
-from authsvc.status import status_for
 from authsvc.server.metadata import basic_credentials
+from authsvc.status import status_for
 from authsvc.v1 import token_pb2, token_pb2_grpc
 
 __all__ = ["TokenServicer", "token_request_from"]

@@ -7,6 +7,7 @@ its own connection.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -84,7 +85,11 @@ class SQLiteStore:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self.migrate()
+        try:
+            self.migrate()
+        except BaseException:
+            self.close()
+            raise
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -199,7 +204,7 @@ class SQLiteStore:
                     key.retired_at,
                 ),
             )
-            return key
+            return dataclasses.replace(key, state=KeyState.ACTIVE.value)
 
     # -- service secrets -------------------------------------------------------------------
 

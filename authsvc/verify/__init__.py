@@ -1,0 +1,33 @@
+"""What a resource server imports to accept authsvc access tokens, offline.
+
+::
+
+    from authsvc.verify import AuthInterceptor, GrpcJwksSource, TokenVerifier, current_principal
+
+    verifier = TokenVerifier(issuer="https://auth.example", audience="payments",
+                             jwks=GrpcJwksSource("auth:50051"))
+    server = grpc.server(pool, interceptors=[AuthInterceptor(verifier)])
+
+Importable without the server or store packages.
+"""
+
+from authsvc.verify.interceptor import AioAuthInterceptor, AuthInterceptor, bearer_token, current_principal
+from authsvc.verify.jwks import FileJwksSource, GrpcJwksSource, JwksCache, JwksSource, StaticJwksSource
+from authsvc.verify.policy import PUBLIC, MethodPolicy
+from authsvc.verify.verifier import Principal, TokenVerifier
+
+__all__ = [
+    "PUBLIC",
+    "AioAuthInterceptor",
+    "AuthInterceptor",
+    "FileJwksSource",
+    "GrpcJwksSource",
+    "JwksCache",
+    "JwksSource",
+    "MethodPolicy",
+    "Principal",
+    "StaticJwksSource",
+    "TokenVerifier",
+    "bearer_token",
+    "current_principal",
+]

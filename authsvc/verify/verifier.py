@@ -1,0 +1,203 @@
+"""Offline verification of RFC 9068 access tokens.
+
+:class:`TokenVerifier` checks a token against one issuer and one audience using keys from a
+:class:`~authsvc.verify.jwks.JwksCache`, cheapest checks first, so that garbage costs
+microseconds and never causes a key fetch:
+
+1. size (8 KiB), three canonical base64url segments, strict JSON;
+2. header: only ``alg``, ``kid`` and ``typ``; ``alg`` exactly RS256 (the algorithm is pinned,
+   never read from the token: RFC 8725 §3.1); ``typ`` ``at+jwt`` (RFC 9068 §4);
+3. claims: every one of ``iss aud exp iat nbf sub jti client_id scope`` present and well typed,
+   exact issuer, our audience, time window with a small leeway, bounded lifetime;
+4. the key, by ``kid``, from memory (an unknown kid may trigger one throttled refresh);
+5. the RSA signature.
+
+A token that passed is remembered (keyed by its SHA-256) until it expires, so a repeated token
+costs a hash and a dict lookup. Failures are never cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from authsvc.core.errors import InsufficientScope, InvalidScope, InvalidToken
+from authsvc.core.keys import ALGORITHM
+from authsvc.core.ports import Clock, SystemClock
+from authsvc.core.scopes import parse_scope
+from authsvc.verify.jose import b64url_decode_strict, split_compact, strict_json_object
+from authsvc.verify.jwks import JwksCache, JwksSource
+
+__all__ = ["ACCEPTED_TYPS", "MAX_TOKEN_BYTES", "Principal", "TokenVerifier"]
+
+MAX_TOKEN_BYTES = 8 * 1024
+ACCEPTED_TYPS = frozenset({"at+jwt", "application/at+jwt"})
+_HEADER_MEMBERS = frozenset({"alg", "kid", "typ"})
+_STRING_CLAIMS = ("sub", "jti", "client_id")
+_TIME_CLAIMS = ("exp", "iat", "nbf")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The verified caller: who it is, what it may do, and until when."""
+
+    client_id: str
+    subject: str
+    scopes: frozenset[str]
+    audience: tuple[str, ...]
+    issuer: str
+    jti: str
+    expires_at: float
+    issued_at: float
+    claims: Mapping[str, Any] = field(repr=False, compare=False)
+
+    def has_scopes(self, required: Iterable[str]) -> bool:
+        return self.scopes.issuperset(required)
+
+
+def _number(claims: Mapping[str, Any], name: str) -> float:
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidToken(f"the token's {name} claim is missing or not a number")
+    return float(value)
+
+
+class TokenVerifier:
+    """Verifies access tokens issued by ``issuer`` for ``audience``.
+
+    ``jwks`` is a :class:`JwksSource` (wrapped in a :class:`JwksCache` with default settings) or a
+    configured :class:`JwksCache`. ``leeway`` (seconds) absorbs clock skew on ``exp``, ``nbf``
+    and ``iat``; keep it small. ``max_lifetime`` refuses tokens whose ``exp - iat`` exceeds it,
+    so a stolen signing key cannot mint tokens that live for years.
+    """
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str,
+        jwks: JwksSource | JwksCache,
+        leeway: float = 30.0,
+        max_lifetime: float = 86_400.0,
+        cache_size: int = 10_000,
+        clock: Clock | None = None,
+    ) -> None:
+        if not issuer or not audience:
+            raise ValueError("issuer and audience are required")
+        if not 0 <= leeway <= 300:
+            raise ValueError("leeway must be between 0 and 300 seconds")
+        self.issuer = issuer
+        self.audience = audience
+        self.keys = jwks if isinstance(jwks, JwksCache) else JwksCache(jwks)
+        self.leeway = leeway
+        self.max_lifetime = max_lifetime
+        self._clock = clock or SystemClock()
+        self._cache_size = cache_size
+        self._verified: OrderedDict[bytes, tuple[float, int, Principal]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def verify(self, token: str) -> Principal:
+        """The principal of a valid token; raises :class:`InvalidToken` (or
+        :class:`~authsvc.core.errors.TemporarilyUnavailable` when no keys can be had)."""
+        if len(token) > MAX_TOKEN_BYTES:
+            raise InvalidToken(f"the token is longer than {MAX_TOKEN_BYTES} bytes")
+        now = self._clock.now()
+        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+        hit = self._verified.get(digest)
+        if hit is not None and now < hit[0] and hit[1] == self.keys.generation:
+            return hit[2]
+        principal = self._verify_fully(token, now)
+        with self._lock:
+            self._verified[digest] = (principal.expires_at, self.keys.generation, principal)
+            while len(self._verified) > self._cache_size:
+                self._verified.popitem(last=False)
+        return principal
+
+    def _verify_fully(self, token: str, now: float) -> Principal:
+        if not token.isascii():
+            raise InvalidToken("the token is not ASCII")
+        header_b64, payload_b64, signature_b64 = split_compact(token)
+        header = strict_json_object(b64url_decode_strict(header_b64))
+        if not set(header) <= _HEADER_MEMBERS:
+            raise InvalidToken("the token's header has members other than alg, kid and typ")
+        if header.get("alg") != ALGORITHM:
+            raise InvalidToken("the token is not signed with RS256")
+        if header.get("typ") not in ACCEPTED_TYPS:
+            raise InvalidToken("the token is not an at+jwt access token")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not 0 < len(kid) <= 128:
+            raise InvalidToken("the token's kid is missing or malformed")
+
+        claims = strict_json_object(b64url_decode_strict(payload_b64))
+        principal = self._check_claims(claims, now)
+        signature = b64url_decode_strict(signature_b64)
+
+        key = self.keys.get(kid)
+        if key is None:
+            raise InvalidToken("the token is signed with an unknown key")
+        if len(signature) != (key.key_size + 7) // 8:
+            raise InvalidToken("the token's signature has the wrong length")
+        try:
+            key.verify(
+                signature, f"{header_b64}.{payload_b64}".encode("ascii"), padding.PKCS1v15(), hashes.SHA256()
+            )
+        except InvalidSignature as exc:
+            raise InvalidToken("the token's signature is invalid") from exc
+        return principal
+
+    def _check_claims(self, claims: Mapping[str, Any], now: float) -> Principal:
+        if claims.get("iss") != self.issuer:
+            raise InvalidToken("the token is from another issuer")
+        aud = claims.get("aud")
+        audiences = (aud,) if isinstance(aud, str) else tuple(aud) if isinstance(aud, list) else None
+        if not audiences or not all(isinstance(a, str) for a in audiences):
+            raise InvalidToken("the token's aud claim is missing or malformed")
+        if self.audience not in audiences:
+            raise InvalidToken("the token is meant for another audience")
+        exp, iat, nbf = (_number(claims, name) for name in _TIME_CLAIMS)
+        if now >= exp + self.leeway:
+            raise InvalidToken("the token has expired")
+        if nbf > now + self.leeway:
+            raise InvalidToken("the token is not valid yet")
+        if iat > now + self.leeway:
+            raise InvalidToken("the token was issued in the future")
+        if exp - iat > self.max_lifetime or exp < iat:
+            raise InvalidToken("the token's lifetime is too long")
+        for name in _STRING_CLAIMS:
+            value = claims.get(name)
+            if not isinstance(value, str) or not value:
+                raise InvalidToken(f"the token's {name} claim is missing or empty")
+        scope = claims.get("scope")
+        if not isinstance(scope, str):
+            raise InvalidToken("the token's scope claim is missing")
+        try:
+            scopes = frozenset(parse_scope(scope))
+        except InvalidScope as exc:
+            raise InvalidToken("the token's scope claim is malformed") from exc
+        return Principal(
+            client_id=claims["client_id"],
+            subject=claims["sub"],
+            scopes=scopes,
+            audience=audiences,
+            issuer=self.issuer,
+            jti=claims["jti"],
+            expires_at=exp,
+            issued_at=iat,
+            claims=dict(claims),
+        )
+
+    @staticmethod
+    def require_scopes(principal: Principal, required: Iterable[str]) -> None:
+        """RFC 6750 §3.1 insufficient_scope unless the principal holds every required scope."""
+        missing = [s for s in required if s not in principal.scopes]
+        if missing:
+            raise InsufficientScope(f"the token lacks the scope {' '.join(missing)}")
