@@ -1,10 +1,11 @@
 """The one place where errors become gRPC statuses, for the TokenService and for every server
 that verifies tokens with :mod:`authsvc.verify` (so it lives outside both).
 
-An :class:`~authsvc.core.errors.OAuthError` becomes a status code (DESIGN.md §2) with the
-error's sanitized description as the message and a ``google.rpc.ErrorInfo`` detail whose
-``reason`` is the OAuth code in upper snake case and whose ``domain`` is ``authsvc``. Anything
-else becomes INTERNAL with a generic message; its details go to the log only.
+A :class:`~authsvc.core.errors.ServiceError` (every OAuthError is one) becomes a status code
+(DESIGN.md §2) chosen by its ``status_key``, with the error's sanitized description as the
+message and a ``google.rpc.ErrorInfo`` detail whose ``reason`` is the error code in upper snake
+case and whose ``domain`` is ``authsvc``. Anything else becomes INTERNAL with a generic message;
+its details go to the log only.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from authsvc.core.errors import InvalidRequest, OAuthError, ServerError
+from authsvc.core.errors import InvalidRequest, ServerError, ServiceError
 
 __all__ = ["ERROR_DOMAIN", "STATUS_BY_ERROR", "DecodeGuard", "status_for"]
 
@@ -39,14 +40,19 @@ STATUS_BY_ERROR: dict[str, grpc.StatusCode] = {
     "temporarily_unavailable": grpc.StatusCode.UNAVAILABLE,
     "not_found": grpc.StatusCode.NOT_FOUND,
     "server_error": grpc.StatusCode.INTERNAL,
+    # kinds for domain errors of services built on authsvc (ServiceError.kind)
+    "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
+    "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION,
+    "already_exists": grpc.StatusCode.ALREADY_EXISTS,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
 }
 
 
 def status_for(exc: BaseException) -> grpc.Status:
     """The gRPC status (with ErrorInfo detail) to send for ``exc``."""
-    if not isinstance(exc, OAuthError):
+    if not isinstance(exc, ServiceError):
         exc = ServerError("internal error")
-    code = STATUS_BY_ERROR.get(exc.error, grpc.StatusCode.INTERNAL)
+    code = STATUS_BY_ERROR.get(exc.status_key, grpc.StatusCode.INTERNAL)
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN))
     status: grpc.Status = rpc_status.to_status(

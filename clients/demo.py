@@ -1,8 +1,10 @@
-"""`make demo`: the whole scenario on the embedded default (SQLite), end to end.
+"""`make demo`: the whole payment scenario on the embedded default (SQLite), end to end.
 
-Starts the TokenService with ``authsvc serve`` in a temporary data directory, registers a demo
-client with ``authsvc clients create``, obtains a token over gRPC, prints its decoded header and
-claims and the JWKS, shows a refusal, and shuts everything down.
+Starts the TokenService (``authsvc serve``) and the PaymentService (``payments-svc serve``) in a
+temporary directory, registers two merchants with ``authsvc clients create``, and walks through a
+merchant's day: get a token, pay, replay the payment with the same idempotency key, read it back,
+refund part of it, and meet the refusals (no token, a read-only token on a write, another
+merchant's payment). Then everything shuts down.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import jwt
@@ -24,16 +28,19 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from authsvc.v1 import token_pb2, token_pb2_grpc
+from payments_svc.v1 import payments_pb2 as pb
+from payments_svc.v1 import payments_pb2_grpc
 
 ISSUER = "https://authsvc.demo"
+BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
 
 def step(text: str) -> None:
-    print(f"\n\033[1m== {text}\033[0m", flush=True)
+    print(f"\n{BOLD}== {text}{RESET}", flush=True)
 
 
 def run_cli(*args: str, env: dict[str, str]) -> str:
-    print("$ authsvc " + " ".join(args), flush=True)
+    print(f"$ authsvc {' '.join(args)}", flush=True)
     return subprocess.run(
         [sys.executable, "-m", "authsvc.cli", *args],
         env=env,
@@ -44,41 +51,81 @@ def run_cli(*args: str, env: dict[str, str]) -> str:
     ).stdout
 
 
-def start_token_service(env: dict[str, str]) -> tuple[subprocess.Popen[str], int, list[str]]:
-    print("$ authsvc serve --listen 127.0.0.1:0 --issuer " + ISSUER, flush=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "authsvc.cli", "serve", "--listen", "127.0.0.1:0", "--issuer", ISSUER],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
+class Service:
+    """A server command in a subprocess; its port is read from its first log lines."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        print(f"$ {name} {' '.join(argv[3:])}", flush=True)
+        self.proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        self.log: list[str] = []
+        for line in self.proc.stderr:
+            self.log.append(line)
+            if m := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+                self.port = int(m.group(1))
+                break
+        else:
+            raise SystemExit(f"{name} did not start:\n" + "".join(self.log))
+        stderr = self.proc.stderr
+        threading.Thread(target=lambda: self.log.extend(stderr), daemon=True).start()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=20)
+
+
+def refusal(call: Callable[[], Any]) -> None:
+    try:
+        call()
+    except grpc.RpcError as err:
+        info = error_details_pb2.ErrorInfo()
+        status = rpc_status.from_call(err)
+        if status is not None and status.details:
+            status.details[0].Unpack(info)
+        print(f"  refused: {err.code().name} {info.reason}: {err.details()}")
+        return
+    raise SystemExit("the call was expected to be refused but succeeded")
+
+
+def show(p: pb.Payment) -> str:
+    status = pb.PaymentStatus.Name(p.status).removeprefix("PAYMENT_STATUS_").lower()
+    return (
+        f"{p.transaction_id}  {p.amount} {p.currency}  refunded {p.refunded_amount}  {status}  "
+        f"client={p.client_id}"
     )
-    assert proc.stderr is not None
-    log: list[str] = []
-    for line in proc.stderr:
-        log.append(line)
-        if m := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
-            port = int(m.group(1))
-            break
-    else:
-        raise SystemExit("the TokenService did not start:\n" + "".join(log))
-    stderr = proc.stderr
-    threading.Thread(target=lambda: log.extend(stderr), daemon=True).start()
-    return proc, port, log
+
+
+def get_token(stub: token_pb2_grpc.TokenServiceStub, client: dict[str, str], scope: str) -> str:
+    basic = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode()).decode()
+    response = stub.IssueToken(
+        token_pb2.IssueTokenRequest(grant_type="client_credentials", scope=scope, audience=["payments"]),
+        metadata=(("authorization", f"Basic {basic}"),),
+        timeout=10,
+    )
+    return str(response.access_token)
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="authsvc-demo-") as tmp:
-        data_dir = Path(tmp) / "data"
-        env = {**os.environ, "AUTHSVC_DATA_DIR": str(data_dir), "AUTHSVC_KEK": os.urandom(32).hex()}
-        step("Register a merchant backend as an OAuth client (the secret is shown once)")
-        client = json.loads(
+        env = {
+            **os.environ,
+            "AUTHSVC_DATA_DIR": str(Path(tmp) / "auth"),
+            "AUTHSVC_KEK": os.urandom(32).hex(),
+            "PAYMENTS_DATA_DIR": str(Path(tmp) / "payments"),
+            "AUTHSVC_ISSUER": ISSUER,
+            "PAYMENTS_ISSUER": ISSUER,
+        }
+        step("Register two merchant backends as OAuth clients (each secret is shown once)")
+        scopes = "payments:read payments:write payments:refund"
+        shop = json.loads(
             run_cli(
                 "clients",
                 "create",
                 "--client-id",
                 "merchant-shop",
                 "--scope",
-                "payments:read payments:write",
+                scopes,
                 "--audience",
                 "payments",
                 "--output",
@@ -86,77 +133,147 @@ def main() -> int:
                 env=env,
             )
         )
-        print(f"client_id={client['client_id']}  client_secret={client['client_secret'][:15]}…")
+        other = json.loads(
+            run_cli(
+                "clients",
+                "create",
+                "--client-id",
+                "merchant-other",
+                "--scope",
+                scopes,
+                "--audience",
+                "payments",
+                "--output",
+                "json",
+                env=env,
+            )
+        )
+        print(f"client_id={shop['client_id']}  client_secret={shop['client_secret'][:15]}…")
 
-        step("Start the TokenService")
-        proc, port, log = start_token_service(env)
+        step("Start the TokenService and the PaymentService")
+        auth = Service(
+            "authsvc", [sys.executable, "-m", "authsvc.cli", "serve", "--listen", "127.0.0.1:0"], env
+        )
+        services = [auth]
+        rc = 1
         try:
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = token_pb2_grpc.TokenServiceStub(channel)
-                step("IssueToken: client credentials grant, client_secret_basic")
-                basic = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode()).decode()
-                response = stub.IssueToken(
-                    token_pb2.IssueTokenRequest(
-                        grant_type="client_credentials", scope="payments:write", audience=["payments"]
-                    ),
-                    metadata=(("authorization", f"Basic {basic}"),),
-                    timeout=10,
+            env["PAYMENTS_TOKEN_SERVICE"] = f"127.0.0.1:{auth.port}"
+            gateway = Service(
+                "payments-svc",
+                [sys.executable, "-m", "payments_svc.cli", "serve", "--listen", "127.0.0.1:0"],
+                env,
+            )
+            services.append(gateway)
+            with (
+                grpc.insecure_channel(f"127.0.0.1:{auth.port}") as auth_ch,
+                grpc.insecure_channel(f"127.0.0.1:{gateway.port}") as pay_ch,
+            ):
+                tokens = token_pb2_grpc.TokenServiceStub(auth_ch)
+                payments = payments_pb2_grpc.PaymentServiceStub(pay_ch)
+
+                step("The merchant asks for a token (client credentials, client_secret_basic)")
+                token = get_token(tokens, shop, scopes)
+                print(f"access_token={token[:20]}…{token[-6:]} ({len(token)} bytes)")
+                print("header:", json.dumps(jwt.get_unverified_header(token)))
+                print("claims:", json.dumps(jwt.decode(token, options={"verify_signature": False})))
+                keys = json.loads(tokens.GetJwks(token_pb2.GetJwksRequest(), timeout=10).jwks_json)["keys"]
+                print(f"JWKS: {len(keys)} key(s), kid={keys[0]['kid']} — the PaymentService verifies offline")
+                auth_md = (("authorization", f"Bearer {token}"),)
+
+                step("CreatePayment (payments:write), then again with the same idempotency key")
+                request = pb.CreatePaymentRequest(
+                    amount="149.99",
+                    currency="USD",
+                    payment_method="pm_card_visa",
+                    description="order #1001",
+                    idempotency_key="order-1001",
                 )
-                token = response.access_token
+                paid = payments.CreatePayment(request, metadata=auth_md, timeout=10).payment
+                print("  created: ", show(paid))
+                again = payments.CreatePayment(request, metadata=auth_md, timeout=10).payment
                 print(
-                    f"token_type={response.token_type} expires_in={response.expires_in} "
-                    f"scope={response.scope!r}"
+                    "  replayed:",
+                    show(again),
+                    "(same payment, charged once)" if again == paid else "(DIFFERENT!)",
                 )
-                print(f"access_token={token[:24]}…{token[-8:]} ({len(token)} bytes)")
 
-                step("The token, decoded: RFC 9068 header and claims")
-                print(json.dumps(jwt.get_unverified_header(token), indent=2))
-                print(json.dumps(jwt.decode(token, options={"verify_signature": False}), indent=2))
+                step("GetPayment and ListPayments (payments:read)")
+                got = payments.GetPayment(
+                    pb.GetPaymentRequest(transaction_id=paid.transaction_id), metadata=auth_md, timeout=10
+                ).payment
+                print("  got:     ", show(got))
+                listed = payments.ListPayments(
+                    pb.ListPaymentsRequest(), metadata=auth_md, timeout=10
+                ).payments
+                print(f"  listed:   {len(listed)} payment(s)")
 
-                step("GetJwks: the public keys any resource server verifies with, offline")
-                jwks_json = stub.GetJwks(token_pb2.GetJwksRequest(), timeout=10).jwks_json
-                print(json.dumps(json.loads(jwks_json), indent=2))
-                keys = jwt.PyJWKSet.from_json(jwks_json)
-                kid = jwt.get_unverified_header(token)["kid"]
-                claims = jwt.decode(
-                    token,
-                    next(k for k in keys.keys if k.key_id == kid).key,
-                    algorithms=["RS256"],
-                    audience="payments",
-                    issuer=ISSUER,
-                )
-                print(f"signature verified with PyJWT against the JWKS: sub={claims['sub']}")
+                step("RefundPayment (payments:refund): 50.00 of 149.99")
+                refunded = payments.RefundPayment(
+                    pb.RefundPaymentRequest(
+                        transaction_id=paid.transaction_id, amount="50.00", idempotency_key="refund-1001-a"
+                    ),
+                    metadata=auth_md,
+                    timeout=10,
+                ).payment
+                print("  refunded:", show(refunded))
 
-                step("A refusal: the wrong secret")
-                try:
-                    stub.IssueToken(
-                        token_pb2.IssueTokenRequest(
-                            grant_type="client_credentials",
-                            client_id=client["client_id"],
-                            client_secret="authsvc_cs_not-the-secret",  # noqa: S106 - deliberately wrong
-                        ),
+                step("Refusals")
+                print("- no token:")
+                refusal(lambda: payments.ListPayments(pb.ListPaymentsRequest(), timeout=10))
+                print("- a read-only token on a write:")
+                read_md = (("authorization", f"Bearer {get_token(tokens, shop, 'payments:read')}"),)
+                refusal(lambda: payments.CreatePayment(request, metadata=read_md, timeout=10))
+                print("- another merchant asks for merchant-shop's payment:")
+                other_md = (("authorization", f"Bearer {get_token(tokens, other, 'payments:read')}"),)
+                refusal(
+                    lambda: payments.GetPayment(
+                        pb.GetPaymentRequest(transaction_id=paid.transaction_id),
+                        metadata=other_md,
                         timeout=10,
                     )
-                    raise SystemExit("the wrong secret was accepted")
-                except grpc.RpcError as err:
-                    status = rpc_status.from_call(err)
-                    info = error_details_pb2.ErrorInfo()
-                    if status is not None:
-                        status.details[0].Unpack(info)
-                    print(
-                        f"{err.code().name}: {err.details()}  (ErrorInfo reason={info.reason}, "
-                        f"domain={info.domain})"
+                )
+                print("- refund more than is left:")
+                refusal(
+                    lambda: payments.RefundPayment(
+                        pb.RefundPaymentRequest(transaction_id=paid.transaction_id, amount="100.00"),
+                        metadata=auth_md,
+                        timeout=10,
                     )
+                )
+                print("- an amount with more decimals than USD has:")
+                refusal(
+                    lambda: payments.CreatePayment(
+                        pb.CreatePaymentRequest(
+                            amount="10.005",
+                            currency="USD",
+                            payment_method="pm_card_visa",
+                            idempotency_key="x",
+                        ),
+                        metadata=auth_md,
+                        timeout=10,
+                    )
+                )
+                print("- the wrong client secret at the TokenService:")
+                refusal(
+                    lambda: get_token(tokens, {**shop, "client_secret": "authsvc_cs_wrong"}, "payments:read")
+                )
 
             step("Signing keys")
             print(run_cli("keys", "list", env=env), end="")
+            rc = 0
         finally:
             step("Shut down (SIGTERM, graceful)")
-            proc.send_signal(signal.SIGTERM)
-            rc = proc.wait(timeout=20)
-            print("".join(line for line in log if "authsvc.server" in line), end="")
-            print(f"TokenService exited with {rc}")
-    return 0 if rc == 0 else 1
+            for service in reversed(services):
+                code = service.stop()
+                print(
+                    f"{DIM}"
+                    + "".join(line for line in service.log if "listening" in line or "stopped" in line)
+                    + f"{RESET}",
+                    end="",
+                )
+                print(f"exited with {code}")
+                rc = rc or code
+    return rc
 
 
 if __name__ == "__main__":

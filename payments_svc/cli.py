@@ -1,13 +1,101 @@
-"""The ``payments-svc`` command (the PaymentService arrives with the verification issue)."""
+"""The ``payments-svc`` command. Every flag can also be set with a ``PAYMENTS_*`` environment
+variable (the flag wins)."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from authsvc.core.errors import ConfigurationError
 
 __all__ = ["main"]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    print("payments-svc: the PaymentService is not built yet", file=sys.stderr)
-    return 2
+def _env_bool(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="payments-svc",
+        description="The PaymentService, a payment gateway that accepts authsvc access tokens",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the PaymentService")
+    default_dir = Path(env.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "payments-svc"
+
+    def opt(flag: str, var: str, default: str | None, text: str, **kw: object) -> None:
+        value = env.get(var) or default
+        serve.add_argument(flag, default=value, help=f"{text} [env {var}; default {default}]", **kw)  # type: ignore[arg-type]
+
+    opt("--listen", "PAYMENTS_LISTEN", "127.0.0.1:50052", "HOST:PORT to listen on")
+    opt("--data-dir", "PAYMENTS_DATA_DIR", str(default_dir), "directory of the payments database", type=Path)
+    opt(
+        "--token-service",
+        "PAYMENTS_TOKEN_SERVICE",
+        "127.0.0.1:50051",
+        "HOST:PORT of the TokenService whose keys (GetJwks) verify tokens",
+    )
+    opt(
+        "--token-service-ca",
+        "PAYMENTS_TOKEN_SERVICE_CA",
+        None,
+        "PEM CA bundle: reach the TokenService over TLS",
+        type=Path,
+    )
+    opt("--issuer", "PAYMENTS_ISSUER", "https://authsvc.local", "the issuer tokens must come from")
+    opt("--audience", "PAYMENTS_AUDIENCE", "payments", "the audience tokens must be meant for")
+    opt("--tls-cert", "PAYMENTS_TLS_CERT", None, "PEM certificate chain for TLS", type=Path)
+    opt("--tls-key", "PAYMENTS_TLS_KEY", None, "PEM private key for TLS", type=Path)
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_env_bool(env.get("PAYMENTS_INSECURE")),
+        help="allow plaintext on a non-loopback address [env PAYMENTS_INSECURE=1]",
+    )
+    opt("--leeway", "PAYMENTS_LEEWAY", "30", "seconds of clock skew tolerated on exp, nbf, iat", type=float)
+    opt(
+        "--log-level",
+        "PAYMENTS_LOG_LEVEL",
+        "INFO",
+        "log level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    env = os.environ if env is None else env
+    args = build_parser(env).parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from payments_svc.app import PaymentsConfig, serve  # noqa: PLC0415 - keep --help fast
+
+    try:
+        config = PaymentsConfig(
+            data_dir=args.data_dir,
+            listen=args.listen,
+            token_service=args.token_service,
+            token_service_ca=args.token_service_ca,
+            issuer=args.issuer,
+            audience=args.audience,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            insecure=args.insecure,
+            leeway=args.leeway,
+        )
+        asyncio.run(serve(config))
+    except ConfigurationError as exc:
+        print(f"payments-svc: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

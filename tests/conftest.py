@@ -29,6 +29,11 @@ class TokenServer:
 
     running: RunningServer
     config: ServeConfig
+    thread: ServerThread[RunningServer]
+
+    def stop(self) -> None:
+        """Stop the server now (e.g. to show that resource servers survive without it)."""
+        self.thread.stop(grace=0)
 
     @property
     def target(self) -> str:
@@ -65,10 +70,12 @@ def serve_config(data_dir: Path, **overrides: object) -> ServeConfig:
 @pytest.fixture
 def token_server(tmp_path: Path) -> Iterator[TokenServer]:
     config = serve_config(tmp_path / "data")
-    thread = ServerThread(lambda: start_server(config, authority=open_authority(config)))
+    thread: ServerThread[RunningServer] = ServerThread(
+        lambda: start_server(config, authority=open_authority(config))
+    )
     running = thread.start()
     try:
-        yield TokenServer(running, config)
+        yield TokenServer(running, config, thread)
     finally:
         thread.stop(grace=0)
 

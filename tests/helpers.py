@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
+import subprocess
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -28,6 +31,7 @@ class ServerThread(Generic[T]):
         self._ready: Future[T] = Future()
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="test-server", daemon=True)
+        self._stopped = False
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -48,8 +52,51 @@ class ServerThread(Generic[T]):
         return self._ready.result()
 
     def stop(self, grace: float | None = None) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         if self._ready.done() and self._ready.exception() is None:
             asyncio.run_coroutine_threadsafe(self.running.stop(grace), self.loop).result(timeout=30)
             self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=30)
         self.loop.close()
+
+
+class Command:
+    """A server command (``authsvc serve``, ``payments-svc serve``) in a subprocess; the port it
+    bound is read from its "listening on" log line."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stderr is not None
+        self.log: list[str] = []
+        for line in self.proc.stderr:
+            self.log.append(line)
+            if m := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+                self.port = int(m.group(1))
+                break
+        else:
+            raise AssertionError("the command never said where it listens:\n" + "".join(self.log))
+        stderr = self.proc.stderr
+        self._reader = threading.Thread(target=lambda: self.log.extend(stderr), daemon=True)
+        self._reader.start()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def terminate(self, timeout: float = 15) -> int:
+        """SIGTERM, then wait; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        self.proc.kill()
+        self.proc.wait(timeout=15)
+
+    def output(self) -> str:
+        return "".join(self.log)

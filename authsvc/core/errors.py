@@ -23,20 +23,26 @@ __all__ = [
     "NotFound",
     "OAuthError",
     "ServerError",
+    "ServiceError",
     "TemporarilyUnavailable",
     "UnauthorizedClient",
     "UnsupportedGrantType",
 ]
 
 
-class OAuthError(Exception):
-    """Base class of every error the core raises towards a caller.
+class ServiceError(Exception):
+    """Base class of every error that reaches a caller, from authsvc or from a service built on it.
 
-    ``error`` is the OAuth error code (lower snake case, as the RFCs spell it); ``reason`` is the
-    same code in upper snake case, as it appears in ``google.rpc.ErrorInfo.reason``.
+    ``error`` is the error code in lower snake case (for OAuth errors, as the RFCs spell it);
+    ``reason`` is the same code in upper snake case, as it appears in
+    ``google.rpc.ErrorInfo.reason``. ``kind`` names the class of failure that decides the status
+    code (``authsvc.status.STATUS_BY_ERROR``); it defaults to ``error``, so OAuth errors map by
+    their own code and a domain error such as ``refund_exceeds_balance`` says
+    ``kind = "failed_precondition"``.
     """
 
     error: str = "server_error"
+    kind: str | None = None
 
     def __init__(self, description: str) -> None:
         super().__init__(description)
@@ -45,6 +51,14 @@ class OAuthError(Exception):
     @property
     def reason(self) -> str:
         return self.error.upper()
+
+    @property
+    def status_key(self) -> str:
+        return self.kind or self.error
+
+
+class OAuthError(ServiceError):
+    """An error defined by an OAuth specification."""
 
 
 class InvalidRequest(OAuthError):

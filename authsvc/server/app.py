@@ -24,7 +24,8 @@ from authsvc.admin import Authority
 from authsvc.core.grants import client_credentials_endpoint
 from authsvc.core.ports import SystemClock, SystemRandom
 from authsvc.core.tokens import TokenSigner
-from authsvc.server.config import ServeConfig, split_host_port
+from authsvc.listen import split_host_port
+from authsvc.server.config import ServeConfig
 from authsvc.server.token_service import TokenServicer
 from authsvc.status import DecodeGuard
 from authsvc.store.cache import CachedClientLookup

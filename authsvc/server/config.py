@@ -6,35 +6,16 @@ variables; nothing below it reads the environment.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from authsvc.core.errors import ConfigurationError
+from authsvc.listen import check_plaintext, split_host_port
 
-__all__ = ["DEFAULT_ISSUER", "DEFAULT_LISTEN", "ServeConfig", "is_loopback", "split_host_port"]
+__all__ = ["DEFAULT_ISSUER", "DEFAULT_LISTEN", "ServeConfig"]
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_ISSUER = "https://authsvc.local"
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` or ``[IPv6]:PORT``."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigurationError(f"listen address {address!r} is not HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -56,14 +37,10 @@ class ServeConfig:
     max_metadata_bytes: int = 16 * 1024
 
     def __post_init__(self) -> None:
-        host, port = split_host_port(self.listen)
+        _, port = split_host_port(self.listen)
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigurationError("--tls-cert and --tls-key go together")
-        if self.tls_cert is None and not self.insecure and not is_loopback(host):
-            raise ConfigurationError(
-                f"refusing to listen on {self.listen} without TLS: give --tls-cert and --tls-key, "
-                "or pass --insecure if something in front of this process terminates TLS"
-            )
+        check_plaintext(self.listen, tls=self.tls_cert is not None, insecure=self.insecure)
         if not self.issuer or any(c.isspace() for c in self.issuer):
             raise ConfigurationError("the issuer must be a URL without spaces")
         if self.workers < 1:

@@ -1,0 +1,150 @@
+"""Process wiring of the PaymentService: configuration, server, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from authsvc.core.errors import ConfigurationError
+from authsvc.core.ports import SystemClock, SystemRandom
+from authsvc.listen import check_plaintext, split_host_port
+from authsvc.status import DecodeGuard
+from authsvc.verify import AioAuthInterceptor, GrpcJwksSource, JwksCache, TokenVerifier
+from payments_svc.service import PaymentServicer
+from payments_svc.store import PaymentStore
+from payments_svc.v1 import payments_pb2, payments_pb2_grpc
+
+__all__ = ["PAYMENT_SERVICE", "PaymentsConfig", "RunningPayments", "serve", "start_server"]
+
+log = logging.getLogger("payments_svc.server")
+
+PAYMENT_SERVICE = payments_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
+DB_FILE = "payments.db"
+
+
+@dataclass(frozen=True)
+class PaymentsConfig:
+    """Settings of ``payments-svc serve``."""
+
+    data_dir: Path
+    listen: str = "127.0.0.1:50052"
+    token_service: str = "127.0.0.1:50051"  # noqa: S105 - an address, not a secret
+    issuer: str = "https://authsvc.local"
+    audience: str = "payments"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    insecure: bool = False
+    token_service_ca: Path | None = None
+    leeway: float = 30.0
+    jwks_max_age: float = 60.0
+    jwks_cooldown: float = 5.0
+    grace_period: float = 5.0
+    max_message_bytes: int = 64 * 1024
+    max_metadata_bytes: int = 16 * 1024
+
+    def __post_init__(self) -> None:
+        split_host_port(self.listen)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigurationError("--tls-cert and --tls-key go together")
+        check_plaintext(self.listen, tls=self.tls_cert is not None, insecure=self.insecure)
+        if not self.issuer or not self.audience:
+            raise ConfigurationError("--issuer and --audience are required")
+
+
+@dataclass
+class RunningPayments:
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    store: PaymentStore
+    verifier: TokenVerifier
+
+    async def stop(self, grace: float | None) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.store.close()
+
+
+def build_verifier(config: PaymentsConfig) -> TokenVerifier:
+    credentials = (
+        grpc.ssl_channel_credentials(root_certificates=config.token_service_ca.read_bytes())
+        if config.token_service_ca is not None
+        else None
+    )
+    source = GrpcJwksSource(config.token_service, credentials=credentials)
+    cache = JwksCache(source, max_age=config.jwks_max_age, cooldown=config.jwks_cooldown)
+    return TokenVerifier(issuer=config.issuer, audience=config.audience, jwks=cache, leeway=config.leeway)
+
+
+async def start_server(config: PaymentsConfig, *, verifier: TokenVerifier | None = None) -> RunningPayments:
+    config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    store = PaymentStore(config.data_dir / DB_FILE)
+    verifier = verifier or build_verifier(config)
+    if await asyncio.to_thread(verifier.keys.refresh):
+        log.info("fetched %d signing keys from %s", len(verifier.keys.kids), config.token_service)
+    else:
+        log.warning(
+            "could not fetch signing keys from %s yet; requests fail with UNAVAILABLE until it answers",
+            config.token_service,
+        )
+    server = grpc.aio.server(
+        interceptors=[DecodeGuard(), AioAuthInterceptor(verifier)],
+        options=[
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_metadata_size", config.max_metadata_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    payments_pb2_grpc.add_PaymentServiceServicer_to_server(
+        PaymentServicer(store, clock=SystemClock(), random=SystemRandom()), server
+    )
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        [
+            PAYMENT_SERVICE,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ],
+        server,
+    )
+    if config.tls_cert is not None and config.tls_key is not None:
+        port = server.add_secure_port(
+            config.listen,
+            grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]),
+        )
+    else:
+        port = server.add_insecure_port(config.listen)
+    await server.start()
+    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health.set(PAYMENT_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+    host, _ = split_host_port(config.listen)
+    log.info(
+        "PaymentService listening on %s:%d (%s), issuer %s, audience %s",
+        f"[{host}]" if ":" in host else host,
+        port,
+        "TLS" if config.tls_cert else "plaintext",
+        config.issuer,
+        config.audience,
+    )
+    return RunningPayments(server, port, health, store, verifier)
+
+
+async def serve(config: PaymentsConfig) -> None:
+    running = await start_server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (grace %.1fs)", config.grace_period)
+    await running.stop(config.grace_period)
+    log.info("stopped")

@@ -1,0 +1,113 @@
+"""``payments-svc serve`` as a process: environment, graceful stop, and no payment lost to a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+
+from authsvc.v1 import token_pb2, token_pb2_grpc
+from payments_svc.v1 import payments_pb2 as pb
+from payments_svc.v1 import payments_pb2_grpc
+from tests.conftest import KEK
+from tests.helpers import Command
+
+
+def test_payment_survives_sigkill_and_sigterm_is_graceful(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "AUTHSVC_DATA_DIR": str(tmp_path / "auth"),
+        "AUTHSVC_KEK": KEK,
+        "AUTHSVC_ISSUER": "https://env.test",
+        "PAYMENTS_ISSUER": "https://env.test",
+        "PAYMENTS_DATA_DIR": str(tmp_path / "pay"),
+        "PAYMENTS_LISTEN": "127.0.0.1:0",
+    }
+    created = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "authsvc.cli",
+                "clients",
+                "create",
+                "--client-id",
+                "shop",
+                "--scope",
+                "payments:read payments:write",
+                "--audience",
+                "payments",
+                "-o",
+                "json",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
+    auth = Command([sys.executable, "-m", "authsvc.cli", "serve", "--listen", "127.0.0.1:0"], env)
+    try:
+        env["PAYMENTS_TOKEN_SERVICE"] = auth.target
+        with grpc.insecure_channel(auth.target) as ch:
+            token = (
+                token_pb2_grpc.TokenServiceStub(ch)
+                .IssueToken(
+                    token_pb2.IssueTokenRequest(
+                        grant_type="client_credentials",
+                        client_id="shop",
+                        client_secret=created["client_secret"],
+                    ),
+                    timeout=10,
+                )
+                .access_token
+            )
+        md = (("authorization", f"Bearer {token}"),)
+        gateway = Command([sys.executable, "-m", "payments_svc.cli", "serve"], env)
+        with grpc.insecure_channel(gateway.target) as ch:
+            paid = (
+                payments_pb2_grpc.PaymentServiceStub(ch)
+                .CreatePayment(
+                    pb.CreatePaymentRequest(
+                        amount="12.34", currency="EUR", payment_method="pm_x", idempotency_key="k1"
+                    ),
+                    metadata=md,
+                    timeout=10,
+                )
+                .payment
+            )
+        gateway.kill()  # no chance to flush or close anything
+
+        gateway = Command([sys.executable, "-m", "payments_svc.cli", "serve"], env)
+        with grpc.insecure_channel(gateway.target) as ch:
+            got = (
+                payments_pb2_grpc.PaymentServiceStub(ch)
+                .GetPayment(pb.GetPaymentRequest(transaction_id=paid.transaction_id), metadata=md, timeout=10)
+                .payment
+            )
+        assert got == paid
+        assert gateway.terminate() == 0
+        assert "stopped" in gateway.output()
+        assert token not in gateway.output() and created["client_secret"] not in auth.output()
+    finally:
+        auth.terminate()
+
+
+def test_plaintext_on_a_public_address_is_refused(tmp_path: Path) -> None:
+    argv = [
+        sys.executable,
+        "-m",
+        "payments_svc.cli",
+        "serve",
+        "--listen",
+        "0.0.0.0:0",
+        "--data-dir",
+        str(tmp_path),
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 1 and "without TLS" in out.stderr
