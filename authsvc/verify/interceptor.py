@@ -88,7 +88,15 @@ class _Base:
             return None
         if rule is None:
             raise AccessDenied("this method declares no authorization policy")
-        principal = self.verifier.verify(bearer_token(metadata))
+        token = bearer_token(metadata)
+        try:
+            principal = self.verifier.verify(token)
+        except OAuthError:
+            raise
+        except Exception as exc:
+            # A verifier bug must still answer a clean refusal, never UNKNOWN with a traceback.
+            log.exception("token verification failed unexpectedly on %s", method)
+            raise InvalidToken("the access token could not be verified") from exc
         TokenVerifier.require_scopes(principal, rule)
         return principal
 

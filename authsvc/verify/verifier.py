@@ -131,7 +131,9 @@ class TokenVerifier:
             raise InvalidToken("the token's header has members other than alg, kid and typ")
         if header.get("alg") != ALGORITHM:
             raise InvalidToken("the token is not signed with RS256")
-        if header.get("typ") not in ACCEPTED_TYPS:
+        typ = header.get("typ")
+        # RFC 7515 §4.1.9: media types compare case-insensitively, "application/" may be omitted
+        if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPS:
             raise InvalidToken("the token is not an at+jwt access token")
         kid = header.get("kid")
         if not isinstance(kid, str) or not 0 < len(kid) <= 128:
