@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -22,6 +23,9 @@ __all__ = [
 _PRINTABLE = re.compile(r"[\x21-\x7e]+")
 _CARD_NUMBER = re.compile(r"[0-9][0-9 -]{11,22}[0-9]")
 MAX_DESCRIPTION = 500
+# control, format (bidi overrides, zero-width), surrogate, private-use, unassigned, line and
+# paragraph separators: nothing that can break a log line or spoof a dashboard
+_UNPRINTABLE = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
 
 class PaymentStatus(StrEnum):
@@ -56,7 +60,9 @@ class CreatePayment:
             raise InvalidArgument("payment_method is a token of 1 to 64 printable ASCII characters")
         if _CARD_NUMBER.fullmatch(payment_method):
             raise InvalidArgument("payment_method must be a payment method token, never a card number")
-        if len(description) > MAX_DESCRIPTION or any(c in description for c in "\x00\r\n"):
+        if len(description) > MAX_DESCRIPTION or any(
+            unicodedata.category(c) in _UNPRINTABLE for c in description
+        ):
             raise InvalidArgument(f"description is at most {MAX_DESCRIPTION} characters on one line")
         return cls(money, payment_method, description, validate_idempotency_key(idempotency_key))
 

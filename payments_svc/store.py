@@ -19,6 +19,7 @@ from pathlib import Path
 
 from payments_svc.domain import CreatePayment, Payment, PaymentStatus, apply_refund
 from payments_svc.errors import IdempotencyKeyReused, PaymentNotFound
+from payments_svc.money import parse_amount
 
 __all__ = ["PaymentStore"]
 
@@ -106,10 +107,11 @@ class PaymentStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     def _migrate(self) -> None:
         with self._write() as conn:
@@ -215,8 +217,11 @@ class PaymentStore:
         now_us: int,
     ) -> Payment:
         """Refund within one transaction; a repeated idempotency key returns the payment as it is."""
-        fingerprint = f"{transaction_id}:{amount}"
         with self._write() as conn:
+            payment = self._get_in(conn, client_id, transaction_id)
+            # the same refund whatever its spelling ("10" and "10.00"); "" is "all that is left"
+            requested = "rest" if amount == "" else str(parse_amount(amount, payment.currency))
+            fingerprint = f"{transaction_id}:{requested}"
             if idempotency_key:
                 row = conn.execute(
                     "SELECT request_hash FROM refunds WHERE client_id = ? AND idempotency_key = ?",
@@ -225,8 +230,7 @@ class PaymentStore:
                 if row is not None:
                     if row[0] != fingerprint:
                         raise IdempotencyKeyReused("this idempotency_key was used for a different refund")
-                    return self._get_in(conn, client_id, transaction_id)
-            payment = self._get_in(conn, client_id, transaction_id)
+                    return payment
             updated, minor = apply_refund(payment, amount)
             conn.execute(
                 "UPDATE payments SET refunded_minor = ?, status = ? "
