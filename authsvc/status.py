@@ -84,7 +84,17 @@ def _guarded(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], A
 class DecodeGuard(grpc.aio.ServerInterceptor):
     """Answers a unary request that is not a valid protobuf message with INVALID_ARGUMENT
     (``INVALID_REQUEST``) instead of grpc's default UNKNOWN, whose message names parser internals,
-    and without an error-level traceback per request. Put it first in the interceptor list."""
+    and without an error-level traceback per request.
+
+    Put it last in the interceptor list, nearest the handlers: it wraps each registered handler
+    once and reuses the wrapper on every call.
+    """
+
+    def __init__(self) -> None:
+        self._status = status_for(
+            InvalidRequest("the request is not a valid protobuf message of the method's type")
+        )
+        self._wrapped: dict[str, tuple[object, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
@@ -94,9 +104,16 @@ class DecodeGuard(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming:
             return handler
-        status = status_for(
-            InvalidRequest("the request is not a valid protobuf message of the method's type")
-        )
+        cached = self._wrapped.get(handler_call_details.method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler)
+        if len(self._wrapped) < 10_000:  # method names come from the wire; registered ones are few
+            self._wrapped[handler_call_details.method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+        status = self._status
         if handler.response_streaming:
             inner_stream: Callable[..., Any] = handler.unary_stream  # type: ignore[assignment]
 

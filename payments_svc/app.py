@@ -96,7 +96,7 @@ async def start_server(config: PaymentsConfig, *, verifier: TokenVerifier | None
             config.token_service,
         )
     server = grpc.aio.server(
-        interceptors=[DecodeGuard(), AioAuthInterceptor(verifier)],
+        interceptors=[AioAuthInterceptor(verifier), DecodeGuard()],
         options=[
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_metadata_size", config.max_metadata_bytes),
