@@ -1,0 +1,354 @@
+"""Client credentials that fetch, cache and refresh access tokens (RFC 6749 §4.4) for the caller.
+
+Modelled on google-auth's ``Credentials``: a token with an expiry and a state.
+
+- **fresh**: more than ``refresh_window`` seconds left; served as is.
+- **stale**: inside the refresh window; still served, while one background refresh runs.
+- **invalid**: no token, or less than ``expiry_skew`` seconds left; the caller waits for a refresh.
+
+However many threads ask, one refresh is in flight (single-flight). Transient failures
+(UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) are retried with exponential backoff and full
+jitter; everything else (INVALID_CLIENT, INVALID_SCOPE, ...) fails at once. Errors are never
+cached: the next call tries again. Secrets and tokens never reach a log line or a ``repr``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+
+__all__ = [
+    "AccessToken",
+    "ClientCredentials",
+    "GrpcTokenFetcher",
+    "RetryPolicy",
+    "TokenFetchError",
+    "TokenFetcher",
+    "TokenState",
+    "read_secret",
+]
+
+log = logging.getLogger("authsvc.client")
+
+RETRYABLE = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+
+
+class TokenState(Enum):
+    FRESH = "fresh"
+    STALE = "stale"
+    INVALID = "invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """A token and when it expires (seconds on the credentials' clock)."""
+
+    token: str = field(repr=False)
+    expires_at: float
+    scope: str
+    lifetime: float
+
+
+class TokenFetchError(Exception):
+    """The TokenService refused or could not be reached. ``reason`` is the ErrorInfo reason
+    (e.g. ``INVALID_CLIENT``) when the service sent one."""
+
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        super().__init__(f"{code.name} {reason}: {message}" if reason else f"{code.name}: {message}")
+        self.code = code
+        self.reason = reason
+
+    @property
+    def retryable(self) -> bool:
+        return self.code in RETRYABLE
+
+
+class TokenFetcher(Protocol):
+    """Asks the TokenService for a token; returns (token, expires_in, scope) or raises
+    :class:`TokenFetchError`."""
+
+    def __call__(self) -> tuple[str, float, str]: ...
+
+
+def _reason(err: grpc.RpcError) -> str:
+    try:
+        from google.rpc import error_details_pb2  # noqa: PLC0415
+        from grpc_status import rpc_status  # noqa: PLC0415
+
+        status = rpc_status.from_call(err)
+        for detail in status.details if status is not None else ():
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info):
+                return str(info.reason)
+    except Exception:  # noqa: S110 - a malformed status still yields the code below
+        pass
+    return ""
+
+
+def fetch_error(err: grpc.RpcError) -> TokenFetchError:
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = err.details() if hasattr(err, "details") else str(err)
+    return TokenFetchError(code, _reason(err), details or "")
+
+
+class GrpcTokenFetcher:
+    """Calls ``authsvc.v1.TokenService/IssueToken`` with client_secret_basic authentication."""
+
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        *,
+        client_id: str,
+        client_secret: str,
+        scopes: Sequence[str] = (),
+        audience: Sequence[str] = (),
+        timeout: float = 5.0,
+    ) -> None:
+        import base64  # noqa: PLC0415
+        from urllib.parse import quote  # noqa: PLC0415
+
+        from authsvc.v1 import token_pb2, token_pb2_grpc  # noqa: PLC0415
+
+        # RFC 6749 §2.3.1: form-urlencode id and secret before joining them for Basic.
+        basic = base64.b64encode(
+            f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}".encode()
+        ).decode()
+        self._metadata = (("authorization", f"Basic {basic}"),)
+        self._request = token_pb2.IssueTokenRequest(
+            grant_type="client_credentials", scope=" ".join(scopes), audience=list(audience)
+        )
+        self._call = token_pb2_grpc.TokenServiceStub(channel).IssueToken
+        self._timeout = timeout
+        self.client_id = client_id
+
+    def __call__(self) -> tuple[str, float, str]:
+        try:
+            response = self._call(self._request, metadata=self._metadata, timeout=self._timeout)
+        except grpc.RpcError as err:
+            raise fetch_error(err) from None
+        return response.access_token, float(response.expires_in), response.scope
+
+    def __repr__(self) -> str:
+        return f"GrpcTokenFetcher(client_id={self.client_id!r}, client_secret=<redacted>)"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter for transient failures."""
+
+    max_attempts: int = 4
+    initial_backoff: float = 0.2
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+
+    def delays(self, rng: Callable[[], float]) -> list[float]:
+        """The sleeps between attempts: uniform in [0, min(max, initial * multiplier**n)]."""
+        return [
+            rng() * min(self.max_backoff, self.initial_backoff * self.multiplier**n)
+            for n in range(self.max_attempts - 1)
+        ]
+
+
+def read_secret(
+    secret: str | None = None, *, secret_file: Path | str | None = None, env: Mapping[str, str] | None = None
+) -> str:
+    """The client secret from an argument, a file (``AUTHSVC_CLIENT_SECRET_FILE``) or the
+    environment (``AUTHSVC_CLIENT_SECRET``), in that order. Never from code."""
+    if secret:
+        return secret
+    env = env if env is not None else {}
+    path = secret_file or env.get("AUTHSVC_CLIENT_SECRET_FILE")
+    if path:
+        return Path(path).read_text(encoding="utf-8").strip()
+    value = env.get("AUTHSVC_CLIENT_SECRET")
+    if value:
+        return value
+    raise ValueError("no client secret: pass it, or set AUTHSVC_CLIENT_SECRET or AUTHSVC_CLIENT_SECRET_FILE")
+
+
+class _Base:
+    """The state machine shared by the threaded and asyncio credentials."""
+
+    def __init__(
+        self,
+        *,
+        refresh_window: float,
+        expiry_skew: float,
+        clock: Callable[[], float],
+        retry: RetryPolicy,
+        sleep: Callable[[float], object],
+        jitter: Callable[[], float],
+    ) -> None:
+        if refresh_window < 0 or expiry_skew < 0:
+            raise ValueError("refresh_window and expiry_skew must not be negative")
+        self.refresh_window = refresh_window
+        self.expiry_skew = expiry_skew
+        self._clock = clock
+        self.retry = retry
+        self._sleep = sleep
+        self._jitter = jitter
+        self._token: AccessToken | None = None
+        self.fetches = 0
+
+    def _state_of(self, token: AccessToken | None, now: float) -> TokenState:
+        if token is None:
+            return TokenState.INVALID
+        left = token.expires_at - now
+        # a short-lived token refreshes halfway, whatever the configured window
+        if left <= min(self.expiry_skew, token.lifetime / 10):
+            return TokenState.INVALID
+        if left <= min(self.refresh_window, token.lifetime / 2):
+            return TokenState.STALE
+        return TokenState.FRESH
+
+    @property
+    def state(self) -> TokenState:
+        return self._state_of(self._token, self._clock())
+
+    def _accept(self, started: float, result: tuple[str, float, str]) -> AccessToken:
+        token, expires_in, scope = result
+        if not token or expires_in <= 0:
+            raise TokenFetchError(grpc.StatusCode.INTERNAL, "", "the TokenService answered without a token")
+        # count the lifetime from when we asked, not when the answer arrived: never optimistic
+        access = AccessToken(token=token, expires_at=started + expires_in, scope=scope, lifetime=expires_in)
+        self._token = access
+        return access
+
+
+class ClientCredentials(_Base):
+    """A thread-safe token source for one client, scopes and audience.
+
+    ``fetcher`` asks the TokenService; build one with :meth:`for_channel` or pass your own. The
+    clock is ``time.monotonic`` unless injected (tests pass a fake and a no-op ``sleep``).
+    """
+
+    def __init__(
+        self,
+        fetcher: TokenFetcher,
+        *,
+        refresh_window: float = 60.0,
+        expiry_skew: float = 10.0,
+        retry: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+        background: bool = True,
+    ) -> None:
+        super().__init__(
+            refresh_window=refresh_window,
+            expiry_skew=expiry_skew,
+            clock=clock,
+            retry=retry or RetryPolicy(),
+            sleep=sleep,
+            jitter=jitter,
+        )
+        self._fetcher = fetcher
+        self._lock = threading.Lock()
+        self._inflight: Future[AccessToken] | None = None
+        self._background = background
+
+    @classmethod
+    def for_channel(
+        cls,
+        channel: grpc.Channel,
+        *,
+        client_id: str,
+        client_secret: str,
+        scopes: Sequence[str] = (),
+        audience: Sequence[str] = (),
+        **options: object,
+    ) -> ClientCredentials:
+        fetcher = GrpcTokenFetcher(
+            channel, client_id=client_id, client_secret=client_secret, scopes=scopes, audience=audience
+        )
+        return cls(fetcher, **options)  # type: ignore[arg-type]
+
+    def token(self) -> str:
+        """A usable access token. Blocks only when there is none or it has (nearly) expired."""
+        return self.access_token().token
+
+    def access_token(self) -> AccessToken:
+        current = self._token
+        state = self._state_of(current, self._clock())
+        if state is TokenState.FRESH and current is not None:
+            return current
+        if state is TokenState.STALE and current is not None:
+            if self._background:
+                self._start_refresh(in_background=True)
+            return current
+        return self._start_refresh(in_background=False).result()
+
+    def cached(self) -> AccessToken | None:
+        """The current token if it is fresh or stale (starting a refresh if stale), else None.
+        Never blocks: for callers, like gRPC's metadata plugin, that must not wait."""
+        current = self._token
+        state = self._state_of(current, self._clock())
+        if state is TokenState.INVALID or current is None:
+            return None
+        if state is TokenState.STALE and self._background:
+            self._start_refresh(in_background=True)
+        return current
+
+    def refresh_async(self) -> Future[AccessToken]:
+        """Start a refresh (or join the one in flight) in a background thread."""
+        return self._start_refresh(in_background=True)
+
+    def invalidate(self) -> None:
+        """Forget the token (e.g. after the resource server said INVALID_TOKEN)."""
+        self._token = None
+
+    def _start_refresh(self, *, in_background: bool) -> Future[AccessToken]:
+        with self._lock:
+            if self._inflight is not None:
+                return self._inflight
+            future: Future[AccessToken] = Future()
+            self._inflight = future
+        if in_background:
+            threading.Thread(
+                target=self._refresh, args=(future,), name="authsvc-token-refresh", daemon=True
+            ).start()
+        else:
+            self._refresh(future)
+        return future
+
+    def _refresh(self, future: Future[AccessToken]) -> None:
+        try:
+            result = self._fetch_with_retries()
+        except BaseException as exc:
+            with self._lock:
+                self._inflight = None
+            log.warning("token refresh failed: %s", exc)
+            future.set_exception(exc)
+            return
+        with self._lock:
+            self._inflight = None
+        future.set_result(result)
+
+    def _fetch_with_retries(self) -> AccessToken:
+        delays = self.retry.delays(self._jitter)
+        for attempt in range(self.retry.max_attempts):
+            started = self._clock()
+            self.fetches += 1
+            try:
+                return self._accept(started, self._fetcher())
+            except TokenFetchError as exc:
+                if not exc.retryable or attempt == len(delays):
+                    raise
+                log.info("token fetch attempt %d failed (%s); retrying", attempt + 1, exc.code.name)
+                self._sleep(delays[attempt])
+        raise AssertionError("unreachable")
+
+    def __repr__(self) -> str:
+        return f"ClientCredentials(fetcher={self._fetcher!r}, state={self.state.value})"
