@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from authsvc.client.credentials import ClientCredentials
+from authsvc.core.errors import ConfigurationError
 from authsvc.listen import is_loopback, split_host_port
 
 __all__ = [
@@ -145,7 +146,15 @@ def insecure_loopback_channel(
 ) -> grpc.Channel:
     """A plaintext channel to a loopback address with the token added by an interceptor. Refuses
     other hosts: a bearer token in plaintext on a network is a stolen token."""
-    host, _ = split_host_port(target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:"))
+    if target.startswith("unix:"):
+        host = "localhost"  # a Unix socket never leaves the machine
+    else:
+        try:
+            host, _ = split_host_port(
+                target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
+            )
+        except ConfigurationError as exc:
+            raise ValueError(f"{target!r} is not HOST:PORT or unix:PATH") from exc
     if not is_loopback(host):
         raise ValueError(f"refusing to send tokens in plaintext to {target}: use authorized_channel (TLS)")
     return grpc.intercept_channel(

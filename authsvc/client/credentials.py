@@ -15,6 +15,7 @@ cached: the next call tries again. Secrets and tokens never reach a log line or 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -153,6 +154,10 @@ class RetryPolicy:
     max_backoff: float = 5.0
     multiplier: float = 2.0
 
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1 or self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
+            raise ValueError("a retry policy needs max_attempts >= 1, backoffs >= 0 and multiplier >= 1")
+
     def delays(self, rng: Callable[[], float]) -> list[float]:
         """The sleeps between attempts: uniform in [0, min(max, initial * multiplier**n)]."""
         return [
@@ -164,17 +169,21 @@ class RetryPolicy:
 def read_secret(
     secret: str | None = None, *, secret_file: Path | str | None = None, env: Mapping[str, str] | None = None
 ) -> str:
-    """The client secret from an argument, a file (``AUTHSVC_CLIENT_SECRET_FILE``) or the
-    environment (``AUTHSVC_CLIENT_SECRET``), in that order. Never from code."""
+    """The client secret from an argument, a file (``secret_file`` or ``AUTHSVC_CLIENT_SECRET_FILE``)
+    or the environment (``AUTHSVC_CLIENT_SECRET``), in that order. Never from code. ``env``
+    defaults to ``os.environ``."""
     if secret:
         return secret
-    env = env if env is not None else {}
+    env = os.environ if env is None else env
     path = secret_file or env.get("AUTHSVC_CLIENT_SECRET_FILE")
     if path:
-        return Path(path).read_text(encoding="utf-8").strip()
-    value = env.get("AUTHSVC_CLIENT_SECRET")
-    if value:
+        value = Path(path).read_text(encoding="utf-8").strip()
+        if not value:
+            raise ValueError(f"the client secret file {path} is empty")
         return value
+    from_env = env.get("AUTHSVC_CLIENT_SECRET")
+    if from_env:
+        return from_env
     raise ValueError("no client secret: pass it, or set AUTHSVC_CLIENT_SECRET or AUTHSVC_CLIENT_SECRET_FILE")
 
 
@@ -257,6 +266,7 @@ class ClientCredentials(_Base):
         self._fetcher = fetcher
         self._lock = threading.Lock()
         self._inflight: Future[AccessToken] | None = None
+        self._failed_at = float("-inf")
         self._background = background
 
     @classmethod
@@ -302,17 +312,31 @@ class ClientCredentials(_Base):
         return current
 
     def refresh_async(self) -> Future[AccessToken]:
-        """Start a refresh (or join the one in flight) in a background thread."""
-        return self._start_refresh(in_background=True)
+        """Start a refresh (or join the one in flight) in a background thread, whatever the state."""
+        return self._start_refresh(in_background=True, force=True)
 
     def invalidate(self) -> None:
         """Forget the token (e.g. after the resource server said INVALID_TOKEN)."""
         self._token = None
 
-    def _start_refresh(self, *, in_background: bool) -> Future[AccessToken]:
+    def _start_refresh(self, *, in_background: bool, force: bool = False) -> Future[AccessToken]:
         with self._lock:
             if self._inflight is not None:
                 return self._inflight
+            # a refresh may have finished between the caller's look and this lock: don't fetch twice
+            current, now = self._token, self._clock()
+            state = self._state_of(current, now)
+            usable = state is TokenState.FRESH or (state is TokenState.STALE and not in_background)
+            if current is not None and usable and not force:
+                done: Future[AccessToken] = Future()
+                done.set_result(current)
+                return done
+            if in_background and not force and now - self._failed_at < self.retry.initial_backoff * 5:
+                done = Future()
+                done.set_exception(
+                    TokenFetchError(grpc.StatusCode.UNAVAILABLE, "", "refresh failed moments ago")
+                )
+                return done
             future: Future[AccessToken] = Future()
             self._inflight = future
         if in_background:
@@ -329,6 +353,7 @@ class ClientCredentials(_Base):
         except BaseException as exc:
             with self._lock:
                 self._inflight = None
+                self._failed_at = self._clock()
             log.warning("token refresh failed: %s", exc)
             future.set_exception(exc)
             return
