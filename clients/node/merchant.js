@@ -1,0 +1,444 @@
+#!/usr/bin/env node
+// A merchant backend in Node.js: it gets an access token from the authsvc TokenService (OAuth 2.0
+// client credentials, client_secret_basic), checks it offline against the published JWKS with
+// jose, and calls the PaymentService with `authorization: Bearer <token>`.
+//
+// The protos are loaded at run time from ../../protos (no generated code). Progress goes to
+// stdout; the last stdout line is a one-line JSON summary. Neither the client secret nor a whole
+// token is ever printed.
+
+import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+
+import grpc from '@grpc/grpc-js';
+import protoLoader from '@grpc/proto-loader';
+import * as jose from 'jose';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+export const PROTOS_DIR = path.resolve(HERE, '..', '..', 'protos');
+// protobufjs (under @grpc/proto-loader) ships google/protobuf/descriptor.proto as a file and the
+// other well-known types (timestamp.proto, ...) built in; its package root is their include dir.
+const requireFromLoader = createRequire(createRequire(import.meta.url).resolve('@grpc/proto-loader'));
+export const WELL_KNOWN_DIR = path.dirname(requireFromLoader.resolve('protobufjs/package.json'));
+
+export const SCOPES = 'payments:read payments:write payments:refund';
+const CALL_TIMEOUT_MS = 10_000;
+
+const USAGE = `usage: node merchant.js [options]
+
+Runs a merchant's payment flow against authsvc's TokenService and the PaymentService:
+token -> offline verification (jose) -> CreatePayment -> replay (same idempotency key)
+-> GetPayment -> RefundPayment 10.00. The last stdout line is a JSON summary.
+
+options (each also read from the environment variable shown):
+  --authsvc-target HOST:PORT   TokenService         [AUTHSVC_TARGET, default 127.0.0.1:50051]
+  --payments-target HOST:PORT  PaymentService       [PAYMENTS_TARGET, default 127.0.0.1:50052]
+  --client-id ID               OAuth client id      [AUTHSVC_CLIENT_ID, required]
+  --client-secret-file FILE    file holding the secret [AUTHSVC_CLIENT_SECRET_FILE]
+                               (or the secret itself in AUTHSVC_CLIENT_SECRET; never on the
+                               command line, where other users can read it)
+  --issuer URL                 expected token issuer [ISSUER, default https://authsvc.local]
+  --audience AUD               expected audience    [AUDIENCE, default payments]
+  -h, --help                   print this help
+
+Plaintext channels: meant for the loopback services of a development machine.`;
+
+// ---------------------------------------------------------------------------------------------
+// Configuration
+
+class UsageError extends Error {}
+
+export function loadConfig(argv = process.argv.slice(2), env = process.env) {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        'authsvc-target': { type: 'string' },
+        'payments-target': { type: 'string' },
+        'client-id': { type: 'string' },
+        'client-secret-file': { type: 'string' },
+        issuer: { type: 'string' },
+        audience: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (err) {
+    throw new UsageError(err.message);
+  }
+  const v = parsed.values;
+  if (v.help) return { help: true };
+
+  const pick = (flag, name, fallback) => v[flag] ?? (env[name] || undefined) ?? fallback;
+  const clientId = pick('client-id', 'AUTHSVC_CLIENT_ID');
+  if (!clientId) throw new UsageError('the client id is missing: set AUTHSVC_CLIENT_ID or --client-id');
+
+  const secretFile = pick('client-secret-file', 'AUTHSVC_CLIENT_SECRET_FILE');
+  const inlineSecret = env.AUTHSVC_CLIENT_SECRET || undefined;
+  if (secretFile && inlineSecret) {
+    throw new UsageError('set either AUTHSVC_CLIENT_SECRET or AUTHSVC_CLIENT_SECRET_FILE, not both');
+  }
+  let clientSecret = inlineSecret;
+  if (secretFile) {
+    try {
+      clientSecret = readFileSync(secretFile, 'utf8').replace(/\r?\n$/, '');
+    } catch (err) {
+      throw new UsageError(`cannot read the client secret file ${secretFile}: ${err.code ?? err.message}`);
+    }
+  }
+  if (!clientSecret) {
+    throw new UsageError('the client secret is missing: set AUTHSVC_CLIENT_SECRET or AUTHSVC_CLIENT_SECRET_FILE');
+  }
+  return {
+    help: false,
+    authsvcTarget: pick('authsvc-target', 'AUTHSVC_TARGET', '127.0.0.1:50051'),
+    paymentsTarget: pick('payments-target', 'PAYMENTS_TARGET', '127.0.0.1:50052'),
+    clientId,
+    clientSecret,
+    issuer: pick('issuer', 'ISSUER', 'https://authsvc.local'),
+    audience: pick('audience', 'AUDIENCE', 'payments'),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// gRPC plumbing
+
+export function loadProtos() {
+  const definition = protoLoader.loadSync(['authsvc/v1/token.proto', 'payments_svc/v1/payments.proto'], {
+    includeDirs: [PROTOS_DIR, WELL_KNOWN_DIR],
+    keepCase: true,
+    longs: Number, // expires_in is an int64 number of seconds: safe as a JS number
+    enums: String,
+    defaults: true,
+    oneofs: true,
+  });
+  return grpc.loadPackageDefinition(definition);
+}
+
+const STATUS_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, code]) => [code, name]));
+
+/** A failed RPC, with the gRPC status name and the google.rpc.ErrorInfo reason when present. */
+export class RpcError extends Error {
+  constructor(method, err) {
+    const code = STATUS_NAMES[err.code] ?? String(err.code);
+    const reason = errorInfoReason(err.metadata);
+    super(`${method} failed: ${code}${reason ? ` ${reason}` : ''}: ${err.details || err.message}`);
+    this.name = 'RpcError';
+    this.code = err.code;
+    this.reason = reason;
+  }
+}
+
+// google.rpc.Status travels in the `grpc-status-details-bin` trailer. Decoding it takes a few
+// lines of protobuf wire format: Status{details=3: Any{type_url=1, value=2}},
+// ErrorInfo{reason=1, domain=2}.
+function* protoFields(buf) {
+  let i = 0;
+  const varint = () => {
+    let result = 0n;
+    for (let shift = 0n; ; shift += 7n) {
+      if (i >= buf.length) throw new Error('truncated');
+      const b = buf[i++];
+      result |= BigInt(b & 0x7f) << shift;
+      if (!(b & 0x80)) return result;
+    }
+  };
+  while (i < buf.length) {
+    const key = Number(varint());
+    const field = key >>> 3;
+    const wire = key & 7;
+    if (wire === 0) yield [field, varint()];
+    else if (wire === 1) i += 8;
+    else if (wire === 5) i += 4;
+    else if (wire === 2) {
+      const len = Number(varint());
+      yield [field, buf.subarray(i, i + len)];
+      i += len;
+    } else throw new Error('unsupported wire type');
+  }
+}
+
+function errorInfoReason(metadata) {
+  const raw = metadata?.get?.('grpc-status-details-bin')?.[0];
+  if (!Buffer.isBuffer(raw)) return undefined;
+  try {
+    for (const [field, any] of protoFields(raw)) {
+      if (field !== 3) continue;
+      let typeUrl = '';
+      let value;
+      for (const [f, v] of protoFields(any)) {
+        if (f === 1) typeUrl = v.toString('utf8');
+        if (f === 2) value = v;
+      }
+      if (typeUrl.endsWith('/google.rpc.ErrorInfo') && value) {
+        for (const [f, v] of protoFields(value)) if (f === 1) return v.toString('utf8');
+      }
+    }
+  } catch {
+    // a malformed detail is not worth hiding the status itself
+  }
+  return undefined;
+}
+
+/** Calls a unary method and resolves with its response, or rejects with an RpcError. */
+export function unary(client, method, request, metadata = new grpc.Metadata(), timeoutMs = CALL_TIMEOUT_MS) {
+  return new Promise((resolve, reject) => {
+    client[method](request, metadata, { deadline: Date.now() + timeoutMs }, (err, response) => {
+      if (err) reject(new RpcError(method, err));
+      else resolve(response);
+    });
+  });
+}
+
+// RFC 6749 §2.3.1: id and secret are application/x-www-form-urlencoded before the Basic encoding.
+function formUrlEncode(s) {
+  return encodeURIComponent(s)
+    .replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`)
+    .replace(/%20/g, '+');
+}
+
+export function basicAuthorization(clientId, clientSecret) {
+  const pair = `${formUrlEncode(clientId)}:${formUrlEncode(clientSecret)}`;
+  return `Basic ${Buffer.from(pair, 'utf8').toString('base64')}`;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token cache
+
+/**
+ * Holds one access token and refreshes it before it expires.
+ *
+ * A token is refreshed once less than min(60 s, lifetime / 2) of it is left. Concurrent callers
+ * share one IssueToken call (one fetch in flight at a time); a failed fetch is never cached, so
+ * the next call tries again.
+ */
+export class TokenCache {
+  #tokens;
+  #clientId;
+  #clientSecret;
+  #scope;
+  #audience;
+  #now;
+  #current = null; // { accessToken, scope, expiresAt, lifetimeMs }
+  #inflight = null;
+
+  constructor({ tokenClient, clientId, clientSecret, scope = SCOPES, audience = ['payments'], now = Date.now }) {
+    this.#tokens = tokenClient;
+    this.#clientId = clientId;
+    this.#clientSecret = clientSecret;
+    this.#scope = scope;
+    this.#audience = audience;
+    this.#now = now;
+  }
+
+  /** The access token string; fetches or refreshes it when needed. */
+  async token() {
+    return (await this.entry()).accessToken;
+  }
+
+  /** The cached entry: { accessToken, scope, expiresAt (ms since epoch), lifetimeMs }. */
+  async entry() {
+    if (this.#current && !this.#needsRefresh(this.#current)) return this.#current;
+    if (!this.#inflight) {
+      this.#inflight = this.#fetch().finally(() => {
+        this.#inflight = null;
+      });
+    }
+    return this.#inflight;
+  }
+
+  /** Drops the cached token, e.g. after the resource server refused it. */
+  invalidate() {
+    this.#current = null;
+  }
+
+  #needsRefresh({ expiresAt, lifetimeMs }) {
+    const margin = Math.min(60_000, lifetimeMs / 2);
+    return expiresAt - this.#now() < margin;
+  }
+
+  async #fetch() {
+    const md = new grpc.Metadata();
+    md.set('authorization', basicAuthorization(this.#clientId, this.#clientSecret));
+    const requested = this.#now(); // count the lifetime from before the request: errs on the early side
+    const response = await unary(this.#tokens, 'IssueToken', {
+      grant_type: 'client_credentials',
+      scope: this.#scope,
+      audience: this.#audience,
+    }, md);
+    if (response.token_type.toLowerCase() !== 'bearer' || !response.access_token) {
+      throw new Error(`IssueToken returned an unusable token (token_type ${JSON.stringify(response.token_type)})`);
+    }
+    const lifetimeMs = Number(response.expires_in) * 1000;
+    if (!(lifetimeMs > 0)) throw new Error(`IssueToken returned expires_in ${response.expires_in}`);
+    const entry = {
+      accessToken: response.access_token,
+      scope: response.scope,
+      expiresAt: requested + lifetimeMs,
+      lifetimeMs,
+    };
+    this.#current = entry;
+    return entry;
+  }
+}
+
+/** Calls a PaymentService method with the cached bearer token; retries once if the token is refused. */
+export async function withBearer(cache, client, method, request) {
+  for (let attempt = 0; ; attempt++) {
+    const md = new grpc.Metadata();
+    md.set('authorization', `Bearer ${await cache.token()}`);
+    try {
+      return await unary(client, method, request, md);
+    } catch (err) {
+      // INVALID_TOKEN: the token expired early or its key was retired; a fresh one may pass.
+      // Safe to repeat: CreatePayment and RefundPayment carry idempotency keys.
+      if (attempt === 0 && err.code === grpc.status.UNAUTHENTICATED) {
+        cache.invalidate();
+        continue;
+      }
+      throw err;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Offline verification
+
+/**
+ * Verifies an access token the way a resource server does: against the TokenService's JWKS,
+ * fetched with GetJwks, without asking the TokenService about the token itself. A real resource
+ * server keeps the key set and fetches it again only when a token names an unknown kid.
+ */
+export async function verifyAccessToken(tokenClient, token, { issuer, audience }) {
+  const { jwks_json: jwksJson } = await unary(tokenClient, 'GetJwks', {});
+  const jwks = jose.createLocalJWKSet(JSON.parse(jwksJson));
+  const { payload, protectedHeader } = await jose.jwtVerify(token, jwks, {
+    issuer,
+    audience,
+    algorithms: ['RS256'],
+    typ: 'at+jwt',
+    requiredClaims: ['exp', 'iat', 'nbf', 'jti', 'sub', 'client_id', 'scope'],
+  });
+  return { payload, protectedHeader };
+}
+
+// ---------------------------------------------------------------------------------------------
+// The merchant's flow
+
+function show(p) {
+  const status = p.status.replace(/^PAYMENT_STATUS_/, '').toLowerCase();
+  return `${p.transaction_id}  ${p.amount} ${p.currency}  refunded ${p.refunded_amount}  ${status}`;
+}
+
+function check(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+export async function runFlow(config, log = console.log) {
+  const proto = loadProtos();
+  const creds = grpc.credentials.createInsecure();
+  const tokens = new proto.authsvc.v1.TokenService(config.authsvcTarget, creds);
+  const payments = new proto.payments_svc.v1.PaymentService(config.paymentsTarget, creds);
+  try {
+    const cache = new TokenCache({
+      tokenClient: tokens,
+      clientId: config.clientId,
+      clientSecret: config.clientSecret,
+      scope: SCOPES,
+      audience: [config.audience],
+    });
+
+    log(`== token from ${config.authsvcTarget} (client_credentials, client_secret_basic)`);
+    const entry = await cache.entry();
+    log(`   access_token=${entry.accessToken.slice(0, 12)}... (${entry.accessToken.length} bytes)`);
+    log(`   scope="${entry.scope}" expires_in=${entry.lifetimeMs / 1000}s`);
+    check((await cache.token()) === entry.accessToken, 'the token cache fetched again instead of reusing');
+
+    log('== offline verification (GetJwks + jose.jwtVerify)');
+    const { payload, protectedHeader } = await verifyAccessToken(tokens, entry.accessToken, config);
+    log(`   header: ${JSON.stringify(protectedHeader)}`);
+    log(`   claims: ${JSON.stringify(payload)}`);
+    check(payload.sub === config.clientId, `the token's sub ${payload.sub} is not ${config.clientId}`);
+
+    log(`== CreatePayment at ${config.paymentsTarget}, then the same request again`);
+    const request = {
+      amount: '42.00',
+      currency: 'USD',
+      payment_method: 'pm_card_visa',
+      description: 'order from the Node.js merchant',
+      idempotency_key: `node-merchant-${randomUUID()}`,
+    };
+    const paid = (await withBearer(cache, payments, 'CreatePayment', request)).payment;
+    log(`   created:  ${show(paid)}`);
+    const again = (await withBearer(cache, payments, 'CreatePayment', request)).payment;
+    const replayedSame = again.transaction_id === paid.transaction_id;
+    log(`   replayed: ${show(again)} ${replayedSame ? '(same payment, charged once)' : '(DIFFERENT!)'}`);
+    check(replayedSame, `the replay returned ${again.transaction_id}, not ${paid.transaction_id}`);
+
+    log('== GetPayment');
+    const got = (await withBearer(cache, payments, 'GetPayment', { transaction_id: paid.transaction_id })).payment;
+    log(`   got:      ${show(got)}`);
+    check(got.transaction_id === paid.transaction_id && got.amount === '42.00', 'GetPayment returned another payment');
+
+    log('== RefundPayment 10.00');
+    const refunded = (
+      await withBearer(cache, payments, 'RefundPayment', {
+        transaction_id: paid.transaction_id,
+        amount: '10.00',
+        idempotency_key: `${request.idempotency_key}-refund-1`,
+      })
+    ).payment;
+    log(`   refunded: ${show(refunded)}`);
+    check(refunded.refunded_amount === '10.00', `refunded_amount is ${refunded.refunded_amount}, not 10.00`);
+
+    return {
+      ok: true,
+      transaction_id: paid.transaction_id,
+      replayed_same: replayedSame,
+      status: refunded.status,
+      refunded_amount: refunded.refunded_amount,
+      verified_sub: payload.sub,
+    };
+  } finally {
+    tokens.close();
+    payments.close();
+  }
+}
+
+export async function main(argv = process.argv.slice(2), env = process.env) {
+  let config;
+  try {
+    config = loadConfig(argv, env);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    console.error(`merchant.js: ${err.message} (see --help)`);
+    return 2;
+  }
+  if (config.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  try {
+    const summary = await runFlow(config);
+    console.log(JSON.stringify(summary));
+    return 0;
+  } catch (err) {
+    let message = err instanceof Error ? err.message : String(err);
+    if (err instanceof jose.errors.JOSEError) message = `offline verification failed: ${err.code}: ${message}`;
+    // Never echo the secret, whatever an error message might contain.
+    message = message.split(config.clientSecret).join('[redacted]');
+    console.error(`merchant.js: ${message}`);
+    console.log(JSON.stringify({ ok: false, error: message }));
+    return 1;
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(path.resolve(process.argv[1])).href) {
+  process.exitCode = await main();
+}

@@ -1,0 +1,162 @@
+"""The Node.js merchant (clients/node/merchant.js) against the real TokenService and PaymentService."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import KEK
+from tests.helpers import Command
+
+NODE_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
+SCOPES = "payments:read payments:write payments:refund"
+ISSUER = "https://node.test"
+CLIENT_ID = "merchant-node"
+
+
+def _node() -> str:
+    node = shutil.which("node")
+    if node is None:
+        if os.environ.get("CI"):
+            pytest.fail("node is not on PATH, and CI is set: the Node.js client must be tested in CI")
+        pytest.skip("node is not on PATH: the Node.js merchant client is not tested")
+    return node
+
+
+@pytest.fixture(scope="module")
+def node_client() -> str:
+    """The node binary, with clients/node's dependencies installed (`npm ci` when missing)."""
+    node = _node()
+    if not (NODE_DIR / "node_modules").is_dir():
+        npm = shutil.which("npm")
+        if npm is None:
+            if os.environ.get("CI"):
+                pytest.fail("npm is not on PATH, and CI is set")
+            pytest.skip("npm is not on PATH: cannot install the Node.js client's dependencies")
+        out = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=NODE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        assert out.returncode == 0, f"npm ci failed:\n{out.stdout}\n{out.stderr}"
+    return node
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
+    """A TokenService and a PaymentService as processes; yields the merchant's env and its secret."""
+    env = {
+        **os.environ,
+        "AUTHSVC_DATA_DIR": str(tmp_path / "auth"),
+        "AUTHSVC_KEK": KEK,
+        "AUTHSVC_ISSUER": ISSUER,
+        "PAYMENTS_ISSUER": ISSUER,
+        "PAYMENTS_DATA_DIR": str(tmp_path / "pay"),
+    }
+    created = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "authsvc.cli",
+                "clients",
+                "create",
+                "--client-id",
+                CLIENT_ID,
+                "--scope",
+                SCOPES,
+                "--audience",
+                "payments",
+                "-o",
+                "json",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
+    secret = str(created["client_secret"])
+    auth = Command([sys.executable, "-m", "authsvc.cli", "serve", "--listen", "127.0.0.1:0"], env)
+    try:
+        env["PAYMENTS_TOKEN_SERVICE"] = auth.target
+        gateway = Command([sys.executable, "-m", "payments_svc.cli", "serve", "--listen", "127.0.0.1:0"], env)
+        try:
+            merchant_env = {
+                "PATH": os.environ.get("PATH", ""),
+                "HOME": os.environ.get("HOME", str(Path.home())),
+                "AUTHSVC_TARGET": auth.target,
+                "PAYMENTS_TARGET": gateway.target,
+                "AUTHSVC_CLIENT_ID": CLIENT_ID,
+                "AUTHSVC_CLIENT_SECRET": secret,
+                "ISSUER": ISSUER,
+                "AUDIENCE": "payments",
+            }
+            yield merchant_env, secret
+        finally:
+            assert gateway.terminate() == 0, gateway.output()
+    finally:
+        auth.terminate()
+
+
+def test_merchant_flow(node_client: str, services: tuple[dict[str, str], str]) -> None:
+    env, secret = services
+    out = subprocess.run(
+        [node_client, "merchant.js"],
+        cwd=NODE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert out.returncode == 0, f"merchant.js exited {out.returncode}:\n{out.stdout}\n{out.stderr}"
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["ok"] is True
+    assert summary["replayed_same"] is True
+    assert summary["refunded_amount"] == "10.00"
+    assert summary["verified_sub"] == CLIENT_ID
+    assert str(summary["transaction_id"]).startswith("txn_")
+    assert secret not in out.stdout and secret not in out.stderr
+
+
+def test_wrong_secret_fails_clearly(node_client: str, services: tuple[dict[str, str], str]) -> None:
+    env, secret = services
+    wrong = "authsvc_cs_wrong"
+    out = subprocess.run(
+        [node_client, "merchant.js"],
+        cwd=NODE_DIR,
+        env={**env, "AUTHSVC_CLIENT_SECRET": wrong},
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert out.returncode == 1
+    assert "IssueToken failed: UNAUTHENTICATED INVALID_CLIENT" in out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["ok"] is False
+    assert secret not in out.stdout + out.stderr and wrong not in out.stdout + out.stderr
+
+
+def test_token_cache_unit_tests(node_client: str) -> None:
+    """clients/node/test/*.test.js (`npm test`): refresh window, one fetch in flight, no cached errors."""
+    out = subprocess.run(
+        [node_client, "--test", "test/"],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 0, f"node --test failed:\n{out.stdout}\n{out.stderr}"
