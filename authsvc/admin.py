@@ -14,9 +14,13 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from authsvc.core.clients import DEFAULT_TOKEN_TTL, Client, new_client, validate_client_id
-from authsvc.core.errors import ConfigurationError, NotFound
+from authsvc.core.errors import ConfigurationError, InvalidRequest, NotFound
 from authsvc.core.keys import (
+    MIN_RSA_BITS,
     KeyEncryptionKey,
     KeyState,
     PublicJwk,
@@ -25,9 +29,17 @@ from authsvc.core.keys import (
     generate_rsa_key,
     jwks_json,
 )
+from authsvc.core.lifecycle import (
+    KeyRecord,
+    LifecyclePolicy,
+    Transition,
+    TransitionKind,
+    due_transitions,
+    publication_time,
+)
 from authsvc.core.ports import Clock, RandomSource
 from authsvc.core.secrets import SecretHasher, generate_client_secret
-from authsvc.store.base import Store, StoredKey
+from authsvc.store.base import AlreadyExists, Store, StoredKey
 from authsvc.store.sqlite import SQLiteStore
 
 __all__ = ["Authority", "KeyInfo", "load_kek", "open_authority", "open_store"]
@@ -105,9 +117,13 @@ class KeyInfo:
 
     kid: str
     state: str
+    origin: str
     created_at: int
     activated_at: int | None
+    deactivated_at: int | None
+    retire_after: int | None
     retired_at: int | None
+    revoked_at: int | None
     kek_id: str
 
 
@@ -153,35 +169,45 @@ class Authority:
 
     # -- signing keys ----------------------------------------------------------------------
 
+    def _stored(self, key: SigningKey, *, state: KeyState, now: int, origin: str) -> StoredKey:
+        return StoredKey(
+            kid=key.kid,
+            state=state.value,
+            public_jwk=json.dumps(key.jwk),
+            private_key_enc=self.kek.wrap_private_key(key, random=self.random),
+            kek_id=self.kek.kek_id,
+            created_at=now,
+            activated_at=now if state == KeyState.ACTIVE else None,
+            origin=origin,
+        )
+
     def ensure_signing_key(self, *, bits: int = 2048) -> SigningKey:
         """The active signing key, generating the first one if the deployment has none.
 
         Processes starting at once may each generate a key; the store keeps exactly one.
         """
+        return self._ensure_active(bits=bits)[0]
+
+    def _ensure_active(self, *, bits: int = 2048) -> tuple[SigningKey, bool]:
+        """The active key, and whether this call created it (False when it existed or another
+        process's key won the race)."""
         for stored in self.store.list_keys():
             if stored.state == KeyState.ACTIVE:
-                return self._load(stored)
-        private_key = generate_rsa_key(bits)
-        now = self._now()
+                return self.load_key(stored), False
+        now = publication_time(self.clock.now())
         key = SigningKey.from_private_key(
-            private_key, state=KeyState.ACTIVE, created_at=now, activated_at=now
+            generate_rsa_key(bits), state=KeyState.ACTIVE, created_at=now, activated_at=now
         )
-        stored = StoredKey(
-            kid=key.kid,
-            state=KeyState.ACTIVE.value,
-            public_jwk=json.dumps(key.jwk),
-            private_key_enc=self.kek.wrap_private_key(key, random=self.random),
-            kek_id=self.kek.kek_id,
-            created_at=now,
-            activated_at=now,
+        winner = self.store.activate_first_key(
+            self._stored(key, state=KeyState.ACTIVE, now=now, origin="generated")
         )
-        winner = self.store.activate_first_key(stored)
         if winner.kid == key.kid:
-            log.info("generated signing key kid=%s (RSA-%d)", key.kid, bits)
-            return key
-        return self._load(winner)
+            log.info("generated signing key kid=%s (RSA-%d), active at once", key.kid, bits)
+            return key, True
+        return self.load_key(winner), False
 
-    def _load(self, stored: StoredKey) -> SigningKey:
+    def load_key(self, stored: StoredKey) -> SigningKey:
+        """Decrypt a stored key. Raises ConfigurationError under the wrong KEK."""
         self._check_kek(stored.kek_id)
         private_key = self.kek.unwrap_private_key(stored.private_key_enc, kid=stored.kid)
         return SigningKey.from_private_key(
@@ -193,9 +219,134 @@ class Authority:
 
     def list_keys(self) -> list[KeyInfo]:
         return [
-            KeyInfo(k.kid, k.state, k.created_at, k.activated_at, k.retired_at, k.kek_id)
+            KeyInfo(
+                k.kid,
+                k.state,
+                k.origin,
+                k.created_at,
+                k.activated_at,
+                k.deactivated_at,
+                k.retire_after,
+                k.retired_at,
+                k.revoked_at,
+                k.kek_id,
+            )
             for k in self.store.list_keys()
         ]
+
+    def _info(self, kid: str) -> KeyInfo:
+        for info in self.list_keys():
+            if info.kid == kid:
+                return info
+        raise NotFound(f"no key {kid!r}")
+
+    def rotate(self, *, bits: int = 2048) -> KeyInfo:
+        """Generate a key in state ``next``: published now, signing once it has been published for
+        the servers' publication delay."""
+        now = publication_time(self.clock.now())
+        key = SigningKey.from_private_key(generate_rsa_key(bits), state=KeyState.NEXT, created_at=now)
+        self.store.add_key(self._stored(key, state=KeyState.NEXT, now=now, origin="generated"))
+        log.info("generated next signing key kid=%s", key.kid)
+        return self._info(key.kid)
+
+    def import_key(self, pem: bytes, *, password: bytes | None = None) -> KeyInfo:
+        """Bring an operator's own RSA private key (PEM, PKCS#1 or PKCS#8), in state ``next``."""
+        try:
+            private_key = serialization.load_pem_private_key(pem, password=password)
+        except (ValueError, TypeError) as exc:
+            raise InvalidRequest("the file is not a PEM private key (or the password is wrong)") from exc
+        if not isinstance(private_key, rsa.RSAPrivateKey):
+            raise InvalidRequest("only RSA keys can sign RS256 tokens")
+        if private_key.key_size < MIN_RSA_BITS:
+            raise InvalidRequest(
+                f"the key has {private_key.key_size} bits; at least {MIN_RSA_BITS} are required"
+            )
+        now = publication_time(self.clock.now())
+        key = SigningKey.from_private_key(private_key, state=KeyState.NEXT, created_at=now)
+        try:
+            self.store.add_key(self._stored(key, state=KeyState.NEXT, now=now, origin="imported"))
+        except AlreadyExists as exc:
+            raise InvalidRequest(f"key {key.kid} is known already") from exc
+        log.info("imported signing key kid=%s as next", key.kid)
+        return self._info(key.kid)
+
+    def revoke(self, kid: str) -> KeyInfo:
+        """Unpublish a key at once (compromise): tokens it signed fail as soon as verifiers refresh
+        their key set. Revoking the active key activates the oldest ``next`` key at once, or a
+        freshly generated one: signing never stops, but verifiers meet a key they have not seen."""
+        now = int(self.clock.now())
+        before = self.store.revoke(kid, now=now)
+        if before is None:
+            raise NotFound(f"no published or pending key {kid!r}")
+        log.warning("revoked signing key kid=%s (was %s)", kid, before.state)
+        if before.state == KeyState.ACTIVE:
+            pending = sorted(
+                (k for k in self.store.list_keys() if k.state == KeyState.NEXT),
+                key=lambda k: (k.created_at, k.kid),
+            )
+            if pending and self.store.promote(pending[0].kid, now=now, retire_after=now):
+                log.warning("activated next key kid=%s early, replacing the revoked key", pending[0].kid)
+            else:
+                self.ensure_signing_key()
+        return self._info(kid)
+
+    def rewrap(self, new_kek: KeyEncryptionKey) -> int:
+        """Re-encrypt every private key and service secret under ``new_kek`` in one transaction;
+        returns how many ciphertexts changed. Running servers keep the keys they have loaded;
+        restart them with the new KEK."""
+        keys = [
+            (k.kid, new_kek.wrap_private_key(self.load_key(k), random=self.random))
+            for k in self.store.list_keys()
+        ]
+        secrets = []
+        for name, blob, kek_id in self.store.list_secrets():
+            self._check_kek(kek_id)
+            aad = b"authsvc service secret\x00" + name.encode()
+            secrets.append((name, new_kek.wrap(self.kek.unwrap(blob, aad=aad), aad=aad, random=self.random)))
+        self.store.rewrap(keys, secrets, old_kek_id=self.kek.kek_id, new_kek_id=new_kek.kek_id)
+        log.warning(
+            "rewrapped %d keys and %d secrets from KEK %s to %s",
+            len(keys),
+            len(secrets),
+            self.kek.kek_id,
+            new_kek.kek_id,
+        )
+        self.kek = new_kek
+        return len(keys) + len(secrets)
+
+    def apply_lifecycle(self, policy: LifecyclePolicy) -> list[Transition]:
+        """Apply the transitions due now (see :mod:`authsvc.core.lifecycle`); returns those this
+        process applied (another process may have applied the rest)."""
+        now = self.clock.now()
+        records = [
+            KeyRecord(
+                k.kid, KeyState(k.state), k.created_at, k.activated_at, k.deactivated_at, k.retire_after
+            )
+            for k in self.store.list_keys()
+        ]
+        applied: list[Transition] = []
+        for due in due_transitions(records, now, policy):
+            t = due
+            stamp = int(now)
+            if t.kind == TransitionKind.PROMOTE and t.kid is not None:
+                done = self.store.promote(t.kid, now=stamp, retire_after=stamp + policy.retiring_for)
+            elif t.kind == TransitionKind.RETIRE and t.kid is not None:
+                done = self.store.retire(t.kid, now=stamp)
+            elif t.kind == TransitionKind.CREATE_NEXT:
+                created = publication_time(now)
+                key = SigningKey.from_private_key(generate_rsa_key(), state=KeyState.NEXT, created_at=created)
+                done = self.store.add_key(
+                    self._stored(key, state=KeyState.NEXT, now=created, origin="generated"),
+                    only_if_no_next=True,
+                )
+                t = Transition(t.kind, key.kid)
+            else:
+                active, done = self._ensure_active()
+                t = Transition(t.kind, active.kid)
+            if done:
+                log.info("key lifecycle: %s %s", t.kind.value, t.kid or "")
+                applied.append(t)
+        return applied
 
     def jwks_json(self) -> str:
         """The JWK Set of every published key (``next``, ``active``, ``retiring``)."""

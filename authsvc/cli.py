@@ -17,9 +17,11 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from authsvc.admin import Authority, open_authority
+from authsvc.admin import Authority, KeyInfo, open_authority
 from authsvc.core.clients import DEFAULT_TOKEN_TTL, Client
 from authsvc.core.errors import ConfigurationError, OAuthError
+from authsvc.core.keys import KeyEncryptionKey
+from authsvc.core.lifecycle import DEFAULT_JWKS_MAX_AGE, DEFAULT_KEY_PUBLISH_DELAY
 from authsvc.core.ports import SystemClock, SystemRandom
 from authsvc.core.scopes import parse_scope
 from authsvc.store.base import StoreError
@@ -105,6 +107,28 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "[env AUTHSVC_WORKERS; default 1]",
     )
     serve.add_argument(
+        "--key-publish-delay",
+        type=int,
+        default=int(env.get("AUTHSVC_KEY_PUBLISH_DELAY", str(DEFAULT_KEY_PUBLISH_DELAY))),
+        help="seconds a new signing key is published before it signs; at least the JWKS max age "
+        f"[env AUTHSVC_KEY_PUBLISH_DELAY; default {DEFAULT_KEY_PUBLISH_DELAY}]",
+    )
+    serve.add_argument(
+        "--key-rotation-period",
+        type=int,
+        default=int(env["AUTHSVC_KEY_ROTATION_PERIOD"]) if env.get("AUTHSVC_KEY_ROTATION_PERIOD") else None,
+        help="rotate the signing key automatically this often, in seconds "
+        "[env AUTHSVC_KEY_ROTATION_PERIOD; default: only with 'authsvc keys rotate']",
+    )
+    serve.add_argument(
+        "--jwks-max-age",
+        type=int,
+        default=int(env.get("AUTHSVC_JWKS_MAX_AGE", str(DEFAULT_JWKS_MAX_AGE))),
+        help="seconds verifiers may cache the JWKS "
+        f"[env AUTHSVC_JWKS_MAX_AGE; default {DEFAULT_JWKS_MAX_AGE}]"
+        "",
+    )
+    serve.add_argument(
         "--log-level",
         default=env.get("AUTHSVC_LOG_LEVEL", "INFO"),
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -148,8 +172,30 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", help="manage signing keys").add_subparsers(dest="action", required=True)
     keys_list = keys.add_parser("list", help="list signing keys (never the private part)")
-    _add_common(keys_list, env)
-    _add_output(keys_list)
+    keys_rotate = keys.add_parser(
+        "rotate", help="create the next signing key: published now, signing once published for the delay"
+    )
+    keys_import = keys.add_parser("import", help="bring your own RSA key (PEM), as the next key")
+    keys_import.add_argument(
+        "--pem", type=Path, required=True, help="PEM private key file (PKCS#1 or PKCS#8)"
+    )
+    keys_import.add_argument(
+        "--password-file", type=Path, help="file holding the PEM's password, if encrypted"
+    )
+    keys_revoke = keys.add_parser(
+        "revoke", help="unpublish a compromised key at once: the tokens it signed stop verifying"
+    )
+    keys_revoke.add_argument("kid", metavar="KID")
+    keys_rewrap = keys.add_parser(
+        "rewrap",
+        help="re-encrypt every private key under a new key-encryption key (then restart servers with it)",
+    )
+    keys_rewrap.add_argument(
+        "--new-kek-file", type=Path, help="file holding the new KEK [or the key itself in AUTHSVC_NEW_KEK]"
+    )
+    for p in (keys_list, keys_rotate, keys_import, keys_revoke, keys_rewrap):
+        _add_common(p, env)
+        _add_output(p)
     return parser
 
 
@@ -226,16 +272,44 @@ def _clients(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
+def _print_keys(keys: list[KeyInfo], output: str) -> None:
+    rows = [asdict(k) for k in keys]
+    if output == "json":
+        print(json.dumps(rows if len(rows) != 1 else rows[0], indent=2))
+        return
+    for k in rows:
+        for f in ("created_at", "activated_at", "deactivated_at", "retire_after", "retired_at", "revoked_at"):
+            k[f] = _ts(k[f])
+    print(
+        _table(rows, ["kid", "state", "origin", "created_at", "activated_at", "retire_after", "retired_at"])
+    )
+
+
 def _keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     authority = _authority(args, env)
-    keys = [asdict(k) for k in authority.list_keys()]
-    if args.output == "json":
-        print(json.dumps(keys, indent=2))
-    else:
-        for k in keys:
-            for f in ("created_at", "activated_at", "retired_at"):
-                k[f] = _ts(k[f])
-        print(_table(keys, ["kid", "state", "created_at", "activated_at", "retired_at"]))
+    if args.action == "list":
+        keys = authority.list_keys()
+        if args.output == "json":
+            print(json.dumps([asdict(k) for k in keys], indent=2))
+        else:
+            _print_keys(keys, "table")
+    elif args.action == "rotate":
+        _print_keys([authority.rotate()], args.output)
+    elif args.action == "import":
+        password = args.password_file.read_bytes().rstrip(b"\r\n") if args.password_file else None
+        _print_keys([authority.import_key(args.pem.read_bytes(), password=password)], args.output)
+    elif args.action == "revoke":
+        _print_keys([authority.revoke(args.kid)], args.output)
+    elif args.action == "rewrap":
+        new_text = args.new_kek_file.read_text() if args.new_kek_file else env.get("AUTHSVC_NEW_KEK")
+        if not new_text:
+            raise ConfigurationError("give the new key-encryption key with --new-kek-file or AUTHSVC_NEW_KEK")
+        changed = authority.rewrap(KeyEncryptionKey.from_text(new_text))
+        print(
+            json.dumps({"rewrapped": changed, "kek_id": authority.kek.kek_id})
+            if args.output == "json"
+            else f"re-encrypted {changed} keys and secrets under KEK {authority.kek.kek_id}"
+        )
     return 0
 
 
@@ -255,6 +329,9 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         kek=env.get("AUTHSVC_KEK") or None,
         kek_file=args.kek_file,
         workers=args.workers,
+        key_publish_delay=args.key_publish_delay,
+        key_rotation_period=args.key_rotation_period,
+        jwks_max_age=args.jwks_max_age,
     )
     return run(config)
 
@@ -275,6 +352,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         return COMMANDS[args.command](args, env)
     except (OAuthError, ConfigurationError, StoreError) as exc:
         print(f"authsvc: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"authsvc: error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from payments_svc.v1 import payments_pb2 as pb
 from payments_svc.v1 import payments_pb2_grpc
 
 ISSUER = "https://authsvc.demo"
+PUBLISH_DELAY = 3
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
 
@@ -151,8 +153,22 @@ def main() -> int:
         print(f"client_id={shop['client_id']}  client_secret={shop['client_secret'][:15]}…")
 
         step("Start the TokenService and the PaymentService")
+        # short key-lifecycle settings so that the rotation below takes seconds, not minutes
         auth = Service(
-            "authsvc", [sys.executable, "-m", "authsvc.cli", "serve", "--listen", "127.0.0.1:0"], env
+            "authsvc",
+            [
+                sys.executable,
+                "-m",
+                "authsvc.cli",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--key-publish-delay",
+                str(PUBLISH_DELAY),
+                "--jwks-max-age",
+                str(PUBLISH_DELAY),
+            ],
+            env,
         )
         services = [auth]
         rc = 1
@@ -258,8 +274,25 @@ def main() -> int:
                     lambda: get_token(tokens, {**shop, "client_secret": "authsvc_cs_wrong"}, "payments:read")
                 )
 
-            step("Signing keys")
-            print(run_cli("keys", "list", env=env), end="")
+                step(f"Key rotation: a new key is published, then signs {PUBLISH_DELAY} s later")
+                print(run_cli("keys", "list", env=env), end="")
+                new_kid = json.loads(run_cli("keys", "rotate", "--output", "json", env=env))["kid"]
+                print(f"next key {new_kid}: in the JWKS now, pushed to the PaymentService by WatchJwks")
+                deadline = time.monotonic() + PUBLISH_DELAY + 10
+                while jwt.get_unverified_header(token := get_token(tokens, shop, scopes))["kid"] != new_kid:
+                    if time.monotonic() > deadline:
+                        raise SystemExit("the new key never started signing")
+                    time.sleep(0.25)
+                print(run_cli("keys", "list", env=env), end="")
+                rotated_md = (("authorization", f"Bearer {token}"),)
+                listed = payments.ListPayments(
+                    pb.ListPaymentsRequest(), metadata=rotated_md, timeout=10
+                ).payments
+                print(f"a token signed by {new_kid[:12]}… works at once: {len(listed)} payment(s) listed")
+                again = payments.GetPayment(
+                    pb.GetPaymentRequest(transaction_id=paid.transaction_id), metadata=auth_md, timeout=10
+                ).payment
+                print(f"and the token signed by the old key still works: {again.transaction_id}")
             rc = 0
         finally:
             step("Shut down (SIGTERM, graceful)")

@@ -70,6 +70,7 @@ class RunningPayments:
     async def stop(self, grace: float | None) -> None:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        self.verifier.close()
         self.store.close()
 
 

@@ -47,13 +47,15 @@ DEFAULT_RSA_BITS = 2048
 
 
 class KeyState(StrEnum):
-    """Life cycle of a signing key. Only ``active`` signs; ``next``, ``active`` and ``retiring``
-    are published in the JWKS; ``retired`` is kept for audit only."""
+    """Life cycle of a signing key (see :mod:`authsvc.core.lifecycle`). Only ``active`` signs;
+    ``next``, ``active`` and ``retiring`` are published in the JWKS; ``retired`` and ``revoked``
+    are kept for audit only."""
 
     NEXT = "next"
     ACTIVE = "active"
     RETIRING = "retiring"
     RETIRED = "retired"
+    REVOKED = "revoked"
 
 
 PUBLISHED_STATES = frozenset({KeyState.NEXT, KeyState.ACTIVE, KeyState.RETIRING})

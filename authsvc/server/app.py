@@ -8,6 +8,7 @@ listening port (SO_REUSEPORT), so that token signing uses every core.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -23,9 +24,9 @@ from authsvc import admin
 from authsvc.admin import Authority
 from authsvc.core.grants import client_credentials_endpoint
 from authsvc.core.ports import SystemClock, SystemRandom
-from authsvc.core.tokens import TokenSigner
 from authsvc.listen import split_host_port
 from authsvc.server.config import ServeConfig
+from authsvc.server.keyring import Keyring
 from authsvc.server.token_service import TokenServicer
 from authsvc.status import DecodeGuard
 from authsvc.store.cache import CachedClientLookup
@@ -53,11 +54,16 @@ class RunningServer:
     port: int
     health: HealthServicer
     authority: Authority
+    keyring: Keyring
+    keyring_task: asyncio.Task[None]
 
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, let in-flight calls finish within ``grace`` seconds, stop."""
         await self.health.enter_graceful_shutdown()
+        self.keyring_task.cancel()
         await self.server.stop(grace)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.keyring_task
         self.authority.store.close()
 
 
@@ -78,19 +84,23 @@ async def start_server(
 ) -> RunningServer:
     """Build and start the TokenService; returns once it is SERVING."""
     authority = authority or open_authority(config)
-    signer = TokenSigner(authority.ensure_signing_key())
+    authority.ensure_signing_key()
+    keyring = Keyring(authority, config.lifecycle_policy(), tick_interval=config.key_tick_interval)
+    keyring.load()
     endpoint = client_credentials_endpoint(
         issuer=config.issuer,
         clients=CachedClientLookup(authority.store, ttl=config.client_cache_ttl),
         hasher=authority.hasher(),
-        signer=lambda: signer,
+        signer=lambda: keyring.signer,
         clock=authority.clock,
         random=authority.random,
     )
     server = grpc.aio.server(
         options=_server_options(config, reuse_port=reuse_port), interceptors=[DecodeGuard()]
     )
-    token_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(endpoint, authority.jwks_json), server)
+    token_pb2_grpc.add_TokenServiceServicer_to_server(
+        TokenServicer(endpoint, authority.jwks_json, keyring.watch, jwks_max_age=config.jwks_max_age), server
+    )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
@@ -105,6 +115,7 @@ async def start_server(
     else:
         port = server.add_insecure_port(config.listen)
     await server.start()
+    keyring_task = asyncio.get_running_loop().create_task(keyring.run(), name="authsvc-keyring")
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
     await health.set(TOKEN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
     host, _ = split_host_port(config.listen)
@@ -114,9 +125,9 @@ async def start_server(
         port,
         "TLS" if config.tls else "plaintext",
         config.issuer,
-        signer.key.kid,
+        keyring.signer.key.kid,
     )
-    return RunningServer(server, port, health, authority)
+    return RunningServer(server, port, health, authority, keyring, keyring_task)
 
 
 async def serve(config: ServeConfig, *, reuse_port: bool = False) -> None:

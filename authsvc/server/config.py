@@ -9,10 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from authsvc.core.clients import MAX_TOKEN_TTL
 from authsvc.core.errors import ConfigurationError
+from authsvc.core.lifecycle import DEFAULT_JWKS_MAX_AGE, DEFAULT_KEY_PUBLISH_DELAY, LifecyclePolicy
 from authsvc.listen import check_plaintext, split_host_port
 
-__all__ = ["DEFAULT_ISSUER", "DEFAULT_LISTEN", "ServeConfig"]
+__all__ = [
+    "DEFAULT_ISSUER",
+    "DEFAULT_JWKS_MAX_AGE",
+    "DEFAULT_KEY_PUBLISH_DELAY",
+    "DEFAULT_LISTEN",
+    "ServeConfig",
+]
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_ISSUER = "https://authsvc.local"
@@ -35,6 +43,10 @@ class ServeConfig:
     grace_period: float = 5.0
     max_message_bytes: int = 64 * 1024
     max_metadata_bytes: int = 16 * 1024
+    key_publish_delay: int = DEFAULT_KEY_PUBLISH_DELAY
+    key_rotation_period: int | None = None
+    jwks_max_age: int = DEFAULT_JWKS_MAX_AGE
+    key_tick_interval: float = 1.0
 
     def __post_init__(self) -> None:
         _, port = split_host_port(self.listen)
@@ -47,8 +59,24 @@ class ServeConfig:
             raise ConfigurationError("--workers must be at least 1")
         if self.workers > 1 and port == 0:
             raise ConfigurationError("several workers need a fixed port, not port 0")
+        if self.jwks_max_age <= 0:
+            raise ConfigurationError("the JWKS max age must be positive")
+        if self.key_publish_delay < self.jwks_max_age:
+            raise ConfigurationError(
+                f"--key-publish-delay ({self.key_publish_delay}s) must be at least the JWKS max age "
+                f"({self.jwks_max_age}s): polling verifiers would meet tokens signed by unseen keys"
+            )
+        if self.key_rotation_period is not None and self.key_rotation_period <= self.key_publish_delay:
+            raise ConfigurationError("--key-rotation-period must be longer than --key-publish-delay")
         if not 0 < self.client_cache_ttl <= 5:
             raise ConfigurationError("the client cache lifetime must be between 0 and 5 seconds")
+
+    def lifecycle_policy(self) -> LifecyclePolicy:
+        return LifecyclePolicy(
+            publish_delay=self.key_publish_delay,
+            max_token_lifetime=MAX_TOKEN_TTL,
+            rotation_period=self.key_rotation_period,
+        )
 
     @property
     def tls(self) -> bool:

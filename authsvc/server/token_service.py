@@ -9,7 +9,7 @@ issued token is logged by its ``jti``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
 import grpc
 
@@ -61,9 +61,18 @@ def token_request_from(
 class TokenServicer(token_pb2_grpc.TokenServiceServicer):
     """Serves IssueToken and GetJwks on a ``grpc.aio`` server."""
 
-    def __init__(self, endpoint: TokenEndpoint, jwks_json: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        endpoint: TokenEndpoint,
+        jwks_json: Callable[[], str],
+        watch: Callable[[], AsyncIterator[str]],
+        *,
+        jwks_max_age: int,
+    ) -> None:
         self._endpoint = endpoint
         self._jwks_json = jwks_json
+        self._watch = watch
+        self._max_age = jwks_max_age
 
     async def IssueToken(  # noqa: N802 - the RPC's name
         self, request: token_pb2.IssueTokenRequest, context: grpc.aio.ServicerContext[object, object]
@@ -98,4 +107,11 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
     async def GetJwks(  # noqa: N802 - the RPC's name
         self, request: token_pb2.GetJwksRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> token_pb2.GetJwksResponse:
-        return token_pb2.GetJwksResponse(jwks_json=self._jwks_json())
+        # read from the store on every call: a key is published the moment it is stored
+        return token_pb2.GetJwksResponse(jwks_json=self._jwks_json(), max_age_seconds=self._max_age)
+
+    async def WatchJwks(  # noqa: N802 - the RPC's name
+        self, request: token_pb2.WatchJwksRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[token_pb2.WatchJwksResponse]:
+        async for jwks in self._watch():
+            yield token_pb2.WatchJwksResponse(jwks_json=jwks)

@@ -34,6 +34,10 @@ class StoredKey:
     created_at: int
     activated_at: int | None = None
     retired_at: int | None = None
+    deactivated_at: int | None = None
+    retire_after: int | None = None
+    revoked_at: int | None = None
+    origin: str = "generated"
 
 
 class ClientStore(Protocol):
@@ -49,11 +53,45 @@ class ClientStore(Protocol):
 
 
 class KeyStore(Protocol):
+    """Signing keys. Every state change is a compare-and-set on the key's current state, applied
+    atomically, so that several processes running the life cycle at once agree; the schema also
+    refuses a second ``active`` key."""
+
     def list_keys(self) -> list[StoredKey]: ...
 
     def activate_first_key(self, key: StoredKey) -> StoredKey:
         """Insert ``key`` (state ``active``) unless an active key exists; return the active key.
         Atomic, so that processes starting at once agree on one key."""
+
+    def add_key(self, key: StoredKey, *, only_if_no_next: bool = False) -> bool:
+        """Insert ``key`` as it is (usually state ``next``). With ``only_if_no_next``, insert
+        nothing and return False when a ``next`` key exists already (automatic rotation by several
+        processes at once)."""
+
+    def promote(self, kid: str, *, now: int, retire_after: int) -> bool:
+        """``kid`` next → active and the active key (if any) → retiring, in one transaction.
+        False, changing nothing, if ``kid`` is not in state next."""
+
+    def retire(self, kid: str, *, now: int) -> bool:
+        """retiring → retired; False if the key is not retiring."""
+
+    def revoke(self, kid: str, *, now: int) -> StoredKey | None:
+        """Any state but retired/revoked → revoked (unpublished at once). Returns the key as it
+        was, or None if there is no such revocable key."""
+
+    def rewrap(
+        self,
+        keys: list[tuple[str, bytes]],
+        secrets: list[tuple[str, bytes]],
+        *,
+        old_kek_id: str,
+        new_kek_id: str,
+    ) -> None:
+        """Replace the ciphertexts of these keys and service secrets in one transaction. Raises
+        StoreError if any row is not under ``old_kek_id`` (someone else rewrapped meanwhile)."""
+
+    def list_secrets(self) -> list[tuple[str, bytes, str]]:
+        """(name, ciphertext, kek_id) of every service secret."""
 
 
 class SecretStore(Protocol):

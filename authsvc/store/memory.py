@@ -7,7 +7,7 @@ import threading
 
 from authsvc.core.clients import Client
 from authsvc.core.keys import KeyState
-from authsvc.store.base import AlreadyExists, StoredKey
+from authsvc.store.base import AlreadyExists, StoredKey, StoreError
 
 __all__ = ["MemoryStore"]
 
@@ -52,6 +52,72 @@ class MemoryStore:
             key = dataclasses.replace(key, state=KeyState.ACTIVE.value)
             self._keys[key.kid] = key
             return key
+
+    def add_key(self, key: StoredKey, *, only_if_no_next: bool = False) -> bool:
+        with self._lock:
+            if key.kid in self._keys:
+                raise AlreadyExists(f"key {key.kid} exists already")
+            if key.state == KeyState.ACTIVE and any(k.state == KeyState.ACTIVE for k in self._keys.values()):
+                raise StoreError("a second active key")
+            if only_if_no_next and any(k.state == KeyState.NEXT for k in self._keys.values()):
+                return False
+            self._keys[key.kid] = key
+            return True
+
+    def promote(self, kid: str, *, now: int, retire_after: int) -> bool:
+        with self._lock:
+            key = self._keys.get(kid)
+            if key is None or key.state != KeyState.NEXT:
+                return False
+            for other in list(self._keys.values()):
+                if other.state == KeyState.ACTIVE:
+                    self._keys[other.kid] = dataclasses.replace(
+                        other, state=KeyState.RETIRING.value, deactivated_at=now, retire_after=retire_after
+                    )
+            self._keys[kid] = dataclasses.replace(key, state=KeyState.ACTIVE.value, activated_at=now)
+            return True
+
+    def retire(self, kid: str, *, now: int) -> bool:
+        with self._lock:
+            key = self._keys.get(kid)
+            if key is None or key.state != KeyState.RETIRING:
+                return False
+            self._keys[kid] = dataclasses.replace(key, state=KeyState.RETIRED.value, retired_at=now)
+            return True
+
+    def revoke(self, kid: str, *, now: int) -> StoredKey | None:
+        with self._lock:
+            key = self._keys.get(kid)
+            if key is None or key.state in (KeyState.RETIRED, KeyState.REVOKED):
+                return None
+            self._keys[kid] = dataclasses.replace(key, state=KeyState.REVOKED.value, revoked_at=now)
+            return key
+
+    def rewrap(
+        self,
+        keys: list[tuple[str, bytes]],
+        secrets: list[tuple[str, bytes]],
+        *,
+        old_kek_id: str,
+        new_kek_id: str,
+    ) -> None:
+        with self._lock:
+            for kid, _ in keys:
+                if kid not in self._keys or self._keys[kid].kek_id != old_kek_id:
+                    raise StoreError(f"kid {kid} is no longer under key-encryption key {old_kek_id}")
+            for name, _ in secrets:
+                if name not in self._secrets or self._secrets[name][1] != old_kek_id:
+                    raise StoreError(f"name {name} is no longer under key-encryption key {old_kek_id}")
+            for kid, blob in keys:
+                self._keys[kid] = dataclasses.replace(
+                    self._keys[kid], private_key_enc=blob, kek_id=new_kek_id
+                )
+            for name, blob in secrets:
+                self._secrets[name] = (blob, new_kek_id)
+
+    def list_secrets(self) -> list[tuple[str, bytes, str]]:
+        with self._lock:
+            return [(name, blob, kek_id) for name, (blob, kek_id) in sorted(self._secrets.items())]
 
     def get_or_create_secret(self, name: str, value_enc: bytes, kek_id: str) -> tuple[bytes, str]:
         with self._lock:

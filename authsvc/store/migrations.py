@@ -44,6 +44,17 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
         ],
     ),
+    (
+        2,
+        [
+            "ALTER TABLE signing_keys ADD COLUMN deactivated_at BIGINT",
+            "ALTER TABLE signing_keys ADD COLUMN retire_after BIGINT",
+            "ALTER TABLE signing_keys ADD COLUMN revoked_at BIGINT",
+            "ALTER TABLE signing_keys ADD COLUMN origin VARCHAR(16) NOT NULL DEFAULT 'generated'",
+            # at most one signing key, whatever the processes do
+            "CREATE UNIQUE INDEX signing_keys_one_active ON signing_keys (state) WHERE state = 'active'",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

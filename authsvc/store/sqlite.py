@@ -29,7 +29,11 @@ _CLIENT_COLUMNS = (
 _MIGRATIONS_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT)"
 )
-_KEY_COLUMNS = "kid, state, public_jwk, private_key_enc, kek_id, created_at, activated_at, retired_at"
+_KEY_COLUMNS = (
+    "kid, state, public_jwk, private_key_enc, kek_id, created_at, activated_at, retired_at, deactivated_at, "
+    "retire_after, revoked_at, origin"
+)
+_INSERT_KEY = f"INSERT INTO signing_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def _client_row(c: Client) -> tuple[object, ...]:
@@ -64,6 +68,10 @@ def _client_from_row(row: tuple[object, ...]) -> Client:
     )
 
 
+def _opt_int(value: object) -> int | None:
+    return None if value is None else int(value)  # type: ignore[call-overload]
+
+
 def _key_from_row(row: tuple[object, ...]) -> StoredKey:
     return StoredKey(
         kid=str(row[0]),
@@ -72,8 +80,29 @@ def _key_from_row(row: tuple[object, ...]) -> StoredKey:
         private_key_enc=bytes(row[3]),  # type: ignore[call-overload]
         kek_id=str(row[4]),
         created_at=int(row[5]),  # type: ignore[call-overload]
-        activated_at=None if row[6] is None else int(row[6]),  # type: ignore[call-overload]
-        retired_at=None if row[7] is None else int(row[7]),  # type: ignore[call-overload]
+        activated_at=_opt_int(row[6]),
+        retired_at=_opt_int(row[7]),
+        deactivated_at=_opt_int(row[8]),
+        retire_after=_opt_int(row[9]),
+        revoked_at=_opt_int(row[10]),
+        origin=str(row[11]),
+    )
+
+
+def _key_row(key: StoredKey, state: str | None = None) -> tuple[object, ...]:
+    return (
+        key.kid,
+        state or key.state,
+        key.public_jwk,
+        key.private_key_enc,
+        key.kek_id,
+        key.created_at,
+        key.activated_at,
+        key.retired_at,
+        key.deactivated_at,
+        key.retire_after,
+        key.revoked_at,
+        key.origin,
     )
 
 
@@ -192,20 +221,88 @@ class SQLiteStore:
             ).fetchone()
             if row is not None:
                 return _key_from_row(row)
-            conn.execute(
-                f"INSERT INTO signing_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key.kid,
-                    KeyState.ACTIVE.value,
-                    key.public_jwk,
-                    key.private_key_enc,
-                    key.kek_id,
-                    key.created_at,
-                    key.activated_at,
-                    key.retired_at,
-                ),
-            )
+            conn.execute(_INSERT_KEY, _key_row(key, KeyState.ACTIVE.value))
             return dataclasses.replace(key, state=KeyState.ACTIVE.value)
+
+    def add_key(self, key: StoredKey, *, only_if_no_next: bool = False) -> bool:
+        try:
+            with self._write() as conn:
+                if (
+                    only_if_no_next
+                    and conn.execute(
+                        "SELECT 1 FROM signing_keys WHERE state = ?", (KeyState.NEXT.value,)
+                    ).fetchone()
+                ):
+                    return False
+                conn.execute(_INSERT_KEY, _key_row(key))
+                return True
+        except sqlite3.IntegrityError as exc:
+            raise AlreadyExists(f"key {key.kid} exists already") from exc
+
+    def promote(self, kid: str, *, now: int, retire_after: int) -> bool:
+        with self._write() as conn:
+            row = conn.execute("SELECT state FROM signing_keys WHERE kid = ?", (kid,)).fetchone()
+            if row is None or row[0] != KeyState.NEXT.value:
+                return False
+            conn.execute(
+                "UPDATE signing_keys SET state = ?, deactivated_at = ?, retire_after = ? WHERE state = ?",
+                (KeyState.RETIRING.value, now, retire_after, KeyState.ACTIVE.value),
+            )
+            conn.execute(
+                "UPDATE signing_keys SET state = ?, activated_at = ? WHERE kid = ?",
+                (KeyState.ACTIVE.value, now, kid),
+            )
+            return True
+
+    def retire(self, kid: str, *, now: int) -> bool:
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE signing_keys SET state = ?, retired_at = ? WHERE kid = ? AND state = ?",
+                (KeyState.RETIRED.value, now, kid, KeyState.RETIRING.value),
+            )
+            return cur.rowcount == 1
+
+    def revoke(self, kid: str, *, now: int) -> StoredKey | None:
+        with self._write() as conn:
+            row = conn.execute(f"SELECT {_KEY_COLUMNS} FROM signing_keys WHERE kid = ?", (kid,)).fetchone()
+            if row is None or row[1] in (KeyState.RETIRED.value, KeyState.REVOKED.value):
+                return None
+            conn.execute(
+                "UPDATE signing_keys SET state = ?, revoked_at = ? WHERE kid = ?",
+                (KeyState.REVOKED.value, now, kid),
+            )
+            return _key_from_row(row)
+
+    def rewrap(
+        self,
+        keys: list[tuple[str, bytes]],
+        secrets: list[tuple[str, bytes]],
+        *,
+        old_kek_id: str,
+        new_kek_id: str,
+    ) -> None:
+        with self._write() as conn:
+            for table, column, name_column, items in (
+                ("signing_keys", "private_key_enc", "kid", keys),
+                ("service_secrets", "value_enc", "name", secrets),
+            ):
+                for name, blob in items:
+                    cur = conn.execute(
+                        f"UPDATE {table} SET {column} = ?, kek_id = ? WHERE {name_column} = ? AND kek_id = ?",
+                        (blob, new_kek_id, name, old_kek_id),
+                    )
+                    if cur.rowcount != 1:
+                        raise StoreError(
+                            f"{name_column} {name} is no longer under key-encryption key {old_kek_id}"
+                        )
+
+    def list_secrets(self) -> list[tuple[str, bytes, str]]:
+        rows = (
+            self._conn()
+            .execute("SELECT name, value_enc, kek_id FROM service_secrets ORDER BY name")
+            .fetchall()
+        )
+        return [(str(r[0]), bytes(r[1]), str(r[2])) for r in rows]
 
     # -- service secrets -------------------------------------------------------------------
 

@@ -118,8 +118,53 @@ class GetJwksResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     JWKS_JSON_FIELD_NUMBER: _builtins.int
+    MAX_AGE_SECONDS_FIELD_NUMBER: _builtins.int
     jwks_json: _builtins.str
     """The RFC 7517 JWK Set, exactly as an HTTP jwks_uri would serve it."""
+    max_age_seconds: _builtins.int
+    """How long a verifier may use this set before asking again. New keys are published at least
+    this long (plus a margin) before they sign.
+    """
+    def __init__(
+        self,
+        *,
+        jwks_json: _builtins.str = ...,
+        max_age_seconds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jwks_json", b"jwks_json", "max_age_seconds", b"max_age_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetJwksResponse: _TypeAlias = GetJwksResponse  # noqa: Y015
+
+@_typing.final
+class WatchJwksRequest(_message.Message):
+    """WatchJwksRequest has no fields."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchJwksRequest: _TypeAlias = WatchJwksRequest  # noqa: Y015
+
+@_typing.final
+class WatchJwksResponse(_message.Message):
+    """WatchJwksResponse carries the whole current key set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JWKS_JSON_FIELD_NUMBER: _builtins.int
+    jwks_json: _builtins.str
+    """The RFC 7517 JWK Set, exactly as GetJwks returns it."""
     def __init__(
         self,
         *,
@@ -131,4 +176,4 @@ class GetJwksResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___GetJwksResponse: _TypeAlias = GetJwksResponse  # noqa: Y015
+Global___WatchJwksResponse: _TypeAlias = WatchJwksResponse  # noqa: Y015

@@ -50,6 +50,11 @@ class TokenServiceStub:
                 request_serializer=authsvc_dot_v1_dot_token__pb2.GetJwksRequest.SerializeToString,
                 response_deserializer=authsvc_dot_v1_dot_token__pb2.GetJwksResponse.FromString,
                 _registered_method=True)
+        self.WatchJwks = channel.unary_stream(
+                '/authsvc.v1.TokenService/WatchJwks',
+                request_serializer=authsvc_dot_v1_dot_token__pb2.WatchJwksRequest.SerializeToString,
+                response_deserializer=authsvc_dot_v1_dot_token__pb2.WatchJwksResponse.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -80,6 +85,14 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchJwks(self, request, context):
+        """WatchJwks sends the whole current JWK Set at once, then again whenever it changes (a key is
+        published, retired or revoked), so verifiers learn a new key before it signs anything.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +105,11 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.GetJwks,
                     request_deserializer=authsvc_dot_v1_dot_token__pb2.GetJwksRequest.FromString,
                     response_serializer=authsvc_dot_v1_dot_token__pb2.GetJwksResponse.SerializeToString,
+            ),
+            'WatchJwks': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJwks,
+                    request_deserializer=authsvc_dot_v1_dot_token__pb2.WatchJwksRequest.FromString,
+                    response_serializer=authsvc_dot_v1_dot_token__pb2.WatchJwksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -154,6 +172,33 @@ class TokenService:
             '/authsvc.v1.TokenService/GetJwks',
             authsvc_dot_v1_dot_token__pb2.GetJwksRequest.SerializeToString,
             authsvc_dot_v1_dot_token__pb2.GetJwksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJwks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/authsvc.v1.TokenService/WatchJwks',
+            authsvc_dot_v1_dot_token__pb2.WatchJwksRequest.SerializeToString,
+            authsvc_dot_v1_dot_token__pb2.WatchJwksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,10 @@ class TokenServiceStub:
     """
     GetJwks: _grpc.UnaryUnaryMultiCallable[_token_pb2.GetJwksRequest, _token_pb2.GetJwksResponse]
     """GetJwks returns the public signing keys as an RFC 7517 JWK Set."""
+    WatchJwks: _grpc.UnaryStreamMultiCallable[_token_pb2.WatchJwksRequest, _token_pb2.WatchJwksResponse]
+    """WatchJwks sends the whole current JWK Set at once, then again whenever it changes (a key is
+    published, retired or revoked), so verifiers learn a new key before it signs anything.
+    """
 
 @_typing.type_check_only
 class TokenServiceAsyncStub(TokenServiceStub):
@@ -71,6 +75,10 @@ class TokenServiceAsyncStub(TokenServiceStub):
     """
     GetJwks: _aio.UnaryUnaryMultiCallable[_token_pb2.GetJwksRequest, _token_pb2.GetJwksResponse]  # type: ignore[assignment]
     """GetJwks returns the public signing keys as an RFC 7517 JWK Set."""
+    WatchJwks: _aio.UnaryStreamMultiCallable[_token_pb2.WatchJwksRequest, _token_pb2.WatchJwksResponse]  # type: ignore[assignment]
+    """WatchJwks sends the whole current JWK Set at once, then again whenever it changes (a key is
+    published, retired or revoked), so verifiers learn a new key before it signs anything.
+    """
 
 class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     """TokenService is an OAuth 2.0 authorization server for machine-to-machine callers.
@@ -102,5 +110,15 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_token_pb2.GetJwksResponse, _abc.Awaitable[_token_pb2.GetJwksResponse]]:
         """GetJwks returns the public signing keys as an RFC 7517 JWK Set."""
+
+    @_abc_1.abstractmethod
+    def WatchJwks(
+        self,
+        request: _token_pb2.WatchJwksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_token_pb2.WatchJwksResponse], _abc.AsyncIterator[_token_pb2.WatchJwksResponse]]:
+        """WatchJwks sends the whole current JWK Set at once, then again whenever it changes (a key is
+        published, retired or revoked), so verifiers learn a new key before it signs anything.
+        """
 
 def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,19 +9,22 @@ the parsed keys in memory and decides when to fetch:
   requests ask; a kid still unknown afterwards is remembered in a bounded negative cache so a
   flood of made-up kids costs nothing;
 - on failure: the last good set is kept, so a resource server keeps verifying while the issuer
-  is down. Only when no set was ever fetched does verification fail, as temporarily unavailable.
+  is down. Only when no set was ever fetched does verification fail, as temporarily unavailable;
+- on a push: a source that can ``subscribe`` (``GrpcJwksSource`` through ``WatchJwks``) delivers
+  every change as it happens, and polling becomes the fallback.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -63,7 +66,12 @@ class FileJwksSource:
 
 
 class GrpcJwksSource:
-    """The TokenService's ``GetJwks`` over gRPC.
+    """The TokenService's keys over gRPC: ``GetJwks`` to poll, and ``WatchJwks`` to be told.
+
+    With ``watch`` (the default), a :class:`JwksCache` built on this source subscribes to the
+    ``WatchJwks`` stream in a background thread: the TokenService pushes every change of its key
+    set, so a new key arrives long before it signs. The stream reconnects with backoff; a server
+    without WatchJwks (UNIMPLEMENTED) leaves the cache polling ``GetJwks`` as usual.
 
     ``credentials`` are channel credentials for TLS (``grpc.ssl_channel_credentials(...)``);
     without them the channel is plaintext, which is only fit for loopback or a trusted mesh.
@@ -76,40 +84,93 @@ class GrpcJwksSource:
         credentials: grpc.ChannelCredentials | None = None,
         timeout: float = 2.0,
         options: Sequence[tuple[str, str | int]] = (),
+        watch: bool = True,
+        max_backoff: float = 30.0,
     ) -> None:
         self.target = target
         self._credentials = credentials
         self._timeout = timeout
         self._options = list(options)
+        self._watch = watch
+        self._max_backoff = max_backoff
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
-        self._fetch: Callable[..., object] | None = None
+        self._closed = threading.Event()
+        self._stream: Any = None
+        self.max_age: float | None = None
+        """The max age the TokenService attached to its last GetJwks answer."""
+        self.watching = False
+        """True while a WatchJwks stream is open."""
 
-    def _stub_call(self) -> Callable[..., object]:
+    def _stub(self) -> Any:
         with self._lock:
-            if self._fetch is None:
+            if self._channel is None:
                 import grpc  # noqa: PLC0415 - only this source needs grpc at import
-
-                from authsvc.v1 import token_pb2_grpc  # noqa: PLC0415
 
                 if self._credentials is None:
                     self._channel = grpc.insecure_channel(self.target, options=self._options)
                 else:
                     self._channel = grpc.secure_channel(self.target, self._credentials, options=self._options)
-                self._fetch = token_pb2_grpc.TokenServiceStub(self._channel).GetJwks
-            return self._fetch
+            from authsvc.v1 import token_pb2_grpc  # noqa: PLC0415
+
+            return token_pb2_grpc.TokenServiceStub(self._channel)
 
     def fetch(self) -> str:
         from authsvc.v1 import token_pb2  # noqa: PLC0415
 
-        response = self._stub_call()(token_pb2.GetJwksRequest(), timeout=self._timeout)
-        return str(response.jwks_json)  # type: ignore[attr-defined]
+        response = self._stub().GetJwks(token_pb2.GetJwksRequest(), timeout=self._timeout)
+        self.max_age = float(response.max_age_seconds) or None
+        return str(response.jwks_json)
+
+    def subscribe(self, callback: Callable[[str], object]) -> None:
+        """Deliver every JWK Set the server pushes to ``callback``, from a background thread."""
+        if self._watch:
+            threading.Thread(
+                target=self._watch_loop, args=(callback,), name="authsvc-jwks-watch", daemon=True
+            ).start()
+
+    def _watch_loop(self, callback: Callable[[str], object]) -> None:
+        import grpc  # noqa: PLC0415
+
+        from authsvc.v1 import token_pb2  # noqa: PLC0415
+
+        backoff = 0.5
+        while not self._closed.is_set():
+            was_watching = False
+            try:
+                self._stream = self._stub().WatchJwks(token_pb2.WatchJwksRequest())
+                for response in self._stream:
+                    self.watching = was_watching = True
+                    backoff = 0.5
+                    callback(str(response.jwks_json))
+            except grpc.RpcError as err:
+                code = err.code() if hasattr(err, "code") else None
+                if code == grpc.StatusCode.UNIMPLEMENTED:
+                    log.info("%s does not offer WatchJwks; polling GetJwks only", self.target)
+                    return
+                if self._closed.is_set():
+                    return
+                # say so once when a stream drops; retries of a down issuer stay at debug level
+                log.log(
+                    logging.INFO if was_watching else logging.DEBUG,
+                    "WatchJwks stream to %s ended (%s); reconnecting",
+                    self.target,
+                    code,
+                )
+            finally:
+                self.watching = False
+            # full jitter, so that many verifiers do not reconnect in step
+            self._closed.wait(random.uniform(0, backoff))  # noqa: S311 - jitter, not secrecy
+            backoff = min(self._max_backoff, backoff * 2)
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
+            if self._stream is not None:
+                self._stream.cancel()
             if self._channel is not None:
                 self._channel.close()
-            self._channel, self._fetch = None, None
+            self._channel = None
 
 
 class JwksCache:
@@ -141,6 +202,15 @@ class JwksCache:
         self._background: threading.Thread | None = None
         self.generation = 0
         self.fetches = 0
+        subscribe = getattr(source, "subscribe", None)
+        if callable(subscribe):
+            subscribe(self._pushed)
+
+    @property
+    def effective_max_age(self) -> float:
+        """``max_age``, or less if the issuer said its keys may be cached for less."""
+        hint = getattr(self.source, "max_age", None)
+        return min(self.max_age, hint) if isinstance(hint, int | float) and hint > 0 else self.max_age
 
     def get(self, kid: str) -> rsa.RSAPublicKey | None:
         """The key for ``kid``, fetching as the rules allow; None if the issuer has no such key.
@@ -150,7 +220,7 @@ class JwksCache:
         now = self._now()
         if self._fetched_at is None:
             self._refresh_blocking(initial=True)
-        elif now - self._fetched_at >= self.max_age:
+        elif now - self._fetched_at >= self.effective_max_age:
             self._refresh_in_background()
         key = self._keys.get(kid)
         if key is not None:
@@ -184,7 +254,10 @@ class JwksCache:
         with self._lock:
             if self._background is not None and self._background.is_alive():
                 return
-            if self._attempted_at is not None and self._now() - self._attempted_at < self.cooldown:
+            # a scheduled refresh waits one max age after the last attempt, failed or not: polling
+            # on time must not depend on the unknown-kid cooldown, and a down issuer is not hammered
+            pause = min(self.cooldown, self.effective_max_age)
+            if self._attempted_at is not None and self._now() - self._attempted_at < pause:
                 return
             self._background = threading.Thread(target=self.refresh, name="authsvc-jwks-refresh", daemon=True)
             self._background.start()
@@ -198,12 +271,28 @@ class JwksCache:
         self._attempted_at = self._now()
         self.fetches += 1
         try:
-            document = json.loads(self.source.fetch())
+            installed = self._install(self.source.fetch())
+        except Exception as exc:
+            log.warning("JWKS fetch failed (%s); keeping %d cached keys", type(exc).__name__, len(self._keys))
+            return False
+        if installed:
+            self._fetched_at = self._attempted_at
+        return installed
+
+    def _pushed(self, jwks_json: str) -> None:
+        """A key set the source pushed (WatchJwks): as good as a fetch."""
+        with self._lock:
+            if self._install(jwks_json):
+                self._fetched_at = self._now()
+
+    def _install(self, jwks_json: str) -> bool:
+        try:
+            document = json.loads(jwks_json)
             entries = document["keys"] if isinstance(document, dict) else None
             if not isinstance(entries, list):
                 raise ValueError("the JWK Set has no keys array")
-        except Exception as exc:
-            log.warning("JWKS fetch failed (%s); keeping %d cached keys", type(exc).__name__, len(self._keys))
+        except (ValueError, KeyError) as exc:
+            log.warning("ignoring a malformed JWK Set (%s); keeping %d cached keys", exc, len(self._keys))
             return False
         keys: dict[str, rsa.RSAPublicKey] = {}
         for entry in entries:
@@ -219,9 +308,14 @@ class JwksCache:
             self.generation += 1
             self._unknown.clear()
         self._keys = keys
-        self._fetched_at = self._attempted_at
         return True
 
     @property
     def kids(self) -> frozenset[str]:
         return frozenset(self._keys)
+
+    def close(self) -> None:
+        """Stop the source's background work (the WatchJwks stream), if it has any."""
+        close = getattr(self.source, "close", None)
+        if callable(close):
+            close()

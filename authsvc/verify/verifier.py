@@ -197,6 +197,10 @@ class TokenVerifier:
             claims=dict(claims),
         )
 
+    def close(self) -> None:
+        """Stop background key refreshes (WatchJwks). The verifier keeps the keys it has."""
+        self.keys.close()
+
     @staticmethod
     def require_scopes(principal: Principal, required: Iterable[str]) -> None:
         """RFC 6750 §3.1 insufficient_scope unless the principal holds every required scope."""

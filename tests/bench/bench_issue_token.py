@@ -19,44 +19,32 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
-import resource
 import secrets
 import shlex
-import signal
-import socket
-import struct
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from importlib.metadata import version as dist_version
 from pathlib import Path
-from types import FrameType
 
 import grpc
 import jwt
-from cryptography.hazmat.backends.openssl import backend as openssl_backend
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from authsvc.v1 import token_pb2, token_pb2_grpc
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: make `tests` importable
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+from authsvc.v1 import token_pb2, token_pb2_grpc
+from tests.bench import common
+from tests.bench.common import BenchError, Environment, H2Run, ServerProcess, grpc_frame, run_text
+
 SECTION = "issue_token"
-BEGIN_MARKER = f"<!-- BEGIN {SECTION} (tests/bench/bench_issue_token.py rewrites this section) -->"
-END_MARKER = f"<!-- END {SECTION} -->"
-RESULTS_HEADER = (
-    "# Benchmark results\n\n"
-    "Each script under `tests/bench/` owns one section below, delimited by `<!-- BEGIN name ... -->` and\n"
-    "`<!-- END name -->` comments, and rewrites only that section on every run.\n"
-)
+BEGIN_MARKER = common.begin_marker(SECTION, "tests/bench/bench_issue_token.py")
+END_MARKER = common.end_marker(SECTION)
 
 OPENSSL_SECONDS = 5
 PY_SIGN_SECONDS = 2.0
@@ -71,8 +59,6 @@ MIN_REQUESTS, MAX_REQUESTS = 2000, 60000
 NEGATIVE_REQUESTS = 200
 NOISY_CORES = 0.2  # other processes using more CPU than this during a counted run make the figures suspect
 FRAME_TOLERANCE = 0.01  # the average response data per request may differ this much from one real response
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 20.0
 CLIENT_ID = "bench"
 SCOPE = "payments:read"
 AUDIENCE = "payments"
@@ -80,28 +66,7 @@ ISSUER = "https://authsvc.bench"
 GRPC_PATH = "/authsvc.v1.TokenService/IssueToken"
 
 
-class BenchError(RuntimeError):
-    """The benchmark could not produce a trustworthy figure."""
-
-
 # -- small helpers -------------------------------------------------------------------------------
-
-
-def run_text(
-    cmd: Sequence[str], *, timeout: float = 60, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> str:
-    out = subprocess.run(
-        list(cmd), capture_output=True, text=True, check=False, timeout=timeout, env=env, cwd=cwd
-    )
-    if out.returncode != 0:
-        raise BenchError(f"{shlex.join(cmd)} exited with {out.returncode}:\n{out.stdout}\n{out.stderr}")
-    return out.stdout
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def authsvc_command() -> list[str]:
@@ -109,40 +74,10 @@ def authsvc_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "authsvc.cli"]
 
 
-def grpc_frame(message: bytes) -> bytes:
-    """A gRPC length-prefixed message: compressed flag 0, 4-byte big-endian length, the message."""
-    return b"\x00" + struct.pack(">I", len(message)) + message
-
-
 def issue_request(client_id: str, secret: str) -> token_pb2.IssueTokenRequest:
     return token_pb2.IssueTokenRequest(
         grant_type="client_credentials", client_id=client_id, client_secret=secret
     )
-
-
-def children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def machine_busy_seconds() -> float:
-    """CPU time spent by everything on the machine (all cores), from /proc/stat."""
-    try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # -- openssl speed -------------------------------------------------------------------------------
@@ -161,9 +96,9 @@ def openssl_speed(nproc: int) -> OpensslSpeed:
     after the children's ``Got: +F2:...`` lines."""
     cmd = ["openssl", "speed", "-mr", "-multi", str(nproc), "-seconds", str(OPENSSL_SECONDS), "rsa2048"]
     print(f"{shlex.join(cmd)} ({OPENSSL_SECONDS}s sign + {OPENSSL_SECONDS}s verify)...")
-    start, own, machine = time.monotonic(), children_cpu_seconds(), machine_busy_seconds()
+    start, own, machine = time.monotonic(), common.children_cpu_seconds(), common.machine_busy_seconds()
     out = run_text(cmd, timeout=30 * OPENSSL_SECONDS)
-    other = machine_busy_seconds() - machine - (children_cpu_seconds() - own)
+    other = common.machine_busy_seconds() - machine - (common.children_cpu_seconds() - own)
     other_cores = max(0.0, other) / (time.monotonic() - start)
     totals = [
         m for line in out.splitlines() if (m := re.fullmatch(r"\+F2:\d+:(\d+):([\d.]+):([\d.]+)", line))
@@ -190,62 +125,22 @@ def python_sign_rate() -> float:
 # -- the server ----------------------------------------------------------------------------------
 
 
-def _listeners(port: int) -> int:
-    """How many sockets listen on ``port`` (each worker has its own SO_REUSEPORT socket)."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if fields[1].rsplit(":", 1)[1] == f"{port:04X}" and fields[3] == "0A":
-                count += 1
-    return count
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a live (not zombie) process remains in process group ``pgid``."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":  # state, ppid, pgrp
-            return True
-    return False
-
-
-class Server:
+class Server(ServerProcess):
     """An ``authsvc serve`` process tree started by this script."""
 
     def __init__(self, data_dir: Path, workers: int, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
+        self.port = common.free_port()
         self.workers = workers
         self.target = f"127.0.0.1:{self.port}"
         options = f"--listen {self.target} --issuer {ISSUER} --workers {workers} --log-level WARNING"
-        self.args = [*authsvc_command(), "serve", "--data-dir", str(data_dir), *options.split()]
-        self.display = shlex.join(["authsvc", *self.args[len(authsvc_command()) :]]).replace(
+        args = [*authsvc_command(), "serve", "--data-dir", str(data_dir), *options.split()]
+        self.display = shlex.join(["authsvc", *args[len(authsvc_command()) :]]).replace(
             str(data_dir), "$DATA_DIR"
         )
-        self._env = env
-        self._log_path = log_path
-        self._proc: subprocess.Popen[bytes] | None = None
+        super().__init__(args, env, log_path, self._ready)
 
-    def start(self) -> None:
-        with self._log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                self.args, env=self._env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise BenchError(f"the server exited with {self._proc.returncode}:\n{self.log_tail()}")
-            if _listeners(self.port) >= self.workers and self._serving():
-                return
-            time.sleep(0.2)
-        raise BenchError(f"the server did not become ready in {START_TIMEOUT:.0f}s:\n{self.log_tail()}")
+    def _ready(self) -> bool:
+        return common.listening_sockets(self.port) >= self.workers and self._serving()
 
     def _serving(self) -> bool:
         with grpc.insecure_channel(self.target) as channel:
@@ -254,65 +149,6 @@ class Server:
             except grpc.RpcError:
                 return False
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-    def pids(self) -> list[int]:
-        """The server process and its descendants (the workers)."""
-        if self._proc is None:
-            return []
-        found, todo = [], [self._proc.pid]
-        while todo:
-            pid = todo.pop()
-            found.append(pid)
-            try:
-                for task in Path(f"/proc/{pid}/task").iterdir():
-                    todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-        return found
-
-    def cpu_seconds(self) -> dict[int, float]:
-        """User + system CPU time used so far by each live server process."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        used = {}
-        for pid in self.pids():
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            used[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime: fields 14, 15 of stat
-        return used
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no server log)"
-
-    def stop(self) -> None:
-        """SIGTERM, wait; SIGKILL the process group only if that does not end it."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                raise BenchError(
-                    f"the server ignored SIGTERM for {STOP_TIMEOUT:.0f}s and was killed"
-                ) from None
-        # The workers and multiprocessing's resource tracker share the server's process group and may
-        # take a moment longer than their parent.
-        deadline = time.monotonic() + 5
-        while _group_alive(proc.pid):
-            if time.monotonic() > deadline:
-                os.killpg(proc.pid, signal.SIGKILL)
-                raise BenchError("server processes outlived their parent by 5s and were killed")
-            time.sleep(0.1)
-        if proc.returncode != 0:
-            raise BenchError(f"the server exited with {proc.returncode} after SIGTERM:\n{self.log_tail()}")
 
 
 @contextmanager
@@ -344,104 +180,28 @@ def check_one_token(target: str, client_id: str, secret: str) -> int:
 # -- h2load --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class H2Run:
-    command: str
-    connections: int
-    streams: int
-    requests: int
-    succeeded: int
-    status_2xx: int
-    seconds: float
-    req_per_s: float
-    data_bytes: int
-    mean_latency: str
-    client_cpu: float  # h2load CPU seconds
-    server_cpu: list[float]  # CPU seconds of each server process over the same interval, largest first
-    machine_cpu: float  # CPU seconds of the whole machine over the same interval
-
-    @property
-    def data_per_request(self) -> float:
-        return self.data_bytes / self.requests
-
-    @property
-    def client_cores(self) -> float:
-        return self.client_cpu / self.seconds
-
-    @property
-    def server_cores(self) -> float:
-        return sum(self.server_cpu) / self.seconds
-
-    @property
-    def server_split(self) -> str:
-        """Cores used by each busy server process, e.g. ``0.97+0.91``: shows how the load was spread."""
-        return "+".join(f"{c / self.seconds:.2f}" for c in self.server_cpu if c / self.seconds >= 0.01)
-
-    @property
-    def other_cores(self) -> float:
-        """Cores used by neither the server nor h2load: the noise of a shared machine."""
-        return max(0.0, self.machine_cpu - sum(self.server_cpu) - self.client_cpu) / self.seconds
-
-
-def _search(pattern: str, text: str) -> re.Match[str]:
-    match = re.search(pattern, text, re.MULTILINE)
-    if match is None:
-        raise BenchError(f"h2load output lacks /{pattern}/:\n{text}")
-    return match
-
-
 def h2load(
     server: Server, workdir: Path, body: str, requests: int, *, connections: int, streams: int
 ) -> H2Run:
-    load = f"-n {requests} -c {connections} -m {streams} -d {body}"
-    headers = ["-H", "content-type: application/grpc", "-H", "te: trailers"]
-    cmd = ["h2load", *load.split(), *headers, f"http://{server.target}{GRPC_PATH}"]
-    client_before, server_before, machine_before = (
-        children_cpu_seconds(),
-        server.cpu_seconds(),
-        machine_busy_seconds(),
-    )
-    out = run_text(cmd, timeout=180, cwd=workdir)
-    client_cpu, machine_cpu = children_cpu_seconds() - client_before, machine_busy_seconds() - machine_before
-    server_cpu = sorted(
-        (t - server_before.get(pid, 0.0) for pid, t in server.cpu_seconds().items()), reverse=True
-    )
-    finished = _search(r"^finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
-    counts = _search(r"^requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded", out)
-    return H2Run(
-        command=shlex.join(cmd),
+    return common.h2load(
+        f"http://{server.target}{GRPC_PATH}",
+        workdir,
+        body,
+        requests,
         connections=connections,
         streams=streams,
-        requests=int(counts.group(1)),
-        succeeded=int(counts.group(2)),
-        status_2xx=int(_search(r"^status codes: (\d+) 2xx", out).group(1)),
-        seconds=float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1),
-        req_per_s=float(finished.group(3)),
-        data_bytes=int(_search(r"^traffic: .*\((\d+)\) data$", out).group(1)),
-        mean_latency=_search(r"^time for request:\s+\S+\s+\S+\s+(\S+)", out).group(1),
-        client_cpu=client_cpu,
-        server_cpu=server_cpu,
-        machine_cpu=machine_cpu,
+        server_cpu=server.cpu_seconds,
     )
 
 
 def tokens_only(run: H2Run, frame: int) -> bool:
-    return abs(run.data_per_request - frame) <= FRAME_TOLERANCE * frame
+    return common.data_matches(run, frame, FRAME_TOLERANCE)
 
 
 def check_run(run: H2Run, frame: int) -> H2Run:
     """Every request answered 200 and, on average, carried one token-sized message. A refused call
     (grpc-status in the trailers, no message) would pull the average below the frame size."""
-    if run.succeeded != run.requests or run.status_2xx != run.requests:
-        raise BenchError(
-            f"h2load: {run.succeeded}/{run.requests} succeeded, {run.status_2xx} 2xx: {run.command}"
-        )
-    if not tokens_only(run, frame):
-        raise BenchError(
-            f"responses were not all tokens: {run.data_per_request:.1f} B of data per request, one token "
-            f"response is {frame} B (gRPC errors carry no data): {run.command}"
-        )
-    return run
+    return common.check_run(run, frame, FRAME_TOLERANCE, "token")
 
 
 # -- one server configuration --------------------------------------------------------------------
@@ -501,13 +261,14 @@ def bench_workers(
 
 @dataclass(frozen=True)
 class Report:
-    date: str
-    nproc: int
-    openssl_version: str
-    h2load_version: str
+    env: Environment
     openssl_runs: list[OpensslSpeed]  # before and after the service runs: noise only ever lowers a rate
     py_sign_per_s: float
     results: list[WorkersResult]
+
+    @property
+    def nproc(self) -> int:
+        return self.env.nproc
 
     @property
     def openssl(self) -> OpensslSpeed:
@@ -562,10 +323,6 @@ def _commands(report: Report) -> list[str]:
 
 def render(report: Report) -> str:
     full, one, control = report.all_cores, report.one_worker, report.all_cores.negative
-    stack = (
-        f"Python {platform.python_version()}, grpcio {dist_version('grpcio')}, "
-        f"cryptography {dist_version('cryptography')} ({openssl_backend.openssl_version_text()})"
-    )
     rows = [
         f"| {r.workers} | {run.connections} | {run.streams} | {run.requests} | {run.req_per_s:.0f} "
         f"| {run.mean_latency} | {run.data_per_request:.1f} ({r.frame}) | {run.server_cores:.2f} "
@@ -578,10 +335,7 @@ def render(report: Report) -> str:
         BEGIN_MARKER,
         "## IssueToken throughput vs. raw RSA-2048 signing",
         "",
-        f"- Date: {report.date}",
-        f"- Machine: nproc={report.nproc}, {cpu_model()}, {platform.system()} {platform.release()}",
-        f"- Tools: {report.openssl_version}; h2load {report.h2load_version}",
-        f"- Service stack: {stack}",
+        *report.env.lines(),
         "",
         "| Figure | Value |",
         "|---|---|",
@@ -635,14 +389,7 @@ def render(report: Report) -> str:
 
 
 def write_results(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else RESULTS_HEADER
-    begin = re.escape(f"<!-- BEGIN {SECTION}")
-    pattern = re.compile(begin + r".*?" + re.escape(END_MARKER) + r"\n?", re.DOTALL)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text)
+    common.write_section(SECTION, section)
 
 
 def summary(report: Report) -> str:
@@ -656,20 +403,14 @@ def summary(report: Report) -> str:
         f"IssueToken req/s --workers {one.workers}: {one.best.req_per_s:.0f} "
         f"(-c {one.best.connections} -m {one.best.streams})\n"
         f"ratio IssueToken / openssl sign: {report.ratio:.2f}; scaling {report.scaling:.2f}x\n"
-        f"written to {RESULTS}" + (f"\n{report.noise_warning}" if report.noise_warning else "")
+        f"written to {common.RESULTS}" + (f"\n{report.noise_warning}" if report.noise_warning else "")
     )
 
 
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the servers
-
-
 def main() -> int:
-    signal.signal(signal.SIGTERM, _terminate)
-    nproc = int(run_text(["nproc"]).strip())
-    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    openssl_version = run_text(["openssl", "version"]).strip()
-    h2load_version = run_text(["h2load", "--version"]).strip().removeprefix("h2load ")
+    common.exit_on_sigterm()
+    environment = Environment.collect()
+    nproc = environment.nproc
     speeds = [openssl_speed(nproc)]
     py_sign = python_sign_rate()
     print(f"  cryptography in-process, one core: {py_sign:.0f} sign/s")
@@ -686,7 +427,7 @@ def main() -> int:
             print(f"IssueToken with --workers {workers}...")
             results.append(bench_workers(workers, data_dir, env, client_id, secret))
     speeds.append(openssl_speed(nproc))
-    report = Report(date, nproc, openssl_version, h2load_version, speeds, py_sign, results)
+    report = Report(environment, speeds, py_sign, results)
     write_results(render(report))
     print(summary(report))
     return 0

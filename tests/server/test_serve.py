@@ -227,7 +227,18 @@ def test_cli_keys_list_shows_no_private_material(tmp_path: Path) -> None:
     authority.store.close()
     keys = json.loads(authsvc("keys", "list", "--data-dir", str(tmp_path), "-o", "json", env=env).stdout)
     assert [(k["kid"], k["state"]) for k in keys] == [(kid, "active")]
-    assert set(keys[0]) == {"kid", "state", "created_at", "activated_at", "retired_at", "kek_id"}
+    assert set(keys[0]) == {
+        "kid",
+        "state",
+        "origin",
+        "created_at",
+        "activated_at",
+        "deactivated_at",
+        "retire_after",
+        "retired_at",
+        "revoked_at",
+        "kek_id",
+    }
 
 
 def test_wrong_kek_is_a_clear_startup_error(tmp_path: Path) -> None:

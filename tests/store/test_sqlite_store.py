@@ -12,7 +12,7 @@ import pytest
 
 from authsvc.core.keys import KeyState
 from authsvc.store.base import StoredKey, StoreError
-from authsvc.store.migrations import SCHEMA_VERSION
+from authsvc.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from authsvc.store.sqlite import SQLiteStore
 from tests.store.contract import make_client, make_key
 
@@ -42,12 +42,11 @@ def test_wal_journal_mode_is_on(store: SQLiteStore, db_path: Path) -> None:
     assert _query(db_path, "PRAGMA journal_mode") == [("wal",)]
 
 
-def test_migrations_record_version_1(store: SQLiteStore, db_path: Path) -> None:
-    assert SCHEMA_VERSION == 1
-    assert store.schema_version() == 1
-    rows = _query(db_path, "SELECT version, applied_at FROM schema_migrations")
-    assert [r[0] for r in rows] == [1]
-    assert isinstance(rows[0][1], int)
+def test_migrations_record_every_version_once(store: SQLiteStore, db_path: Path) -> None:
+    assert store.schema_version() == SCHEMA_VERSION
+    rows = _query(db_path, "SELECT version, applied_at FROM schema_migrations ORDER BY version")
+    assert [r[0] for r in rows] == [v for v, _ in MIGRATIONS]
+    assert all(isinstance(r[1], int) for r in rows)
 
 
 def test_reopening_does_not_reapply_migrations(db_path: Path) -> None:
@@ -55,7 +54,7 @@ def test_reopening_does_not_reapply_migrations(db_path: Path) -> None:
     before = _query(db_path, "SELECT version, applied_at FROM schema_migrations")
     reopened = SQLiteStore(db_path)  # would fail with "table clients already exists" if re-applied
     try:
-        assert reopened.schema_version() == 1
+        assert reopened.schema_version() == SCHEMA_VERSION
     finally:
         reopened.close()
     assert _query(db_path, "SELECT version, applied_at FROM schema_migrations") == before
@@ -164,7 +163,9 @@ def test_concurrent_first_open_migrates_once(db_path: Path) -> None:
     try:
         assert errors == []
         assert len(opened) == THREADS
-        assert _query(db_path, "SELECT version FROM schema_migrations") == [(1,)]
+        assert _query(db_path, "SELECT version FROM schema_migrations ORDER BY version") == [
+            (v,) for v, _ in MIGRATIONS
+        ]
     finally:
         for s in opened:
             s.close()

@@ -98,6 +98,7 @@ def echo(request: pytest.FixtureRequest, token_server: TokenServer) -> Iterator[
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         yield Echo(pb2_grpc.EchoServiceStub(channel), token_server, {})
     stop()
+    verifier.close()
 
 
 def test_unary_hands_the_caller_to_the_handler(echo: Echo) -> None:
@@ -175,6 +176,7 @@ def test_explicit_policy_overrides_the_proto(kind: str, token_server: TokenServe
             )
     finally:
         stop()
+        verifier.close()
 
 
 def test_health_is_public_on_a_protected_server(token_server: TokenServer) -> None:
@@ -193,3 +195,4 @@ def test_health_is_public_on_a_protected_server(token_server: TokenServer) -> No
             assert status == health_pb2.HealthCheckResponse.SERVING
     finally:
         server.stop(0).wait()
+        verifier.close()

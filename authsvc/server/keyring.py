@@ -1,0 +1,104 @@
+"""The TokenService's view of its signing keys, kept current while it serves.
+
+Every ``tick_interval`` seconds a worker thread applies the key life cycle (promotions, retirements,
+automatic rotation: :meth:`Authority.apply_lifecycle`, safe with several processes on one store)
+and reloads the keys, so a rotation made by the CLI or another process takes effect within a
+tick. The active key's signer is swapped atomically; ``WatchJwks`` streams are woken on every
+change of the published set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+
+from authsvc.admin import Authority
+from authsvc.core.keys import PUBLISHED_STATES, KeyState, PublicJwk, jwks_json
+from authsvc.core.lifecycle import LifecyclePolicy
+from authsvc.core.tokens import TokenSigner
+
+__all__ = ["Keyring"]
+
+log = logging.getLogger("authsvc.keys")
+
+
+class Keyring:
+    def __init__(self, authority: Authority, policy: LifecyclePolicy, *, tick_interval: float = 1.0) -> None:
+        self._authority = authority
+        self.policy = policy
+        self.tick_interval = tick_interval
+        self._signers: dict[str, TokenSigner] = {}
+        self._signer: TokenSigner | None = None
+        self._published: tuple[tuple[str, str], ...] = ()
+        self.jwks = jwks_json([])
+        self.version = 0
+        self._changed: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def signer(self) -> TokenSigner:
+        if self._signer is None:
+            raise RuntimeError("the keyring has not been loaded")
+        return self._signer
+
+    def load(self) -> bool:
+        """Read the keys; swap the signer and the published set if they changed. True on change."""
+        stored = self._authority.store.list_keys()
+        published = tuple(sorted((k.kid, k.state) for k in stored if KeyState(k.state) in PUBLISHED_STATES))
+        if published == self._published and self._signer is not None:
+            return False
+        active = [k for k in stored if k.state == KeyState.ACTIVE]
+        if active:
+            kid = active[0].kid
+            signer = self._signers.get(kid)
+            if signer is None:
+                signer = TokenSigner(self._authority.load_key(active[0]))
+                self._signers = {kid: signer}  # a signer is only ever needed for the active key
+            if self._signer is None or self._signer.key.kid != kid:
+                log.info("signing with kid=%s", kid)
+            self._signer = signer
+        keys: list[PublicJwk] = [
+            json.loads(k.public_jwk) for k in stored if KeyState(k.state) in PUBLISHED_STATES
+        ]
+        self.jwks = jwks_json(keys)
+        self._published = published
+        self.version += 1
+        if self._loop is not None and self._changed is not None:
+            self._loop.call_soon_threadsafe(self._notify)
+        return True
+
+    def tick(self) -> None:
+        """Apply the life cycle, then reload. Runs in a worker thread (it may generate a key)."""
+        self._authority.apply_lifecycle(self.policy)
+        self.load()
+
+    def _notify(self) -> None:
+        assert self._changed is not None
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def run(self) -> None:
+        """Tick until cancelled. Errors are logged, and the keys already loaded keep serving."""
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        while True:
+            try:
+                await asyncio.to_thread(self.tick)
+            except Exception:
+                log.exception("key lifecycle tick failed; serving with the keys already loaded")
+            await asyncio.sleep(self.tick_interval)
+
+    async def watch(self) -> AsyncIterator[str]:
+        """The published JWK Set now, then after every change (for WatchJwks)."""
+        last = -1
+        while True:
+            if self.version != last:
+                last = self.version
+                yield self.jwks
+            changed = self._changed
+            if changed is None:  # not running: nothing will change
+                return
+            if self.version == last:
+                await changed.wait()

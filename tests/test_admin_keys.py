@@ -1,0 +1,486 @@
+"""Signing-key management through :class:`authsvc.admin.Authority`, over every store.
+
+Rotation, import, revocation, rewrapping and the life cycle applied on a fake clock: no test
+sleeps. RSA keys are generated only where the operation under test generates them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from authsvc.admin import Authority, KeyInfo
+from authsvc.core.errors import ConfigurationError, InvalidRequest, NotFound
+from authsvc.core.keys import KeyEncryptionKey, KeyState
+from authsvc.core.lifecycle import LifecyclePolicy, Transition, TransitionKind
+from authsvc.core.ports import SystemRandom
+from authsvc.store.base import Store, StoredKey
+from authsvc.store.memory import MemoryStore
+from authsvc.store.sqlite import SQLiteStore
+from tests.core.fakes import FrozenClock
+
+KEK = KeyEncryptionKey(b"\x11" * 32)
+NEW_KEK = KeyEncryptionKey(b"\x22" * 32)
+DELAY = 120
+LIFETIME = 3600
+LEEWAY = 90
+POLICY = LifecyclePolicy(publish_delay=DELAY, max_token_lifetime=LIFETIME, leeway=LEEWAY)
+T0 = 1_700_000_000.0
+
+
+# -- fixtures and helpers -------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    s: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "authsvc.db")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(T0)
+
+
+@pytest.fixture
+def authority(store: Store, clock: FrozenClock) -> Authority:
+    a = Authority(store, KEK, clock=clock, random=SystemRandom())
+    a.check_kek()
+    return a
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    """One operator key, imported into a fresh store by each test that needs it."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def states(authority: Authority) -> dict[str, str]:
+    """kid -> state; also checks the invariant that at most one key is active."""
+    infos = authority.list_keys()
+    assert sum(1 for k in infos if k.state == KeyState.ACTIVE) <= 1, infos
+    return {k.kid: k.state for k in infos}
+
+
+def info(authority: Authority, kid: str) -> KeyInfo:
+    (found,) = [k for k in authority.list_keys() if k.kid == kid]
+    return found
+
+
+def published(authority: Authority) -> set[str]:
+    return {k["kid"] for k in json.loads(authority.jwks_json())["keys"]}
+
+
+def thumbprint(key: rsa.RSAPrivateKey) -> str:
+    """RFC 7638 §3.3 for an RSA key, computed here independently of authsvc.core.keys."""
+    numbers = key.public_key().public_numbers()
+
+    def b64(value: int) -> str:
+        raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    canonical = f'{{"e":"{b64(numbers.e)}","kty":"RSA","n":"{b64(numbers.n)}"}}'
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+def transitions_of(applied: list[Transition]) -> list[tuple[TransitionKind, str | None]]:
+    return [(t.kind, t.kid) for t in applied]
+
+
+# -- rotation on the fake clock -------------------------------------------------------------------
+
+
+def test_rotation_walk_publishes_first_signs_after_the_delay_and_unpublishes_after_the_tokens(
+    authority: Authority, clock: FrozenClock
+) -> None:
+    old = authority.ensure_signing_key().kid
+    assert states(authority) == {old: KeyState.ACTIVE}
+    assert authority.apply_lifecycle(POLICY) == []  # no rotation period: nothing to do
+
+    clock.advance(10.5)
+    rotated = authority.rotate()
+    new = rotated.kid
+    assert (rotated.state, rotated.origin) == (KeyState.NEXT, "generated")
+    assert rotated.created_at == math.ceil(clock.now())
+    assert states(authority) == {old: KeyState.ACTIVE, new: KeyState.NEXT}
+    assert published(authority) == {old, new}  # verifiers learn the key before it signs
+    assert authority.ensure_signing_key().kid == old
+
+    # one moment before the publication delay has passed: nothing happens
+    clock.t = rotated.created_at + DELAY - 0.001
+    assert authority.apply_lifecycle(POLICY) == []
+    assert states(authority) == {old: KeyState.ACTIVE, new: KeyState.NEXT}
+    assert authority.ensure_signing_key().kid == old
+
+    # the old key signs until the promotion, late in a second
+    clock.t = rotated.created_at + DELAY + 0.999
+    deactivated = clock.now()
+    assert transitions_of(authority.apply_lifecycle(POLICY)) == [(TransitionKind.PROMOTE, new)]
+    assert states(authority) == {old: KeyState.RETIRING, new: KeyState.ACTIVE}
+    assert authority.ensure_signing_key().kid == new
+    assert published(authority) == {old, new}
+    retiring = info(authority, old)
+    assert retiring.deactivated_at == int(deactivated)
+    assert retiring.retire_after == int(deactivated) + LIFETIME + LEEWAY
+    assert info(authority, new).activated_at == int(deactivated)
+
+    # The last token the old key signed (iat = int(now), the longest lifetime) stops verifying at
+    # exp + leeway; the key must stay published until then.
+    last_iat = int(deactivated - 0.001)
+    last_exp = last_iat + LIFETIME
+    assert retiring.retire_after is not None
+    assert last_exp + LEEWAY <= retiring.retire_after
+
+    clock.t = retiring.retire_after - 0.001
+    assert authority.apply_lifecycle(POLICY) == []
+    assert published(authority) == {old, new}
+
+    clock.t = retiring.retire_after
+    assert transitions_of(authority.apply_lifecycle(POLICY)) == [(TransitionKind.RETIRE, old)]
+    assert states(authority) == {old: KeyState.RETIRED, new: KeyState.ACTIVE}
+    assert info(authority, old).retired_at == retiring.retire_after
+    assert published(authority) == {new}
+    assert authority.apply_lifecycle(POLICY) == []
+
+    with pytest.raises(NotFound):  # a retired key is no longer revocable
+        authority.revoke(old)
+
+
+class StaleReads(SQLiteStore):
+    """A second process's store on the same file whose next ``list_keys`` returns a snapshot
+    taken earlier: it decides on what it read before the other process wrote."""
+
+    stale: list[StoredKey] | None = None
+
+    def list_keys(self) -> list[StoredKey]:
+        if self.stale is not None:
+            keys, self.stale = self.stale, None
+            return keys
+        return super().list_keys()
+
+
+@pytest.fixture
+def two_processes(tmp_path: Path, clock: FrozenClock) -> Iterator[tuple[Authority, Authority, StaleReads]]:
+    path = tmp_path / "shared.db"
+    store_a, store_b = SQLiteStore(path), StaleReads(path)
+    a = Authority(store_a, KEK, clock=clock, random=SystemRandom())
+    b = Authority(store_b, KEK, clock=clock, random=SystemRandom())
+    a.check_kek()
+    b.check_kek()
+    try:
+        yield a, b, store_b
+    finally:
+        store_a.close()
+        store_b.close()
+
+
+PERIOD = 100_000
+ROTATING = LifecyclePolicy(
+    publish_delay=DELAY, max_token_lifetime=LIFETIME, leeway=LEEWAY, rotation_period=PERIOD
+)
+
+
+def test_two_processes_on_one_database_apply_each_transition_once(
+    two_processes: tuple[Authority, Authority, StaleReads], clock: FrozenClock
+) -> None:
+    a, b, _ = two_processes
+    first = a.ensure_signing_key().kid
+    assert b.ensure_signing_key().kid == first
+
+    def both() -> list[tuple[TransitionKind, str | None]]:
+        return transitions_of(a.apply_lifecycle(ROTATING) + b.apply_lifecycle(ROTATING))
+
+    clock.t = T0 + PERIOD - DELAY - 1
+    assert both() == []
+    clock.advance(1)
+    created = both()
+    assert [kind for kind, _ in created] == [TransitionKind.CREATE_NEXT]
+    successor = created[0][1]
+    assert states(a) == {first: KeyState.ACTIVE, successor: KeyState.NEXT}
+
+    clock.t = info(a, successor or "").created_at + DELAY
+    assert both() == [(TransitionKind.PROMOTE, successor)]
+    assert states(b) == {first: KeyState.RETIRING, successor: KeyState.ACTIVE}
+
+    clock.t = info(a, first).retire_after or 0
+    assert both() == [(TransitionKind.RETIRE, first)]
+    assert states(a) == {first: KeyState.RETIRED, successor: KeyState.ACTIVE}
+
+
+def test_racing_processes_that_decided_on_the_same_state_apply_each_transition_once(
+    two_processes: tuple[Authority, Authority, StaleReads], clock: FrozenClock
+) -> None:
+    """Both read the keys, then both write: the store's compare-and-set lets one win."""
+    a, b, store_b = two_processes
+    first = a.ensure_signing_key().kid
+
+    def race() -> list[tuple[TransitionKind, str | None]]:
+        store_b.stale = store_b.list_keys()  # b reads ...
+        applied = a.apply_lifecycle(ROTATING)  # ... a reads and writes ...
+        applied += b.apply_lifecycle(ROTATING)  # ... b writes what it decided before
+        assert store_b.stale is None, "b did not decide on the stale snapshot"
+        return transitions_of(applied)
+
+    clock.t = T0 + PERIOD - DELAY
+    created = race()
+    assert [kind for kind, _ in created] == [TransitionKind.CREATE_NEXT]
+    successor = created[0][1] or ""
+    assert states(a) == {first: KeyState.ACTIVE, successor: KeyState.NEXT}
+
+    clock.t = info(a, successor).created_at + DELAY
+    assert race() == [(TransitionKind.PROMOTE, successor)]
+    assert states(a) == {first: KeyState.RETIRING, successor: KeyState.ACTIVE}
+
+    clock.t = info(a, first).retire_after or 0
+    assert race() == [(TransitionKind.RETIRE, first)]
+    assert states(a) == {first: KeyState.RETIRED, successor: KeyState.ACTIVE}
+
+
+def test_racing_processes_with_no_active_key_create_one_active_key_once(
+    two_processes: tuple[Authority, Authority, StaleReads],
+) -> None:
+    a, b, store_b = two_processes
+    store_b.stale = store_b.list_keys()  # both see an empty deployment
+    applied = a.apply_lifecycle(ROTATING) + b.apply_lifecycle(ROTATING)
+    assert len(states(a)) == 1
+    assert [t.kind for t in applied] == [TransitionKind.CREATE_ACTIVE], (
+        "a process that lost the race reports a key it did not create"
+    )
+
+
+# -- import ---------------------------------------------------------------------------------------
+
+PASSWORD = b"correct horse battery staple"
+
+
+def _pkcs8(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _pkcs1(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+
+
+def _encrypted(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(PASSWORD),
+    )
+
+
+@pytest.mark.parametrize(
+    ("encode", "password"),
+    [(_pkcs8, None), (_pkcs1, None), (_encrypted, PASSWORD)],
+    ids=["pkcs8", "pkcs1", "encrypted-pkcs8"],
+)
+def test_import_makes_a_next_key_named_by_its_thumbprint(
+    authority: Authority,
+    clock: FrozenClock,
+    rsa_key: rsa.RSAPrivateKey,
+    encode: Callable[[rsa.RSAPrivateKey], bytes],
+    password: bytes | None,
+) -> None:
+    imported = authority.import_key(encode(rsa_key), password=password)
+    assert (imported.state, imported.origin) == (KeyState.NEXT, "imported")
+    assert imported.kid == thumbprint(rsa_key)
+    assert imported.created_at == math.ceil(clock.now())
+    assert imported.kek_id == KEK.kek_id
+    assert published(authority) == {imported.kid}
+    (stored,) = authority.store.list_keys()
+    assert PASSWORD not in stored.private_key_enc
+    loaded = authority.load_key(stored)
+    assert loaded.private_key.private_numbers() == rsa_key.private_numbers()
+
+
+def test_importing_the_same_key_twice_is_refused(authority: Authority, rsa_key: rsa.RSAPrivateKey) -> None:
+    authority.import_key(_pkcs8(rsa_key))
+    with pytest.raises(InvalidRequest):
+        authority.import_key(_pkcs1(rsa_key))  # another encoding of the same key
+    assert len(authority.list_keys()) == 1
+
+
+def _small_rsa() -> bytes:
+    return _pkcs8(rsa.generate_private_key(public_exponent=65537, key_size=1024))  # noqa: S505 - must be refused
+
+
+def _ec() -> bytes:
+    return ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _public_only() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        _small_rsa,
+        _ec,
+        lambda: b"junk",
+        lambda: b"",
+        _public_only,
+        lambda: b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    ],
+    ids=["rsa-1024", "ec-p256", "junk", "empty", "public-key", "truncated-pem"],
+)
+def test_import_refuses_what_cannot_sign(authority: Authority, make: Callable[[], bytes]) -> None:
+    with pytest.raises(InvalidRequest):
+        authority.import_key(make())
+    assert authority.list_keys() == []
+
+
+@pytest.mark.parametrize(
+    ("encrypted", "password"),
+    [(True, None), (True, b"wrong"), (False, PASSWORD)],
+    ids=["encrypted-without-password", "wrong-password", "password-for-plain-key"],
+)
+def test_import_refuses_a_wrong_password(
+    authority: Authority, rsa_key: rsa.RSAPrivateKey, encrypted: bool, password: bytes | None
+) -> None:
+    pem = _encrypted(rsa_key) if encrypted else _pkcs8(rsa_key)
+    with pytest.raises(InvalidRequest):
+        authority.import_key(pem, password=password)
+    assert authority.list_keys() == []
+
+
+# -- revocation -----------------------------------------------------------------------------------
+
+
+def test_revoking_a_retiring_key_unpublishes_it_at_once(authority: Authority, clock: FrozenClock) -> None:
+    old = authority.ensure_signing_key().kid
+    new = authority.rotate().kid
+    clock.advance(DELAY + 1)
+    authority.apply_lifecycle(POLICY)
+    assert states(authority) == {old: KeyState.RETIRING, new: KeyState.ACTIVE}
+
+    clock.advance(5)
+    revoked = authority.revoke(old)
+    assert (revoked.state, revoked.revoked_at) == (KeyState.REVOKED, int(clock.now()))
+    assert published(authority) == {new}
+    assert states(authority) == {old: KeyState.REVOKED, new: KeyState.ACTIVE}
+    assert authority.ensure_signing_key().kid == new
+    clock.advance(LIFETIME + LEEWAY)
+    assert authority.apply_lifecycle(POLICY) == []  # a revoked key is never "retired" later
+
+
+def test_revoking_the_active_key_promotes_the_oldest_next_key_at_once(
+    authority: Authority, clock: FrozenClock, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    compromised = authority.ensure_signing_key().kid
+    clock.advance(1)
+    oldest = authority.rotate().kid
+    clock.advance(1)
+    younger = authority.import_key(_pkcs8(rsa_key)).kid
+    clock.advance(1)  # well before the publication delay has passed
+
+    authority.revoke(compromised)
+    assert states(authority) == {
+        compromised: KeyState.REVOKED,
+        oldest: KeyState.ACTIVE,
+        younger: KeyState.NEXT,
+    }
+    assert authority.ensure_signing_key().kid == oldest
+    assert published(authority) == {oldest, younger}
+    assert info(authority, oldest).activated_at == int(clock.now())
+
+
+def test_revoking_the_only_key_generates_a_new_active_key(authority: Authority) -> None:
+    compromised = authority.ensure_signing_key().kid
+    authority.revoke(compromised)
+    signing = authority.ensure_signing_key().kid
+    assert signing != compromised
+    assert states(authority) == {compromised: KeyState.REVOKED, signing: KeyState.ACTIVE}
+    assert published(authority) == {signing}
+
+    with pytest.raises(NotFound):
+        authority.revoke(compromised)  # already revoked
+    assert states(authority) == {compromised: KeyState.REVOKED, signing: KeyState.ACTIVE}
+
+
+def test_revoking_a_next_key_unpublishes_it_and_it_is_never_promoted(
+    authority: Authority, clock: FrozenClock, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    active = authority.ensure_signing_key().kid
+    pending = authority.import_key(_pkcs8(rsa_key)).kid
+    authority.revoke(pending)
+    assert published(authority) == {active}
+    clock.advance(DELAY * 10)
+    assert authority.apply_lifecycle(POLICY) == []
+    assert states(authority) == {active: KeyState.ACTIVE, pending: KeyState.REVOKED}
+
+
+@pytest.mark.parametrize("kid", ["no-such-kid", ""], ids=["unknown", "empty"])
+def test_revoking_an_unknown_kid_is_not_found(authority: Authority, kid: str) -> None:
+    with pytest.raises(NotFound):
+        authority.revoke(kid)
+    assert authority.list_keys() == []
+
+
+# -- rewrapping under a new key-encryption key ----------------------------------------------------
+
+
+def test_rewrap_moves_every_key_and_secret_to_the_new_kek(
+    authority: Authority, store: Store, clock: FrozenClock
+) -> None:
+    active = authority.ensure_signing_key().kid
+    pending = authority.rotate().kid
+    client, secret = authority.create_client(client_id="shop", scopes=["a"], audiences=["payments"])
+
+    changed = authority.rewrap(NEW_KEK)
+    assert changed == 3  # two private keys and the secret-hashing pepper
+    assert {k.kek_id for k in authority.list_keys()} == {NEW_KEK.kek_id}
+
+    fresh = Authority(store, NEW_KEK, clock=clock, random=SystemRandom())
+    fresh.check_kek()
+    assert {fresh.load_key(k).kid for k in store.list_keys()} == {active, pending}
+    assert fresh.ensure_signing_key().kid == active
+    assert fresh.hasher().verify(secret, fresh.get_client("shop").secret_hash)
+    assert client.secret_hash == fresh.get_client("shop").secret_hash
+
+    stale = Authority(store, KEK, clock=clock, random=SystemRandom())
+    with pytest.raises(ConfigurationError, match="key-encryption key"):
+        stale.check_kek()
+    with pytest.raises(ConfigurationError):
+        stale.load_key(store.list_keys()[0])
+
+
+def test_rewrap_survives_reopening_the_database(tmp_path: Path, clock: FrozenClock) -> None:
+    path = tmp_path / "authsvc.db"
+    store = SQLiteStore(path)
+    try:
+        authority = Authority(store, KEK, clock=clock, random=SystemRandom())
+        authority.check_kek()
+        kid = authority.ensure_signing_key().kid
+        authority.rewrap(NEW_KEK)
+    finally:
+        store.close()
+    reopened = SQLiteStore(path)
+    try:
+        fresh = Authority(reopened, NEW_KEK, clock=clock, random=SystemRandom())
+        fresh.check_kek()
+        assert fresh.ensure_signing_key().kid == kid
+        with pytest.raises(ConfigurationError, match="key-encryption key"):
+            Authority(reopened, KEK, clock=clock, random=SystemRandom()).check_kek()
+    finally:
+        reopened.close()
