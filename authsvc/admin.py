@@ -51,8 +51,15 @@ DEV_KEK_FILE = "kek.key"
 _PEPPER = "client-secret-pepper"
 
 
-def open_store(data_dir: Path) -> SQLiteStore:
-    """Open (creating if needed, mode 0700) the data directory's SQLite store."""
+def open_store(data_dir: Path, database_url: str | None = None) -> Store:
+    """The PostgreSQL store at ``database_url`` if one is given, else the data directory's SQLite
+    store (the directory is created, mode 0700, if needed)."""
+    if database_url:
+        if not database_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigurationError("--database-url must be a postgresql:// URL")
+        from authsvc.store.postgres import PostgresStore  # noqa: PLC0415 - psycopg only when asked for
+
+        return PostgresStore(database_url)
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     return SQLiteStore(data_dir / DB_FILE)
 
@@ -96,10 +103,17 @@ def load_kek(*, kek: str | None, kek_file: Path | None, data_dir: Path) -> KeyEn
 
 
 def open_authority(
-    data_dir: Path, *, kek: str | None, kek_file: Path | None, clock: Clock, random: RandomSource
+    data_dir: Path,
+    *,
+    kek: str | None,
+    kek_file: Path | None,
+    clock: Clock,
+    random: RandomSource,
+    database_url: str | None = None,
 ) -> Authority:
-    """Open the data directory's store with its KEK, checked against what is stored."""
-    store = open_store(data_dir)
+    """Open the store (PostgreSQL at ``database_url``, else SQLite in ``data_dir``) with its KEK,
+    checked against what is stored."""
+    store = open_store(data_dir, database_url)
     try:
         authority = Authority(
             store, load_kek(kek=kek, kek_file=kek_file, data_dir=data_dir), clock=clock, random=random

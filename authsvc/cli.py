@@ -46,6 +46,12 @@ def _add_common(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         help="directory of the SQLite database [env AUTHSVC_DATA_DIR; default $XDG_DATA_HOME/authsvc]",
     )
     p.add_argument(
+        "--database-url",
+        default=env.get("AUTHSVC_DATABASE_URL") or None,
+        help="postgresql://… to keep clients and keys in PostgreSQL, shared by several replicas, instead of "
+        "SQLite in the data dir [env AUTHSVC_DATABASE_URL]",
+    )
+    p.add_argument(
         "--kek-file",
         type=Path,
         default=Path(env["AUTHSVC_KEK_FILE"]) if env.get("AUTHSVC_KEK_FILE") else None,
@@ -220,6 +226,7 @@ def _table(rows: list[dict[str, object]], columns: list[str]) -> str:
 def _authority(args: argparse.Namespace, env: Mapping[str, str]) -> Authority:
     return open_authority(
         args.data_dir,
+        database_url=args.database_url,
         kek=env.get("AUTHSVC_KEK") or None,
         kek_file=args.kek_file,
         clock=SystemClock(),
@@ -329,6 +336,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         kek=env.get("AUTHSVC_KEK") or None,
         kek_file=args.kek_file,
         workers=args.workers,
+        database_url=args.database_url,
         key_publish_delay=args.key_publish_delay,
         key_rotation_period=args.key_rotation_period,
         jwks_max_age=args.jwks_max_age,

@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -39,9 +40,17 @@ T0 = 1_700_000_000.0
 # -- fixtures and helpers -------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "authsvc.db")
+    s: Store
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
+        s = SQLiteStore(tmp_path / "authsvc.db")
+    else:
+        from authsvc.store.postgres import PostgresStore
+
+        s = PostgresStore(request.getfixturevalue("pg_url"))
     try:
         yield s
     finally:
@@ -157,9 +166,9 @@ def test_rotation_walk_publishes_first_signs_after_the_delay_and_unpublishes_aft
         authority.revoke(old)
 
 
-class StaleReads(SQLiteStore):
-    """A second process's store on the same file whose next ``list_keys`` returns a snapshot
-    taken earlier: it decides on what it read before the other process wrote."""
+class StaleReads:
+    """Mixed into a second process's store on the same database: its next ``list_keys`` returns a
+    snapshot taken earlier, so it decides on what it read before the other process wrote."""
 
     stale: list[StoredKey] | None = None
 
@@ -167,13 +176,30 @@ class StaleReads(SQLiteStore):
         if self.stale is not None:
             keys, self.stale = self.stale, None
             return keys
-        return super().list_keys()
+        return super().list_keys()  # type: ignore[misc, no-any-return]
 
 
-@pytest.fixture
-def two_processes(tmp_path: Path, clock: FrozenClock) -> Iterator[tuple[Authority, Authority, StaleReads]]:
-    path = tmp_path / "shared.db"
-    store_a, store_b = SQLiteStore(path), StaleReads(path)
+class StaleSQLite(StaleReads, SQLiteStore):
+    pass
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def two_processes(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: FrozenClock
+) -> Iterator[tuple[Authority, Authority, StaleReads]]:
+    store_a: Store
+    store_b: Any
+    if request.param == "sqlite":
+        path = tmp_path / "shared.db"
+        store_a, store_b = SQLiteStore(path), StaleSQLite(path)
+    else:
+        from authsvc.store.postgres import PostgresStore
+
+        class StalePostgres(StaleReads, PostgresStore):
+            pass
+
+        url = request.getfixturevalue("pg_url")
+        store_a, store_b = PostgresStore(url), StalePostgres(url)
     a = Authority(store_a, KEK, clock=clock, random=SystemRandom())
     b = Authority(store_b, KEK, clock=clock, random=SystemRandom())
     a.check_kek()

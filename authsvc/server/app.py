@@ -42,7 +42,12 @@ TOKEN_SERVICE = token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name
 def open_authority(config: ServeConfig) -> Authority:
     """The deployment state for ``config``: store opened and migrated, KEK loaded and checked."""
     return admin.open_authority(
-        config.data_dir, kek=config.kek, kek_file=config.kek_file, clock=SystemClock(), random=SystemRandom()
+        config.data_dir,
+        kek=config.kek,
+        kek_file=config.kek_file,
+        clock=SystemClock(),
+        random=SystemRandom(),
+        database_url=config.database_url,
     )
 
 

@@ -39,6 +39,7 @@ class ServeConfig:
     kek: str | None = field(default=None, repr=False)
     kek_file: Path | None = None
     workers: int = 1
+    database_url: str | None = field(default=None, repr=False)
     client_cache_ttl: float = 2.0
     grace_period: float = 5.0
     max_message_bytes: int = 64 * 1024

@@ -10,12 +10,29 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from authsvc.core.clients import Client
+from authsvc.core.errors import TemporarilyUnavailable
 
-__all__ = ["AlreadyExists", "ClientStore", "KeyStore", "SecretStore", "Store", "StoreError", "StoredKey"]
+__all__ = [
+    "AlreadyExists",
+    "ClientStore",
+    "KeyStore",
+    "SecretStore",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "StoredKey",
+]
 
 
 class StoreError(Exception):
     """Base of the errors a store raises."""
+
+
+class StoreUnavailable(StoreError, TemporarilyUnavailable):
+    """The database cannot be reached now; the request may be retried (UNAVAILABLE)."""
+
+    def __init__(self, description: str) -> None:
+        TemporarilyUnavailable.__init__(self, description)
 
 
 class AlreadyExists(StoreError):

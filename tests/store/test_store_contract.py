@@ -1,4 +1,4 @@
-"""The contract every store keeps, run against MemoryStore and SQLiteStore alike."""
+"""The contract every store keeps, run against MemoryStore, SQLiteStore and PostgresStore alike."""
 
 from __future__ import annotations
 
@@ -14,9 +14,17 @@ from authsvc.store.sqlite import SQLiteStore
 from tests.store.contract import make_client, make_key
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else SQLiteStore(tmp_path / "authsvc.db")
+    s: Store
+    if request.param == "memory":
+        s = MemoryStore()
+    elif request.param == "sqlite":
+        s = SQLiteStore(tmp_path / "authsvc.db")
+    else:
+        from authsvc.store.postgres import PostgresStore
+
+        s = PostgresStore(request.getfixturevalue("pg_url"))
     try:
         yield s
     finally:

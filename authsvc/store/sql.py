@@ -1,0 +1,285 @@
+"""What the SQL stores share: the queries, written once in portable SQL.
+
+:class:`SqlStore` implements every store operation on top of four primitives that each engine
+provides: a read (:meth:`_query`), a write transaction (:meth:`_write`, which serializes key
+changes across processes), the placeholder style, and the engine's integrity-error class.
+Statements are written with ``?`` placeholders; an engine that wants ``%s`` rewrites them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from authsvc.core.clients import Client
+from authsvc.core.keys import KeyState
+from authsvc.store.base import AlreadyExists, StoredKey, StoreError
+
+__all__ = ["CLIENT_COLUMNS", "KEY_COLUMNS", "MIGRATIONS_TABLE", "SqlStore"]
+
+CLIENT_COLUMNS = (
+    "client_id, secret_hash, allowed_scopes, default_scopes, allowed_audiences, default_audience, "
+    "token_ttl, grant_types, enabled, created_at, updated_at"
+)
+KEY_COLUMNS = (
+    "kid, state, public_jwk, private_key_enc, kek_id, created_at, activated_at, retired_at, deactivated_at, "
+    "retire_after, revoked_at, origin"
+)
+MIGRATIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT)"
+)
+_INSERT_KEY = f"INSERT INTO signing_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_CLIENT = f"INSERT INTO clients ({CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _client_row(c: Client) -> tuple[object, ...]:
+    return (
+        c.client_id,
+        c.secret_hash,
+        json.dumps(c.allowed_scopes),
+        json.dumps(c.default_scopes),
+        json.dumps(c.allowed_audiences),
+        c.default_audience,
+        c.token_ttl,
+        json.dumps(c.grant_types),
+        bool(c.enabled),
+        c.created_at,
+        c.updated_at,
+    )
+
+
+def _client_from_row(row: Sequence[Any]) -> Client:
+    return Client(
+        client_id=str(row[0]),
+        secret_hash=str(row[1]),
+        allowed_scopes=tuple(json.loads(row[2])),
+        default_scopes=tuple(json.loads(row[3])),
+        allowed_audiences=tuple(json.loads(row[4])),
+        default_audience=str(row[5]),
+        token_ttl=int(row[6]),
+        grant_types=tuple(json.loads(row[7])),
+        enabled=bool(row[8]),
+        created_at=int(row[9]),
+        updated_at=int(row[10]),
+    )
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _key_from_row(row: Sequence[Any]) -> StoredKey:
+    return StoredKey(
+        kid=str(row[0]),
+        state=str(row[1]),
+        public_jwk=str(row[2]),
+        private_key_enc=bytes(row[3]),
+        kek_id=str(row[4]),
+        created_at=int(row[5]),
+        activated_at=_opt_int(row[6]),
+        retired_at=_opt_int(row[7]),
+        deactivated_at=_opt_int(row[8]),
+        retire_after=_opt_int(row[9]),
+        revoked_at=_opt_int(row[10]),
+        origin=str(row[11]),
+    )
+
+
+def _key_row(key: StoredKey, state: str | None = None) -> tuple[object, ...]:
+    return (
+        key.kid,
+        state or key.state,
+        key.public_jwk,
+        key.private_key_enc,
+        key.kek_id,
+        key.created_at,
+        key.activated_at,
+        key.retired_at,
+        key.deactivated_at,
+        key.retire_after,
+        key.revoked_at,
+        key.origin,
+    )
+
+
+class SqlStore:
+    """The store operations in portable SQL. Subclasses provide the connection handling."""
+
+    integrity_errors: tuple[type[Exception], ...] = ()
+
+    # -- what an engine provides ---------------------------------------------------------------
+
+    def _query(self, sql: str, params: Sequence[object] = ()) -> list[Sequence[Any]]:
+        """All rows of one read, outside any transaction."""
+        raise NotImplementedError
+
+    def _write(self, *, lock_keys: bool = False) -> AbstractContextManager[Any]:
+        """A write transaction yielding a connection; ``lock_keys`` serializes it with every other
+        key change, across processes."""
+        raise NotImplementedError
+
+    def _exec(self, conn: Any, sql: str, params: Sequence[object] = ()) -> Any:
+        """Run one statement in a transaction; returns the cursor."""
+        return conn.execute(sql, params)
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    def get_client(self, client_id: str) -> Client | None:
+        rows = self._query(f"SELECT {CLIENT_COLUMNS} FROM clients WHERE client_id = ?", (client_id,))
+        return _client_from_row(rows[0]) if rows else None
+
+    def list_clients(self) -> list[Client]:
+        return [
+            _client_from_row(r)
+            for r in self._query(f"SELECT {CLIENT_COLUMNS} FROM clients ORDER BY client_id")
+        ]
+
+    def create_client(self, client: Client) -> None:
+        try:
+            with self._write() as conn:
+                self._exec(conn, _INSERT_CLIENT, _client_row(client))
+        except self.integrity_errors as exc:
+            raise AlreadyExists(f"client {client.client_id!r} exists already") from exc
+
+    def update_client(self, client: Client) -> bool:
+        row = _client_row(client)
+        with self._write() as conn:
+            cur = self._exec(
+                conn,
+                "UPDATE clients SET secret_hash = ?, allowed_scopes = ?, default_scopes = ?, "
+                "allowed_audiences = ?, default_audience = ?, token_ttl = ?, grant_types = ?, enabled = ?, "
+                "created_at = ?, updated_at = ? WHERE client_id = ?",
+                (*row[1:], row[0]),
+            )
+            return bool(cur.rowcount == 1)
+
+    # -- keys ------------------------------------------------------------------------------------
+
+    def list_keys(self) -> list[StoredKey]:
+        return [
+            _key_from_row(r)
+            for r in self._query(f"SELECT {KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid")
+        ]
+
+    def activate_first_key(self, key: StoredKey) -> StoredKey:
+        with self._write(lock_keys=True) as conn:
+            row = self._exec(
+                conn, f"SELECT {KEY_COLUMNS} FROM signing_keys WHERE state = ?", (KeyState.ACTIVE.value,)
+            ).fetchone()
+            if row is not None:
+                return _key_from_row(row)
+            self._exec(conn, _INSERT_KEY, _key_row(key, KeyState.ACTIVE.value))
+            return dataclasses.replace(key, state=KeyState.ACTIVE.value)
+
+    def add_key(self, key: StoredKey, *, only_if_no_next: bool = False) -> bool:
+        try:
+            with self._write(lock_keys=True) as conn:
+                if (
+                    only_if_no_next
+                    and self._exec(
+                        conn, "SELECT 1 FROM signing_keys WHERE state = ?", (KeyState.NEXT.value,)
+                    ).fetchone()
+                ):
+                    return False
+                self._exec(conn, _INSERT_KEY, _key_row(key))
+                return True
+        except self.integrity_errors as exc:
+            raise AlreadyExists(f"key {key.kid} exists already") from exc
+
+    def promote(self, kid: str, *, now: int, retire_after: int) -> bool:
+        with self._write(lock_keys=True) as conn:
+            row = self._exec(conn, "SELECT state FROM signing_keys WHERE kid = ?", (kid,)).fetchone()
+            if row is None or row[0] != KeyState.NEXT.value:
+                return False
+            self._exec(
+                conn,
+                "UPDATE signing_keys SET state = ?, deactivated_at = ?, retire_after = ? WHERE state = ?",
+                (KeyState.RETIRING.value, now, retire_after, KeyState.ACTIVE.value),
+            )
+            self._exec(
+                conn,
+                "UPDATE signing_keys SET state = ?, activated_at = ? WHERE kid = ?",
+                (KeyState.ACTIVE.value, now, kid),
+            )
+            return True
+
+    def retire(self, kid: str, *, now: int) -> bool:
+        with self._write(lock_keys=True) as conn:
+            cur = self._exec(
+                conn,
+                "UPDATE signing_keys SET state = ?, retired_at = ? WHERE kid = ? AND state = ?",
+                (KeyState.RETIRED.value, now, kid, KeyState.RETIRING.value),
+            )
+            return bool(cur.rowcount == 1)
+
+    def revoke(self, kid: str, *, now: int) -> StoredKey | None:
+        with self._write(lock_keys=True) as conn:
+            row = self._exec(conn, f"SELECT {KEY_COLUMNS} FROM signing_keys WHERE kid = ?", (kid,)).fetchone()
+            if row is None or row[1] in (KeyState.RETIRED.value, KeyState.REVOKED.value):
+                return None
+            self._exec(
+                conn,
+                "UPDATE signing_keys SET state = ?, revoked_at = ? WHERE kid = ?",
+                (KeyState.REVOKED.value, now, kid),
+            )
+            return _key_from_row(row)
+
+    def rewrap(
+        self,
+        keys: list[tuple[str, bytes]],
+        secrets: list[tuple[str, bytes]],
+        *,
+        old_kek_id: str,
+        new_kek_id: str,
+    ) -> None:
+        with self._write(lock_keys=True) as conn:
+            for table, column, name_column, items in (
+                ("signing_keys", "private_key_enc", "kid", keys),
+                ("service_secrets", "value_enc", "name", secrets),
+            ):
+                for name, blob in items:
+                    cur = self._exec(
+                        conn,
+                        f"UPDATE {table} SET {column} = ?, kek_id = ? WHERE {name_column} = ? AND kek_id = ?",
+                        (blob, new_kek_id, name, old_kek_id),
+                    )
+                    if cur.rowcount != 1:
+                        raise StoreError(
+                            f"{name_column} {name} is no longer under key-encryption key {old_kek_id}"
+                        )
+
+    # -- service secrets -------------------------------------------------------------------------
+
+    def list_secrets(self) -> list[tuple[str, bytes, str]]:
+        rows = self._query("SELECT name, value_enc, kek_id FROM service_secrets ORDER BY name")
+        return [(str(r[0]), bytes(r[1]), str(r[2])) for r in rows]
+
+    def get_or_create_secret(self, name: str, value_enc: bytes, kek_id: str) -> tuple[bytes, str]:
+        with self._write(lock_keys=True) as conn:
+            row = self._exec(
+                conn, "SELECT value_enc, kek_id FROM service_secrets WHERE name = ?", (name,)
+            ).fetchone()
+            if row is not None:
+                return bytes(row[0]), str(row[1])
+            self._exec(
+                conn,
+                "INSERT INTO service_secrets (name, value_enc, kek_id) VALUES (?, ?, ?)",
+                (name, value_enc, kek_id),
+            )
+            return value_enc, kek_id
+
+
+def iter_migrations(
+    current: int, migrations: Sequence[tuple[int, list[str]]]
+) -> Iterator[tuple[int, list[str]]]:
+    """The migrations still to apply over schema version ``current``; refuses a newer schema."""
+    latest = migrations[-1][0]
+    if current > latest:
+        raise StoreError(
+            f"the database schema is version {current}, newer than this authsvc knows ({latest}); "
+            "upgrade authsvc"
+        )
+    return iter([(v, s) for v, s in migrations if v > current])
