@@ -29,6 +29,7 @@ from authsvc.server.config import ServeConfig
 from authsvc.server.keyring import Keyring
 from authsvc.server.token_service import TokenServicer
 from authsvc.status import DecodeGuard
+from authsvc.store.base import StoreError
 from authsvc.store.cache import CachedClientLookup
 from authsvc.v1 import token_pb2, token_pb2_grpc
 
@@ -103,8 +104,18 @@ async def start_server(
     server = grpc.aio.server(
         options=_server_options(config, reuse_port=reuse_port), interceptors=[DecodeGuard()]
     )
+
+    def jwks() -> str:
+        # the store is the truth (a key is published the moment it is stored); while it is
+        # unreachable, the keys this process last loaded are the best answer
+        try:
+            return authority.jwks_json()
+        except StoreError:
+            log.warning("store unreachable; serving the JWKS loaded at the last key refresh")
+            return keyring.jwks
+
     token_pb2_grpc.add_TokenServiceServicer_to_server(
-        TokenServicer(endpoint, authority.jwks_json, keyring.watch, jwks_max_age=config.jwks_max_age), server
+        TokenServicer(endpoint, jwks, keyring.watch, jwks_max_age=config.jwks_max_age), server
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -107,7 +107,6 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
     async def GetJwks(  # noqa: N802 - the RPC's name
         self, request: token_pb2.GetJwksRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> token_pb2.GetJwksResponse:
-        # read from the store on every call: a key is published the moment it is stored
         return token_pb2.GetJwksResponse(jwks_json=self._jwks_json(), max_age_seconds=self._max_age)
 
     async def WatchJwks(  # noqa: N802 - the RPC's name

@@ -1,0 +1,194 @@
+"""Several TokenService replicas on one PostgreSQL database, and the database going away."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import jwt
+import psycopg
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from authsvc.server.app import RunningServer, open_authority, start_server
+from authsvc.v1 import token_pb2, token_pb2_grpc
+from tests.conftest import KEK, serve_config
+from tests.helpers import Command, ServerThread
+from tests.pg import ADMIN_URL
+
+
+def issue(target: str, secret: str) -> str:
+    with grpc.insecure_channel(target) as channel:
+        return str(
+            token_pb2_grpc.TokenServiceStub(channel)
+            .IssueToken(
+                token_pb2.IssueTokenRequest(
+                    grant_type="client_credentials", client_id="shop", client_secret=secret
+                ),
+                timeout=10,
+            )
+            .access_token
+        )
+
+
+def jwks(target: str) -> str:
+    with grpc.insecure_channel(target) as channel:
+        return str(
+            token_pb2_grpc.TokenServiceStub(channel).GetJwks(token_pb2.GetJwksRequest(), timeout=10).jwks_json
+        )
+
+
+def kid(token: str) -> str:
+    return str(jwt.get_unverified_header(token)["kid"])
+
+
+@pytest.fixture
+def replicas(pg_url: str, tmp_path: Path) -> Iterator[tuple[Command, Command, str, dict[str, str]]]:
+    env = {
+        **os.environ,
+        "AUTHSVC_DATABASE_URL": pg_url,
+        "AUTHSVC_KEK": KEK,
+        "AUTHSVC_DATA_DIR": str(tmp_path / "unused"),
+    }
+    created = json.loads(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "authsvc.cli",
+                "clients",
+                "create",
+                "--client-id",
+                "shop",
+                "--scope",
+                "s",
+                "--audience",
+                "a",
+                "-o",
+                "json",
+            ],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "authsvc.cli",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--key-publish-delay",
+        "2",
+        "--jwks-max-age",
+        "1",
+    ]
+    a = Command(argv, env)
+    b = Command(argv, env)
+    try:
+        yield a, b, created["client_secret"], env
+    finally:
+        for replica in (a, b):
+            if replica.proc.poll() is None:
+                replica.terminate()
+
+
+def test_two_replicas_share_key_jwks_and_rotation_and_survive_each_other(
+    replicas: tuple[Command, Command, str, dict[str, str]],
+) -> None:
+    a, b, secret, env = replicas
+    first = kid(issue(a.target, secret))
+    assert kid(issue(b.target, secret)) == first, "replicas sign with the same active key"
+    assert jwks(a.target) == jwks(b.target)
+
+    rotated = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "authsvc.cli", "keys", "rotate", "-o", "json"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )["kid"]
+    assert rotated in jwks(a.target) and rotated in jwks(b.target), "a next key is published at once"
+    deadline = time.monotonic() + 10
+    while {kid(issue(a.target, secret)), kid(issue(b.target, secret))} != {rotated}:
+        assert time.monotonic() < deadline, "the replicas did not both move to the rotated key"
+        time.sleep(0.2)
+    assert jwks(a.target) == jwks(b.target)
+
+    b.kill()
+    for _ in range(5):
+        assert kid(issue(a.target, secret)) == rotated
+    keys = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "authsvc.cli", "keys", "list", "-o", "json"],
+            env=env,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        ).stdout
+    )
+    assert sorted(k["state"] for k in keys) == ["active", "retiring"]
+
+
+def _set_connections(database_url: str, allowed: bool) -> None:
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"true" if allowed else "false"}')
+        if not allowed:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+
+
+def test_database_outage_fails_cleanly_and_recovers(pg_url: str, tmp_path: Path) -> None:
+    config = serve_config(tmp_path / "d", database_url=pg_url, client_cache_ttl=0.5)
+    thread: ServerThread[RunningServer] = ServerThread(
+        lambda: start_server(config, authority=open_authority(config))
+    )
+    running = thread.start()
+    target = f"127.0.0.1:{running.port}"
+    try:
+        _, secret = running.authority.create_client(client_id="shop", scopes=["s"], audiences=["a"])
+        assert issue(target, secret)
+        published = jwks(target)
+        _set_connections(pg_url, False)
+        try:
+            time.sleep(0.6)  # the client cache entry expires: the next request needs the database
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as info:
+                issue(target, secret)
+            assert time.monotonic() - started < 8, "an unreachable database must not hang requests"
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            status = rpc_status.from_call(info.value)
+            assert status is not None
+            reason = error_details_pb2.ErrorInfo()
+            status.details[0].Unpack(reason)
+            assert reason.reason == "TEMPORARILY_UNAVAILABLE"
+            assert "psycopg" not in info.value.details() and "5432" not in info.value.details()
+            assert jwks(target) == published, "the keys stay published from memory during the outage"
+        finally:
+            _set_connections(pg_url, True)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                assert issue(target, secret)
+                break
+            except grpc.RpcError:
+                assert time.monotonic() < deadline, "the service did not recover when the database came back"
+                time.sleep(0.2)
+    finally:
+        thread.stop(0)
