@@ -178,7 +178,8 @@ def test_database_outage_fails_cleanly_and_recovers(pg_url: str, tmp_path: Path)
             reason = error_details_pb2.ErrorInfo()
             status.details[0].Unpack(reason)
             assert reason.reason == "TEMPORARILY_UNAVAILABLE"
-            assert "psycopg" not in info.value.details() and "5432" not in info.value.details()
+            message = info.value.details() or ""
+            assert "psycopg" not in message and "5432" not in message
             assert jwks(target) == published, "the keys stay published from memory during the outage"
         finally:
             _set_connections(pg_url, True)
