@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import subprocess
+import sys
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Generic, Protocol, TypeVar
 
 
@@ -100,3 +103,49 @@ class Command:
 
     def output(self) -> str:
         return "".join(self.log)
+
+
+def authsvc_cli(*args: str, env: Mapping[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``authsvc ARGS`` as a subprocess, as an operator would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "authsvc.cli", *args],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
+    )
+
+
+def create_client(env: Mapping[str, str], client_id: str, scope: str, audience: str = "payments") -> str:
+    """Register a client with ``authsvc clients create``; returns its secret."""
+    out = authsvc_cli(
+        "clients",
+        "create",
+        "--client-id",
+        client_id,
+        "--scope",
+        scope,
+        "--audience",
+        audience,
+        "--output",
+        "json",
+        env=env,
+    )
+    return str(json.loads(out.stdout)["client_secret"])
+
+
+@contextmanager
+def token_and_payment_services(env: dict[str, str]) -> Iterator[tuple[Command, Command]]:
+    """``authsvc serve`` and ``payments-svc serve`` (pointed at it) as processes on free ports;
+    sets ``PAYMENTS_TOKEN_SERVICE`` in ``env``; stops both with SIGTERM."""
+    auth = Command([sys.executable, "-m", "authsvc.cli", "serve", "--listen", "127.0.0.1:0"], env)
+    try:
+        env["PAYMENTS_TOKEN_SERVICE"] = auth.target
+        gateway = Command([sys.executable, "-m", "payments_svc.cli", "serve", "--listen", "127.0.0.1:0"], env)
+        try:
+            yield auth, gateway
+        finally:
+            gateway.terminate()
+    finally:
+        auth.terminate()

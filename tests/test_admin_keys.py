@@ -24,9 +24,9 @@ from authsvc.core.keys import KeyEncryptionKey, KeyState
 from authsvc.core.lifecycle import LifecyclePolicy, Transition, TransitionKind
 from authsvc.core.ports import SystemRandom
 from authsvc.store.base import Store, StoredKey
-from authsvc.store.memory import MemoryStore
 from authsvc.store.sqlite import SQLiteStore
 from tests.core.fakes import FrozenClock
+from tests.store.contract import STORE_KINDS, open_store
 
 KEK = KeyEncryptionKey(b"\x11" * 32)
 NEW_KEK = KeyEncryptionKey(b"\x22" * 32)
@@ -40,17 +40,9 @@ T0 = 1_700_000_000.0
 # -- fixtures and helpers -------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s: Store
-    if request.param == "memory":
-        s = MemoryStore()
-    elif request.param == "sqlite":
-        s = SQLiteStore(tmp_path / "authsvc.db")
-    else:
-        from authsvc.store.postgres import PostgresStore
-
-        s = PostgresStore(request.getfixturevalue("pg_url"))
+    s = open_store(request.param, tmp_path, request)
     try:
         yield s
     finally:

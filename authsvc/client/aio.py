@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
-from urllib.parse import quote
 
 import grpc
 
@@ -20,6 +18,7 @@ from authsvc.client.credentials import (
     TokenState,
     _Base,
     fetch_error,
+    token_request,
 )
 
 __all__ = ["AioBearerInterceptor", "AsyncClientCredentials", "AsyncGrpcTokenFetcher", "AsyncTokenFetcher"]
@@ -44,15 +43,9 @@ class AsyncGrpcTokenFetcher:
         audience: Sequence[str] = (),
         timeout: float = 5.0,
     ) -> None:
-        from authsvc.v1 import token_pb2, token_pb2_grpc  # noqa: PLC0415
+        from authsvc.v1 import token_pb2_grpc  # noqa: PLC0415
 
-        basic = base64.b64encode(
-            f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}".encode()
-        ).decode()
-        self._metadata = (("authorization", f"Basic {basic}"),)
-        self._request = token_pb2.IssueTokenRequest(
-            grant_type="client_credentials", scope=" ".join(scopes), audience=list(audience)
-        )
+        self._metadata, self._request = token_request(client_id, client_secret, scopes, audience)
         self._call = token_pb2_grpc.TokenServiceStub(channel).IssueToken
         self._timeout = timeout
         self.client_id = client_id

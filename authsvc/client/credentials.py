@@ -14,6 +14,7 @@ cached: the next call tries again. Secrets and tokens never reach a log line or 
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import random
@@ -24,7 +25,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import quote
 
 import grpc
 
@@ -104,6 +106,20 @@ def fetch_error(err: grpc.RpcError) -> TokenFetchError:
     return TokenFetchError(code, _reason(err), details or "")
 
 
+def token_request(
+    client_id: str, client_secret: str, scopes: Sequence[str], audience: Sequence[str]
+) -> tuple[tuple[tuple[str, str]], Any]:
+    """The Basic metadata and the IssueTokenRequest for a client_credentials grant. RFC 6749
+    §2.3.1: id and secret are form-urlencoded before they are joined for Basic."""
+    from authsvc.v1 import token_pb2  # noqa: PLC0415
+
+    basic = base64.b64encode(f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}".encode()).decode()
+    request = token_pb2.IssueTokenRequest(
+        grant_type="client_credentials", scope=" ".join(scopes), audience=list(audience)
+    )
+    return (("authorization", f"Basic {basic}"),), request
+
+
 class GrpcTokenFetcher:
     """Calls ``authsvc.v1.TokenService/IssueToken`` with client_secret_basic authentication."""
 
@@ -117,19 +133,9 @@ class GrpcTokenFetcher:
         audience: Sequence[str] = (),
         timeout: float = 5.0,
     ) -> None:
-        import base64  # noqa: PLC0415
-        from urllib.parse import quote  # noqa: PLC0415
+        from authsvc.v1 import token_pb2_grpc  # noqa: PLC0415
 
-        from authsvc.v1 import token_pb2, token_pb2_grpc  # noqa: PLC0415
-
-        # RFC 6749 §2.3.1: form-urlencode id and secret before joining them for Basic.
-        basic = base64.b64encode(
-            f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}".encode()
-        ).decode()
-        self._metadata = (("authorization", f"Basic {basic}"),)
-        self._request = token_pb2.IssueTokenRequest(
-            grant_type="client_credentials", scope=" ".join(scopes), audience=list(audience)
-        )
+        self._metadata, self._request = token_request(client_id, client_secret, scopes, audience)
         self._call = token_pb2_grpc.TokenServiceStub(channel).IssueToken
         self._timeout = timeout
         self.client_id = client_id

@@ -6,14 +6,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import KEK
-from tests.helpers import Command
+from tests.helpers import create_client, token_and_payment_services
 
 NODE_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
 SCOPES = "payments:read payments:write payments:refund"
@@ -63,37 +62,10 @@ def services(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
         "PAYMENTS_ISSUER": ISSUER,
         "PAYMENTS_DATA_DIR": str(tmp_path / "pay"),
     }
-    created = json.loads(
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "authsvc.cli",
-                "clients",
-                "create",
-                "--client-id",
-                CLIENT_ID,
-                "--scope",
-                SCOPES,
-                "--audience",
-                "payments",
-                "-o",
-                "json",
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-    )
-    secret = str(created["client_secret"])
-    auth = Command([sys.executable, "-m", "authsvc.cli", "serve", "--listen", "127.0.0.1:0"], env)
-    try:
-        env["PAYMENTS_TOKEN_SERVICE"] = auth.target
-        gateway = Command([sys.executable, "-m", "payments_svc.cli", "serve", "--listen", "127.0.0.1:0"], env)
-        try:
-            merchant_env = {
+    secret = create_client(env, CLIENT_ID, SCOPES)
+    with token_and_payment_services(env) as (auth, gateway):
+        yield (
+            {
                 "PATH": os.environ.get("PATH", ""),
                 "HOME": os.environ.get("HOME", str(Path.home())),
                 "AUTHSVC_TARGET": auth.target,
@@ -102,12 +74,10 @@ def services(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
                 "AUTHSVC_CLIENT_SECRET": secret,
                 "ISSUER": ISSUER,
                 "AUDIENCE": "payments",
-            }
-            yield merchant_env, secret
-        finally:
-            assert gateway.terminate() == 0, gateway.output()
-    finally:
-        auth.terminate()
+            },
+            secret,
+        )
+        assert gateway.proc.poll() is None, "the PaymentService died during the test:\n" + gateway.output()
 
 
 def test_merchant_flow(node_client: str, services: tuple[dict[str, str], str]) -> None:

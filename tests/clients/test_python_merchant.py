@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tests.conftest import KEK
-from tests.helpers import Command
+from tests.helpers import create_client, token_and_payment_services
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,72 +21,30 @@ def test_python_merchant_pays_reads_and_refunds(tmp_path: Path) -> None:
         "AUTHSVC_KEK": KEK,
         "PAYMENTS_DATA_DIR": str(tmp_path / "pay"),
     }
-    created = json.loads(
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "authsvc.cli",
-                "clients",
-                "create",
-                "--client-id",
-                "merchant-py",
-                "--scope",
-                "payments:read payments:write payments:refund",
-                "--audience",
-                "payments",
-                "-o",
-                "json",
-            ],
-            env=env,
-            check=True,
+    secret = create_client(env, "merchant-py", "payments:read payments:write payments:refund")
+    with token_and_payment_services(env) as (auth, gateway):
+        secret_file = tmp_path / "secret"
+        secret_file.write_text(secret + "\n")
+        run = subprocess.run(
+            [sys.executable, str(ROOT / "clients" / "python" / "merchant.py")],
+            env={
+                **env,
+                "AUTHSVC_TARGET": auth.target,
+                "PAYMENTS_TARGET": gateway.target,
+                "AUTHSVC_CLIENT_ID": "merchant-py",
+                "AUTHSVC_CLIENT_SECRET_FILE": str(secret_file),
+            },
             capture_output=True,
             text=True,
             timeout=60,
-        ).stdout
-    )
-    auth = Command([sys.executable, "-m", "authsvc.cli", "serve", "--listen", "127.0.0.1:0"], env)
-    try:
-        gateway = Command(
-            [
-                sys.executable,
-                "-m",
-                "payments_svc.cli",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--token-service",
-                auth.target,
-            ],
-            env,
+            check=False,
         )
-        try:
-            secret_file = tmp_path / "secret"
-            secret_file.write_text(created["client_secret"] + "\n")
-            run = subprocess.run(
-                [sys.executable, str(ROOT / "clients" / "python" / "merchant.py")],
-                env={
-                    **env,
-                    "AUTHSVC_TARGET": auth.target,
-                    "PAYMENTS_TARGET": gateway.target,
-                    "AUTHSVC_CLIENT_ID": "merchant-py",
-                    "AUTHSVC_CLIENT_SECRET_FILE": str(secret_file),
-                },
-                capture_output=True,
-                text=True,
-                timeout=60,
-                check=False,
-            )
-            assert run.returncode == 0, run.stderr
-            summary = json.loads(run.stdout.strip().splitlines()[-1])
-            assert summary["ok"] and summary["replayed_same"]
-            assert summary["refunded_amount"] == "10.00"
-            assert summary["token_fetches"] == 1
-            assert created["client_secret"] not in run.stdout + run.stderr
-        finally:
-            gateway.terminate()
-    finally:
-        auth.terminate()
+        assert run.returncode == 0, run.stderr
+        summary = json.loads(run.stdout.strip().splitlines()[-1])
+        assert summary["ok"] and summary["replayed_same"]
+        assert summary["refunded_amount"] == "10.00"
+        assert summary["token_fetches"] == 1
+        assert secret not in run.stdout + run.stderr
 
 
 def test_python_merchant_without_secret_says_how_to_give_one() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from authsvc.v1 import token_pb2, token_pb2_grpc
 from payments_svc.v1 import payments_pb2 as pb
 from payments_svc.v1 import payments_pb2_grpc
 from tests.conftest import KEK
-from tests.helpers import Command
+from tests.helpers import Command, create_client
 
 
 def test_payment_survives_sigkill_and_sigterm_is_graceful(tmp_path: Path) -> None:
@@ -27,30 +26,7 @@ def test_payment_survives_sigkill_and_sigterm_is_graceful(tmp_path: Path) -> Non
         "PAYMENTS_DATA_DIR": str(tmp_path / "pay"),
         "PAYMENTS_LISTEN": "127.0.0.1:0",
     }
-    created = json.loads(
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "authsvc.cli",
-                "clients",
-                "create",
-                "--client-id",
-                "shop",
-                "--scope",
-                "payments:read payments:write",
-                "--audience",
-                "payments",
-                "-o",
-                "json",
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-    )
+    secret = create_client(env, "shop", "payments:read payments:write")
     auth = Command([sys.executable, "-m", "authsvc.cli", "serve", "--listen", "127.0.0.1:0"], env)
     try:
         env["PAYMENTS_TOKEN_SERVICE"] = auth.target
@@ -61,7 +37,7 @@ def test_payment_survives_sigkill_and_sigterm_is_graceful(tmp_path: Path) -> Non
                     token_pb2.IssueTokenRequest(
                         grant_type="client_credentials",
                         client_id="shop",
-                        client_secret=created["client_secret"],
+                        client_secret=secret,
                     ),
                     timeout=10,
                 )
@@ -93,7 +69,7 @@ def test_payment_survives_sigkill_and_sigterm_is_graceful(tmp_path: Path) -> Non
         assert got == paid
         assert gateway.terminate() == 0
         assert "stopped" in gateway.output()
-        assert token not in gateway.output() and created["client_secret"] not in auth.output()
+        assert token not in gateway.output() and secret not in auth.output()
     finally:
         auth.terminate()
 

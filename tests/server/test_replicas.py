@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from grpc_status import rpc_status
 from authsvc.server.app import RunningServer, open_authority, start_server
 from authsvc.v1 import token_pb2, token_pb2_grpc
 from tests.conftest import KEK, serve_config
-from tests.helpers import Command, ServerThread
+from tests.helpers import Command, ServerThread, authsvc_cli, create_client
 from tests.pg import ADMIN_URL
 
 
@@ -57,30 +56,7 @@ def replicas(pg_url: str, tmp_path: Path) -> Iterator[tuple[Command, Command, st
         "AUTHSVC_KEK": KEK,
         "AUTHSVC_DATA_DIR": str(tmp_path / "unused"),
     }
-    created = json.loads(
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "authsvc.cli",
-                "clients",
-                "create",
-                "--client-id",
-                "shop",
-                "--scope",
-                "s",
-                "--audience",
-                "a",
-                "-o",
-                "json",
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-    )
+    secret = create_client(env, "shop", "s", audience="a")
     argv = [
         sys.executable,
         "-m",
@@ -96,7 +72,7 @@ def replicas(pg_url: str, tmp_path: Path) -> Iterator[tuple[Command, Command, st
     a = Command(argv, env)
     b = Command(argv, env)
     try:
-        yield a, b, created["client_secret"], env
+        yield a, b, secret, env
     finally:
         for replica in (a, b):
             if replica.proc.poll() is None:
@@ -111,16 +87,7 @@ def test_two_replicas_share_key_jwks_and_rotation_and_survive_each_other(
     assert kid(issue(b.target, secret)) == first, "replicas sign with the same active key"
     assert jwks(a.target) == jwks(b.target)
 
-    rotated = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "authsvc.cli", "keys", "rotate", "-o", "json"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-    )["kid"]
+    rotated = json.loads(authsvc_cli("keys", "rotate", "-o", "json", env=env).stdout)["kid"]
     assert rotated in jwks(a.target) and rotated in jwks(b.target), "a next key is published at once"
     deadline = time.monotonic() + 10
     while {kid(issue(a.target, secret)), kid(issue(b.target, secret))} != {rotated}:
@@ -131,16 +98,7 @@ def test_two_replicas_share_key_jwks_and_rotation_and_survive_each_other(
     b.kill()
     for _ in range(5):
         assert kid(issue(a.target, secret)) == rotated
-    keys = json.loads(
-        subprocess.run(
-            [sys.executable, "-m", "authsvc.cli", "keys", "list", "-o", "json"],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        ).stdout
-    )
+    keys = json.loads(authsvc_cli("keys", "list", "-o", "json", env=env).stdout)
     assert sorted(k["state"] for k in keys) == ["active", "retiring"]
 
 

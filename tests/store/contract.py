@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from authsvc.core.clients import Client, new_client
 from authsvc.core.keys import KeyState
-from authsvc.store.base import StoredKey
+from authsvc.store.base import Store, StoredKey
+from authsvc.store.memory import MemoryStore
+from authsvc.store.sqlite import SQLiteStore
 
-__all__ = ["make_client", "make_key"]
+__all__ = ["STORE_KINDS", "make_client", "make_key", "open_store"]
+
+STORE_KINDS = ["memory", "sqlite", "postgres"]
+
+
+def open_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Store:
+    """A fresh, empty store of ``kind`` (PostgreSQL: the run's database, schema emptied)."""
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / "authsvc.db")
+    from authsvc.store.postgres import PostgresStore
+
+    return PostgresStore(request.getfixturevalue("pg_url"))
 
 
 def make_client(client_id: str = "shop", *, now: int = 1_700_000_000) -> Client:

@@ -9,22 +9,12 @@ import pytest
 
 from authsvc.core.keys import KeyState
 from authsvc.store.base import AlreadyExists, Store, StoreError
-from authsvc.store.memory import MemoryStore
-from authsvc.store.sqlite import SQLiteStore
-from tests.store.contract import make_client, make_key
+from tests.store.contract import STORE_KINDS, make_client, make_key, open_store
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=STORE_KINDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s: Store
-    if request.param == "memory":
-        s = MemoryStore()
-    elif request.param == "sqlite":
-        s = SQLiteStore(tmp_path / "authsvc.db")
-    else:
-        from authsvc.store.postgres import PostgresStore
-
-        s = PostgresStore(request.getfixturevalue("pg_url"))
+    s = open_store(request.param, tmp_path, request)
     try:
         yield s
     finally:
