@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import grpc
@@ -218,30 +218,12 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort_with_status(status)
 
             return _rebuild(handler, deny)
-        return _rebuild(handler, _bind_aio(_behavior(handler), principal, handler.response_streaming))
-
-
-def _bind_aio(
-    behavior: Callable[..., Any], principal: Principal | None, streaming: bool
-) -> Callable[..., Any]:
-    """Keep the behavior's flavour (coroutine, async generator, or plain function run in an
-    executor), because grpc.aio dispatches on it."""
-    if inspect.isasyncgenfunction(behavior):
-
-        async def agen(request: Any, context: Any) -> AsyncIterator[Any]:
-            _PRINCIPAL.set(principal)  # the RPC runs in its own task: the setting dies with it
-            async for item in behavior(request, context):
-                yield item
-
-        return agen
-    if inspect.iscoroutinefunction(behavior):
-
-        async def coro(request: Any, context: Any) -> Any:
-            token = _PRINCIPAL.set(principal)
-            try:
-                return await behavior(request, context)
-            finally:
-                _PRINCIPAL.reset(token)
-
-        return coro
-    return _bind_sync(behavior, principal, streaming)
+        behavior = _behavior(handler)
+        if inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior):
+            # grpc.aio runs the interceptors and an async handler in the RPC's own task, whose
+            # context is a copy: the variable set here reaches this RPC's handler and nothing else,
+            # and the registered handler is used as it is (no wrapper per call).
+            _PRINCIPAL.set(principal)
+            return handler
+        # a plain function runs in an executor thread, where the task's context does not follow
+        return _rebuild(handler, _bind_sync(behavior, principal, handler.response_streaming))

@@ -196,3 +196,39 @@ def test_health_is_public_on_a_protected_server(token_server: TokenServer) -> No
     finally:
         server.stop(0).wait()
         verifier.close()
+
+
+def test_aio_callers_never_see_each_others_principal(token_server: TokenServer) -> None:
+    """The asyncio interceptor sets the caller in the RPC's own task: concurrent calls with
+    different tokens, and a public call among them, each see exactly their own caller."""
+    import asyncio
+
+    verifier = TokenVerifier(issuer=ISSUER, audience="echo", jwks=GrpcJwksSource(token_server.target))
+    port, stop = start_echo("aio", verifier)
+    try:
+        e = Echo(None, token_server, {})
+        tokens = {
+            "echo-echo-read": e.token("echo:read"),
+            "echo-echo-read_echo-write": e.token("echo:read echo:write"),
+        }
+
+        async def run() -> list[tuple[str, str]]:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb2_grpc.EchoServiceStub(channel)
+                calls = []
+                for i in range(60):
+                    expected = list(tokens)[i % 2] if i % 3 else ""
+                    if expected:
+                        call = stub.Echo(
+                            pb2.EchoRequest(text=expected), metadata=auth(tokens[expected]), timeout=10
+                        )
+                    else:
+                        call = stub.Ping(pb2.EchoRequest(text=""), timeout=10)
+                    calls.append(call)
+                return [(r.text, r.caller) for r in await asyncio.gather(*calls)]
+
+        for text, caller in asyncio.run(run()):
+            assert caller == text
+    finally:
+        stop()
+        verifier.close()
