@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -19,10 +19,10 @@ from authsvc.listen import check_plaintext, split_host_port
 from authsvc.status import DecodeGuard
 from authsvc.verify import AioAuthInterceptor, GrpcJwksSource, JwksCache, TokenVerifier
 from payments_svc.service import PaymentServicer
-from payments_svc.store import PaymentStore
+from payments_svc.store import PaymentStore, SqlPaymentStore
 from payments_svc.v1 import payments_pb2, payments_pb2_grpc
 
-__all__ = ["PAYMENT_SERVICE", "PaymentsConfig", "RunningPayments", "serve", "start_server"]
+__all__ = ["PAYMENT_SERVICE", "PaymentsConfig", "RunningPayments", "open_store", "serve", "start_server"]
 
 log = logging.getLogger("payments_svc.server")
 
@@ -49,9 +49,16 @@ class PaymentsConfig:
     grace_period: float = 5.0
     max_message_bytes: int = 64 * 1024
     max_metadata_bytes: int = 16 * 1024
+    # PostgreSQL (shared by several replicas) instead of SQLite in data_dir; may hold a password
+    database_url: str | None = field(default=None, repr=False)
+    database_timeout: float = 3.0  # the longest wait for a database connection before UNAVAILABLE
 
     def __post_init__(self) -> None:
         split_host_port(self.listen)
+        if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
+            raise ConfigurationError("--database-url must be a postgresql:// URL")
+        if self.database_timeout <= 0:
+            raise ConfigurationError("the database timeout must be positive")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigurationError("--tls-cert and --tls-key go together")
         check_plaintext(self.listen, tls=self.tls_cert is not None, insecure=self.insecure)
@@ -64,7 +71,7 @@ class RunningPayments:
     server: grpc.aio.Server
     port: int
     health: HealthServicer
-    store: PaymentStore
+    store: SqlPaymentStore
     verifier: TokenVerifier
 
     async def stop(self, grace: float | None) -> None:
@@ -85,9 +92,33 @@ def build_verifier(config: PaymentsConfig) -> TokenVerifier:
     return TokenVerifier(issuer=config.issuer, audience=config.audience, jwks=cache, leeway=config.leeway)
 
 
-async def start_server(config: PaymentsConfig, *, verifier: TokenVerifier | None = None) -> RunningPayments:
+def open_store(config: PaymentsConfig) -> SqlPaymentStore:
+    """The PostgreSQL store at ``config.database_url`` if one is given, else the data directory's
+    SQLite store (the directory is created, mode 0700, if needed). Migrates the schema."""
+    if config.database_url:
+        # psycopg only when asked for
+        from payments_svc.store_postgres import PostgresPaymentStore, redact_url  # noqa: PLC0415
+
+        store: SqlPaymentStore = PostgresPaymentStore(config.database_url, timeout=config.database_timeout)
+        log.info("payments in PostgreSQL at %s", redact_url(config.database_url))
+        return store
     config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    store = PaymentStore(config.data_dir / DB_FILE)
+    log.info("payments in SQLite at %s", config.data_dir / DB_FILE)
+    return PaymentStore(config.data_dir / DB_FILE)
+
+
+async def start_server(config: PaymentsConfig, *, verifier: TokenVerifier | None = None) -> RunningPayments:
+    store = await asyncio.to_thread(open_store, config)
+    try:
+        return await _start(config, store, verifier)
+    except BaseException:
+        store.close()
+        raise
+
+
+async def _start(
+    config: PaymentsConfig, store: SqlPaymentStore, verifier: TokenVerifier | None
+) -> RunningPayments:
     verifier = verifier or build_verifier(config)
     if await asyncio.to_thread(verifier.keys.refresh):
         log.info("fetched %d signing keys from %s", len(verifier.keys.kids), config.token_service)

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from authsvc.core.errors import ConfigurationError
+from payments_svc.errors import DatabaseUnavailable
 
 __all__ = ["main"]
 
@@ -34,7 +35,20 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         serve.add_argument(flag, default=value, help=f"{text} [env {var}; default {default}]", **kw)  # type: ignore[arg-type]
 
     opt("--listen", "PAYMENTS_LISTEN", "127.0.0.1:50052", "HOST:PORT to listen on")
-    opt("--data-dir", "PAYMENTS_DATA_DIR", str(default_dir), "directory of the payments database", type=Path)
+    opt(
+        "--data-dir",
+        "PAYMENTS_DATA_DIR",
+        str(default_dir),
+        "directory of the SQLite payments database",
+        type=Path,
+    )
+    opt(
+        "--database-url",
+        "PAYMENTS_DATABASE_URL",
+        None,
+        "postgresql://… to keep payments in PostgreSQL, shared by several replicas, instead of SQLite in "
+        "the data dir",
+    )
     opt(
         "--token-service",
         "PAYMENTS_TOKEN_SERVICE",
@@ -78,6 +92,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     try:
         config = PaymentsConfig(
             data_dir=args.data_dir,
+            database_url=args.database_url,
             listen=args.listen,
             token_service=args.token_service,
             token_service_ca=args.token_service_ca,
@@ -91,6 +106,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         asyncio.run(serve(config))
     except ConfigurationError as exc:
         print(f"payments-svc: error: {exc}", file=sys.stderr)
+        return 1
+    except DatabaseUnavailable as exc:
+        print(f"payments-svc: error: {exc.description}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

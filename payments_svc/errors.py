@@ -6,6 +6,7 @@ from __future__ import annotations
 from authsvc.core.errors import ServiceError
 
 __all__ = [
+    "DatabaseUnavailable",
     "IdempotencyKeyReused",
     "InvalidAmount",
     "InvalidArgument",
@@ -45,3 +46,16 @@ class IdempotencyKeyReused(ServiceError):
 class RefundExceedsBalance(ServiceError):
     error = "refund_exceeds_balance"
     kind = "failed_precondition"
+
+
+class DatabaseUnavailable(ServiceError):
+    """The payments database cannot be reached now; the request may be retried (UNAVAILABLE).
+    With the same idempotency key a retried CreatePayment never charges twice."""
+
+    error = "database_unavailable"
+    kind = "unavailable"
+
+    def __init__(
+        self, description: str = "the payment service is temporarily unavailable; retry later"
+    ) -> None:
+        super().__init__(description)

@@ -27,7 +27,7 @@ from authsvc.status import status_for
 from authsvc.verify import current_principal
 from payments_svc.domain import CreatePayment, Payment, PaymentStatus, validate_idempotency_key
 from payments_svc.errors import InvalidArgument, PaymentNotFound
-from payments_svc.store import PaymentStore
+from payments_svc.store import SqlPaymentStore
 from payments_svc.v1 import payments_pb2, payments_pb2_grpc
 
 __all__ = ["PaymentServicer", "payment_to_proto"]
@@ -115,7 +115,7 @@ def _transaction_id(value: str) -> str:
 class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
     """Store calls run in worker threads: a durable commit waits for the disk, not the loop."""
 
-    def __init__(self, store: PaymentStore, *, clock: Clock, random: RandomSource) -> None:
+    def __init__(self, store: SqlPaymentStore, *, clock: Clock, random: RandomSource) -> None:
         self._store = store
         self._clock = clock
         self._random = random

@@ -54,6 +54,8 @@ class PostgresStore(SqlStore):
             check=ConnectionPool.check_connection,
             open=False,
             name="authsvc",
+            # retry a lost database every few seconds rather than backing off for minutes
+            reconnect_timeout=5.0,
         )
         try:
             self._pool.open(wait=True, timeout=timeout)
