@@ -52,6 +52,7 @@ lint: $(STAMP) $(NODE_STAMP) proto-check
 
 bench: $(STAMP)
 	$(PY) tests/bench/bench_issue_token.py
+	$(PY) tests/bench/bench_interceptor.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
