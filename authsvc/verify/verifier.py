@@ -64,6 +64,23 @@ class Principal:
         return self.scopes.issuperset(required)
 
 
+def _check_header(header_b64: str) -> str:
+    """The kid of an acceptable header segment; raises InvalidToken otherwise."""
+    header = strict_json_object(b64url_decode_strict(header_b64))
+    if not set(header) <= _HEADER_MEMBERS:
+        raise InvalidToken("the token's header has members other than alg, kid and typ")
+    if header.get("alg") != ALGORITHM:
+        raise InvalidToken("the token is not signed with RS256")
+    typ = header.get("typ")
+    # RFC 7515 §4.1.9: media types compare case-insensitively, "application/" may be omitted
+    if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPS:
+        raise InvalidToken("the token is not an at+jwt access token")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not 0 < len(kid) <= 128:
+        raise InvalidToken("the token's kid is missing or malformed")
+    return kid
+
+
 def _number(claims: Mapping[str, Any], name: str) -> float:
     value = claims.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -103,6 +120,8 @@ class TokenVerifier:
         self._clock = clock or SystemClock()
         self._cache_size = cache_size
         self._verified: OrderedDict[bytes, tuple[float, int, Principal]] = OrderedDict()
+        # header segments already found acceptable (only good ones are remembered)
+        self._headers: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def verify(self, token: str) -> Principal:
@@ -126,18 +145,11 @@ class TokenVerifier:
         if not token.isascii():
             raise InvalidToken("the token is not ASCII")
         header_b64, payload_b64, signature_b64 = split_compact(token)
-        header = strict_json_object(b64url_decode_strict(header_b64))
-        if not set(header) <= _HEADER_MEMBERS:
-            raise InvalidToken("the token's header has members other than alg, kid and typ")
-        if header.get("alg") != ALGORITHM:
-            raise InvalidToken("the token is not signed with RS256")
-        typ = header.get("typ")
-        # RFC 7515 §4.1.9: media types compare case-insensitively, "application/" may be omitted
-        if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPS:
-            raise InvalidToken("the token is not an at+jwt access token")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not 0 < len(kid) <= 128:
-            raise InvalidToken("the token's kid is missing or malformed")
+        kid = self._headers.get(header_b64)
+        if kid is None:
+            kid = _check_header(header_b64)
+            if len(self._headers) < 256:  # one header per signing key: a few at most in practice
+                self._headers[header_b64] = kid
 
         claims = strict_json_object(b64url_decode_strict(payload_b64))
         principal = self._check_claims(claims, now)
