@@ -53,6 +53,7 @@ lint: $(STAMP) $(NODE_STAMP) proto-check
 bench: $(STAMP)
 	$(PY) tests/bench/bench_issue_token.py
 	$(PY) tests/bench/bench_interceptor.py
+	$(PY) tests/bench/bench_store.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache
