@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
+import signal
 
 from authsvc.core.errors import ConfigurationError
 
-__all__ = ["check_plaintext", "is_loopback", "split_host_port"]
+__all__ = ["check_plaintext", "is_loopback", "split_host_port", "wait_for_stop_signal"]
 
 
 def split_host_port(address: str) -> tuple[str, int]:
@@ -38,3 +40,12 @@ def check_plaintext(listen: str, *, tls: bool, insecure: bool) -> None:
             f"refusing to listen on {listen} without TLS: give --tls-cert and --tls-key, "
             "or pass --insecure if something in front of this process terminates TLS"
         )
+
+
+async def wait_for_stop_signal() -> None:
+    """Return when the process receives SIGTERM or SIGINT (graceful shutdown follows)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

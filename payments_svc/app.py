@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from authsvc.core.errors import ConfigurationError
 from authsvc.core.ports import SystemClock, SystemRandom
-from authsvc.listen import check_plaintext, split_host_port
+from authsvc.listen import check_plaintext, split_host_port, wait_for_stop_signal
 from authsvc.status import DecodeGuard
 from authsvc.verify import AioAuthInterceptor, GrpcJwksSource, JwksCache, TokenVerifier
 from payments_svc.service import PaymentServicer
@@ -172,11 +171,7 @@ async def _start(
 
 async def serve(config: PaymentsConfig) -> None:
     running = await start_server(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await wait_for_stop_signal()
     log.info("shutting down (grace %.1fs)", config.grace_period)
     await running.stop(config.grace_period)
     log.info("stopped")

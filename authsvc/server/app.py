@@ -24,7 +24,7 @@ from authsvc import admin
 from authsvc.admin import Authority
 from authsvc.core.grants import client_credentials_endpoint
 from authsvc.core.ports import SystemClock, SystemRandom
-from authsvc.listen import split_host_port
+from authsvc.listen import split_host_port, wait_for_stop_signal
 from authsvc.server.config import ServeConfig
 from authsvc.server.keyring import Keyring
 from authsvc.server.token_service import TokenServicer
@@ -149,11 +149,7 @@ async def start_server(
 async def serve(config: ServeConfig, *, reuse_port: bool = False) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     running = await start_server(config, reuse_port=reuse_port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await wait_for_stop_signal()
     log.info("shutting down (grace %.1fs)", config.grace_period)
     await running.stop(config.grace_period)
     log.info("stopped")
