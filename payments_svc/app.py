@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from authsvc.core.errors import ConfigurationError
 from authsvc.core.ports import SystemClock, SystemRandom
-from authsvc.listen import check_plaintext, split_host_port, wait_for_stop_signal
+from authsvc.listen import check_plaintext, is_loopback, split_host_port, wait_for_stop_signal
 from authsvc.status import DecodeGuard
 from authsvc.verify import AioAuthInterceptor, GrpcJwksSource, JwksCache, TokenVerifier
 from payments_svc.service import PaymentServicer
@@ -42,6 +42,7 @@ class PaymentsConfig:
     tls_key: Path | None = None
     insecure: bool = False
     token_service_ca: Path | None = None
+    insecure_token_service: bool = False
     leeway: float = 30.0
     jwks_max_age: float = 60.0
     jwks_cooldown: float = 5.0
@@ -61,6 +62,15 @@ class PaymentsConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigurationError("--tls-cert and --tls-key go together")
         check_plaintext(self.listen, tls=self.tls_cert is not None, insecure=self.insecure)
+        host, _ = split_host_port(self.token_service)
+        if self.token_service_ca is None and not self.insecure_token_service and not is_loopback(host):
+            raise ConfigurationError(
+                f"refusing to fetch signing keys from {self.token_service} in plaintext: "
+                "give --token-service-ca, "
+                "or --insecure-token-service inside a trusted mesh"
+            )
+        if not 0 <= self.leeway <= 300:
+            raise ConfigurationError("--leeway must be between 0 and 300 seconds")
         if not self.issuer or not self.audience:
             raise ConfigurationError("--issuer and --audience are required")
 
@@ -86,7 +96,9 @@ def build_verifier(config: PaymentsConfig) -> TokenVerifier:
         if config.token_service_ca is not None
         else None
     )
-    source = GrpcJwksSource(config.token_service, credentials=credentials)
+    source = GrpcJwksSource(
+        config.token_service, credentials=credentials, allow_plaintext=config.insecure_token_service
+    )
     cache = JwksCache(source, max_age=config.jwks_max_age, cooldown=config.jwks_cooldown)
     return TokenVerifier(issuer=config.issuer, audience=config.audience, jwks=cache, leeway=config.leeway)
 

@@ -72,7 +72,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=_env_bool(env.get("PAYMENTS_INSECURE")),
         help="allow plaintext on a non-loopback address [env PAYMENTS_INSECURE=1]",
     )
+    serve.add_argument(
+        "--insecure-token-service",
+        action="store_true",
+        default=_env_bool(env.get("PAYMENTS_INSECURE_TOKEN_SERVICE")),
+        help="fetch signing keys from a non-loopback TokenService without TLS (only inside a trusted mesh) "
+        "[env PAYMENTS_INSECURE_TOKEN_SERVICE=1]",
+    )
     opt("--leeway", "PAYMENTS_LEEWAY", "30", "seconds of clock skew tolerated on exp, nbf, iat", type=float)
+    opt("--grace-period", "PAYMENTS_GRACE_PERIOD", "5", "seconds in-flight calls get at shutdown", type=float)
     opt(
         "--log-level",
         "PAYMENTS_LOG_LEVEL",
@@ -101,7 +109,9 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             insecure=args.insecure,
+            insecure_token_service=args.insecure_token_service,
             leeway=args.leeway,
+            grace_period=args.grace_period,
         )
         asyncio.run(serve(config))
     except ConfigurationError as exc:

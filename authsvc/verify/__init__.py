@@ -4,8 +4,8 @@
 
     from authsvc.verify import AuthInterceptor, GrpcJwksSource, TokenVerifier, current_principal
 
-    verifier = TokenVerifier(issuer="https://auth.example", audience="payments",
-                             jwks=GrpcJwksSource("auth:50051"))
+    keys = GrpcJwksSource("auth.internal:50051", credentials=grpc.ssl_channel_credentials())
+    verifier = TokenVerifier(issuer="https://auth.example", audience="payments", jwks=keys)
     server = grpc.server(pool, interceptors=[AuthInterceptor(verifier)])
 
 Importable without the server or store packages.

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authsvc.core.errors import TemporarilyUnavailable
+from authsvc.listen import is_loopback
 from authsvc.verify.jose import parse_rsa_jwk
 
 if TYPE_CHECKING:
@@ -65,6 +66,13 @@ class FileJwksSource:
         return self.path.read_text(encoding="utf-8")
 
 
+def _is_local(target: str) -> bool:
+    if target.startswith("unix:"):
+        return True
+    host = target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:").rpartition(":")[0]
+    return is_loopback(host.strip("[]"))
+
+
 class GrpcJwksSource:
     """The TokenService's keys over gRPC: ``GetJwks`` to poll, and ``WatchJwks`` to be told.
 
@@ -73,8 +81,9 @@ class GrpcJwksSource:
     set, so a new key arrives long before it signs. The stream reconnects with backoff; a server
     without WatchJwks (UNIMPLEMENTED) leaves the cache polling ``GetJwks`` as usual.
 
-    ``credentials`` are channel credentials for TLS (``grpc.ssl_channel_credentials(...)``);
-    without them the channel is plaintext, which is only fit for loopback or a trusted mesh.
+    ``credentials`` are channel credentials for TLS (``grpc.ssl_channel_credentials(...)``).
+    Without them the channel is plaintext, which is accepted only for a loopback or ``unix:``
+    target unless ``allow_plaintext`` says a trusted mesh provides the transport security.
     """
 
     def __init__(
@@ -86,7 +95,15 @@ class GrpcJwksSource:
         options: Sequence[tuple[str, str | int]] = (),
         watch: bool = True,
         max_backoff: float = 30.0,
+        allow_plaintext: bool = False,
     ) -> None:
+        if credentials is None and not allow_plaintext and not _is_local(target):
+            # keys fetched in plaintext across a network can be swapped for an attacker's, who
+            # could then mint any token this verifier accepts
+            raise ValueError(
+                f"refusing to fetch signing keys from {target} without TLS: pass credentials="
+                "grpc.ssl_channel_credentials(...), or allow_plaintext=True inside a trusted mesh"
+            )
         self.target = target
         self._credentials = credentials
         self._timeout = timeout
