@@ -406,8 +406,12 @@ class Authority:
         return self.store.list_clients()
 
     def set_enabled(self, client_id: str, enabled: bool) -> Client:
-        client = self.get_client(client_id).with_changes(enabled=enabled, updated_at=self._now())
-        if not self.store.update_client(client):
+        """Enable or disable a client. Only that column changes, so a concurrent secret rotation
+        cannot undo a disable."""
+        client = self.store.update_client_fields(
+            validate_client_id(client_id), {"enabled": enabled, "updated_at": self._now()}
+        )
+        if client is None:
             raise NotFound(f"no client {client_id!r}")
         return client
 
@@ -415,9 +419,10 @@ class Authority:
         """Give the client a new secret; the old one stops working at once (within the
         servers' client-cache lifetime)."""
         secret = generate_client_secret(self.random)
-        client = self.get_client(client_id).with_changes(
-            secret_hash=self.hasher().hash(secret), updated_at=self._now()
+        client = self.store.update_client_fields(
+            validate_client_id(client_id),
+            {"secret_hash": self.hasher().hash(secret), "updated_at": self._now()},
         )
-        if not self.store.update_client(client):
+        if client is None:
             raise NotFound(f"no client {client_id!r}")
         return client, secret

@@ -6,6 +6,7 @@ Private keys and the secret-hashing pepper reach a store only as ciphertext.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -67,6 +68,11 @@ class ClientStore(Protocol):
 
     def update_client(self, client: Client) -> bool:
         """Replace the row with the same id; returns False if there is none."""
+
+    def update_client_fields(self, client_id: str, fields: Mapping[str, object]) -> Client | None:
+        """Change only these columns (``enabled``, ``secret_hash``, ``updated_at``) in one
+        transaction and return the client as stored, or None if there is none. Concurrent
+        updates of different columns do not undo each other."""
 
 
 class KeyStore(Protocol):

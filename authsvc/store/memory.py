@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Mapping
 
 from authsvc.core.clients import Client
 from authsvc.core.keys import KeyState
@@ -39,6 +40,17 @@ class MemoryStore:
                 return False
             self._clients[client.client_id] = client
             return True
+
+    def update_client_fields(self, client_id: str, fields: Mapping[str, object]) -> Client | None:
+        if set(fields) - {"enabled", "secret_hash", "updated_at"} or not fields:
+            raise ValueError("cannot update those client fields")
+        with self._lock:
+            client = self._clients.get(client_id)
+            if client is None:
+                return None
+            client = client.with_changes(**fields)
+            self._clients[client_id] = client
+            return client
 
     def list_keys(self) -> list[StoredKey]:
         with self._lock:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -32,6 +32,7 @@ MIGRATIONS_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT)"
 )
 _INSERT_KEY = f"INSERT INTO signing_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_UPDATABLE_CLIENT_FIELDS = frozenset({"enabled", "secret_hash", "updated_at"})
 _INSERT_CLIENT = f"INSERT INTO clients ({CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
@@ -155,6 +156,24 @@ class SqlStore:
                 (*row[1:], row[0]),
             )
             return bool(cur.rowcount == 1)
+
+    def update_client_fields(self, client_id: str, fields: Mapping[str, object]) -> Client | None:
+        unknown = set(fields) - _UPDATABLE_CLIENT_FIELDS
+        if unknown or not fields:
+            raise ValueError(f"cannot update client fields {sorted(unknown) or '(none)'}")
+        names = sorted(fields)  # column names come from the fixed set above, never from a caller
+        assignments = ", ".join(f"{name} = ?" for name in names)
+        values = [bool(fields[n]) if n == "enabled" else fields[n] for n in names]
+        with self._write() as conn:
+            cur = self._exec(
+                conn, f"UPDATE clients SET {assignments} WHERE client_id = ?", (*values, client_id)
+            )
+            if cur.rowcount != 1:
+                return None
+            row = self._exec(
+                conn, f"SELECT {CLIENT_COLUMNS} FROM clients WHERE client_id = ?", (client_id,)
+            ).fetchone()
+            return _client_from_row(row)
 
     # -- keys ------------------------------------------------------------------------------------
 

@@ -114,3 +114,31 @@ def test_get_or_create_secret_returns_the_first_value(store: Store) -> None:
 def test_secrets_are_per_name(store: Store) -> None:
     store.get_or_create_secret("a", b"value-a", "kek-1")
     assert store.get_or_create_secret("b", b"value-b", "kek-1") == (b"value-b", "kek-1")
+
+
+def test_update_client_fields_changes_only_those_columns(store: Store) -> None:
+    store.create_client(make_client())
+    disabled = store.update_client_fields("shop", {"enabled": False, "updated_at": 1_800_000_000})
+    assert disabled is not None and disabled.enabled is False
+    # a secret rotation racing the disable writes its own column only: the disable stands
+    rotated = store.update_client_fields(
+        "shop", {"secret_hash": "hmac-sha256$new", "updated_at": 1_800_000_001}
+    )
+    assert rotated is not None
+    assert (rotated.enabled, rotated.secret_hash) == (False, "hmac-sha256$new")
+    assert store.get_client("shop") == rotated
+    assert rotated.allowed_scopes == make_client().allowed_scopes
+
+
+def test_update_client_fields_of_a_missing_client_is_none(store: Store) -> None:
+    assert store.update_client_fields("nobody", {"enabled": False}) is None
+
+
+@pytest.mark.parametrize(
+    "fields", [{"client_id": "x"}, {"allowed_scopes": "*"}, {}], ids=["id", "scopes", "none"]
+)
+def test_update_client_fields_refuses_other_columns(store: Store, fields: dict[str, object]) -> None:
+    store.create_client(make_client())
+    with pytest.raises(ValueError, match="cannot update"):
+        store.update_client_fields("shop", fields)
+    assert store.get_client("shop") == make_client()
