@@ -14,6 +14,7 @@ policy is PERMISSION_DENIED (``ACCESS_DENIED``). Tokens never reach the log.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import inspect
 import logging
@@ -24,6 +25,7 @@ import grpc
 
 from authsvc.core.errors import AccessDenied, InvalidToken, OAuthError
 from authsvc.status import status_for
+from authsvc.verify.jwks import WouldBlock
 from authsvc.verify.policy import MethodPolicy, Public
 from authsvc.verify.verifier import MAX_TOKEN_BYTES, Principal, TokenVerifier
 
@@ -81,7 +83,9 @@ class _Base:
         self.verifier = verifier
         self.policy = policy if isinstance(policy, MethodPolicy) else MethodPolicy(policy)
 
-    def _authorize(self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal | None:
+    def _authorize(
+        self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None, *, block: bool = True
+    ) -> Principal | None:
         """The principal to hand to the method, None for a public method; raises OAuthError."""
         rule = self.policy.rule(method)
         if isinstance(rule, Public):
@@ -90,8 +94,8 @@ class _Base:
             raise AccessDenied("this method declares no authorization policy")
         token = bearer_token(metadata)
         try:
-            principal = self.verifier.verify(token)
-        except OAuthError:
+            principal = self.verifier.verify(token, block=block)
+        except (OAuthError, WouldBlock):
             raise
         except Exception as exc:
             # A verifier bug must still answer a clean refusal, never UNKNOWN with a traceback.
@@ -209,8 +213,14 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        metadata = handler_call_details.invocation_metadata
         try:
-            principal = self._base._authorize(method, handler_call_details.invocation_metadata)
+            try:
+                principal = self._base._authorize(method, metadata, block=False)
+            except WouldBlock:
+                # the issuer's keys must be fetched first: off the event loop, so that other
+                # calls go on meanwhile
+                principal = await asyncio.to_thread(self._base._authorize, method, metadata)
         except OAuthError as exc:
             status = _Base._refusal(method, exc)
 

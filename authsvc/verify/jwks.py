@@ -35,7 +35,7 @@ from authsvc.verify.jose import parse_rsa_jwk
 if TYPE_CHECKING:
     import grpc
 
-__all__ = ["FileJwksSource", "GrpcJwksSource", "JwksCache", "JwksSource", "StaticJwksSource"]
+__all__ = ["FileJwksSource", "GrpcJwksSource", "JwksCache", "JwksSource", "StaticJwksSource", "WouldBlock"]
 
 log = logging.getLogger("authsvc.verify.jwks")
 
@@ -190,6 +190,10 @@ class GrpcJwksSource:
             self._channel = None
 
 
+class WouldBlock(Exception):
+    """Raised by ``JwksCache.get(..., block=False)`` when answering needs a fetch in this thread."""
+
+
 class JwksCache:
     """The in-memory key set of one issuer, refreshed as described in the module docstring.
 
@@ -215,7 +219,8 @@ class JwksCache:
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at: float | None = None  # last fetch attempt, successful or not
         self._unknown: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
+        self._fetch_lock = threading.Lock()  # held across a fetch: one in flight at a time
+        self._state_lock = threading.Lock()  # held for moments: installing keys, bookkeeping
         self._background: threading.Thread | None = None
         self.generation = 0
         self.fetches = 0
@@ -229,14 +234,18 @@ class JwksCache:
         hint = getattr(self.source, "max_age", None)
         return min(self.max_age, hint) if isinstance(hint, int | float) and hint > 0 else self.max_age
 
-    def get(self, kid: str) -> rsa.RSAPublicKey | None:
+    def get(self, kid: str, *, block: bool = True) -> rsa.RSAPublicKey | None:
         """The key for ``kid``, fetching as the rules allow; None if the issuer has no such key.
 
-        Raises :class:`TemporarilyUnavailable` only when no key set could ever be fetched.
+        A known kid never waits: a due scheduled refresh runs in a background thread. Only an
+        unknown kid (or the very first use) may fetch in the caller's thread; with
+        ``block=False`` that raises :class:`WouldBlock` instead, so that an event loop can retry
+        the call in a worker thread. Raises :class:`TemporarilyUnavailable` only when no key set
+        could ever be fetched.
         """
         now = self._now()
         if self._fetched_at is None:
-            self._refresh_blocking(initial=True)
+            self._refresh_blocking(initial=True, block=block)
         elif now - self._fetched_at >= self.effective_max_age:
             self._refresh_in_background()
         key = self._keys.get(kid)
@@ -245,30 +254,35 @@ class JwksCache:
         expiry = self._unknown.get(kid)
         if expiry is not None and expiry > now:
             return None
-        self._refresh_blocking(initial=False)
+        self._refresh_blocking(initial=False, block=block)
         key = self._keys.get(kid)
         if key is None:
-            with self._lock:
+            with self._state_lock:
                 self._unknown[kid] = self._now() + self.cooldown
                 self._unknown.move_to_end(kid)
                 while len(self._unknown) > self._max_unknown:
                     self._unknown.popitem(last=False)
         return key
 
-    def _refresh_blocking(self, *, initial: bool) -> None:
-        with self._lock:
+    def _cooling_down(self) -> bool:
+        return self._attempted_at is not None and self._now() - self._attempted_at < self.cooldown
+
+    def _refresh_blocking(self, *, initial: bool, block: bool) -> None:
+        """Fetch in this thread unless a fetch ran within the cooldown. Concurrent callers wait for
+        the one fetch in flight (single-flight) rather than starting their own."""
+        fetched = initial and self._fetched_at is not None
+        if not block and not fetched and (not self._cooling_down() or self._fetch_lock.locked()):
+            raise WouldBlock()  # a fetch is due, or one is in flight and would be waited for
+        with self._fetch_lock:
             if initial and self._fetched_at is not None:
                 return  # another thread fetched while we waited
-            if self._attempted_at is not None and self._now() - self._attempted_at < self.cooldown:
-                if self._fetched_at is None:
-                    raise TemporarilyUnavailable("the issuer's keys are unreachable and none are cached")
-                return
-            self._fetch_locked()
+            if not self._cooling_down():
+                self._fetch()
         if self._fetched_at is None:
             raise TemporarilyUnavailable("the issuer's keys are unreachable and none are cached")
 
     def _refresh_in_background(self) -> None:
-        with self._lock:
+        with self._state_lock:
             if self._background is not None and self._background.is_alive():
                 return
             # a scheduled refresh waits one max age after the last attempt, failed or not: polling
@@ -276,29 +290,33 @@ class JwksCache:
             pause = min(self.cooldown, self.effective_max_age)
             if self._attempted_at is not None and self._now() - self._attempted_at < pause:
                 return
+            self._attempted_at = self._now()  # claimed: no second background refresh starts meanwhile
             self._background = threading.Thread(target=self.refresh, name="authsvc-jwks-refresh", daemon=True)
             self._background.start()
 
     def refresh(self) -> bool:
-        """Fetch now (subject to nothing); True if a usable set was loaded."""
-        with self._lock:
-            return self._fetch_locked()
+        """Fetch now (waiting only for a fetch already in flight); True if a usable set was loaded."""
+        with self._fetch_lock:
+            return self._fetch()
 
-    def _fetch_locked(self) -> bool:
+    def _fetch(self) -> bool:
+        """Fetch and install, holding only the fetch lock: readers of known keys never wait on it."""
         self._attempted_at = self._now()
         self.fetches += 1
         try:
-            installed = self._install(self.source.fetch())
+            document = self.source.fetch()
         except Exception as exc:
             log.warning("JWKS fetch failed (%s); keeping %d cached keys", type(exc).__name__, len(self._keys))
             return False
-        if installed:
-            self._fetched_at = self._attempted_at
+        with self._state_lock:
+            installed = self._install(document)
+            if installed:
+                self._fetched_at = self._attempted_at
         return installed
 
     def _pushed(self, jwks_json: str) -> None:
         """A key set the source pushed (WatchJwks): as good as a fetch."""
-        with self._lock:
+        with self._state_lock:
             if self._install(jwks_json):
                 self._fetched_at = self._now()
 

@@ -124,9 +124,13 @@ class TokenVerifier:
         self._headers: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def verify(self, token: str) -> Principal:
+    def verify(self, token: str, *, block: bool = True) -> Principal:
         """The principal of a valid token; raises :class:`InvalidToken` (or
-        :class:`~authsvc.core.errors.TemporarilyUnavailable` when no keys can be had)."""
+        :class:`~authsvc.core.errors.TemporarilyUnavailable` when no keys can be had).
+
+        With ``block=False`` it never waits on the network: where the key set would have to be
+        fetched first it raises :class:`~authsvc.verify.jwks.WouldBlock` (an event loop then calls
+        again from a worker thread)."""
         if len(token) > MAX_TOKEN_BYTES:
             raise InvalidToken(f"the token is longer than {MAX_TOKEN_BYTES} bytes")
         now = self._clock.now()
@@ -134,14 +138,14 @@ class TokenVerifier:
         hit = self._verified.get(digest)
         if hit is not None and now < hit[0] and hit[1] == self.keys.generation:
             return hit[2]
-        principal = self._verify_fully(token, now)
+        principal = self._verify_fully(token, now, block)
         with self._lock:
             self._verified[digest] = (principal.expires_at, self.keys.generation, principal)
             while len(self._verified) > self._cache_size:
                 self._verified.popitem(last=False)
         return principal
 
-    def _verify_fully(self, token: str, now: float) -> Principal:
+    def _verify_fully(self, token: str, now: float, block: bool) -> Principal:
         if not token.isascii():
             raise InvalidToken("the token is not ASCII")
         header_b64, payload_b64, signature_b64 = split_compact(token)
@@ -155,7 +159,7 @@ class TokenVerifier:
         principal = self._check_claims(claims, now)
         signature = b64url_decode_strict(signature_b64)
 
-        key = self.keys.get(kid)
+        key = self.keys.get(kid, block=block)
         if key is None:
             raise InvalidToken("the token is signed with an unknown key")
         if len(signature) != (key.key_size + 7) // 8:

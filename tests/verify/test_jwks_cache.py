@@ -1,0 +1,83 @@
+"""The JWKS cache never makes a verification of a known key wait on the network."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from authsvc.core.keys import jwks_json, public_jwk
+from authsvc.verify.jwks import JwksCache, WouldBlock
+
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+JWKS = jwks_json([public_jwk(KEY.public_key())])
+KID = public_jwk(KEY.public_key())["kid"]
+
+
+class SlowSource:
+    """Answers the first fetch at once; later fetches wait until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.calls = 0
+
+    def fetch(self) -> str:
+        self.calls += 1
+        if self.calls > 1:
+            self.started.set()
+            assert self.release.wait(10)
+        return JWKS
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_known_key_is_served_while_a_slow_scheduled_refresh_runs() -> None:
+    source, clock = SlowSource(), Clock()
+    cache = JwksCache(source, max_age=60, cooldown=5, monotonic=clock)
+    assert cache.get(KID) is not None
+    clock.t += 61  # stale: the next use starts a background refresh, which hangs
+    started = time.monotonic()
+    for _ in range(100):
+        assert cache.get(KID) is not None
+    assert source.started.wait(5)
+    assert time.monotonic() - started < 1.0, "known-key lookups waited on the fetch"
+    assert source.calls == 2, "one background refresh, however many lookups"
+    source.release.set()
+
+
+def test_an_unknown_kid_on_an_event_loop_is_told_to_move_to_a_thread() -> None:
+    source, clock = SlowSource(), Clock()
+    cache = JwksCache(source, max_age=60, cooldown=5, monotonic=clock)
+    cache.get(KID)
+    clock.t += 6  # past the cooldown: an unknown kid may fetch
+    with pytest.raises(WouldBlock):
+        cache.get("unknown", block=False)
+    # in a worker thread it fetches (the slow fetch is released), and finds no such key
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(cache.get("unknown")))
+    worker.start()
+    assert source.started.wait(5)
+    # while that fetch is in flight, a non-blocking caller is not made to wait for it either
+    with pytest.raises(WouldBlock):
+        cache.get("another-unknown", block=False)
+    assert cache.get(KID, block=False) is not None
+    source.release.set()
+    worker.join(5)
+    assert result == [None]
+
+
+def test_within_the_cooldown_an_unknown_kid_is_refused_without_a_fetch() -> None:
+    source, clock = SlowSource(), Clock()
+    cache = JwksCache(source, max_age=60, cooldown=5, monotonic=clock)
+    cache.get(KID)
+    assert cache.get("unknown", block=False) is None
+    assert source.calls == 1
