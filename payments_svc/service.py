@@ -90,15 +90,18 @@ def _encode_cursor(p: Payment) -> str:
 def _decode_cursor(token: str) -> tuple[int, str] | None:
     if not token:
         return None
+    if len(token) > 256:  # ours are under 80 characters
+        raise InvalidArgument("page_token is not one this service issued")
     try:
         value = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-    except (ValueError, UnicodeError, binascii.Error) as exc:
+    except (ValueError, UnicodeError, binascii.Error, RecursionError) as exc:
         raise InvalidArgument("page_token is not one this service issued") from exc
     if (
         not isinstance(value, list)
         or len(value) != 2
         or isinstance(value[0], bool)
         or not isinstance(value[0], int)
+        or not 0 <= value[0] < 2**63
         or not isinstance(value[1], str)
         or not _TXN.fullmatch(value[1])
     ):

@@ -29,7 +29,6 @@ from authsvc.server.config import ServeConfig
 from authsvc.server.keyring import Keyring
 from authsvc.server.token_service import TokenServicer
 from authsvc.status import DecodeGuard
-from authsvc.store.base import StoreError
 from authsvc.store.cache import CachedClientLookup
 from authsvc.v1 import token_pb2, token_pb2_grpc
 
@@ -93,9 +92,10 @@ async def start_server(
     authority.ensure_signing_key()
     keyring = Keyring(authority, config.lifecycle_policy(), tick_interval=config.key_tick_interval)
     keyring.load()
+    clients = CachedClientLookup(authority.store, ttl=config.client_cache_ttl)
     endpoint = client_credentials_endpoint(
         issuer=config.issuer,
-        clients=CachedClientLookup(authority.store, ttl=config.client_cache_ttl),
+        clients=clients,
         hasher=authority.hasher(),
         signer=lambda: keyring.signer,
         clock=authority.clock,
@@ -110,12 +110,17 @@ async def start_server(
         # unreachable, the keys this process last loaded are the best answer
         try:
             return authority.jwks_json()
-        except StoreError:
-            log.warning("store unreachable; serving the JWKS loaded at the last key refresh")
+        except Exception as exc:
+            log.warning(
+                "store unreachable (%s); serving the JWKS loaded at the last key refresh", type(exc).__name__
+            )
             return keyring.jwks
 
     token_pb2_grpc.add_TokenServiceServicer_to_server(
-        TokenServicer(endpoint, jwks, keyring.watch, jwks_max_age=config.jwks_max_age), server
+        TokenServicer(
+            endpoint, jwks, keyring.watch, jwks_max_age=config.jwks_max_age, is_cached=clients.is_cached
+        ),
+        server,
     )
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -75,20 +75,26 @@ class Keyring:
         self.load()
 
     def _notify(self) -> None:
-        assert self._changed is not None
+        if self._changed is None:  # stopped meanwhile
+            return
         self._changed.set()
         self._changed = asyncio.Event()
 
     async def run(self) -> None:
-        """Tick until cancelled. Errors are logged, and the keys already loaded keep serving."""
+        """Tick until cancelled. Errors are logged, and the keys already loaded keep serving.
+        When cancelled (shutdown), open WatchJwks streams end."""
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
-        while True:
-            try:
-                await asyncio.to_thread(self.tick)
-            except Exception:
-                log.exception("key lifecycle tick failed; serving with the keys already loaded")
-            await asyncio.sleep(self.tick_interval)
+        try:
+            while True:
+                try:
+                    await asyncio.to_thread(self.tick)
+                except Exception:
+                    log.exception("key lifecycle tick failed; serving with the keys already loaded")
+                await asyncio.sleep(self.tick_interval)
+        finally:
+            changed, self._changed = self._changed, None
+            changed.set()
 
     async def watch(self) -> AsyncIterator[str]:
         """The published JWK Set now, then after every change (for WatchJwks)."""

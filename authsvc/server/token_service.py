@@ -8,6 +8,7 @@ issued token is logged by its ``jti``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 
@@ -68,8 +69,10 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
         watch: Callable[[], AsyncIterator[str]],
         *,
         jwks_max_age: int,
+        is_cached: Callable[[str], bool] = lambda _: False,
     ) -> None:
         self._endpoint = endpoint
+        self._is_cached = is_cached
         self._jwks_json = jwks_json
         self._watch = watch
         self._max_age = jwks_max_age
@@ -81,7 +84,11 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
         try:
             token_request = token_request_from(request, context.invocation_metadata())
             client_id = token_request.client_id
-            issued = self._endpoint.issue(token_request)
+            if self._is_cached(client_id):
+                issued = self._endpoint.issue(token_request)
+            else:
+                # the client must be read from the store, which may be slow or down: not on the loop
+                issued = await asyncio.to_thread(self._endpoint.issue, token_request)
         except OAuthError as exc:
             log.info("token refused: client_id=%s error=%s", _loggable(client_id), exc.error)
             await context.abort_with_status(status_for(exc))
@@ -107,7 +114,8 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
     async def GetJwks(  # noqa: N802 - the RPC's name
         self, request: token_pb2.GetJwksRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> token_pb2.GetJwksResponse:
-        return token_pb2.GetJwksResponse(jwks_json=self._jwks_json(), max_age_seconds=self._max_age)
+        jwks = await asyncio.to_thread(self._jwks_json)  # a store read: off the event loop
+        return token_pb2.GetJwksResponse(jwks_json=jwks, max_age_seconds=self._max_age)
 
     async def WatchJwks(  # noqa: N802 - the RPC's name
         self, request: token_pb2.WatchJwksRequest, context: grpc.aio.ServicerContext[object, object]

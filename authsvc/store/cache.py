@@ -51,6 +51,11 @@ class CachedClientLookup:
                 self._entries.popitem(last=False)
         return client
 
+    def is_cached(self, client_id: str) -> bool:
+        """True if ``get_client`` would answer from memory now (no store read)."""
+        entry = self._entries.get(client_id)
+        return entry is not None and entry[0] > self._now()
+
     def invalidate(self, client_id: str | None = None) -> None:
         """Forget one client, or all of them."""
         with self._lock:

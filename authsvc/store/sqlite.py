@@ -16,10 +16,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from authsvc.store.base import StoreUnavailable
 from authsvc.store.migrations import MIGRATIONS
 from authsvc.store.sql import MIGRATIONS_TABLE, SqlStore, iter_migrations
 
 __all__ = ["SQLiteStore"]
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    """Switch to WAL. The switch takes an exclusive lock and does not wait on the busy timeout,
+    so processes opening a new database at once retry it briefly."""
+    for attempt in range(50):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            time.sleep(0.02 * (1 + attempt % 5))
 
 
 class SQLiteStore(SqlStore):
@@ -42,27 +56,39 @@ class SQLiteStore(SqlStore):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=10.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
+            try:
+                _set_wal(conn)
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA foreign_keys=ON")
+            except BaseException:
+                conn.close()
+                raise
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
         return conn
 
     def _query(self, sql: str, params: Sequence[object] = ()) -> list[Sequence[Any]]:
-        return self._conn().execute(sql, params).fetchall()
+        try:
+            return self._conn().execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable("the database cannot be read") from exc
 
     @contextmanager
     def _write(self, *, lock_keys: bool = False) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable("the database cannot be written") from exc
         try:
             yield conn
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError):
+                raise StoreUnavailable("the database cannot be written") from exc
             raise
 
     def migrate(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -302,3 +303,23 @@ def test_issuer_down_keeps_valid_tokens_working(gateway: Gateway, token_server: 
     with pytest.raises(grpc.RpcError) as info:
         gateway.stub.GetPayment(pb.GetPaymentRequest(transaction_id=txn), metadata=bearer(forged), timeout=2)
     assert reason(info.value) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_TOKEN")
+
+
+@pytest.mark.parametrize(
+    "page_token",
+    [
+        base64.urlsafe_b64encode(b'[9223372036854775808, "txn_000000000000000000000000"]').decode(),
+        base64.urlsafe_b64encode(b'[-1, "txn_000000000000000000000000"]').decode(),
+        base64.urlsafe_b64encode(b"[" * 100 + b"]" * 100).decode(),
+        "A" * 10_000,
+    ],
+    ids=["int64-overflow", "negative", "deeply-nested", "huge"],
+)
+def test_hostile_page_tokens_are_invalid_argument(gateway: Gateway, page_token: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        gateway.stub.ListPayments(
+            pb.ListPaymentsRequest(page_token=page_token),
+            metadata=bearer(gateway.token("merchant-a")),
+            timeout=10,
+        )
+    assert reason(info.value) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")

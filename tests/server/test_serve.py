@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from authsvc.core.errors import ConfigurationError
-from authsvc.server.app import open_authority, start_server
+from authsvc.server.app import RunningServer, open_authority, start_server
 from authsvc.server.config import ServeConfig
 from authsvc.v1 import token_pb2, token_pb2_grpc
 from tests.conftest import KEK, serve_config
@@ -267,3 +267,36 @@ def test_dev_kek_is_generated_with_0600(tmp_path: Path) -> None:
     authsvc("clients", "create", "--scope", "a", "--audience", "b", "--data-dir", str(tmp_path), env=env)
     assert (tmp_path / "kek.key").stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "authsvc.db").exists()
+
+
+def test_shutdown_does_not_wait_for_watchjwks_subscribers(tmp_path: Path) -> None:
+    """An idle WatchJwks stream (every verifier keeps one open) must not hold shutdown for the
+    whole grace period."""
+    import threading
+    import time
+
+    config = serve_config(tmp_path / "data")
+    thread: ServerThread[RunningServer] = ServerThread(
+        lambda: start_server(config, authority=open_authority(config))
+    )
+    running = thread.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    stream = token_pb2_grpc.TokenServiceStub(channel).WatchJwks(token_pb2.WatchJwksRequest())
+    first = threading.Event()
+    ended = threading.Event()
+
+    def consume() -> None:
+        try:
+            for _ in stream:
+                first.set()
+        except grpc.RpcError:
+            pass
+        ended.set()
+
+    threading.Thread(target=consume, daemon=True).start()
+    assert first.wait(10), "WatchJwks sent nothing"
+    started = time.monotonic()
+    thread.stop(grace=5)
+    assert time.monotonic() - started < 2.5
+    assert ended.wait(5)
+    channel.close()
