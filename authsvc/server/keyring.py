@@ -18,6 +18,7 @@ from authsvc.admin import Authority
 from authsvc.core.keys import PUBLISHED_STATES, KeyState, PublicJwk, jwks_json
 from authsvc.core.lifecycle import LifecyclePolicy
 from authsvc.core.tokens import TokenSigner
+from authsvc.store.base import StoreError
 
 __all__ = ["Keyring"]
 
@@ -89,6 +90,8 @@ class Keyring:
             while True:
                 try:
                     await asyncio.to_thread(self.tick)
+                except StoreError as exc:  # an outage: say so, without a traceback every second
+                    log.warning("key refresh skipped (%s); serving with the keys already loaded", exc)
                 except Exception:
                     log.exception("key lifecycle tick failed; serving with the keys already loaded")
                 await asyncio.sleep(self.tick_interval)
