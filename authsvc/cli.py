@@ -131,8 +131,20 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=int,
         default=int(env.get("AUTHSVC_JWKS_MAX_AGE", str(DEFAULT_JWKS_MAX_AGE))),
         help="seconds verifiers may cache the JWKS "
-        f"[env AUTHSVC_JWKS_MAX_AGE; default {DEFAULT_JWKS_MAX_AGE}]"
-        "",
+        f"[env AUTHSVC_JWKS_MAX_AGE; default {DEFAULT_JWKS_MAX_AGE}]",
+    )
+    serve.add_argument(
+        "--client-cache-ttl",
+        type=float,
+        default=float(env.get("AUTHSVC_CLIENT_CACHE_TTL", "2")),
+        help="seconds a client record is cached per process: how soon a disable or rotation takes effect "
+        "(0 < ttl <= 5) [env AUTHSVC_CLIENT_CACHE_TTL; default 2]",
+    )
+    serve.add_argument(
+        "--grace-period",
+        type=float,
+        default=float(env.get("AUTHSVC_GRACE_PERIOD", "5")),
+        help="seconds in-flight calls get at shutdown [env AUTHSVC_GRACE_PERIOD; default 5]",
     )
     serve.add_argument(
         "--log-level",
@@ -340,6 +352,8 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         key_publish_delay=args.key_publish_delay,
         key_rotation_period=args.key_rotation_period,
         jwks_max_age=args.jwks_max_age,
+        client_cache_ttl=args.client_cache_ttl,
+        grace_period=args.grace_period,
     )
     return run(config)
 

@@ -82,6 +82,20 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     opt("--leeway", "PAYMENTS_LEEWAY", "30", "seconds of clock skew tolerated on exp, nbf, iat", type=float)
     opt("--grace-period", "PAYMENTS_GRACE_PERIOD", "5", "seconds in-flight calls get at shutdown", type=float)
     opt(
+        "--jwks-max-age",
+        "PAYMENTS_JWKS_MAX_AGE",
+        "60",
+        "seconds between scheduled JWKS refreshes",
+        type=float,
+    )
+    opt(
+        "--jwks-cooldown",
+        "PAYMENTS_JWKS_COOLDOWN",
+        "5",
+        "least seconds between fetches for unknown kids",
+        type=float,
+    )
+    opt(
         "--log-level",
         "PAYMENTS_LOG_LEVEL",
         "INFO",
@@ -112,6 +126,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             insecure_token_service=args.insecure_token_service,
             leeway=args.leeway,
             grace_period=args.grace_period,
+            jwks_max_age=args.jwks_max_age,
+            jwks_cooldown=args.jwks_cooldown,
         )
         asyncio.run(serve(config))
     except ConfigurationError as exc:

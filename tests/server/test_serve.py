@@ -300,3 +300,19 @@ def test_shutdown_does_not_wait_for_watchjwks_subscribers(tmp_path: Path) -> Non
     assert time.monotonic() - started < 2.5
     assert ended.wait(5)
     channel.close()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [("--client-cache-ttl", "9", "client cache lifetime"), ("--jwks-max-age", "0", "JWKS max age")],
+    ids=["cache-ttl-too-long", "zero-max-age"],
+)
+def test_serve_refuses_bad_settings_with_a_clear_error(
+    tmp_path: Path, flag: str, value: str, message: str
+) -> None:
+    env = {**os.environ, "AUTHSVC_KEK": KEK}
+    out = authsvc(
+        "serve", "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0", flag, value, env=env, check=False
+    )
+    assert out.returncode == 1
+    assert message in out.stderr and "Traceback" not in out.stderr
