@@ -20,6 +20,7 @@ class Stoppable(Protocol):
 
 
 T = TypeVar("T", bound=Stoppable)
+R = TypeVar("R")
 
 
 class ServerThread(Generic[T]):
@@ -149,3 +150,29 @@ def token_and_payment_services(env: dict[str, str]) -> Iterator[tuple[Command, C
             gateway.terminate()
     finally:
         auth.terminate()
+
+
+def run_at_once(n: int, work: Callable[[int], R]) -> tuple[list[R], list[BaseException]]:
+    """``work(0..n-1)`` in n threads released together; the results and the errors."""
+    barrier = threading.Barrier(n)
+    results: list[R] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker(i: int) -> None:
+        try:
+            barrier.wait(timeout=10)
+            result = work(i)
+            with lock:
+                results.append(result)
+        except BaseException as exc:
+            with lock:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    return results, errors

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import grpc
 import psycopg
@@ -24,11 +22,10 @@ from payments_svc.cli import build_parser, main
 from payments_svc.v1 import payments_pb2 as pb
 from payments_svc.v1 import payments_pb2_grpc
 from tests.conftest import ISSUER, TokenServer
-from tests.helpers import Command, ServerThread
+from tests.helpers import Command, ServerThread, run_at_once
 from tests.payments.test_payment_service import bearer, reason
 from tests.payments.test_store import Outage, outage  # noqa: F401 - the fixture
 
-T = TypeVar("T")
 ALL = ("payments:read", "payments:write", "payments:refund")
 
 
@@ -71,31 +68,6 @@ def issue_token(token_server: TokenServer, client_id: str = "merchant-a") -> tup
             timeout=10,
         )
     return bearer(response.access_token)
-
-
-def run_at_once(n: int, work: Callable[[int], T]) -> tuple[list[T], list[BaseException]]:
-    barrier = threading.Barrier(n)
-    results: list[T] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def worker(i: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-            result = work(i)
-            with lock:
-                results.append(result)
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert not any(t.is_alive() for t in threads)
-    return results, errors
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from payments_svc.errors import (
     RefundExceedsBalance,
 )
 from payments_svc.store import MIGRATIONS, PaymentStore, SqlPaymentStore
+from tests.helpers import run_at_once
 from tests.pg import ADMIN_URL, require_postgres, with_database
 
 NOW = 1_700_000_000_000_000
@@ -349,32 +350,6 @@ def test_newer_schema_is_refused_on_fresh_file(db: Path) -> None:
 
 
 # -- PostgreSQL: several stores (replicas) on one database -------------------------------------
-
-
-def run_at_once(n: int, work: Callable[[int], T]) -> tuple[list[T], list[BaseException]]:
-    """``work(0..n-1)`` in n threads released together; the results and the errors."""
-    barrier = threading.Barrier(n)
-    results: list[T] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def worker(i: int) -> None:
-        try:
-            barrier.wait(timeout=10)
-            result = work(i)
-            with lock:
-                results.append(result)
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-    assert not any(t.is_alive() for t in threads)
-    return results, errors
 
 
 @pytest.fixture
