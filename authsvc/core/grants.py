@@ -172,21 +172,43 @@ class TokenEndpoint:
         self._clock = clock
         self._random = random
         self._grants: dict[str, GrantHandler] = {}
+        # What an unknown client id is checked as: enabled, so that every check a known client
+        # passes through runs for it too, and holding a hash no secret matches.
+        self._unknown_client = Client(
+            client_id="",
+            secret_hash=hasher.unknown_client_hash,
+            allowed_scopes=(),
+            default_scopes=(),
+            allowed_audiences=(),
+            default_audience="",
+            token_ttl=0,
+            grant_types=(),
+            enabled=True,
+            created_at=0,
+            updated_at=0,
+        )
 
     def register_grant(self, grant: GrantHandler) -> None:
         self._grants[grant.grant_type] = grant
 
     def authenticate(self, client_id: str, client_secret: str) -> Client:
         """RFC 6749 §2.3.1. Unknown client, wrong secret and disabled client all raise the same
-        :class:`InvalidClient`, after the same keyed hash and constant-time comparison."""
+        :class:`InvalidClient`, after the same work.
+
+        An unknown id is not a shortcut: it is checked as a decoy client, with the same keyed hash
+        and constant-time comparison against a stored hash of the same shape and the same checks
+        after it, so that timing does not tell an attacker which client ids exist.
+        """
         if not client_id or not client_secret:
             raise InvalidClient("client authentication is required")
         validate_client_id(client_id)
         if len(client_secret) > MAX_SECRET_LENGTH:
             raise InvalidRequest("client_secret is too long")
-        client = self._clients.get_client(client_id)
-        ok = self._hasher.verify(client_secret, client.secret_hash if client is not None else None)
-        if not ok or client is None or not client.enabled:
+        found = self._clients.get_client(client_id)
+        client = found if found is not None else self._unknown_client
+        ok = self._hasher.verify(client_secret, client.secret_hash)
+        # `&`, not `and`: every term is evaluated whichever fails
+        if not (ok & client.enabled & (found is not None)):
             raise InvalidClient("client authentication failed")
         return client
 

@@ -7,7 +7,9 @@ guesses. Because secrets carry 256 bits of entropy, a slow password hash adds no
 latency on the token endpoint's hot path.
 
 Verification always computes one HMAC and one constant-time comparison, whether the client exists
-or not, so that the unknown-client path costs the same as the wrong-secret path.
+or not, so that the unknown-client path costs the same as the wrong-secret path: the token
+endpoint checks an unknown client id against :attr:`SecretHasher.unknown_client_hash`, a stored
+hash of the same shape that no secret matches.
 """
 
 from __future__ import annotations
@@ -46,8 +48,12 @@ class SecretHasher:
         if len(pepper) < 32:
             raise ValueError("the secret-hashing pepper must be at least 32 bytes")
         self._pepper = pepper
-        # A stored hash that no secret matches, compared against when the client is unknown.
-        self._dummy = self.hash("\x00unknown-client\x00")
+        # Same scheme and length as a real stored hash, but under a key derived from the pepper
+        # rather than the pepper itself, so that no secret (not even a guessed constant) hashes
+        # to it.
+        decoy_key = hashlib.sha256(b"authsvc unknown-client decoy\x00" + pepper).digest()
+        decoy = hmac.new(decoy_key, b"", hashlib.sha256).digest()
+        self._dummy = f"{_SCHEME}${base64.urlsafe_b64encode(decoy).rstrip(b'=').decode('ascii')}"
 
     def _digest(self, secret: str) -> bytes:
         return hmac.new(self._pepper, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
@@ -56,6 +62,12 @@ class SecretHasher:
         """Return the string to store for ``secret``: ``hmac-sha256$<base64url digest>``."""
         digest = base64.urlsafe_b64encode(self._digest(secret)).rstrip(b"=").decode("ascii")
         return f"{_SCHEME}${digest}"
+
+    @property
+    def unknown_client_hash(self) -> str:
+        """A stored hash of the usual shape that no secret matches: what an unknown client id is
+        checked against, so that it costs what a known id with a wrong secret costs."""
+        return self._dummy
 
     def verify(self, secret: str, stored: str | None) -> bool:
         """Compare ``secret`` with a stored hash in constant time.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 
 import pytest
 from hypothesis import assume, given
@@ -91,3 +92,14 @@ def test_hashes_with_different_peppers_differ() -> None:
     other = SecretHasher(bytes(range(1, 33)))
     assert HASHER.hash("same secret") != other.hash("same secret")
     assert not other.verify("same secret", HASHER.hash("same secret"))
+
+
+def test_unknown_client_decoy_hash_matches_no_secret() -> None:
+    """The decoy an unknown id is checked against: the shape of a stored hash, matched by none of
+    the secrets an attacker might guess from the code (the old decoy was a hashed constant)."""
+    hasher = HASHER
+    decoy = hasher.unknown_client_hash
+    assert decoy.partition("$")[0] == "hmac-sha256" and len(decoy) == len(hasher.hash("x"))
+    for guess in ("", "\x00unknown-client\x00", "unknown-client", decoy):
+        assert not hmac.compare_digest(hasher.hash(guess), decoy)
+        assert not hasher.verify(guess, None)
