@@ -18,11 +18,13 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from authsvc.core.dburl import redact_database_url as redact_url
+from authsvc.core.errors import ConfigurationError
 from payments_svc.errors import DatabaseUnavailable
 from payments_svc.store import SqlPaymentStore
 
@@ -33,14 +35,17 @@ log = logging.getLogger("payments_svc.store")
 _MIGRATION_LOCK = 0x7061_796D_0001  # "paym" 1: an arbitrary, fixed advisory-lock id (authsvc has its own)
 
 
-def redact_url(url: str) -> str:
-    """``url`` without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+def _check_url(url: str) -> None:
+    """Refuse a URL libpq cannot parse, before the pool does: libpq's parse errors quote the
+    offending text (``invalid percent-encoded token: "<password>"``), and the pool would log them
+    on every retry."""
+    try:
+        conninfo_to_dict(url)
+    except psycopg.Error:
+        pass  # raised below, outside this block: the error's text must not ride along as context
+    else:
+        return
+    raise ConfigurationError(f"the database URL is malformed: {redact_url(url)}")
 
 
 def _sql(text: str) -> str:
@@ -70,6 +75,7 @@ class PostgresPaymentStore(SqlPaymentStore):
         timeout: float = 3.0,
         reconnect_timeout: float = 5.0,
     ) -> None:
+        _check_url(url)
         self.url = url
         self._pool = ConnectionPool(
             url,
