@@ -251,7 +251,11 @@ def main() -> int:
                 print("- refund more than is left:")
                 refusal(
                     lambda: payments.RefundPayment(
-                        pb.RefundPaymentRequest(transaction_id=paid.transaction_id, amount="100.00"),
+                        pb.RefundPaymentRequest(
+                            transaction_id=paid.transaction_id,
+                            amount="100.00",
+                            idempotency_key="refund-1001-b",
+                        ),
                         metadata=auth_md,
                         timeout=10,
                     )

@@ -36,7 +36,7 @@ class PaymentStatus(StrEnum):
 
 def validate_idempotency_key(key: str) -> str:
     if not key:
-        raise InvalidArgument("idempotency_key is required: retries must not charge twice")
+        raise InvalidArgument("idempotency_key is required: a retry must not charge or refund twice")
     if len(key) > 255 or not _PRINTABLE.fullmatch(key):
         raise InvalidArgument("idempotency_key is 1 to 255 printable ASCII characters")
     return key

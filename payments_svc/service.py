@@ -190,7 +190,8 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         self, request: payments_pb2.RefundPaymentRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> payments_pb2.RefundPaymentResponse:
         caller = current_principal()
-        key = validate_idempotency_key(request.idempotency_key) if request.idempotency_key else None
+        # required, as for CreatePayment: a refund retried without one would refund twice
+        key = validate_idempotency_key(request.idempotency_key)
         payment = await asyncio.to_thread(
             self._store.refund,
             caller.client_id,

@@ -268,7 +268,9 @@ class RefundPaymentRequest(_message.Message):
     amount: _builtins.str
     """A positive decimal string in the payment's currency; empty refunds all that is left."""
     idempotency_key: _builtins.str
-    """Optional. When given, repeating the refund with the same key refunds once."""
+    """Required (INVALID_ARGUMENT without it): repeating the refund with the same key refunds
+    once; the same key with a different refund is IDEMPOTENCY_KEY_REUSED.
+    """
     def __init__(
         self,
         *,

@@ -180,7 +180,7 @@ def test_clients_see_only_their_own_payments(gateway: Gateway) -> None:
         (gateway.stub.GetPayment, pb.GetPaymentRequest(transaction_id=paid.transaction_id)),
         (
             gateway.stub.RefundPayment,
-            pb.RefundPaymentRequest(transaction_id=paid.transaction_id, amount="1.00"),
+            pb.RefundPaymentRequest(transaction_id=paid.transaction_id, amount="1.00", idempotency_key="r"),
         ),
     ]:
         with pytest.raises(grpc.RpcError) as info:
@@ -204,7 +204,7 @@ def test_refunds_add_up_and_never_exceed(gateway: Gateway) -> None:
     token = gateway.token("merchant-a")
     txn = create(gateway, token, amount="100.00").transaction_id
 
-    def refund(amount: str, key: str = "") -> pb.Payment:
+    def refund(amount: str, key: str) -> pb.Payment:
         return gateway.stub.RefundPayment(
             pb.RefundPaymentRequest(transaction_id=txn, amount=amount, idempotency_key=key),
             metadata=bearer(token),
@@ -214,11 +214,11 @@ def test_refunds_add_up_and_never_exceed(gateway: Gateway) -> None:
     first = refund("30.00", key="r1")
     assert (first.refunded_amount, first.status) == ("30.00", pb.PAYMENT_STATUS_PARTIALLY_REFUNDED)
     assert refund("30.00", key="r1").refunded_amount == "30.00", "a repeated refund key refunds once"
-    assert refund("20.50").refunded_amount == "50.50"
+    assert refund("20.50", key="r2").refunded_amount == "50.50"
     with pytest.raises(grpc.RpcError) as info:
-        refund("49.51")
+        refund("49.51", key="r3")
     assert reason(info.value) == (grpc.StatusCode.FAILED_PRECONDITION, "REFUND_EXCEEDS_BALANCE")
-    last = refund("")
+    last = refund("", key="r4")
     assert (last.refunded_amount, last.status) == ("100.00", pb.PAYMENT_STATUS_REFUNDED)
 
 

@@ -150,7 +150,9 @@ def test_refunds_through_both_replicas_never_exceed(
         return (
             replicas[i % 2]
             .stub.RefundPayment(
-                pb.RefundPaymentRequest(transaction_id=txn, amount="30.00"), metadata=md, timeout=10
+                pb.RefundPaymentRequest(transaction_id=txn, amount="30.00", idempotency_key=f"r{i}"),
+                metadata=md,
+                timeout=10,
             )
             .payment
         )
