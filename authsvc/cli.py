@@ -24,6 +24,7 @@ from authsvc.core.keys import KeyEncryptionKey
 from authsvc.core.lifecycle import DEFAULT_JWKS_MAX_AGE, DEFAULT_KEY_PUBLISH_DELAY
 from authsvc.core.ports import SystemClock, SystemRandom
 from authsvc.core.scopes import parse_scope
+from authsvc.listen import add_connection_limit_flags, connection_limits_from, positive
 from authsvc.store.base import StoreError
 
 __all__ = ["main"]
@@ -58,6 +59,25 @@ def _add_common(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
         help="file holding the key-encryption key (64 hex digits) [env AUTHSVC_KEK_FILE; "
         "or the key itself in AUTHSVC_KEK; default: a development key generated in the data dir]",
     )
+
+
+def _add_limit_flags(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """What an unauthenticated caller can hold: connections, streams, key watches, log lines."""
+    add_connection_limit_flags(serve, env, "AUTHSVC_")
+    for flag, var, default, kind, text in (
+        ("--watch-streams-per-peer", "AUTHSVC_WATCH_STREAMS_PER_PEER", "8", int,
+         "open WatchJwks streams per caller address; more get RESOURCE_EXHAUSTED"),
+        ("--watch-streams-total", "AUTHSVC_WATCH_STREAMS_TOTAL", "256", int,
+         "open WatchJwks streams in all (per process), below --max-concurrent-rpcs"),
+        ("--refusal-log-rate", "AUTHSVC_REFUSAL_LOG_RATE", "10", float,
+         "refused-request log lines per second (bursts of twice that), then one summary line"),
+    ):  # fmt: skip
+        serve.add_argument(
+            flag,
+            type=positive(kind),
+            default=env.get(var) or default,
+            help=f"{text} [env {var}; default {default}]",
+        )
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:
@@ -146,6 +166,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=float(env.get("AUTHSVC_GRACE_PERIOD", "5")),
         help="seconds in-flight calls get at shutdown [env AUTHSVC_GRACE_PERIOD; default 5]",
     )
+    _add_limit_flags(serve, env)
     serve.add_argument(
         "--log-level",
         default=env.get("AUTHSVC_LOG_LEVEL", "INFO"),
@@ -354,6 +375,10 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         jwks_max_age=args.jwks_max_age,
         client_cache_ttl=args.client_cache_ttl,
         grace_period=args.grace_period,
+        limits=connection_limits_from(args),
+        watch_streams_per_peer=args.watch_streams_per_peer,
+        watch_streams_total=args.watch_streams_total,
+        refusal_log_rate=args.refusal_log_rate,
     )
     return run(config)
 

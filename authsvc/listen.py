@@ -1,15 +1,129 @@
-"""Listen addresses and the rule that plaintext stays on loopback, shared by every server command
-(the TokenService and services built on authsvc.verify)."""
+"""Listen addresses, the rule that plaintext stays on loopback, and the connection limits, shared by
+every server command (the TokenService and services built on authsvc.verify)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import ipaddress
 import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from authsvc.core.errors import ConfigurationError
 
-__all__ = ["check_plaintext", "is_loopback", "split_host_port", "wait_for_stop_signal"]
+__all__ = [
+    "ConnectionLimits",
+    "add_connection_limit_flags",
+    "check_plaintext",
+    "connection_limits_from",
+    "is_loopback",
+    "positive",
+    "split_host_port",
+    "wait_for_stop_signal",
+]
+
+_MAX_MS = 2**31 - 1  # grpc's channel args are C ints
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """What any caller, before authenticating, can make a gRPC server hold; validated, frozen.
+
+    - ``handshake_timeout`` (s): a connection that has not finished its TLS and HTTP/2 handshake
+      (the client's SETTINGS frame) by then is closed (``grpc.server_handshake_timeout_ms``;
+      grpc's own default is 120 s).
+    - ``max_connections``: connections open at once per process; one more is closed as soon as it
+      is accepted (``grpc.max_allowed_incoming_connections``). Keep it below the process's file
+      descriptor limit, so that a flood of connections cannot starve the store of descriptors.
+    - ``max_streams_per_connection``: HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS
+      (``grpc.max_concurrent_streams``); a client queues calls beyond it.
+    - ``max_concurrent_rpcs``: RPCs in progress at once in the process; one more is answered
+      RESOURCE_EXHAUSTED by grpc itself (``maximum_concurrent_rpcs`` of ``grpc.aio.server``).
+    - ``max_connection_idle`` (s): a connection with no RPC for that long is closed with GOAWAY
+      (``grpc.max_connection_idle_ms``); clients reconnect transparently.
+    """
+
+    handshake_timeout: float = 10.0
+    max_connections: int = 1000
+    max_streams_per_connection: int = 100
+    max_concurrent_rpcs: int = 1000
+    max_connection_idle: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.handshake_timeout <= 300:
+            raise ConfigurationError("--handshake-timeout must be between 0 and 300 seconds")
+        if not 0 < self.max_connection_idle <= _MAX_MS / 1000:
+            raise ConfigurationError("--max-connection-idle must be a positive number of seconds")
+        for flag, value in (
+            ("--max-connections", self.max_connections),
+            ("--max-streams-per-connection", self.max_streams_per_connection),
+            ("--max-concurrent-rpcs", self.max_concurrent_rpcs),
+        ):
+            if not 1 <= value <= _MAX_MS:
+                raise ConfigurationError(f"{flag} must be a positive whole number")
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """The channel arguments for ``grpc.aio.server(options=...)``."""
+        return [
+            ("grpc.server_handshake_timeout_ms", max(1, round(self.handshake_timeout * 1000))),
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ("grpc.max_concurrent_streams", self.max_streams_per_connection),
+            ("grpc.max_connection_idle_ms", max(1, round(self.max_connection_idle * 1000))),
+        ]
+
+
+def positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
+    """An argparse ``type`` that accepts only a positive ``kind`` (``int`` or ``float``)."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not positive")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def add_connection_limit_flags(parser: argparse.ArgumentParser, env: Mapping[str, str], prefix: str) -> None:
+    """Add the :class:`ConnectionLimits` flags to a ``serve`` parser, each with a ``{prefix}*``
+    environment variable (``AUTHSVC_``, ``PAYMENTS_``). A malformed value, from either, is a
+    usage error naming the flag."""
+    d = ConnectionLimits()
+    for flag, var, default, kind, text in (
+        ("--handshake-timeout", "HANDSHAKE_TIMEOUT", d.handshake_timeout, float,
+         "seconds a new connection has to finish its TLS and HTTP/2 handshake"),
+        ("--max-connections", "MAX_CONNECTIONS", d.max_connections, int,
+         "connections open at once (per process); more are closed at once"),
+        ("--max-streams-per-connection", "MAX_STREAMS_PER_CONNECTION", d.max_streams_per_connection, int,
+         "concurrent HTTP/2 streams one connection may open"),
+        ("--max-concurrent-rpcs", "MAX_CONCURRENT_RPCS", d.max_concurrent_rpcs, int,
+         "RPCs in progress at once (per process); more get RESOURCE_EXHAUSTED"),
+        ("--max-connection-idle", "MAX_CONNECTION_IDLE", d.max_connection_idle, float,
+         "seconds a connection with no RPC stays open"),
+    ):  # fmt: skip
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+        parser.add_argument(
+            flag,
+            type=positive(kind),
+            default=env.get(prefix + var) or shown,
+            help=f"{text} [env {prefix}{var}; default {shown}]",
+        )
+
+
+def connection_limits_from(args: argparse.Namespace) -> ConnectionLimits:
+    """The :class:`ConnectionLimits` of parsed :func:`add_connection_limit_flags` flags."""
+    return ConnectionLimits(
+        handshake_timeout=float(args.handshake_timeout),
+        max_connections=int(args.max_connections),
+        max_streams_per_connection=int(args.max_streams_per_connection),
+        max_concurrent_rpcs=int(args.max_concurrent_rpcs),
+        max_connection_idle=float(args.max_connection_idle),
+    )
 
 
 def split_host_port(address: str) -> tuple[str, int]:

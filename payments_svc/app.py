@@ -14,7 +14,13 @@ from grpc_reflection.v1alpha import reflection
 
 from authsvc.core.errors import ConfigurationError
 from authsvc.core.ports import SystemClock, SystemRandom
-from authsvc.listen import check_plaintext, is_loopback, split_host_port, wait_for_stop_signal
+from authsvc.listen import (
+    ConnectionLimits,
+    check_plaintext,
+    is_loopback,
+    split_host_port,
+    wait_for_stop_signal,
+)
 from authsvc.status import DecodeGuard
 from authsvc.verify import AioAuthInterceptor, GrpcJwksSource, JwksCache, TokenVerifier
 from payments_svc.service import PaymentServicer
@@ -52,6 +58,8 @@ class PaymentsConfig:
     # PostgreSQL (shared by several replicas) instead of SQLite in data_dir; may hold a password
     database_url: str | None = field(default=None, repr=False)
     database_timeout: float = 3.0  # the longest wait for a database connection before UNAVAILABLE
+    # what an unauthenticated caller can hold: connections, handshakes, streams, RPCs
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
     def __post_init__(self) -> None:
         split_host_port(self.listen)
@@ -144,7 +152,9 @@ async def _start(
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_metadata_size", config.max_metadata_bytes),
             ("grpc.so_reuseport", 0),
+            *config.limits.grpc_options(),
         ],
+        maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
     )
     payments_pb2_grpc.add_PaymentServiceServicer_to_server(
         PaymentServicer(store, clock=SystemClock(), random=SystemRandom()), server

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from authsvc.core.errors import ConfigurationError
+from authsvc.listen import add_connection_limit_flags, connection_limits_from
 from payments_svc.errors import DatabaseUnavailable
 
 __all__ = ["main"]
@@ -95,6 +96,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "least seconds between fetches for unknown kids",
         type=float,
     )
+    add_connection_limit_flags(serve, env, "PAYMENTS_")
     opt(
         "--log-level",
         "PAYMENTS_LOG_LEVEL",
@@ -128,6 +130,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             grace_period=args.grace_period,
             jwks_max_age=args.jwks_max_age,
             jwks_cooldown=args.jwks_cooldown,
+            limits=connection_limits_from(args),
         )
         asyncio.run(serve(config))
     except ConfigurationError as exc:

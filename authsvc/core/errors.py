@@ -22,6 +22,7 @@ __all__ = [
     "InvalidToken",
     "NotFound",
     "OAuthError",
+    "RateLimited",
     "ServerError",
     "ServiceError",
     "TemporarilyUnavailable",
@@ -58,7 +59,18 @@ class ServiceError(Exception):
 
 
 class OAuthError(ServiceError):
-    """An error defined by an OAuth specification."""
+    """An error defined by an OAuth specification.
+
+    ``client_known`` says whether the request named a registered client, so that the edge may
+    log its id in full; when False (the default, and whenever the core has not looked the client
+    up), the id is logged only as a prefix and a hash (:func:`authsvc.logsafe.client_id_for_log`),
+    because a caller may have sent a secret as the id. It never reaches the wire: unknown client
+    and wrong secret answer the same.
+    """
+
+    def __init__(self, description: str, *, client_known: bool = False) -> None:
+        super().__init__(description)
+        self.client_known = client_known
 
 
 class InvalidRequest(OAuthError):
@@ -135,6 +147,14 @@ class NotFound(OAuthError):
     where an unknown client is :class:`InvalidClient`."""
 
     error = "not_found"
+
+
+class RateLimited(ServiceError):
+    """The caller holds or asks for more than a limit allows (too many concurrent streams, too many
+    requests); RESOURCE_EXHAUSTED with reason ``RATE_LIMITED`` (DESIGN.md §2). Not an OAuth error:
+    no RFC defines it."""
+
+    error = "rate_limited"
 
 
 class ConfigurationError(Exception):

@@ -13,6 +13,8 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import signal
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -25,9 +27,10 @@ from authsvc.admin import Authority
 from authsvc.core.grants import client_credentials_endpoint
 from authsvc.core.ports import SystemClock, SystemRandom
 from authsvc.listen import split_host_port, wait_for_stop_signal
+from authsvc.logsafe import LogRateLimiter
 from authsvc.server.config import ServeConfig
 from authsvc.server.keyring import Keyring
-from authsvc.server.token_service import TokenServicer
+from authsvc.server.token_service import StreamSlots, TokenServicer
 from authsvc.status import DecodeGuard
 from authsvc.store.cache import CachedClientLookup
 from authsvc.v1 import token_pb2, token_pb2_grpc
@@ -61,6 +64,7 @@ class RunningServer:
     authority: Authority
     keyring: Keyring
     keyring_task: asyncio.Task[None]
+    watch_slots: StreamSlots | None = None  # the open WatchJwks streams
 
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, let in-flight calls finish within ``grace`` seconds, stop."""
@@ -81,13 +85,19 @@ def _server_options(config: ServeConfig, *, reuse_port: bool) -> list[tuple[str,
         # unless we are deliberately sharing the port between our own workers.
         ("grpc.so_reuseport", 1 if reuse_port else 0),
         ("grpc.keepalive_permit_without_calls", 0),
+        *config.limits.grpc_options(),
     ]
 
 
 async def start_server(
-    config: ServeConfig, *, authority: Authority | None = None, reuse_port: bool = False
+    config: ServeConfig,
+    *,
+    authority: Authority | None = None,
+    reuse_port: bool = False,
+    monotonic: Callable[[], float] = time.monotonic,
 ) -> RunningServer:
-    """Build and start the TokenService; returns once it is SERVING."""
+    """Build and start the TokenService; returns once it is SERVING. ``monotonic`` paces the
+    rate-limited refusal log (tests inject a fake)."""
     authority = authority or open_authority(config)
     authority.ensure_signing_key()
     keyring = Keyring(authority, config.lifecycle_policy(), tick_interval=config.key_tick_interval)
@@ -102,7 +112,9 @@ async def start_server(
         random=authority.random,
     )
     server = grpc.aio.server(
-        options=_server_options(config, reuse_port=reuse_port), interceptors=[DecodeGuard()]
+        options=_server_options(config, reuse_port=reuse_port),
+        interceptors=[DecodeGuard()],
+        maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
     )
 
     def jwks() -> str:
@@ -116,9 +128,19 @@ async def start_server(
             )
             return keyring.jwks
 
+    watch_slots = StreamSlots(per_peer=config.watch_streams_per_peer, total=config.watch_streams_total)
+    refusal_log = LogRateLimiter(
+        rate=config.refusal_log_rate, burst=max(1, round(2 * config.refusal_log_rate)), clock=monotonic
+    )
     token_pb2_grpc.add_TokenServiceServicer_to_server(
         TokenServicer(
-            endpoint, jwks, keyring.watch, jwks_max_age=config.jwks_max_age, is_cached=clients.is_cached
+            endpoint,
+            jwks,
+            keyring.watch,
+            jwks_max_age=config.jwks_max_age,
+            is_cached=clients.is_cached,
+            watch_slots=watch_slots,
+            refusal_log=refusal_log,
         ),
         server,
     )
@@ -148,7 +170,7 @@ async def start_server(
         config.issuer,
         keyring.signer.key.kid,
     )
-    return RunningServer(server, port, health, authority, keyring, keyring_task)
+    return RunningServer(server, port, health, authority, keyring, keyring_task, watch_slots)
 
 
 async def serve(config: ServeConfig, *, reuse_port: bool = False) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from authsvc.core.clients import MAX_TOKEN_TTL
 from authsvc.core.errors import ConfigurationError
 from authsvc.core.lifecycle import DEFAULT_JWKS_MAX_AGE, DEFAULT_KEY_PUBLISH_DELAY, LifecyclePolicy
-from authsvc.listen import check_plaintext, split_host_port
+from authsvc.listen import ConnectionLimits, check_plaintext, split_host_port
 
 __all__ = [
     "DEFAULT_ISSUER",
@@ -48,6 +48,11 @@ class ServeConfig:
     key_rotation_period: int | None = None
     jwks_max_age: int = DEFAULT_JWKS_MAX_AGE
     key_tick_interval: float = 1.0
+    # resource limits: what an unauthenticated caller can hold (README "Limits")
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    watch_streams_per_peer: int = 8
+    watch_streams_total: int = 256
+    refusal_log_rate: float = 10.0  # "token refused" lines per second, bursts of twice that
 
     def __post_init__(self) -> None:
         _, port = split_host_port(self.listen)
@@ -71,6 +76,15 @@ class ServeConfig:
             raise ConfigurationError("--key-rotation-period must be longer than --key-publish-delay")
         if not 0 < self.client_cache_ttl <= 5:
             raise ConfigurationError("the client cache lifetime must be between 0 and 5 seconds")
+        if not 1 <= self.watch_streams_per_peer <= self.watch_streams_total:
+            raise ConfigurationError("--watch-streams-per-peer must be between 1 and --watch-streams-total")
+        if self.watch_streams_total >= self.limits.max_concurrent_rpcs:
+            raise ConfigurationError(
+                "--watch-streams-total must be below --max-concurrent-rpcs, or key watches could take "
+                "every RPC slot from token requests"
+            )
+        if not 0 < self.refusal_log_rate <= 10_000:
+            raise ConfigurationError("--refusal-log-rate must be between 0 and 10000 lines per second")
 
     def lifecycle_policy(self) -> LifecyclePolicy:
         return LifecyclePolicy(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from authsvc.admin import Authority
 from authsvc.core.keys import PUBLISHED_STATES, KeyState, PublicJwk, jwks_json
@@ -99,7 +99,7 @@ class Keyring:
             changed, self._changed = self._changed, None
             changed.set()
 
-    async def watch(self) -> AsyncIterator[str]:
+    async def watch(self) -> AsyncGenerator[str, None]:
         """The published JWK Set now, then after every change (for WatchJwks)."""
         last = -1
         while True:

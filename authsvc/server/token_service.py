@@ -3,31 +3,116 @@
 It extracts the client's credentials from the request or the metadata, hands a transport-free
 :class:`~authsvc.core.grants.TokenRequest` to the core, and maps the outcome: a response, or a
 status built by :func:`authsvc.status.status_for`. Tokens never reach the log; each
-issued token is logged by its ``jti``.
+issued token is logged by its ``jti``. A refused request is logged at a bounded rate
+(:class:`authsvc.logsafe.LogRateLimiter`), and a client id the core did not recognize only as a
+prefix and a hash (:func:`authsvc.logsafe.client_id_for_log`): callers paste secrets into it.
+
+``WatchJwks`` streams are long-lived and need no credentials, so they are capped per peer
+address and in all (:class:`StreamSlots`); a caller over a cap gets RESOURCE_EXHAUSTED
+(``RATE_LIMITED``) and may poll ``GetJwks`` instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+import threading
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from urllib.parse import unquote
 
 import grpc
 
-from authsvc.core.errors import InvalidRequest, OAuthError
+from authsvc.core.errors import InvalidRequest, OAuthError, RateLimited
 from authsvc.core.grants import ClientAuthMethod, TokenEndpoint, TokenRequest
+from authsvc.logsafe import LogRateLimiter, client_id_for_log
 from authsvc.server.metadata import basic_credentials
 from authsvc.status import status_for
 from authsvc.v1 import token_pb2, token_pb2_grpc
 
-__all__ = ["TokenServicer", "token_request_from"]
+__all__ = ["StreamSlots", "TokenServicer", "peer_key", "token_request_from"]
 
 log = logging.getLogger("authsvc.token")
 
 
-def _loggable(value: str) -> str:
-    """A caller-supplied string made safe for one log line: escaped and truncated."""
-    return repr(value[:64]) + ("…" if len(value) > 64 else "")
+def peer_key(peer: str) -> str:
+    """The address part of a gRPC peer string, without the port: what a per-peer cap counts by.
+
+    ``ipv4:1.2.3.4:5678`` → ``ipv4:1.2.3.4``; ``ipv6:[::1]:5678`` (or percent-encoded,
+    ``ipv6:%5B::1%5D:5678``) → ``ipv6:[::1]``; an IPv4-mapped IPv6 address counts as its IPv4
+    address. Anything else (``unix:PATH``, ``unix-abstract:…``) is returned whole: every local
+    caller on one socket shares one key.
+    """
+    scheme, sep, rest = peer.partition(":")
+    if not sep or scheme not in ("ipv4", "ipv6"):
+        return peer
+    host, sep, port = unquote(rest).rpartition(":")
+    if not sep or not port.isdigit():
+        return peer
+    try:
+        address = ipaddress.ip_address(host.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return f"{scheme}:{host}"
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return f"ipv4:{address}" if address.version == 4 else f"ipv6:[{address}]"
+
+
+class StreamSlots:
+    """Counts open streams per peer address and in all, and refuses one over either cap.
+
+    :meth:`acquire` raises :class:`~authsvc.core.errors.RateLimited` when the caller's address
+    already holds ``per_peer`` streams or the server ``total``; the handler releases its slot in
+    a ``finally`` however the stream ends (it finished, the caller cancelled or disconnected, the
+    server shut down). Used from one event loop, but locked, so a sync server may share it.
+    """
+
+    def __init__(self, *, per_peer: int, total: int) -> None:
+        if per_peer < 1 or total < 1:
+            raise ValueError("stream caps must be at least 1")
+        self.per_peer = per_peer
+        self.total = total
+        self._by_peer: dict[str, int] = {}
+        self._in_use = 0
+        self._lock = threading.Lock()
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+    def acquire(self, peer: str) -> str:
+        """Take a slot for ``peer`` (a ``context.peer()`` string); returns the key to
+        :meth:`release` it with. Raises :class:`RateLimited` over either cap."""
+        key = peer_key(peer)
+        with self._lock:
+            if self._in_use >= self.total:
+                raise RateLimited("too many open key watches on this server; poll GetJwks or retry later")
+            held = self._by_peer.get(key, 0)
+            if held >= self.per_peer:
+                raise RateLimited("too many open key watches from this address; close one or poll GetJwks")
+            self._by_peer[key] = held + 1
+            self._in_use += 1
+        return key
+
+    def release(self, key: str) -> None:
+        """Give back a slot taken by :meth:`acquire`."""
+        with self._lock:
+            self._in_use -= 1
+            left = self._by_peer[key] - 1
+            if left:
+                self._by_peer[key] = left
+            else:
+                del self._by_peer[key]
+
+    @contextlib.contextmanager
+    def hold(self, peer: str) -> Iterator[None]:
+        """A slot for ``peer`` for the duration of the ``with`` block, however it ends."""
+        key = self.acquire(peer)
+        try:
+            yield
+        finally:
+            self.release(key)
 
 
 def token_request_from(
@@ -60,22 +145,31 @@ def token_request_from(
 
 
 class TokenServicer(token_pb2_grpc.TokenServiceServicer):
-    """Serves IssueToken and GetJwks on a ``grpc.aio`` server."""
+    """Serves IssueToken, GetJwks and WatchJwks on a ``grpc.aio`` server.
+
+    ``watch_slots`` caps the concurrent WatchJwks streams; ``refusal_log`` bounds the lines that
+    refused requests write (the defaults suit tests; :mod:`authsvc.server.app` passes the
+    configured ones).
+    """
 
     def __init__(
         self,
         endpoint: TokenEndpoint,
         jwks_json: Callable[[], str],
-        watch: Callable[[], AsyncIterator[str]],
+        watch: Callable[[], AsyncGenerator[str, None]],
         *,
         jwks_max_age: int,
         is_cached: Callable[[str], bool] = lambda _: False,
+        watch_slots: StreamSlots | None = None,
+        refusal_log: LogRateLimiter | None = None,
     ) -> None:
         self._endpoint = endpoint
         self._is_cached = is_cached
         self._jwks_json = jwks_json
         self._watch = watch
         self._max_age = jwks_max_age
+        self.watch_slots = watch_slots or StreamSlots(per_peer=8, total=256)
+        self._refusals = refusal_log or LogRateLimiter(rate=10, burst=20)
 
     async def IssueToken(  # noqa: N802 - the RPC's name
         self, request: token_pb2.IssueTokenRequest, context: grpc.aio.ServicerContext[object, object]
@@ -90,11 +184,25 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
                 # the client must be read from the store, which may be slow or down: not on the loop
                 issued = await asyncio.to_thread(self._endpoint.issue, token_request)
         except OAuthError as exc:
-            log.info("token refused: client_id=%s error=%s", _loggable(client_id), exc.error)
+            self._refusals.log(
+                log,
+                logging.INFO,
+                "token refused",
+                "token refused: client_id=%s error=%s",
+                client_id_for_log(client_id, known=exc.client_known),
+                exc.error,
+            )
             await context.abort_with_status(status_for(exc))
             raise AssertionError("unreachable") from exc  # abort_with_status raises
         except Exception as exc:
-            log.exception("token request failed unexpectedly: client_id=%s", _loggable(client_id))
+            self._refusals.log(
+                log,
+                logging.ERROR,
+                "token request failed",
+                "token request failed unexpectedly: client_id=%s",
+                client_id_for_log(client_id, known=False),
+                exc_info=True,
+            )
             await context.abort_with_status(status_for(exc))
             raise AssertionError("unreachable") from exc
         log.info(
@@ -117,8 +225,21 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
         jwks = await asyncio.to_thread(self._jwks_json)  # a store read: off the event loop
         return token_pb2.GetJwksResponse(jwks_json=jwks, max_age_seconds=self._max_age)
 
-    async def WatchJwks(  # noqa: N802 - the RPC's name
+    # A coroutine that writes, not an async generator: cancellation (the caller went away, the
+    # server stops) then always lands in this frame, so the slot is released at once rather than
+    # whenever a suspended generator is finalized.
+    async def WatchJwks(  # type: ignore[override]  # noqa: N802 - the RPC's name
         self, request: token_pb2.WatchJwksRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> AsyncIterator[token_pb2.WatchJwksResponse]:
-        async for jwks in self._watch():
-            yield token_pb2.WatchJwksResponse(jwks_json=jwks)
+    ) -> None:
+        try:
+            slot = self.watch_slots.acquire(context.peer())
+        except RateLimited as exc:
+            self._refusals.log(log, logging.INFO, "watch refused", "key watch refused: %s", exc.description)
+            await context.abort_with_status(status_for(exc))
+            raise AssertionError("unreachable") from exc
+        try:
+            async with contextlib.aclosing(self._watch()) as updates:
+                async for jwks in updates:
+                    await context.write(token_pb2.WatchJwksResponse(jwks_json=jwks))
+        finally:
+            self.watch_slots.release(slot)
