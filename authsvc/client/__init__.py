@@ -4,16 +4,21 @@
 
     from authsvc.client import ClientCredentials, authorized_channel
 
-    token_service = grpc.secure_channel("auth.internal:50051", grpc.ssl_channel_credentials())
-    creds = ClientCredentials.for_channel(token_service, client_id="merchant-shop",
-                                          client_secret=read_secret(env=os.environ),
-                                          scopes=["payments:write"], audience=["payments"])
+    # TLS to any host but loopback and unix: (plaintext there); the secret never goes in the clear
+    creds = ClientCredentials.for_target("auth.internal:50051", client_id="merchant-shop",
+                                         client_secret=read_secret(env=os.environ),
+                                         scopes=["payments:write"], audience=["payments"])
     channel = authorized_channel("payments.internal:50052", creds)
 
 Importable without the server or store packages.
 """
 
-from authsvc.client.aio import AioBearerInterceptor, AsyncClientCredentials, AsyncGrpcTokenFetcher
+from authsvc.client.aio import (
+    AioBearerInterceptor,
+    AsyncClientCredentials,
+    AsyncGrpcTokenFetcher,
+    aio_insecure_loopback_channel,
+)
 from authsvc.client.channels import (
     BearerAuthPlugin,
     BearerInterceptor,
@@ -44,6 +49,7 @@ __all__ = [
     "RetryPolicy",
     "TokenFetchError",
     "TokenState",
+    "aio_insecure_loopback_channel",
     "authorized_channel",
     "call_credentials",
     "insecure_loopback_channel",

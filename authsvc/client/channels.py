@@ -7,6 +7,12 @@ plaintext across a network.
 
 Development on plaintext loopback: :func:`insecure_loopback_channel` attaches the token with a
 client interceptor instead, and refuses any target that is not a loopback address.
+
+All three learn when the resource server refuses a token with INVALID_TOKEN (RFC 6750 §3.1):
+call credentials cannot retry a call, so a client interceptor on each channel drops the refused
+token (compare-and-drop, :meth:`ClientCredentials.drop_refused`) and sends a blocking unary call
+once more with a fresh token. Streaming calls and ``.future()`` calls only drop the token; no
+call is ever sent a third time.
 """
 
 from __future__ import annotations
@@ -18,9 +24,8 @@ from typing import Any
 
 import grpc
 
-from authsvc.client.credentials import ClientCredentials
-from authsvc.core.errors import ConfigurationError
-from authsvc.listen import is_loopback, split_host_port
+from authsvc.client.credentials import ClientCredentials, is_token_refusal
+from authsvc.client.transport import is_local_target, loopback_hosts
 
 __all__ = [
     "BearerAuthPlugin",
@@ -58,7 +63,8 @@ class BearerAuthPlugin(grpc.AuthMetadataPlugin):
             else:
                 callback((("authorization", f"Bearer {future.result().token}"),), None)
 
-        self._credentials.refresh_async().add_done_callback(done)
+        # not refresh_async: a token that a concurrent refresh installed a moment ago will do
+        self._credentials.usable_async().add_done_callback(done)
 
 
 def call_credentials(credentials: ClientCredentials) -> grpc.CallCredentials:
@@ -78,7 +84,10 @@ def authorized_channel(
     system's; pass ``private_key``/``certificate_chain`` for mutual TLS."""
     channel_creds = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
     composite = grpc.composite_channel_credentials(channel_creds, call_credentials(credentials))
-    return grpc.secure_channel(target, composite, options=list(options))
+    return grpc.intercept_channel(
+        grpc.secure_channel(target, composite, options=list(options)),
+        BearerInterceptor(credentials, attach=False),
+    )
 
 
 def local_channel(
@@ -90,7 +99,10 @@ def local_channel(
     composite = grpc.composite_channel_credentials(
         grpc.local_channel_credentials(kind), call_credentials(credentials)
     )
-    return grpc.secure_channel(target, composite, options=list(options))
+    return grpc.intercept_channel(
+        grpc.secure_channel(target, composite, options=list(options)),
+        BearerInterceptor(credentials, attach=False),
+    )
 
 
 class _Details(
@@ -108,13 +120,36 @@ class BearerInterceptor(
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """Adds ``authorization: Bearer <token>`` to every call; for plaintext loopback development."""
+    """Adds ``authorization: Bearer <token>`` to every call (``attach``; for plaintext loopback
+    development), and drops a token the resource server refuses with INVALID_TOKEN.
 
-    def __init__(self, credentials: ClientCredentials) -> None:
+    With ``attach=False`` (on :func:`authorized_channel` and :func:`local_channel`, where call
+    credentials attach the token) it only watches: the token it compares is the one cached when
+    the call started, which is the one the call credentials sent unless a refresh finished in
+    between (then nothing is dropped, and the retry carries the newer token anyway).
+
+    ``retry_refused``: a blocking unary call refused with INVALID_TOKEN is sent once more, with
+    another token, and only if there is another token. The refusal comes from the server's
+    interceptor before any handler runs, so the retry cannot do anything twice.
+    """
+
+    def __init__(
+        self, credentials: ClientCredentials, *, attach: bool = True, retry_refused: bool = True
+    ) -> None:
         self._credentials = credentials
+        self._attach = attach
+        self._retry_refused = retry_refused
 
-    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {self._credentials.token()}")]
+    def _token(self) -> str | None:
+        if self._attach:
+            return self._credentials.token()
+        current = self._credentials.peek()
+        return current.token if current is not None else None
+
+    def _details(self, details: grpc.ClientCallDetails, token: str | None) -> grpc.ClientCallDetails:
+        if not self._attach or token is None:
+            return details
+        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {token}")]
         return _Details(
             details.method,
             details.timeout,
@@ -124,21 +159,60 @@ class BearerInterceptor(
             getattr(details, "compression", None),
         )
 
+    def _refused(self, sent: str | None) -> bool:
+        """Drop ``sent``; True if a retry would carry another token."""
+        if sent is None:  # call credentials fetched the first token during the call
+            current = self._credentials.peek()
+            if current is None:
+                return False
+            sent = current.token
+        dropped = self._credentials.drop_refused(sent)
+        current = self._credentials.peek()
+        return dropped or current is None or current.token != sent
+
+    def _watch(self, call: Any, sent: str | None) -> Any:
+        """Drop ``sent`` when ``call`` ends refused (now, or later for one still running)."""
+
+        def done(finished: Any) -> None:
+            try:
+                refused = is_token_refusal(finished.code(), finished.trailing_metadata())
+            except Exception:  # a call that cannot say how it ended refused nothing
+                return
+            if refused:
+                self._refused(sent)
+
+        if hasattr(call, "add_done_callback"):
+            call.add_done_callback(done)
+        return call
+
     def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return continuation(self._details(client_call_details), request)
+        sent = self._token()
+        outcome = continuation(self._details(client_call_details, sent), request)
+        if not (self._retry_refused and outcome.done()):
+            return self._watch(outcome, sent)  # a .future() call: never block it to retry
+        error = outcome.exception()
+        if error is None or not is_token_refusal(outcome.code(), outcome.trailing_metadata()):
+            return outcome
+        if not self._refused(sent):
+            return outcome
+        retried = continuation(self._details(client_call_details, self._token()), request)
+        return self._watch(retried, None)
 
     def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
-        return continuation(self._details(client_call_details), request)
+        sent = self._token()
+        return self._watch(continuation(self._details(client_call_details, sent), request), sent)
 
     def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        return continuation(self._details(client_call_details), request_iterator)
+        sent = self._token()
+        return self._watch(continuation(self._details(client_call_details, sent), request_iterator), sent)
 
     def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
-        return continuation(self._details(client_call_details), request_iterator)
+        sent = self._token()
+        return self._watch(continuation(self._details(client_call_details, sent), request_iterator), sent)
 
 
 def insecure_loopback_channel(
@@ -146,17 +220,9 @@ def insecure_loopback_channel(
 ) -> grpc.Channel:
     """A plaintext channel to a loopback address with the token added by an interceptor. Refuses
     other hosts: a bearer token in plaintext on a network is a stolen token."""
-    if target.startswith("unix:"):
-        host = "localhost"  # a Unix socket never leaves the machine
-    else:
-        try:
-            host, _ = split_host_port(
-                target.removeprefix("dns:///").removeprefix("ipv4:").removeprefix("ipv6:")
-            )
-        except ConfigurationError as exc:
-            raise ValueError(f"{target!r} is not HOST:PORT or unix:PATH") from exc
-    if not is_loopback(host):
+    loopback_hosts(target)  # says what a target looks like when it is none
+    if not is_local_target(target):
         raise ValueError(f"refusing to send tokens in plaintext to {target}: use authorized_channel (TLS)")
-    return grpc.intercept_channel(
-        grpc.insecure_channel(target, options=list(options)), BearerInterceptor(credentials)
-    )
+    # never through an HTTP CONNECT proxy from the environment: it would see every token
+    plain = grpc.insecure_channel(target, options=[*options, ("grpc.enable_http_proxy", 0)])
+    return grpc.intercept_channel(plain, BearerInterceptor(credentials))

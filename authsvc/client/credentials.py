@@ -15,6 +15,7 @@ cached: the next call tries again. Secrets and tokens never reach a log line or 
 from __future__ import annotations
 
 import base64
+import hmac
 import logging
 import os
 import random
@@ -29,6 +30,8 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 import grpc
+
+from authsvc.client.transport import check_secret_transport, token_service_channel
 
 __all__ = [
     "AccessToken",
@@ -85,6 +88,31 @@ class TokenFetcher(Protocol):
     def __call__(self) -> tuple[str, float, str]: ...
 
 
+def error_info_reason(trailing_metadata: Any) -> str:
+    """The ``google.rpc.ErrorInfo`` reason in a call's trailing metadata, or "" (sync and
+    ``grpc.aio`` metadata alike: any iterable of key/value pairs)."""
+    try:
+        from google.rpc import error_details_pb2, status_pb2  # noqa: PLC0415
+
+        for key, value in trailing_metadata or ():
+            if key != "grpc-status-details-bin" or not isinstance(value, bytes):
+                continue
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return str(info.reason)
+    except Exception:  # noqa: S110 - a malformed detail is no refusal we can act on
+        pass
+    return ""
+
+
+def is_token_refusal(code: object, trailing_metadata: Any) -> bool:
+    """UNAUTHENTICATED with ErrorInfo reason INVALID_TOKEN: the resource server refused the
+    access token itself (RFC 6750 §3.1 ``invalid_token``), before its handler ran."""
+    return code == grpc.StatusCode.UNAUTHENTICATED and error_info_reason(trailing_metadata) == "INVALID_TOKEN"
+
+
 def _reason(err: grpc.RpcError) -> str:
     try:
         from google.rpc import error_details_pb2  # noqa: PLC0415
@@ -121,7 +149,12 @@ def token_request(
 
 
 class GrpcTokenFetcher:
-    """Calls ``authsvc.v1.TokenService/IssueToken`` with client_secret_basic authentication."""
+    """Calls ``authsvc.v1.TokenService/IssueToken`` with client_secret_basic authentication.
+
+    Refuses (``ValueError``, before anything is sent) a channel that may be plaintext to another
+    host: see :func:`~authsvc.client.transport.check_secret_transport`. ``secure=True`` is the
+    caller's word that ``channel`` uses TLS; never pass it for ``grpc.insecure_channel``.
+    """
 
     def __init__(
         self,
@@ -132,8 +165,11 @@ class GrpcTokenFetcher:
         scopes: Sequence[str] = (),
         audience: Sequence[str] = (),
         timeout: float = 5.0,
+        secure: bool = False,
     ) -> None:
         from authsvc.v1 import token_pb2_grpc  # noqa: PLC0415
+
+        check_secret_transport(channel, secure=secure)
 
         self._metadata, self._request = token_request(client_id, client_secret, scopes, audience)
         self._call = token_pb2_grpc.TokenServiceStub(channel).IssueToken
@@ -205,17 +241,23 @@ class _Base:
         retry: RetryPolicy,
         sleep: Callable[[float], object],
         jitter: Callable[[], float],
+        refusal_cooldown: float,
     ) -> None:
-        if refresh_window < 0 or expiry_skew < 0:
-            raise ValueError("refresh_window and expiry_skew must not be negative")
+        if refresh_window < 0 or expiry_skew < 0 or refusal_cooldown < 0:
+            raise ValueError("refresh_window, expiry_skew and refusal_cooldown must not be negative")
         self.refresh_window = refresh_window
         self.expiry_skew = expiry_skew
+        self.refusal_cooldown = refusal_cooldown
         self._clock = clock
         self.retry = retry
         self._sleep = sleep
         self._jitter = jitter
         self._token: AccessToken | None = None
+        # guards every change of _token, so compare-and-drop never drops a token it did not compare
+        self._swap_lock = threading.Lock()
+        self._dropped_at = float("-inf")
         self.fetches = 0
+        self.refusals_dropped = 0
 
     def _state_of(self, token: AccessToken | None, now: float) -> TokenState:
         if token is None:
@@ -232,21 +274,54 @@ class _Base:
     def state(self) -> TokenState:
         return self._state_of(self._token, self._clock())
 
+    def peek(self) -> AccessToken | None:
+        """The cached token whatever its state, without starting anything."""
+        return self._token
+
+    def invalidate(self) -> None:
+        """Forget the token, whichever it is: the next call fetches a new one."""
+        with self._swap_lock:
+            self._token = None
+
+    def drop_refused(self, token: str) -> bool:
+        """The resource server refused ``token`` with INVALID_TOKEN (RFC 6750 §3.1): forget it if
+        it is still the cached one, so the next call fetches a fresh token. True if dropped.
+
+        Compare-and-drop: a stampede of calls refused with the same token drops it once, and a
+        refusal of an older token never drops its successor. At most one drop per
+        ``refusal_cooldown`` seconds, so a resource server that refuses every token costs the
+        TokenService one request per cooldown, never one per call.
+        """
+        with self._swap_lock:
+            current = self._token
+            if current is None or not hmac.compare_digest(current.token.encode(), token.encode()):
+                return False
+            now = self._clock()
+            if now - self._dropped_at < self.refusal_cooldown:
+                return False
+            self._dropped_at = now
+            self._token = None
+            self.refusals_dropped += 1
+        log.warning("the resource server refused the access token (INVALID_TOKEN); fetching a new one")
+        return True
+
     def _accept(self, started: float, result: tuple[str, float, str]) -> AccessToken:
         token, expires_in, scope = result
         if not token or expires_in <= 0:
             raise TokenFetchError(grpc.StatusCode.INTERNAL, "", "the TokenService answered without a token")
         # count the lifetime from when we asked, not when the answer arrived: never optimistic
         access = AccessToken(token=token, expires_at=started + expires_in, scope=scope, lifetime=expires_in)
-        self._token = access
+        with self._swap_lock:
+            self._token = access
         return access
 
 
 class ClientCredentials(_Base):
     """A thread-safe token source for one client, scopes and audience.
 
-    ``fetcher`` asks the TokenService; build one with :meth:`for_channel` or pass your own. The
-    clock is ``time.monotonic`` unless injected (tests pass a fake and a no-op ``sleep``).
+    ``fetcher`` asks the TokenService; build one with :meth:`for_target` (the SDK makes the
+    channel), :meth:`for_channel`, or pass your own. The clock is ``time.monotonic`` unless
+    injected (tests pass a fake and a no-op ``sleep``).
     """
 
     def __init__(
@@ -260,6 +335,7 @@ class ClientCredentials(_Base):
         sleep: Callable[[float], object] = time.sleep,
         jitter: Callable[[], float] = random.random,
         background: bool = True,
+        refusal_cooldown: float = 30.0,
     ) -> None:
         super().__init__(
             refresh_window=refresh_window,
@@ -268,12 +344,60 @@ class ClientCredentials(_Base):
             retry=retry or RetryPolicy(),
             sleep=sleep,
             jitter=jitter,
+            refusal_cooldown=refusal_cooldown,
         )
         self._fetcher = fetcher
         self._lock = threading.Lock()
         self._inflight: Future[AccessToken] | None = None
         self._failed_at = float("-inf")
         self._background = background
+        self._owned_channel: grpc.Channel | None = None
+
+    @classmethod
+    def for_target(
+        cls,
+        target: str,
+        *,
+        client_id: str,
+        client_secret: str,
+        scopes: Sequence[str] = (),
+        audience: Sequence[str] = (),
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+        channel_credentials: grpc.ChannelCredentials | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
+        timeout: float = 5.0,
+        **options: object,
+    ) -> ClientCredentials:
+        """Credentials on a TokenService channel the SDK builds itself: TLS to every host but a
+        loopback or ``unix:`` target (the system's roots unless ``root_certificates``; add
+        ``private_key``/``certificate_chain`` for mutual TLS, or pass ``channel_credentials``),
+        plaintext only there. :meth:`close` closes that channel."""
+        channel, _ = token_service_channel(
+            target,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            channel_credentials=channel_credentials,
+            options=channel_options,
+        )
+        try:
+            fetcher = GrpcTokenFetcher(
+                channel,
+                client_id=client_id,
+                client_secret=client_secret,
+                scopes=scopes,
+                audience=audience,
+                timeout=timeout,
+                secure=True,  # TLS, or plaintext only to the loopback or unix: target it checked
+            )
+            made = cls(fetcher, **options)  # type: ignore[arg-type]
+        except BaseException:
+            channel.close()
+            raise
+        made._owned_channel = channel
+        return made
 
     @classmethod
     def for_channel(
@@ -284,12 +408,27 @@ class ClientCredentials(_Base):
         client_secret: str,
         scopes: Sequence[str] = (),
         audience: Sequence[str] = (),
+        secure: bool = False,
         **options: object,
     ) -> ClientCredentials:
+        """Credentials on a TokenService channel you built. Refused with ``ValueError`` unless
+        the channel goes to a loopback or ``unix:`` target, or ``secure=True`` says it is a TLS
+        channel (the SDK cannot check that: prefer :meth:`for_target`)."""
         fetcher = GrpcTokenFetcher(
-            channel, client_id=client_id, client_secret=client_secret, scopes=scopes, audience=audience
+            channel,
+            client_id=client_id,
+            client_secret=client_secret,
+            scopes=scopes,
+            audience=audience,
+            secure=secure,
         )
         return cls(fetcher, **options)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        """Close the TokenService channel that :meth:`for_target` made (a no-op otherwise)."""
+        if self._owned_channel is not None:
+            self._owned_channel.close()
+            self._owned_channel = None
 
     def token(self) -> str:
         """A usable access token. Blocks only when there is none or it has (nearly) expired."""
@@ -321,23 +460,29 @@ class ClientCredentials(_Base):
         """Start a refresh (or join the one in flight) in a background thread, whatever the state."""
         return self._start_refresh(in_background=True, force=True)
 
-    def invalidate(self) -> None:
-        """Forget the token (e.g. after the resource server said INVALID_TOKEN)."""
-        self._token = None
+    def usable_async(self) -> Future[AccessToken]:
+        """A fresh or stale token: at once if there is one (also one that a refresh installed a
+        moment ago), else from a refresh in a background thread (joined if one is in flight)."""
+        return self._start_refresh(in_background=True, any_usable=True)
 
-    def _start_refresh(self, *, in_background: bool, force: bool = False) -> Future[AccessToken]:
+    def _start_refresh(
+        self, *, in_background: bool, force: bool = False, any_usable: bool = False
+    ) -> Future[AccessToken]:
         with self._lock:
             if self._inflight is not None:
                 return self._inflight
             # a refresh may have finished between the caller's look and this lock: don't fetch twice
             current, now = self._token, self._clock()
             state = self._state_of(current, now)
-            usable = state is TokenState.FRESH or (state is TokenState.STALE and not in_background)
+            usable = state is TokenState.FRESH or (
+                state is TokenState.STALE and (any_usable or not in_background)
+            )
             if current is not None and usable and not force:
                 done: Future[AccessToken] = Future()
                 done.set_result(current)
                 return done
-            if in_background and not force and now - self._failed_at < self.retry.initial_backoff * 5:
+            recently_failed = now - self._failed_at < self.retry.initial_backoff * 5
+            if in_background and not force and not any_usable and recently_failed:
                 done = Future()
                 done.set_exception(
                     TokenFetchError(grpc.StatusCode.UNAVAILABLE, "", "refresh failed moments ago")
