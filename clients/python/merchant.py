@@ -24,6 +24,7 @@ from authsvc.client import (
     insecure_loopback_channel,
     read_secret,
 )
+from authsvc.client.transport import is_local_target
 from payments_svc.v1 import payments_pb2 as pb
 from payments_svc.v1 import payments_pb2_grpc
 
@@ -56,13 +57,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--ca",
         default=env.get("AUTHSVC_CA"),
-        help="PEM CA bundle: use TLS to both services (without it: plaintext, loopback only) "
-        "[env AUTHSVC_CA]",
+        help="PEM CA bundle for TLS to both services [env AUTHSVC_CA]. Any host but loopback or "
+        "unix: always gets TLS (the system's roots without --ca); plaintext only to loopback and "
+        "unix:, and only without --ca",
     )
     p.add_argument("--amount", default="42.00", help="amount to pay (default 42.00)")
     p.add_argument("--currency", default="USD", help="ISO 4217 currency (default USD)")
     p.add_argument("--refund", default="10.00", help="amount to refund (default 10.00)")
     return p.parse_args(argv)
+
+
+def uses_tls(target: str, ca: bytes | None) -> bool:
+    """TLS with a CA bundle, and to any host but loopback and unix: whatever the flags."""
+    return ca is not None or not is_local_target(target)
+
+
+def payments_channel(target: str, creds: ClientCredentials, ca: bytes | None) -> grpc.Channel:
+    """The PaymentService channel: TLS (``ca``, else the system's roots) unless the target is
+    loopback or unix: and no CA was given."""
+    if uses_tls(target, ca):
+        return authorized_channel(target, creds, root_certificates=ca)
+    return insecure_loopback_channel(target, creds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,20 +87,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"merchant: {exc}", file=sys.stderr)
         return 2
-    ca = Path(args.ca).read_bytes() if args.ca else None
-    auth_channel = (
-        grpc.secure_channel(args.token_service, grpc.ssl_channel_credentials(ca))
-        if ca
-        else grpc.insecure_channel(args.token_service)
+    try:
+        ca = Path(args.ca).read_bytes() if args.ca else None
+    except OSError as exc:
+        print(f"merchant: cannot read the CA bundle {args.ca}: {exc.strerror}", file=sys.stderr)
+        return 2
+    # the SDK dials the TokenService itself: TLS to any host but loopback and unix:, so the
+    # client secret never crosses a network in plaintext
+    creds = ClientCredentials.for_target(
+        args.token_service,
+        client_id=args.client_id,
+        client_secret=secret,
+        scopes=SCOPES,
+        audience=["payments"],
+        root_certificates=ca,
     )
-    creds = ClientCredentials.for_channel(
-        auth_channel, client_id=args.client_id, client_secret=secret, scopes=SCOPES, audience=["payments"]
-    )
-    channel = (
-        authorized_channel(args.payments, creds, root_certificates=ca)
-        if ca
-        else insecure_loopback_channel(args.payments, creds)
-    )
+    channel = payments_channel(args.payments, creds, ca)
     payments = payments_pb2_grpc.PaymentServiceStub(channel)
     key = f"order-{uuid.uuid4()}"
     try:
@@ -121,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         channel.close()
-        auth_channel.close()
+        creds.close()
     print(
         json.dumps(
             {
