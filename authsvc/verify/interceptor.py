@@ -15,6 +15,7 @@ policy is PERMISSION_DENIED (``ACCESS_DENIED``). Tokens never reach the log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -23,7 +24,7 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from authsvc.core.errors import AccessDenied, InvalidToken, OAuthError
+from authsvc.core.errors import AccessDenied, InvalidToken, OAuthError, TemporarilyUnavailable
 from authsvc.status import status_for
 from authsvc.verify.jwks import WouldBlock
 from authsvc.verify.policy import MethodPolicy, Public
@@ -56,8 +57,9 @@ def current_principal() -> Principal:
 
 
 def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-    """RFC 6750 §2.1: the token of exactly one ``authorization: Bearer <token>`` entry. The scheme
-    is case-insensitive; one space separates it from the token."""
+    """RFC 6750 §2.1: the token of exactly one ``authorization: Bearer <token>`` entry:
+    ``credentials = "Bearer" 1*SP b64token``. The scheme is case-insensitive; one or more spaces
+    separate it from the token, which has none itself."""
     values = [value for key, value in (metadata or ()) if key == "authorization"]
     if not values:
         raise InvalidToken("no access token: send metadata authorization: Bearer <token>")
@@ -66,9 +68,10 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     value = values[0]
     if isinstance(value, bytes) or len(value) > MAX_TOKEN_BYTES + 7:
         raise InvalidToken("the authorization metadata entry is malformed or too long")
-    scheme, sep, token = value.partition(" ")
+    scheme, sep, rest = value.partition(" ")
     if scheme.lower() != "bearer" or not sep:
         raise InvalidToken("the authorization metadata entry is not a Bearer token")
+    token = rest.lstrip(" ")
     if not token or " " in token:
         raise InvalidToken("the Bearer token is empty or has spaces")
     return token
@@ -83,15 +86,16 @@ class _Base:
         self.verifier = verifier
         self.policy = policy if isinstance(policy, MethodPolicy) else MethodPolicy(policy)
 
-    def _authorize(
-        self, method: str, metadata: Iterable[tuple[str, str | bytes]] | None, *, block: bool = True
-    ) -> Principal | None:
-        """The principal to hand to the method, None for a public method; raises OAuthError."""
-        rule = self.policy.rule(method)
-        if isinstance(rule, Public):
-            return None
-        if rule is None:
-            raise AccessDenied("this method declares no authorization policy")
+    def principal(
+        self,
+        method: str,
+        required: Sequence[str],
+        metadata: Iterable[tuple[str, str | bytes]] | None,
+        *,
+        block: bool = True,
+    ) -> Principal:
+        """The verified caller holding every ``required`` scope; raises OAuthError (or, with
+        ``block=False``, WouldBlock)."""
         token = bearer_token(metadata)
         try:
             principal = self.verifier.verify(token, block=block)
@@ -101,13 +105,16 @@ class _Base:
             # A verifier bug must still answer a clean refusal, never UNKNOWN with a traceback.
             log.exception("token verification failed unexpectedly on %s", method)
             raise InvalidToken("the access token could not be verified") from exc
-        TokenVerifier.require_scopes(principal, rule)
+        TokenVerifier.require_scopes(principal, required)
         return principal
 
     @staticmethod
-    def _refusal(method: str, exc: OAuthError) -> grpc.Status:
+    def refusal(method: str, exc: OAuthError) -> grpc.Status:
         log.info("refused %s: %s (%s)", method, exc.error, exc.description)
         return status_for(exc)
+
+
+_NO_POLICY = AccessDenied("this method declares no authorization policy")
 
 
 def _rebuild(handler: _Handler, behavior: Callable[..., Any]) -> _Handler:
@@ -125,26 +132,29 @@ def _behavior(handler: _Handler) -> Callable[..., Any]:
     return behavior
 
 
+def _principal_context(principal: Principal | None) -> contextvars.Context:
+    ctx = contextvars.copy_context()
+    ctx.run(_PRINCIPAL.set, principal)
+    return ctx
+
+
 def _bind_sync(
-    behavior: Callable[..., Any], principal: Principal | None, streaming: bool
+    behavior: Callable[..., Any],
+    authorize: Callable[[Any], Principal | None],
+    streaming: bool,
 ) -> Callable[..., Any]:
     """Run a synchronous behavior (and, for response streams, each step of its iterator) in a
-    context where :func:`current_principal` returns ``principal``."""
-
-    def context() -> contextvars.Context:
-        ctx = contextvars.copy_context()
-        ctx.run(_PRINCIPAL.set, principal)
-        return ctx
-
+    context where :func:`current_principal` returns what ``authorize(servicer_context)`` gave.
+    ``authorize`` runs first, in the handler's own thread."""
     if not streaming:
 
         def unary(request: Any, servicer_context: grpc.ServicerContext) -> Any:
-            return context().run(behavior, request, servicer_context)
+            return _principal_context(authorize(servicer_context)).run(behavior, request, servicer_context)
 
         return unary
 
     def stream(request: Any, servicer_context: grpc.ServicerContext) -> Iterator[Any]:
-        ctx = context()
+        ctx = _principal_context(authorize(servicer_context))
         responses = ctx.run(behavior, request, servicer_context)
         while True:
             try:
@@ -172,29 +182,46 @@ class AuthInterceptor(grpc.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> _Handler | None:
+        # grpcio calls this on its one dispatch thread, holding the server's lock: only the policy
+        # lookup (a dict hit) runs here. The token is verified by the wrapped handler, on the
+        # worker thread, where a key fetch stalls one call and not the whole server.
         handler = continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
-        try:
-            principal = self._base._authorize(method, handler_call_details.invocation_metadata)
-        except OAuthError as exc:
-            status = _Base._refusal(method, exc)
+        rule = self._base.policy.rule(method)
+        if isinstance(rule, Public):
+            return handler
+        if rule is None:
+            status = _Base.refusal(method, _NO_POLICY)
 
             def deny(request: Any, context: grpc.ServicerContext) -> Any:
                 context.abort_with_status(status)
 
             return _rebuild(handler, deny)
-        return _rebuild(handler, _bind_sync(_behavior(handler), principal, handler.response_streaming))
+        required = rule
+        metadata = handler_call_details.invocation_metadata
+        base = self._base
+
+        def authorize(context: grpc.ServicerContext) -> Principal:
+            try:
+                return base.principal(method, required, metadata)
+            except OAuthError as exc:
+                context.abort_with_status(_Base.refusal(method, exc))
+                raise AssertionError("unreachable") from exc  # abort_with_status raises
+
+        return _rebuild(handler, _bind_sync(_behavior(handler), authorize, handler.response_streaming))
 
 
 class AioAuthInterceptor(grpc.aio.ServerInterceptor):
     """Token verification for ``grpc.aio.server``; same rules as :class:`AuthInterceptor`.
 
     Verification runs on the event loop: a cached token costs a hash lookup, a new one one RSA
-    verification (tens of microseconds). Only a key refresh for an unknown kid blocks, at most
-    once per cooldown and for at most the source's timeout; call ``verifier.keys.refresh()`` at
-    start-up so that the first request does not pay for the initial fetch.
+    verification (tens of microseconds). A call whose key must be fetched first (an unknown kid,
+    at most once per cooldown) awaits that fetch, which runs in the key cache's own thread, for at
+    most ``fetch_timeout``; it takes no executor thread, so a flood of made-up kids never starves
+    handlers or the store. Call ``verifier.keys.refresh()`` at start-up so that the first request
+    does not wait for the initial fetch.
     """
 
     def __init__(
@@ -213,16 +240,15 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        metadata = handler_call_details.invocation_metadata
+        rule = self._base.policy.rule(method)
+        if isinstance(rule, Public):
+            return handler
         try:
-            try:
-                principal = self._base._authorize(method, metadata, block=False)
-            except WouldBlock:
-                # the issuer's keys must be fetched first: off the event loop, so that other
-                # calls go on meanwhile
-                principal = await asyncio.to_thread(self._base._authorize, method, metadata)
+            if rule is None:
+                raise _NO_POLICY
+            principal = await self._principal(method, rule, handler_call_details.invocation_metadata)
         except OAuthError as exc:
-            status = _Base._refusal(method, exc)
+            status = _Base.refusal(method, exc)
 
             async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 await context.abort_with_status(status)
@@ -236,4 +262,23 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
             _PRINCIPAL.set(principal)
             return handler
         # a plain function runs in an executor thread, where the task's context does not follow
-        return _rebuild(handler, _bind_sync(behavior, principal, handler.response_streaming))
+        return _rebuild(handler, _bind_sync(behavior, lambda _: principal, handler.response_streaming))
+
+    async def _principal(
+        self, method: str, required: Sequence[str], metadata: Iterable[tuple[str, str | bytes]] | None
+    ) -> Principal:
+        try:
+            return self._base.principal(method, required, metadata, block=False)
+        except WouldBlock as pending:
+            # the issuer's keys are being fetched (in the cache's own thread): wait for that fetch
+            # without taking a thread, bounded, then decide with what it brought
+            fetched = asyncio.shield(asyncio.wrap_future(pending.future))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fetched, self._base.verifier.keys.fetch_timeout)
+        try:
+            return self._base.principal(method, required, metadata, block=False)
+        except WouldBlock as exc:
+            # the fetch waited for did not bring the kid, and another one started: never wait twice
+            if self._base.verifier.keys.has_keys:
+                raise InvalidToken("the token is signed with an unknown key") from exc
+            raise TemporarilyUnavailable("the issuer's keys are unreachable and none are cached") from exc

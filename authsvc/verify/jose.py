@@ -19,7 +19,19 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from authsvc.core.errors import InvalidToken
 from authsvc.core.keys import ALGORITHM, MIN_RSA_BITS
 
-__all__ = ["b64url_decode_strict", "parse_rsa_jwk", "split_compact", "strict_json_object"]
+__all__ = [
+    "MAX_RSA_BITS",
+    "RSA_EXPONENT",
+    "b64url_decode_strict",
+    "parse_rsa_jwk",
+    "split_compact",
+    "strict_json_object",
+]
+
+RSA_EXPONENT = 65537
+"""The only public exponent accepted (F4, what every mainstream RSA key generator uses)."""
+MAX_RSA_BITS = 8192
+"""Larger moduli make each verification arbitrarily slow for no security gain."""
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
@@ -96,8 +108,9 @@ def _uint(value: object) -> int:
 def parse_rsa_jwk(jwk: object) -> tuple[str, rsa.RSAPublicKey]:
     """The ``(kid, public key)`` of an RSA signing JWK fit for RS256, or ValueError.
 
-    Refuses other key types, ``use`` other than ``sig``, ``alg`` other than RS256, keys below
-    2048 bits and keys without a ``kid`` (tokens are matched to keys only by ``kid``).
+    Refuses other key types, ``use`` other than ``sig``, ``alg`` other than RS256, moduli below
+    2048 or above 8192 bits, exponents other than 65537, and keys without a ``kid`` (tokens are
+    matched to keys only by ``kid``).
     """
     if not isinstance(jwk, dict):
         raise ValueError("a JWK is a JSON object")
@@ -111,9 +124,18 @@ def parse_rsa_jwk(jwk: object) -> tuple[str, rsa.RSAPublicKey]:
     if jwk.get("alg", ALGORITHM) != ALGORITHM:
         raise ValueError("the JWK is not for RS256")
     try:
-        public_key = rsa.RSAPublicNumbers(_uint(jwk.get("e")), _uint(jwk.get("n"))).public_key()
+        e, n = _uint(jwk.get("e")), _uint(jwk.get("n"))
     except InvalidToken as exc:
         raise ValueError("the JWK's parameters are not canonical base64url") from exc
-    if public_key.key_size < MIN_RSA_BITS:
-        raise ValueError(f"the JWK is smaller than {MIN_RSA_BITS} bits")
+    if e != RSA_EXPONENT:
+        # small exponents invite signature forgeries on sloppy padding checks (Bleichenbacher 2006);
+        # every key authsvc makes or imports uses F4
+        raise ValueError(f"the JWK's RSA exponent is not {RSA_EXPONENT}")
+    # checked on the raw modulus, before any key object is built from a hostile size
+    if not MIN_RSA_BITS <= n.bit_length() <= MAX_RSA_BITS:
+        raise ValueError(f"the JWK's modulus is not between {MIN_RSA_BITS} and {MAX_RSA_BITS} bits")
+    try:
+        public_key = rsa.RSAPublicNumbers(e, n).public_key()
+    except ValueError as exc:
+        raise ValueError("the JWK is not a valid RSA public key") from exc
     return kid, public_key

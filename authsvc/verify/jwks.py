@@ -6,24 +6,36 @@ the parsed keys in memory and decides when to fetch:
 - on a schedule: once the set is older than ``max_age``, one background refresh (callers go on
   with the keys they have);
 - on an unknown ``kid``: at most one fetch per ``cooldown``, single-flight, however many
-  requests ask; a kid still unknown afterwards is remembered in a bounded negative cache so a
-  flood of made-up kids costs nothing;
+  requests ask. Fetches run in a background thread; the caller that started one waits for it
+  (bounded), others with unknown kids are refused at once rather than made to wait, and a kid
+  still unknown afterwards is remembered in a bounded negative cache, so a flood of made-up kids
+  costs nothing and never takes the threads that requests with known keys need;
 - on failure: the last good set is kept, so a resource server keeps verifying while the issuer
   is down. Only when no set was ever fetched does verification fail, as temporarily unavailable;
 - on a push: a source that can ``subscribe`` (``GrpcJwksSource`` through ``WatchJwks``) delivers
-  every change as it happens, and polling becomes the fallback.
+  every change as it happens, and polling becomes the fallback;
+- hygiene: a set whose entries are all unusable never replaces the last good set, and a kid that
+  two entries share is unusable.
+
+Every installed set is one immutable :class:`KeySet`, swapped in whole with its ``epoch``: a
+verification is only ever cached under the epoch of the set whose key checked it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -35,7 +47,15 @@ from authsvc.verify.jose import parse_rsa_jwk
 if TYPE_CHECKING:
     import grpc
 
-__all__ = ["FileJwksSource", "GrpcJwksSource", "JwksCache", "JwksSource", "StaticJwksSource", "WouldBlock"]
+__all__ = [
+    "FileJwksSource",
+    "GrpcJwksSource",
+    "JwksCache",
+    "JwksSource",
+    "KeySet",
+    "StaticJwksSource",
+    "WouldBlock",
+]
 
 log = logging.getLogger("authsvc.verify.jwks")
 
@@ -191,14 +211,40 @@ class GrpcJwksSource:
 
 
 class WouldBlock(Exception):
-    """Raised by ``JwksCache.get(..., block=False)`` when answering needs a fetch in this thread."""
+    """Raised by ``JwksCache.find(..., block=False)`` when answering needs a fetch that is now in
+    flight: an event loop awaits ``future`` (it costs no thread) and asks again."""
+
+    def __init__(self, future: Future[bool]) -> None:
+        super().__init__("the key set is being fetched")
+        self.future = future
+
+
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    """One installed JWK Set. Replaced whole, never changed in place, so that a reader holds keys
+    and ``epoch`` of the same moment.
+
+    ``epoch`` changes whenever a key leaves the set (or a kid's key material changes): anything
+    derived from the set, such as a cached verification, is valid only under the epoch of the
+    set that produced it. Adding a key (a rotation's ``next`` key) keeps the epoch, since it
+    invalidates nothing.
+    """
+
+    keys: Mapping[str, rsa.RSAPublicKey]
+    epoch: int
+
+
+_EMPTY = KeySet(MappingProxyType({}), 0)
 
 
 class JwksCache:
     """The in-memory key set of one issuer, refreshed as described in the module docstring.
 
-    ``generation`` increases whenever the set of keys changes, so that anything derived from the
-    old set (verified tokens) can be invalidated.
+    Fetches run in a background thread, one at a time. A caller that meets an unknown ``kid``
+    may wait for one fetch, bounded by ``fetch_timeout``; at most ``max_waiters`` callers wait on
+    any one fetch (default 1: the caller that started it), and the rest are refused at once, so
+    that a flood of made-up kids never takes the threads that known-key requests need. Until a
+    first set has been fetched every caller may wait: none could be served without it.
     """
 
     def __init__(
@@ -208,21 +254,27 @@ class JwksCache:
         max_age: float = 60.0,
         cooldown: float = 5.0,
         max_unknown_kids: int = 1024,
+        max_waiters: int = 1,
+        fetch_timeout: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        if max_waiters < 0 or fetch_timeout <= 0:
+            raise ValueError("max_waiters must be >= 0 and fetch_timeout > 0")
         self.source = source
         self.max_age = max_age
         self.cooldown = cooldown
+        self.max_waiters = max_waiters
+        self.fetch_timeout = fetch_timeout
         self._max_unknown = max_unknown_kids
         self._now = monotonic
-        self._keys: dict[str, rsa.RSAPublicKey] = {}
-        self._fetched_at: float | None = None  # last successful fetch
-        self._attempted_at: float | None = None  # last fetch attempt, successful or not
+        self._set = _EMPTY
+        self._fetched_at: float | None = None  # last successful fetch or push
+        self._attempted_at: float | None = None  # last fetch started, successful or not
         self._unknown: OrderedDict[str, float] = OrderedDict()
-        self._fetch_lock = threading.Lock()  # held across a fetch: one in flight at a time
-        self._state_lock = threading.Lock()  # held for moments: installing keys, bookkeeping
-        self._background: threading.Thread | None = None
-        self.generation = 0
+        self._lock = threading.Lock()  # held for moments only, never across a fetch
+        self._inflight: Future[bool] | None = None
+        self._inflight_waiters = 0
+        self._pushes = 0  # sets installed by push: a fetch older than a push must not undo it
         self.fetches = 0
         subscribe = getattr(source, "subscribe", None)
         if callable(subscribe):
@@ -234,120 +286,200 @@ class JwksCache:
         hint = getattr(self.source, "max_age", None)
         return min(self.max_age, hint) if isinstance(hint, int | float) and hint > 0 else self.max_age
 
-    def get(self, kid: str, *, block: bool = True) -> rsa.RSAPublicKey | None:
-        """The key for ``kid``, fetching as the rules allow; None if the issuer has no such key.
+    @property
+    def key_set(self) -> KeySet:
+        """The keys installed now, with their epoch (one consistent snapshot)."""
+        return self._set
 
-        A known kid never waits: a due scheduled refresh runs in a background thread. Only an
-        unknown kid (or the very first use) may fetch in the caller's thread; with
-        ``block=False`` that raises :class:`WouldBlock` instead, so that an event loop can retry
-        the call in a worker thread. Raises :class:`TemporarilyUnavailable` only when no key set
-        could ever be fetched.
+    @property
+    def epoch(self) -> int:
+        return self._set.epoch
+
+    @property
+    def has_keys(self) -> bool:
+        """True once a key set has been fetched or pushed."""
+        return self._fetched_at is not None
+
+    @property
+    def kids(self) -> frozenset[str]:
+        return frozenset(self._set.keys)
+
+    def get(self, kid: str, *, block: bool = True) -> rsa.RSAPublicKey | None:
+        """The key for ``kid``, or None; see :meth:`find`."""
+        found = self.find(kid, block=block)
+        return None if found is None else found[0]
+
+    def find(self, kid: str, *, block: bool = True) -> tuple[rsa.RSAPublicKey, int] | None:
+        """The key for ``kid`` and the epoch of the set it came from; None if the issuer has no
+        such key (or it cannot be looked up now without waiting beyond the rules).
+
+        A known kid never waits: a due scheduled refresh starts in the background. An unknown
+        kid (or the very first use) starts a fetch unless one ran within the cooldown, and waits
+        for it if a waiter slot is free; with ``block=False`` that raises :class:`WouldBlock`
+        instead of waiting. Raises :class:`TemporarilyUnavailable` only when no key set could
+        ever be fetched.
         """
         now = self._now()
-        if self._fetched_at is None:
-            self._refresh_blocking(initial=True, block=block)
-        elif now - self._fetched_at >= self.effective_max_age:
-            self._refresh_in_background()
-        key = self._keys.get(kid)
+        if self._fetched_at is not None and now - self._fetched_at >= self.effective_max_age:
+            self._refresh_in_background(now)
+        current = self._set
+        key = current.keys.get(kid)
         if key is not None:
-            return key
-        expiry = self._unknown.get(kid)
-        if expiry is not None and expiry > now:
-            return None
-        self._refresh_blocking(initial=False, block=block)
-        key = self._keys.get(kid)
-        if key is None:
-            with self._state_lock:
-                self._unknown[kid] = self._now() + self.cooldown
-                self._unknown.move_to_end(kid)
-                while len(self._unknown) > self._max_unknown:
-                    self._unknown.popitem(last=False)
-        return key
+            return key, current.epoch
+        if self._fetched_at is not None:
+            expiry = self._unknown.get(kid)
+            if expiry is not None and expiry > now:
+                return None
+        future = self._join_fetch(now)
+        if future is not None:
+            if not block:
+                raise WouldBlock(future)
+            with contextlib.suppress(FutureTimeout):
+                future.result(timeout=self.fetch_timeout)
+        return self.settle(kid)
 
-    def _cooling_down(self) -> bool:
-        return self._attempted_at is not None and self._now() - self._attempted_at < self.cooldown
-
-    def _refresh_blocking(self, *, initial: bool, block: bool) -> None:
-        """Fetch in this thread unless a fetch ran within the cooldown. Concurrent callers wait for
-        the one fetch in flight (single-flight) rather than starting their own."""
-        fetched = initial and self._fetched_at is not None
-        if not block and not fetched and (not self._cooling_down() or self._fetch_lock.locked()):
-            raise WouldBlock()  # a fetch is due, or one is in flight and would be waited for
-        with self._fetch_lock:
-            if initial and self._fetched_at is not None:
-                return  # another thread fetched while we waited
-            if not self._cooling_down():
-                self._fetch()
+    def settle(self, kid: str) -> tuple[rsa.RSAPublicKey, int] | None:
+        """After waiting (or declining to wait) for a fetch: the key for ``kid`` if the set now
+        has it; else None, and the kid is remembered as unknown for one cooldown."""
         if self._fetched_at is None:
             raise TemporarilyUnavailable("the issuer's keys are unreachable and none are cached")
+        current = self._set
+        key = current.keys.get(kid)
+        if key is not None:
+            return key, current.epoch
+        with self._lock:
+            self._unknown[kid] = self._now() + self.cooldown
+            self._unknown.move_to_end(kid)
+            while len(self._unknown) > self._max_unknown:
+                self._unknown.popitem(last=False)
+        return None
 
-    def _refresh_in_background(self) -> None:
-        with self._state_lock:
-            if self._background is not None and self._background.is_alive():
+    def _join_fetch(self, now: float) -> Future[bool] | None:
+        """The fetch to wait for, starting one unless one ran within the cooldown; None when
+        there is none or its waiter slots are taken."""
+        with self._lock:
+            if self._inflight is None:
+                if self._attempted_at is not None and now - self._attempted_at < self.cooldown:
+                    return None
+                self._launch(now)
+            # before the first set arrives no request can succeed without it: all may wait
+            if self._fetched_at is not None and self._inflight_waiters >= self.max_waiters:
+                return None
+            self._inflight_waiters += 1
+            return self._inflight
+
+    def _refresh_in_background(self, now: float) -> None:
+        with self._lock:
+            if self._inflight is not None:
                 return
             # a scheduled refresh waits one max age after the last attempt, failed or not: polling
             # on time must not depend on the unknown-kid cooldown, and a down issuer is not hammered
             pause = min(self.cooldown, self.effective_max_age)
-            if self._attempted_at is not None and self._now() - self._attempted_at < pause:
+            if self._attempted_at is not None and now - self._attempted_at < pause:
                 return
-            self._attempted_at = self._now()  # claimed: no second background refresh starts meanwhile
-            self._background = threading.Thread(target=self.refresh, name="authsvc-jwks-refresh", daemon=True)
-            self._background.start()
+            self._launch(now)
+
+    def _launch(self, now: float) -> Future[bool]:
+        """Start a fetch in a background thread; the caller holds the lock."""
+        future: Future[bool] = Future()
+        future.set_running_or_notify_cancel()  # a waiter giving up must not cancel it for the rest
+        self._inflight, self._inflight_waiters = future, 0
+        self._attempted_at = now
+        threading.Thread(
+            target=self._run_fetch,
+            args=(future, now, self._pushes),
+            name="authsvc-jwks-fetch",
+            daemon=True,
+        ).start()
+        return future
 
     def refresh(self) -> bool:
-        """Fetch now (waiting only for a fetch already in flight); True if a usable set was loaded."""
-        with self._fetch_lock:
-            return self._fetch()
+        """Fetch now, cooldown or not (joining a fetch in flight), and wait for it, at most
+        ``fetch_timeout``; True if a usable set was loaded. Call it at start-up, so that the first
+        request does not wait for the initial fetch."""
+        with self._lock:
+            future = self._inflight or self._launch(self._now())
+        try:
+            return future.result(timeout=self.fetch_timeout)
+        except FutureTimeout:
+            return False
 
-    def _fetch(self) -> bool:
-        """Fetch and install, holding only the fetch lock: readers of known keys never wait on it."""
-        self._attempted_at = self._now()
+    def _run_fetch(self, future: Future[bool], started: float, pushes: int) -> None:
+        ok = False
+        try:
+            ok = self._fetch(started, pushes)
+        except Exception:
+            log.exception("JWKS fetch failed unexpectedly")
+        finally:
+            with self._lock:
+                self._inflight = None
+            future.set_result(ok)
+
+    def _fetch(self, started: float, pushes: int) -> bool:
         self.fetches += 1
         try:
             document = self.source.fetch()
         except Exception as exc:
-            log.warning("JWKS fetch failed (%s); keeping %d cached keys", type(exc).__name__, len(self._keys))
+            log.warning(
+                "JWKS fetch failed (%s); keeping %d cached keys", type(exc).__name__, len(self._set.keys)
+            )
             return False
-        with self._state_lock:
+        with self._lock:
+            if self._pushes != pushes:
+                # a set was pushed while this fetch was in flight: the push is the newer truth,
+                # and installing this answer could bring back a key it removed
+                return True
             installed = self._install(document)
             if installed:
-                self._fetched_at = self._attempted_at
+                self._fetched_at = started
         return installed
 
     def _pushed(self, jwks_json: str) -> None:
-        """A key set the source pushed (WatchJwks): as good as a fetch."""
-        with self._state_lock:
+        """A key set the source pushed (WatchJwks): as good as a fetch, and newer than any fetch
+        in flight."""
+        with self._lock:
             if self._install(jwks_json):
+                self._pushes += 1
                 self._fetched_at = self._now()
 
     def _install(self, jwks_json: str) -> bool:
+        """Parse and swap in a set; the caller holds the lock. False (and the last good set kept)
+        for a document that is not a JWK Set, or whose entries are all unusable."""
         try:
             document = json.loads(jwks_json)
             entries = document["keys"] if isinstance(document, dict) else None
             if not isinstance(entries, list):
                 raise ValueError("the JWK Set has no keys array")
         except (ValueError, KeyError) as exc:
-            log.warning("ignoring a malformed JWK Set (%s); keeping %d cached keys", exc, len(self._keys))
+            log.warning("ignoring a malformed JWK Set (%s); keeping %d cached keys", exc, len(self._set.keys))
             return False
         keys: dict[str, rsa.RSAPublicKey] = {}
+        duplicates: set[str] = set()
         for entry in entries:
             try:
                 kid, key = parse_rsa_jwk(entry)
             except ValueError as exc:
                 log.warning("ignoring a JWK: %s", exc)
                 continue
+            if kid in keys or kid in duplicates:
+                duplicates.add(kid)
+                continue
             keys[kid] = key
-        if set(keys) != set(self._keys) or any(
-            keys[k].public_numbers() != self._keys[k].public_numbers() for k in keys
-        ):
-            self.generation += 1
+        for kid in duplicates:
+            # two keys under one kid: a token naming it could mean either, so it means neither
+            log.warning("ignoring kid %r: the JWK Set has more than one key with it", kid[:64])
+            keys.pop(kid, None)
+        if entries and not keys:
+            log.warning("ignoring a JWK Set with no usable key; keeping %d cached keys", len(self._set.keys))
+            return False
+        old = self._set.keys
+        removed = any(
+            kid not in keys or keys[kid].public_numbers() != key.public_numbers() for kid, key in old.items()
+        )
+        if removed or keys.keys() != old.keys():
+            self._set = KeySet(MappingProxyType(keys), self._set.epoch + 1 if removed else self._set.epoch)
             self._unknown.clear()
-        self._keys = keys
         return True
-
-    @property
-    def kids(self) -> frozenset[str]:
-        return frozenset(self._keys)
 
     def close(self) -> None:
         """Stop the source's background work (the WatchJwks stream), if it has any."""

@@ -6,12 +6,13 @@ A service declares its policy in its own proto file::
     rpc Ping(...) returns (...) { option (authsvc.v1.public) = true; }
 
 Deny by default: a method that declares neither, or both, has no usable policy and is refused.
-Health checks and server reflection are public.
+The exact health-check and server-reflection methods are public.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Final
@@ -21,7 +22,7 @@ from google.protobuf.descriptor_pool import DescriptorPool
 
 from authsvc.v1 import options_pb2
 
-__all__ = ["DEFAULT_PUBLIC_SERVICES", "PUBLIC", "MethodPolicy", "Public", "Rule"]
+__all__ = ["DEFAULT_PUBLIC_METHODS", "PUBLIC", "MethodPolicy", "Public", "Rule"]
 
 log = logging.getLogger("authsvc.verify.policy")
 
@@ -45,11 +46,16 @@ PUBLIC: Final = Public()
 Rule = tuple[str, ...] | Public
 """A method's rule: the scopes it requires (all of them; empty means any valid token), or PUBLIC."""
 
-DEFAULT_PUBLIC_SERVICES = (
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1alpha.ServerReflection",
-    "grpc.reflection.v1.ServerReflection",
+DEFAULT_PUBLIC_METHODS = (
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
 )
+"""The exact methods that are public by default: health checks and server reflection, and no other
+method of those services (a generic handler registered under such a service's name is not)."""
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class MethodPolicy:
@@ -66,7 +72,7 @@ class MethodPolicy:
         *,
         use_descriptors: bool = True,
         pool: DescriptorPool | None = None,
-        public_services: Sequence[str] = DEFAULT_PUBLIC_SERVICES,
+        public_methods: Sequence[str] = DEFAULT_PUBLIC_METHODS,
     ) -> None:
         self._explicit: dict[str, Rule] = {}
         for method, rule in (explicit or {}).items():
@@ -77,7 +83,7 @@ class MethodPolicy:
             self._explicit[method] = rule if isinstance(rule, Public) else tuple(rule)
         self._use_descriptors = use_descriptors
         self._pool = pool
-        self._public_services = frozenset(public_services)
+        self._public_methods = frozenset(public_methods)
         self._cache: dict[str, Rule | None] = {}
         self._lock = threading.Lock()
 
@@ -92,19 +98,23 @@ class MethodPolicy:
         return rule
 
     def _resolve(self, method: str) -> Rule | None:
+        """The rule of exactly ``method``: ``/package.Service/Method``, where ``Method`` is one
+        identifier (so ``/a.b/C.D`` is not ``/a.b.C/D``) declared by exactly that service."""
         if method in self._explicit:
             return self._explicit[method]
-        _, service, name = method.split("/", 2) if method.count("/") == 2 else ("", "", "")
-        if not service or not name:
-            return None
-        if service in self._public_services:
+        if method in self._public_methods:
             return PUBLIC
         if not self._use_descriptors:
             return None
+        _, service, name = method.split("/", 2) if method.count("/") == 2 else ("", "", "")
+        if not _IDENT.fullmatch(name) or not all(_IDENT.fullmatch(part) for part in service.split(".")):
+            return None
         pool = self._pool or descriptor_pool.Default()
         try:
-            descriptor = pool.FindMethodByName(f"{service}.{name}")
+            descriptor = pool.FindServiceByName(service).methods_by_name.get(name)
         except KeyError:
+            return None
+        if descriptor is None:
             return None
         options = descriptor.GetOptions()
         scopes = tuple(options.Extensions[options_pb2.required_scopes])

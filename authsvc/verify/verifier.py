@@ -13,7 +13,8 @@ microseconds and never causes a key fetch:
 5. the RSA signature.
 
 A token that passed is remembered (keyed by its SHA-256) until it expires, so a repeated token
-costs a hash and a dict lookup. Failures are never cached.
+costs a hash and a dict lookup; only under the epoch of the key set that verified it, so that a
+key leaving the set (revocation) ends every acceptance it backed. Failures are never cached.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ class TokenVerifier:
         self._clock = clock or SystemClock()
         self._cache_size = cache_size
         self._verified: OrderedDict[bytes, tuple[float, int, Principal]] = OrderedDict()
+        self._cached_epoch = self.keys.epoch
         # header segments already found acceptable (only good ones are remembered)
         self._headers: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -128,24 +130,32 @@ class TokenVerifier:
         """The principal of a valid token; raises :class:`InvalidToken` (or
         :class:`~authsvc.core.errors.TemporarilyUnavailable` when no keys can be had).
 
-        With ``block=False`` it never waits on the network: where the key set would have to be
-        fetched first it raises :class:`~authsvc.verify.jwks.WouldBlock` (an event loop then calls
-        again from a worker thread)."""
+        With ``block=False`` it never waits on the network: where the key set must be fetched
+        first it raises :class:`~authsvc.verify.jwks.WouldBlock`, whose ``future`` an event loop
+        awaits before it calls again."""
         if len(token) > MAX_TOKEN_BYTES:
             raise InvalidToken(f"the token is longer than {MAX_TOKEN_BYTES} bytes")
         now = self._clock.now()
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         hit = self._verified.get(digest)
-        if hit is not None and now < hit[0] and hit[1] == self.keys.generation:
+        if hit is not None and now < hit[0] and hit[1] == self.keys.epoch:
             return hit[2]
-        principal = self._verify_fully(token, now, block)
+        principal, epoch = self._verify_fully(token, now, block)
         with self._lock:
-            self._verified[digest] = (principal.expires_at, self.keys.generation, principal)
-            while len(self._verified) > self._cache_size:
-                self._verified.popitem(last=False)
+            current = self.keys.epoch
+            if current != self._cached_epoch:
+                # a key left the set: every acceptance cached under the old set goes with it
+                self._verified.clear()
+                self._cached_epoch = current
+            # cached only under the epoch of the set whose key checked the signature: if a key
+            # left the set meanwhile, this acceptance is not remembered
+            if epoch == current:
+                self._verified[digest] = (principal.expires_at, epoch, principal)
+                while len(self._verified) > self._cache_size:
+                    self._verified.popitem(last=False)
         return principal
 
-    def _verify_fully(self, token: str, now: float, block: bool) -> Principal:
+    def _verify_fully(self, token: str, now: float, block: bool) -> tuple[Principal, int]:
         if not token.isascii():
             raise InvalidToken("the token is not ASCII")
         header_b64, payload_b64, signature_b64 = split_compact(token)
@@ -159,9 +169,10 @@ class TokenVerifier:
         principal = self._check_claims(claims, now)
         signature = b64url_decode_strict(signature_b64)
 
-        key = self.keys.get(kid, block=block)
-        if key is None:
+        found = self.keys.find(kid, block=block)
+        if found is None:
             raise InvalidToken("the token is signed with an unknown key")
+        key, epoch = found
         if len(signature) != (key.key_size + 7) // 8:
             raise InvalidToken("the token's signature has the wrong length")
         try:
@@ -170,7 +181,7 @@ class TokenVerifier:
             )
         except InvalidSignature as exc:
             raise InvalidToken("the token's signature is invalid") from exc
-        return principal
+        return principal, epoch
 
     def _check_claims(self, claims: Mapping[str, Any], now: float) -> Principal:
         if claims.get("iss") != self.issuer:

@@ -54,22 +54,41 @@ def test_a_known_key_is_served_while_a_slow_scheduled_refresh_runs() -> None:
     source.release.set()
 
 
-def test_an_unknown_kid_on_an_event_loop_is_told_to_move_to_a_thread() -> None:
+def test_an_unknown_kid_on_an_event_loop_is_handed_the_fetch_to_await() -> None:
     source, clock = SlowSource(), Clock()
     cache = JwksCache(source, max_age=60, cooldown=5, monotonic=clock)
     cache.get(KID)
     clock.t += 6  # past the cooldown: an unknown kid may fetch
-    with pytest.raises(WouldBlock):
+    with pytest.raises(WouldBlock) as pending:
         cache.get("unknown", block=False)
-    # in a worker thread it fetches (the slow fetch is released), and finds no such key
+    # the fetch runs in the cache's own thread, not the caller's
+    assert source.started.wait(5)
+    # while it is in flight, other unknown kids are refused at once, blocking or not: waiting
+    # would take a thread (or a call slot) per forged token
+    assert cache.get("another-unknown", block=False) is None
+    result: list[object] = []
+    worker = threading.Thread(target=lambda: result.append(cache.get("third-unknown")))
+    worker.start()
+    worker.join(5)
+    assert result == [None], "a second caller waited on the fetch in flight"
+    assert cache.get(KID, block=False) is not None
+    source.release.set()
+    assert pending.value.future.result(5) is True
+    # the fetch found no such key: remembered, no second fetch within the cooldown
+    assert cache.get("unknown", block=False) is None
+    assert source.calls == 2
+
+
+def test_the_caller_that_starts_a_fetch_waits_for_it_in_its_thread() -> None:
+    source, clock = SlowSource(), Clock()
+    cache = JwksCache(source, max_age=60, cooldown=5, monotonic=clock)
+    cache.get(KID)
+    clock.t += 6
     result: list[object] = []
     worker = threading.Thread(target=lambda: result.append(cache.get("unknown")))
     worker.start()
     assert source.started.wait(5)
-    # while that fetch is in flight, a non-blocking caller is not made to wait for it either
-    with pytest.raises(WouldBlock):
-        cache.get("another-unknown", block=False)
-    assert cache.get(KID, block=False) is not None
+    assert result == [], "the caller that started the fetch did not wait for it"
     source.release.set()
     worker.join(5)
     assert result == [None]
