@@ -25,6 +25,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from authsvc.core.errors import AccessDenied, InvalidToken, OAuthError, TemporarilyUnavailable
+from authsvc.logsafe import LogRateLimiter
 from authsvc.status import status_for
 from authsvc.verify.jwks import WouldBlock
 from authsvc.verify.policy import MethodPolicy, Public
@@ -33,6 +34,7 @@ from authsvc.verify.verifier import MAX_TOKEN_BYTES, Principal, TokenVerifier
 __all__ = ["AioAuthInterceptor", "AuthInterceptor", "bearer_token", "current_principal"]
 
 log = logging.getLogger("authsvc.verify")
+_REFUSALS = LogRateLimiter(rate=10, burst=50)
 
 _PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "authsvc_principal", default=None
@@ -110,7 +112,10 @@ class _Base:
 
     @staticmethod
     def refusal(method: str, exc: OAuthError) -> grpc.Status:
-        log.info("refused %s: %s (%s)", method, exc.error, exc.description)
+        # forged tokens cost the caller nothing: a flood of them writes a bounded amount of log
+        _REFUSALS.log(
+            log, logging.INFO, "call refused", "refused %s: %s (%s)", method, exc.error, exc.description
+        )
         return status_for(exc)
 
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from contextlib import contextmanager, suppress
@@ -415,3 +417,24 @@ def test_jwks_of_only_malformed_entries_never_replaces_the_last_good_set() -> No
     assert cache.kids == {KID}
     verifier = TokenVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=cache)
     assert verifier.verify(FORGE.token()).client_id
+
+
+# -- resource exhaustion: a flood of forged tokens writes a bounded amount of log ------------------
+
+
+@pytest.mark.parametrize("kind", ["sync", "aio"])
+def test_forged_token_flood_writes_a_bounded_amount_of_log(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = PushSource(jwks_of(KEY))
+    cache = JwksCache(source, cooldown=3600, max_age=3600)
+    assert cache.refresh()
+    forged = FORGE.token(key=OTHER)  # a known kid, a signature that does not verify
+    with served(kind, cache) as echo, caplog.at_level(logging.INFO, logger="authsvc.verify"):
+        started = time.monotonic()
+        answers = {echo.bearer(forged) for _ in range(400)}
+        elapsed = time.monotonic() - started
+    assert answers == {REFUSED}
+    lines = [r for r in caplog.records if r.name == "authsvc.verify"]
+    # the limiter's burst, its rate over the flood's duration, and summary lines
+    assert 0 < len(lines) <= 50 + 10 * elapsed * 2 + 2, f"{len(lines)} lines for 400 refusals"
