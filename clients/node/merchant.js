@@ -10,6 +10,7 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { isIP } from 'node:net';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -43,9 +44,12 @@ options (each also read from the environment variable shown):
                                command line, where other users can read it)
   --issuer URL                 expected token issuer [ISSUER, default https://authsvc.local]
   --audience AUD               expected audience    [AUDIENCE, default payments]
+  --ca FILE                    PEM CA bundle for TLS to both services [AUTHSVC_CA]
   -h, --help                   print this help
 
-Plaintext channels: meant for the loopback services of a development machine.`;
+TLS: any host but loopback (127.0.0.0/8, ::1, localhost) and unix: always gets TLS, with --ca or
+else the system's roots. Plaintext only to loopback and unix:, and only without --ca: the client
+secret and the tokens never cross a network in the clear.`;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -66,6 +70,7 @@ export function loadConfig(argv = process.argv.slice(2), env = process.env) {
         'client-secret-file': { type: 'string' },
         issuer: { type: 'string' },
         audience: { type: 'string' },
+        ca: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -95,8 +100,18 @@ export function loadConfig(argv = process.argv.slice(2), env = process.env) {
   if (!clientSecret) {
     throw new UsageError('the client secret is missing: set AUTHSVC_CLIENT_SECRET or AUTHSVC_CLIENT_SECRET_FILE');
   }
+  const caFile = pick('ca', 'AUTHSVC_CA');
+  let ca;
+  if (caFile) {
+    try {
+      ca = readFileSync(caFile);
+    } catch (err) {
+      throw new UsageError(`cannot read the CA bundle ${caFile}: ${err.code ?? err.message}`);
+    }
+  }
   return {
     help: false,
+    ca,
     authsvcTarget: pick('authsvc-target', 'AUTHSVC_TARGET', '127.0.0.1:50051'),
     paymentsTarget: pick('payments-target', 'PAYMENTS_TARGET', '127.0.0.1:50052'),
     clientId,
@@ -104,6 +119,43 @@ export function loadConfig(argv = process.argv.slice(2), env = process.env) {
     issuer: pick('issuer', 'ISSUER', 'https://authsvc.local'),
     audience: pick('audience', 'AUDIENCE', 'payments'),
   };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transport: TLS for every host but loopback and unix:
+
+function splitHostPort(address) {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(address);
+  return m ? m[1] ?? m[2] : undefined;
+}
+
+function isLoopbackHost(host) {
+  if (host === 'localhost') return true;
+  if (isIP(host) === 4) return host.split('.')[0] === '127';
+  if (isIP(host) === 6) return host === '::1' || /^(0{0,4}:){7}0{0,3}1$/.test(host);
+  return false;
+}
+
+/**
+ * True for a unix: socket or a target whose every address is loopback. Anything this cannot
+ * parse (including dns://AUTHORITY/..., which names another DNS server) is not local.
+ */
+export function isLocalTarget(target) {
+  if (target.startsWith('unix:') || target.startsWith('unix-abstract:')) return true;
+  let addresses;
+  if (target.startsWith('ipv4:') || target.startsWith('ipv6:')) addresses = target.slice(5).split(',');
+  else addresses = [target.startsWith('dns:///') ? target.slice('dns:///'.length) : target];
+  return addresses.every((address) => {
+    const host = splitHostPort(address);
+    return host !== undefined && isLoopbackHost(host);
+  });
+}
+
+/** Channel credentials for a target: TLS (with `ca`, else the system's roots) unless the target
+ * is loopback or unix: and no CA was given. */
+export function channelCredentials(target, ca) {
+  if (ca === undefined && isLocalTarget(target)) return grpc.credentials.createInsecure();
+  return grpc.credentials.createSsl(ca ?? null);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -253,9 +305,12 @@ export class TokenCache {
     return this.#inflight;
   }
 
-  /** Drops the cached token, e.g. after the resource server refused it. */
-  invalidate() {
-    this.#current = null;
+  /**
+   * Drops the cached token, e.g. after the resource server refused it. With `token`, only if it
+   * is still the cached one: calls refused together drop it once, never its successor.
+   */
+  invalidate(token) {
+    if (token === undefined || this.#current?.accessToken === token) this.#current = null;
   }
 
   #needsRefresh({ expiresAt, lifetimeMs }) {
@@ -292,14 +347,15 @@ export class TokenCache {
 export async function withBearer(cache, client, method, request) {
   for (let attempt = 0; ; attempt++) {
     const md = new grpc.Metadata();
-    md.set('authorization', `Bearer ${await cache.token()}`);
+    const token = await cache.token();
+    md.set('authorization', `Bearer ${token}`);
     try {
       return await unary(client, method, request, md);
     } catch (err) {
-      // INVALID_TOKEN: the token expired early or its key was retired; a fresh one may pass.
-      // Safe to repeat: CreatePayment and RefundPayment carry idempotency keys.
-      if (attempt === 0 && err.code === grpc.status.UNAUTHENTICATED) {
-        cache.invalidate();
+      // INVALID_TOKEN: the token expired early or its key was retired; a fresh one may pass. The
+      // refusal comes before the handler runs, so repeating the call cannot do anything twice.
+      if (attempt === 0 && err.code === grpc.status.UNAUTHENTICATED && err.reason === 'INVALID_TOKEN') {
+        cache.invalidate(token);
         continue;
       }
       throw err;
@@ -342,9 +398,14 @@ function check(condition, message) {
 
 export async function runFlow(config, log = console.log) {
   const proto = loadProtos();
-  const creds = grpc.credentials.createInsecure();
-  const tokens = new proto.authsvc.v1.TokenService(config.authsvcTarget, creds);
-  const payments = new proto.payments_svc.v1.PaymentService(config.paymentsTarget, creds);
+  const tokens = new proto.authsvc.v1.TokenService(
+    config.authsvcTarget,
+    channelCredentials(config.authsvcTarget, config.ca),
+  );
+  const payments = new proto.payments_svc.v1.PaymentService(
+    config.paymentsTarget,
+    channelCredentials(config.paymentsTarget, config.ca),
+  );
   try {
     const cache = new TokenCache({
       tokenClient: tokens,

@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import KEK
 from tests.helpers import create_client, token_and_payment_services
+from tests.server.test_serve import self_signed
 
 NODE_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
 SCOPES = "payments:read payments:write payments:refund"
@@ -120,7 +121,8 @@ def test_wrong_secret_fails_clearly(node_client: str, services: tuple[dict[str, 
 
 
 def test_token_cache_unit_tests(node_client: str) -> None:
-    """clients/node/test/*.test.js (`npm test`): refresh window, one fetch in flight, no cached errors."""
+    """clients/node/test/*.test.js (`npm test`): refresh window, one fetch in flight, no cached errors,
+    compare-and-invalidate, and TLS for every host but loopback and unix:."""
     out = subprocess.run(
         [node_client, "--test", "test/"],
         cwd=NODE_DIR,
@@ -130,3 +132,45 @@ def test_token_cache_unit_tests(node_client: str) -> None:
         check=False,
     )
     assert out.returncode == 0, f"node --test failed:\n{out.stdout}\n{out.stderr}"
+
+
+def test_merchant_flow_over_tls(node_client: str, tmp_path: Path) -> None:
+    """Both services behind TLS; the merchant trusts them through --ca (AUTHSVC_CA)."""
+    cert, key = self_signed(tmp_path)
+    env = {
+        **os.environ,
+        "AUTHSVC_DATA_DIR": str(tmp_path / "auth"),
+        "AUTHSVC_KEK": KEK,
+        "AUTHSVC_ISSUER": ISSUER,
+        "AUTHSVC_TLS_CERT": str(cert),
+        "AUTHSVC_TLS_KEY": str(key),
+        "PAYMENTS_ISSUER": ISSUER,
+        "PAYMENTS_DATA_DIR": str(tmp_path / "pay"),
+        "PAYMENTS_TLS_CERT": str(cert),
+        "PAYMENTS_TLS_KEY": str(key),
+        "PAYMENTS_TOKEN_SERVICE_CA": str(cert),
+    }
+    secret = create_client(env, CLIENT_ID, SCOPES)
+    with token_and_payment_services(env) as (auth, gateway):
+        out = subprocess.run(
+            [node_client, "merchant.js", "--ca", str(cert)],
+            cwd=NODE_DIR,
+            env={
+                "PATH": os.environ.get("PATH", ""),
+                "HOME": os.environ.get("HOME", str(Path.home())),
+                "AUTHSVC_TARGET": f"localhost:{auth.port}",
+                "PAYMENTS_TARGET": f"localhost:{gateway.port}",
+                "AUTHSVC_CLIENT_ID": CLIENT_ID,
+                "AUTHSVC_CLIENT_SECRET": secret,
+                "ISSUER": ISSUER,
+                "AUDIENCE": "payments",
+            },
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+    assert out.returncode == 0, f"merchant.js exited {out.returncode}:\n{out.stdout}\n{out.stderr}"
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["ok"] is True and summary["refunded_amount"] == "10.00"
+    assert secret not in out.stdout + out.stderr

@@ -98,3 +98,19 @@ test('client_secret_basic form-urlencodes id and secret', () => {
   const header = basicAuthorization('shop', 'se:cr et+!');
   assert.equal(Buffer.from(header.slice('Basic '.length), 'base64').toString(), 'shop:se%3Acr+et%2B%21');
 });
+
+test('invalidate(token) drops only the token it names', async () => {
+  const fake = fakeTokenService();
+  const clock = { t: 0 };
+  const cache = cacheWith(fake, clock);
+  const first = cache.token();
+  fake.answer();
+  const tok = await first;
+  cache.invalidate('some-older-token');
+  assert.equal(await cache.token(), tok, 'a refusal of another token dropped the current one');
+  cache.invalidate(tok);
+  const second = cache.token();
+  fake.answer();
+  assert.notEqual(await second, tok);
+  assert.equal(fake.calls.length, 2);
+});
