@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +23,14 @@ from authsvc.core.errors import ConfigurationError, InvalidRequest, NotFound
 from authsvc.core.keys import (
     MIN_RSA_BITS,
     KeyEncryptionKey,
+    KeyEncryptionKeys,
     KeyState,
     PublicJwk,
     SigningKey,
     b64url,
     generate_rsa_key,
     jwks_json,
+    private_key_aad,
 )
 from authsvc.core.lifecycle import (
     KeyRecord,
@@ -42,7 +45,7 @@ from authsvc.core.secrets import SecretHasher, generate_client_secret
 from authsvc.store.base import AlreadyExists, Store, StoredKey
 from authsvc.store.sqlite import SQLiteStore
 
-__all__ = ["Authority", "KeyInfo", "load_kek", "open_authority", "open_store"]
+__all__ = ["Authority", "KeyInfo", "load_kek", "open_authority", "open_store", "uses_dev_kek"]
 
 log = logging.getLogger("authsvc.admin")
 
@@ -64,25 +67,44 @@ def open_store(data_dir: Path, database_url: str | None = None) -> Store:
     return SQLiteStore(data_dir / DB_FILE)
 
 
-def load_kek(*, kek: str | None, kek_file: Path | None, data_dir: Path) -> KeyEncryptionKey:
-    """The key-encryption key from its text (``AUTHSVC_KEK``), a key file, or, when neither is
-    given, the development default: a key generated once in the data directory (mode 0600),
-    with a warning, because a key beside the data it protects protects little."""
-    if kek and kek_file:
-        raise ConfigurationError("give the key-encryption key either as text or as a file, not both")
+def _kek_files(kek_file: Path | Sequence[Path] | None) -> list[Path]:
+    if kek_file is None:
+        return []
+    return [kek_file] if isinstance(kek_file, Path) else list(kek_file)
+
+
+def uses_dev_kek(*, kek: str | None, kek_file: Path | Sequence[Path] | None) -> bool:
+    """True when neither a KEK nor a KEK file is given: the data dir's ``kek.key`` is the KEK."""
+    return not kek and not _kek_files(kek_file)
+
+
+def load_kek(*, kek: str | None, kek_file: Path | Sequence[Path] | None, data_dir: Path) -> KeyEncryptionKeys:
+    """The key-encryption keys, the one that encrypts first: from their text (``AUTHSVC_KEK``,
+    several separated by commas), from key files (one key each, in the order given), or, when
+    neither is given, the development default: a key generated once in the data directory (mode
+    0600), with a warning, because a key beside the data it protects protects little."""
+    files = _kek_files(kek_file)
+    if kek and files:
+        raise ConfigurationError("give the key-encryption keys either as text or as files, not both")
     if kek:
-        return KeyEncryptionKey.from_text(kek)
-    if kek_file is not None:
-        try:
-            mode = kek_file.stat().st_mode
-            text = kek_file.read_text()
-        except OSError as exc:
-            raise ConfigurationError(
-                f"cannot read the key-encryption key file {kek_file}: {exc.strerror}"
-            ) from exc
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("key-encryption key file %s is readable by group or others; chmod 600 it", kek_file)
-        return KeyEncryptionKey.from_text(text)
+        return KeyEncryptionKeys.from_text(kek)
+    if files:
+        keys: list[KeyEncryptionKey] = []
+        for path in files:
+            try:
+                mode = path.stat().st_mode
+                text = path.read_text()
+            except OSError as exc:
+                raise ConfigurationError(
+                    f"cannot read the key-encryption key file {path}: {exc.strerror}"
+                ) from exc
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                log.warning("key-encryption key file %s is readable by group or others; chmod 600 it", path)
+            try:
+                keys.append(KeyEncryptionKey.from_text(text))
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{path}: {exc}") from exc
+        return KeyEncryptionKeys(keys)
     path = data_dir / DEV_KEK_FILE
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
@@ -99,24 +121,49 @@ def load_kek(*, kek: str | None, kek_file: Path | None, data_dir: Path) -> KeyEn
             "and keep the key away from the data directory",
             path,
         )
-    return KeyEncryptionKey.from_text(path.read_text())
+    return KeyEncryptionKeys([KeyEncryptionKey.from_text(path.read_text())])
+
+
+def _write_private_file(path: Path, text: str) -> Path:
+    """Write ``text`` to a fresh temporary file beside ``path`` (mode 0600, fsynced); returns it.
+    The caller renames it over ``path`` (atomic) or removes it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    return tmp
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def open_authority(
     data_dir: Path,
     *,
     kek: str | None,
-    kek_file: Path | None,
+    kek_file: Path | Sequence[Path] | None,
     clock: Clock,
     random: RandomSource,
     database_url: str | None = None,
 ) -> Authority:
-    """Open the store (PostgreSQL at ``database_url``, else SQLite in ``data_dir``) with its KEK,
+    """Open the store (PostgreSQL at ``database_url``, else SQLite in ``data_dir``) with its KEKs,
     checked against what is stored."""
     store = open_store(data_dir, database_url)
     try:
         authority = Authority(
-            store, load_kek(kek=kek, kek_file=kek_file, data_dir=data_dir), clock=clock, random=random
+            store,
+            load_kek(kek=kek, kek_file=kek_file, data_dir=data_dir),
+            clock=clock,
+            random=random,
+            dev_kek_file=data_dir / DEV_KEK_FILE if uses_dev_kek(kek=kek, kek_file=kek_file) else None,
         )
         authority.check_kek()
     except BaseException:
@@ -142,22 +189,46 @@ class KeyInfo:
 
 
 class Authority:
-    """A deployment's state: its store, key-encryption key, clock and randomness."""
+    """A deployment's state: its store, key-encryption keys, clock and randomness.
 
-    def __init__(self, store: Store, kek: KeyEncryptionKey, *, clock: Clock, random: RandomSource) -> None:
+    ``kek`` is one key or an ordered list of them: the first encrypts everything written, any of
+    them decrypts (the stored ``kek_id`` says which). ``dev_kek_file`` is the development key file
+    when it is the KEK (nothing else given): :meth:`rewrap` replaces it."""
+
+    def __init__(
+        self,
+        store: Store,
+        kek: KeyEncryptionKey | KeyEncryptionKeys,
+        *,
+        clock: Clock,
+        random: RandomSource,
+        dev_kek_file: Path | None = None,
+    ) -> None:
         self.store = store
-        self.kek = kek
+        self.keks = kek if isinstance(kek, KeyEncryptionKeys) else KeyEncryptionKeys([kek])
         self.clock = clock
         self.random = random
+        self.dev_kek_file = dev_kek_file
         self._hasher: SecretHasher | None = None
 
+    @property
+    def kek(self) -> KeyEncryptionKey:
+        """The key-encryption key that encrypts what this process writes."""
+        return self.keks.primary
+
     def check_kek(self) -> None:
-        """Create the deployment's pepper on first use, and make sure this process's KEK is the
-        one everything stored was encrypted with. Call once after opening: a wrong KEK must fail
-        at start-up, not when the first key or secret is needed."""
+        """Create the deployment's pepper on first use, and make sure every stored ciphertext is
+        under one of this process's KEKs. Call once after opening: a missing KEK must fail at
+        start-up, not when the first key or secret is needed. Refuses naming the kek ids only."""
+        stored = [k.kek_id for k in self.store.list_keys()]
+        stored += [kek_id for _, _, kek_id in self.store.list_secrets()]
+        missing = self.keks.missing(stored)
+        if missing:
+            raise ConfigurationError(
+                f"stored keys are encrypted with key-encryption key {', '.join(missing)}, "
+                f"which this process was not given (it has {', '.join(self.keks.kek_ids)})"
+            )
         self.hasher()
-        for stored in self.store.list_keys():
-            self._check_kek(stored.kek_id)
 
     def _now(self) -> int:
         return int(self.clock.now())
@@ -170,16 +241,8 @@ class Authority:
             aad = b"authsvc service secret\x00" + _PEPPER.encode()
             fresh = self.kek.wrap(self.random.token_bytes(32), aad=aad, random=self.random)
             blob, kek_id = self.store.get_or_create_secret(_PEPPER, fresh, self.kek.kek_id)
-            self._check_kek(kek_id)
-            self._hasher = SecretHasher(self.kek.unwrap(blob, aad=aad))
+            self._hasher = SecretHasher(self.keks.get(kek_id).unwrap(blob, aad=aad))
         return self._hasher
-
-    def _check_kek(self, kek_id: str) -> None:
-        if kek_id != self.kek.kek_id:
-            raise ConfigurationError(
-                f"the stored keys were encrypted with key-encryption key {kek_id}, "
-                f"but this process was given {self.kek.kek_id}"
-            )
 
     # -- signing keys ----------------------------------------------------------------------
 
@@ -213,7 +276,7 @@ class Authority:
             generate_rsa_key(bits), state=KeyState.ACTIVE, created_at=now, activated_at=now
         )
         winner = self.store.activate_first_key(
-            self._stored(key, state=KeyState.ACTIVE, now=now, origin="generated")
+            self._stored(key, state=KeyState.ACTIVE, now=now, origin="generated"), kek_ids=self.keks.kek_ids
         )
         if winner.kid == key.kid:
             log.info("generated signing key kid=%s (RSA-%d), active at once", key.kid, bits)
@@ -221,9 +284,9 @@ class Authority:
         return self.load_key(winner), False
 
     def load_key(self, stored: StoredKey) -> SigningKey:
-        """Decrypt a stored key. Raises ConfigurationError under the wrong KEK."""
-        self._check_kek(stored.kek_id)
-        private_key = self.kek.unwrap_private_key(stored.private_key_enc, kid=stored.kid)
+        """Decrypt a stored key with the KEK its row names. Raises ConfigurationError if this
+        process lacks that KEK or the ciphertext does not open."""
+        private_key = self.keks.get(stored.kek_id).unwrap_private_key(stored.private_key_enc, kid=stored.kid)
         return SigningKey.from_private_key(
             private_key,
             state=KeyState(stored.state),
@@ -259,7 +322,9 @@ class Authority:
         the servers' publication delay."""
         now = publication_time(self.clock.now())
         key = SigningKey.from_private_key(generate_rsa_key(bits), state=KeyState.NEXT, created_at=now)
-        self.store.add_key(self._stored(key, state=KeyState.NEXT, now=now, origin="generated"))
+        self.store.add_key(
+            self._stored(key, state=KeyState.NEXT, now=now, origin="generated"), kek_ids=self.keks.kek_ids
+        )
         log.info("generated next signing key kid=%s", key.kid)
         return self._info(key.kid)
 
@@ -278,7 +343,9 @@ class Authority:
         now = publication_time(self.clock.now())
         key = SigningKey.from_private_key(private_key, state=KeyState.NEXT, created_at=now)
         try:
-            self.store.add_key(self._stored(key, state=KeyState.NEXT, now=now, origin="imported"))
+            self.store.add_key(
+                self._stored(key, state=KeyState.NEXT, now=now, origin="imported"), kek_ids=self.keks.kek_ids
+            )
         except AlreadyExists as exc:
             raise InvalidRequest(f"key {key.kid} is known already") from exc
         log.info("imported signing key kid=%s as next", key.kid)
@@ -304,29 +371,59 @@ class Authority:
                 self.ensure_signing_key()
         return self._info(kid)
 
-    def rewrap(self, new_kek: KeyEncryptionKey) -> int:
-        """Re-encrypt every private key and service secret under ``new_kek`` in one transaction;
-        returns how many ciphertexts changed. Running servers keep the keys they have loaded;
-        restart them with the new KEK."""
-        keys = [
-            (k.kid, new_kek.wrap_private_key(self.load_key(k), random=self.random))
-            for k in self.store.list_keys()
-        ]
-        secrets = []
-        for name, blob, kek_id in self.store.list_secrets():
-            self._check_kek(kek_id)
-            aad = b"authsvc service secret\x00" + name.encode()
-            secrets.append((name, new_kek.wrap(self.kek.unwrap(blob, aad=aad), aad=aad, random=self.random)))
-        self.store.rewrap(keys, secrets, old_kek_id=self.kek.kek_id, new_kek_id=new_kek.kek_id)
-        log.warning(
-            "rewrapped %d keys and %d secrets from KEK %s to %s",
-            len(keys),
-            len(secrets),
-            self.kek.kek_id,
-            new_kek.kek_id,
-        )
-        self.kek = new_kek
-        return len(keys) + len(secrets)
+    def rewrap(self, new_kek: KeyEncryptionKey | None = None) -> int:
+        """Re-encrypt every private key and service secret under ``new_kek`` (default: this
+        process's first KEK), in one transaction; returns how many ciphertexts changed (rows
+        already under it are left alone, so an interrupted rewrap can simply be run again).
+
+        Safe while servers run: the store reads the rows inside the transaction that rewrites
+        them, serialized with every key write, so a key a server writes meanwhile (a rotation, a
+        revoked key's successor) is rewrapped too or written after, and success means every row
+        is under ``new_kek``. Servers given ``new_kek`` first in their list write under it; a
+        server lacking it is refused further key writes (:class:`~authsvc.store.base.StaleKek`).
+        With the development key file as the KEK, the file is replaced by ``new_kek`` (atomically,
+        and only once the store is rewrapped: a crash between leaves the store under the new key
+        the operator still holds, never under a key that is lost)."""
+        target = new_kek or self.kek
+        keks = self.keks.with_primary(target)
+        if new_kek is None and len(self.keks) == 1:
+            raise ConfigurationError(
+                "give the new key-encryption key (--new-kek-file or AUTHSVC_NEW_KEK), "
+                "or give the KEKs as a list with the new one first"
+            )
+        pending = None
+        if self.dev_kek_file is not None and target.kek_id != self._dev_file_kek_id():
+            pending = _write_private_file(self.dev_kek_file, target.to_text() + "\n")
+        try:
+            changed = self._rewrap_store(target, keks)
+            if pending is not None and self.dev_kek_file is not None:
+                # only now: a kek.key replaced before the rows would lock the deployment out
+                os.replace(pending, self.dev_kek_file)
+                pending = None
+                _fsync_dir(self.dev_kek_file.parent)
+                log.warning("replaced the development key-encryption key %s", self.dev_kek_file)
+        finally:
+            if pending is not None:
+                pending.unlink(missing_ok=True)
+        self.keks = keks
+        return changed
+
+    def _dev_file_kek_id(self) -> str | None:
+        assert self.dev_kek_file is not None
+        try:
+            return KeyEncryptionKey.from_text(self.dev_kek_file.read_text()).kek_id
+        except (OSError, ConfigurationError):
+            return None
+
+    def _rewrap_store(self, target: KeyEncryptionKey, keks: KeyEncryptionKeys) -> int:
+        def reencrypt(kind: str, name: str, kek_id: str, blob: bytes) -> bytes:
+            # AES-GCM only (no RSA parsing): this runs inside the store's key-locked transaction
+            aad = private_key_aad(name) if kind == "key" else b"authsvc service secret\x00" + name.encode()
+            return target.wrap(keks.get(kek_id).unwrap(blob, aad=aad), aad=aad, random=self.random)
+
+        changed = self.store.rewrap(reencrypt, new_kek_id=target.kek_id)
+        log.warning("rewrapped %d keys and secrets to KEK %s", changed, target.kek_id)
+        return changed
 
     def apply_lifecycle(self, policy: LifecyclePolicy) -> list[Transition]:
         """Apply the transitions due now (see :mod:`authsvc.core.lifecycle`); returns those this
@@ -352,6 +449,7 @@ class Authority:
                 done = self.store.add_key(
                     self._stored(key, state=KeyState.NEXT, now=created, origin="generated"),
                     only_if_no_next=True,
+                    kek_ids=self.keks.kek_ids,
                 )
                 t = Transition(t.kind, key.kid)
             else:

@@ -55,9 +55,12 @@ def _add_common(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     p.add_argument(
         "--kek-file",
         type=Path,
-        default=Path(env["AUTHSVC_KEK_FILE"]) if env.get("AUTHSVC_KEK_FILE") else None,
-        help="file holding the key-encryption key (64 hex digits) [env AUTHSVC_KEK_FILE; "
-        "or the key itself in AUTHSVC_KEK; default: a development key generated in the data dir]",
+        action="append",
+        default=None,
+        help="file holding a key-encryption key (64 hex digits). Repeat it to give a list: the first "
+        "encrypts, each decrypts what it encrypted (to change the KEK on a live deployment: new first, "
+        "then old) [env AUTHSVC_KEK_FILE, several comma-separated; or the keys themselves in "
+        "AUTHSVC_KEK, comma-separated, first encrypts; default: a development key generated in the data dir]",
     )
 
 
@@ -227,10 +230,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     keys_revoke.add_argument("kid", metavar="KID")
     keys_rewrap = keys.add_parser(
         "rewrap",
-        help="re-encrypt every private key under a new key-encryption key (then restart servers with it)",
+        help="re-encrypt every private key and secret under one key-encryption key: the new one given, "
+        "or else the first of the KEK list (safe while servers given 'new,old' run)",
     )
     keys_rewrap.add_argument(
-        "--new-kek-file", type=Path, help="file holding the new KEK [or the key itself in AUTHSVC_NEW_KEK]"
+        "--new-kek-file",
+        type=Path,
+        help="file holding the new KEK [or the key itself in AUTHSVC_NEW_KEK; default: the first KEK "
+        "of --kek-file/AUTHSVC_KEK when they list several]. With the development kek.key as the KEK, "
+        "rewrap replaces that file with the new key",
     )
     for p in (keys_list, keys_rotate, keys_import, keys_revoke, keys_rewrap):
         _add_common(p, env)
@@ -256,12 +264,20 @@ def _table(rows: list[dict[str, object]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _kek_files(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Path, ...] | None:
+    """The KEK files: the repeated flag, else AUTHSVC_KEK_FILE's comma-separated list."""
+    if args.kek_file:
+        return tuple(args.kek_file)
+    listed = [p.strip() for p in env.get("AUTHSVC_KEK_FILE", "").split(",") if p.strip()]
+    return tuple(Path(p) for p in listed) or None
+
+
 def _authority(args: argparse.Namespace, env: Mapping[str, str]) -> Authority:
     return open_authority(
         args.data_dir,
         database_url=args.database_url,
         kek=env.get("AUTHSVC_KEK") or None,
-        kek_file=args.kek_file,
+        kek_file=_kek_files(args, env),
         clock=SystemClock(),
         random=SystemRandom(),
     )
@@ -342,9 +358,12 @@ def _keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         _print_keys([authority.revoke(args.kid)], args.output)
     elif args.action == "rewrap":
         new_text = args.new_kek_file.read_text() if args.new_kek_file else env.get("AUTHSVC_NEW_KEK")
-        if not new_text:
-            raise ConfigurationError("give the new key-encryption key with --new-kek-file or AUTHSVC_NEW_KEK")
-        changed = authority.rewrap(KeyEncryptionKey.from_text(new_text))
+        if not new_text and len(authority.keks) == 1:
+            raise ConfigurationError(
+                "give the new key-encryption key with --new-kek-file or AUTHSVC_NEW_KEK, "
+                "or the KEKs as a list with the new one first"
+            )
+        changed = authority.rewrap(KeyEncryptionKey.from_text(new_text) if new_text else None)
         print(
             json.dumps({"rewrapped": changed, "kek_id": authority.kek.kek_id})
             if args.output == "json"
@@ -367,7 +386,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         tls_key=args.tls_key,
         insecure=args.insecure,
         kek=env.get("AUTHSVC_KEK") or None,
-        kek_file=args.kek_file,
+        kek_file=_kek_files(args, env),
         workers=args.workers,
         database_url=args.database_url,
         key_publish_delay=args.key_publish_delay,

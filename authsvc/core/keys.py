@@ -4,7 +4,9 @@ Tokens are signed with RS256 (RFC 7518 §3.3) by an RSA key of at least 2048 bit
 the key's RFC 7638 JWK thumbprint, so it is derived from the public key and never chosen.
 
 Private keys are stored only encrypted: AES-256-GCM under a key-encryption key (KEK), with the
-key id as associated data so that a ciphertext cannot be swapped onto another key's row.
+key id as associated data so that a ciphertext cannot be swapped onto another key's row. A process
+may hold several KEKs (:class:`KeyEncryptionKeys`): the first encrypts, any of them decrypts what it
+wrapped, so that a deployment can move to a new KEK while it runs.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import base64
 import hashlib
 import json
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypedDict
@@ -29,12 +32,14 @@ __all__ = [
     "ALGORITHM",
     "MIN_RSA_BITS",
     "KeyEncryptionKey",
+    "KeyEncryptionKeys",
     "KeyState",
     "PublicJwk",
     "SigningKey",
     "b64url",
     "generate_rsa_key",
     "jwks_json",
+    "private_key_aad",
     "public_jwk",
     "rfc7638_thumbprint",
 ]
@@ -150,6 +155,11 @@ def jwks_json(keys: list[PublicJwk]) -> str:
     return json.dumps({"keys": keys}, separators=(",", ":"))
 
 
+def private_key_aad(kid: str) -> bytes:
+    """The associated data of a private key's ciphertext: binds it to its key id."""
+    return b"authsvc signing key\x00" + kid.encode("ascii")
+
+
 class KeyEncryptionKey:
     """A 256-bit key that encrypts private keys and other service secrets at rest.
 
@@ -161,6 +171,7 @@ class KeyEncryptionKey:
         if len(key) != 32:
             raise ConfigurationError("the key-encryption key must be exactly 32 bytes")
         self._aead = AESGCM(key)
+        self._key = key
         self.kek_id = b64url(hashlib.sha256(b"authsvc kek id\x00" + key).digest()[:12])
 
     @classmethod
@@ -173,6 +184,14 @@ class KeyEncryptionKey:
         if not _B64_KEY.fullmatch(normalized):
             raise ConfigurationError("the key-encryption key is neither 64 hex digits nor base64 of 32 bytes")
         return cls(base64.urlsafe_b64decode(normalized.rstrip("=") + "="))
+
+    def to_text(self) -> str:
+        """The key as 64 hex digits, the form :meth:`from_text` reads. Only for writing a key
+        file (the development ``kek.key``): never log or show it."""
+        return self._key.hex()
+
+    def __repr__(self) -> str:
+        return f"KeyEncryptionKey(kek_id={self.kek_id!r})"
 
     def wrap(self, plaintext: bytes, *, aad: bytes, random: RandomSource) -> bytes:
         """Encrypt ``plaintext``; the result is ``nonce || ciphertext || tag``."""
@@ -195,13 +214,90 @@ class KeyEncryptionKey:
         der = key.private_key.private_bytes(
             serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        return self.wrap(der, aad=b"authsvc signing key\x00" + key.kid.encode("ascii"), random=random)
+        return self.wrap(der, aad=private_key_aad(key.kid), random=random)
 
     def unwrap_private_key(self, blob: bytes, *, kid: str) -> rsa.RSAPrivateKey:
-        der = self.unwrap(blob, aad=b"authsvc signing key\x00" + kid.encode("ascii"))
+        der = self.unwrap(blob, aad=private_key_aad(kid))
         private_key = serialization.load_der_private_key(der, password=None)
         if not isinstance(private_key, rsa.RSAPrivateKey):
             raise ConfigurationError("a stored signing key is not an RSA key")
         if rfc7638_thumbprint(private_key.public_key()) != kid:
             raise ConfigurationError("a stored signing key does not match its key id")
         return private_key
+
+
+_ORDINALS = ("first", "second", "third", "fourth", "fifth")
+
+
+class KeyEncryptionKeys:
+    """An ordered list of key-encryption keys: the first wraps everything written from now on,
+    and each stored ciphertext is unwrapped by the key whose ``kek_id`` it records.
+
+    This is what makes a KEK change possible on a live deployment: processes given ``new, old``
+    read rows under either and write only under ``new``, so a rewrap to ``new`` can finish while
+    they keep rotating keys, and ``old`` can then be dropped.
+    """
+
+    def __init__(self, keys: Sequence[KeyEncryptionKey]) -> None:
+        if not keys:
+            raise ConfigurationError("at least one key-encryption key is needed")
+        by_id: dict[str, KeyEncryptionKey] = {}
+        for key in keys:
+            if key.kek_id in by_id:
+                raise ConfigurationError(f"key-encryption key {key.kek_id} is given twice")
+            by_id[key.kek_id] = key
+        self._keys = tuple(keys)
+        self._by_id = by_id
+
+    @classmethod
+    def from_text(cls, text: str) -> KeyEncryptionKeys:
+        """Parse one or more KEKs separated by commas (each as :meth:`KeyEncryptionKey.from_text`
+        reads it), the one that encrypts first. Errors name the position, never the text."""
+        parts = text.split(",")
+        keys: list[KeyEncryptionKey] = []
+        for i, part in enumerate(parts):
+            try:
+                keys.append(KeyEncryptionKey.from_text(part))
+            except ConfigurationError as exc:
+                if len(parts) == 1:
+                    raise
+                where = _ORDINALS[i] if i < len(_ORDINALS) else f"number {i + 1}"
+                raise ConfigurationError(f"the {where} key-encryption key in the list: {exc}") from exc
+        return cls(keys)
+
+    @property
+    def primary(self) -> KeyEncryptionKey:
+        """The key that encrypts."""
+        return self._keys[0]
+
+    @property
+    def kek_ids(self) -> tuple[str, ...]:
+        return tuple(k.kek_id for k in self._keys)
+
+    def __iter__(self) -> Iterator[KeyEncryptionKey]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def find(self, kek_id: str) -> KeyEncryptionKey | None:
+        return self._by_id.get(kek_id)
+
+    def get(self, kek_id: str) -> KeyEncryptionKey:
+        """The key with this id; a :class:`ConfigurationError` naming the ids (never key
+        material) if this process was not given it."""
+        key = self._by_id.get(kek_id)
+        if key is None:
+            raise ConfigurationError(
+                f"a stored key was encrypted with key-encryption key {kek_id}, "
+                f"but this process was given {', '.join(self.kek_ids)}"
+            )
+        return key
+
+    def missing(self, kek_ids: Iterable[str]) -> list[str]:
+        """The ids among ``kek_ids`` that no key of this list has, sorted, each once."""
+        return sorted({i for i in kek_ids if i not in self._by_id})
+
+    def with_primary(self, key: KeyEncryptionKey) -> KeyEncryptionKeys:
+        """This list with ``key`` first (moved there if it is in the list already)."""
+        return KeyEncryptionKeys([key, *(k for k in self._keys if k.kek_id != key.kek_id)])

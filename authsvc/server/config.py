@@ -36,8 +36,8 @@ class ServeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     insecure: bool = False
-    kek: str | None = field(default=None, repr=False)
-    kek_file: Path | None = None
+    kek: str | None = field(default=None, repr=False)  # one KEK, or several comma-separated
+    kek_file: Path | tuple[Path, ...] | None = None  # one KEK file, or several: the first encrypts
     workers: int = 1
     database_url: str | None = field(default=None, repr=False)
     client_cache_ttl: float = 2.0

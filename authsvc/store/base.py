@@ -6,7 +6,7 @@ Private keys and the secret-hashing pepper reach a store only as ciphertext.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,12 +17,18 @@ __all__ = [
     "AlreadyExists",
     "ClientStore",
     "KeyStore",
+    "Reencrypt",
     "SecretStore",
+    "StaleKek",
     "Store",
     "StoreError",
     "StoreUnavailable",
     "StoredKey",
 ]
+
+
+Reencrypt = Callable[[str, str, str, bytes], bytes]
+"""``(kind, name, kek_id, ciphertext) -> ciphertext`` under the new KEK (see ``KeyStore.rewrap``)."""
 
 
 class StoreError(Exception):
@@ -38,6 +44,12 @@ class StoreUnavailable(StoreError, TemporarilyUnavailable):
 
 class AlreadyExists(StoreError):
     """A row with this identity exists already."""
+
+
+class StaleKek(StoreError):
+    """A write was refused because the store holds ciphertexts under a key-encryption key the
+    writer was not given: the deployment was rewrapped to a KEK this process lacks, and a key it
+    wrote now would be under a KEK the operator is about to drop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,14 +94,18 @@ class KeyStore(Protocol):
 
     def list_keys(self) -> list[StoredKey]: ...
 
-    def activate_first_key(self, key: StoredKey) -> StoredKey:
+    def activate_first_key(self, key: StoredKey, *, kek_ids: Collection[str] | None = None) -> StoredKey:
         """Insert ``key`` (state ``active``) unless an active key exists; return the active key.
-        Atomic, so that processes starting at once agree on one key."""
+        Atomic, so that processes starting at once agree on one key. With ``kek_ids`` (the KEKs
+        the writer holds), raise :class:`StaleKek` and insert nothing if any stored ciphertext is
+        under another KEK."""
 
-    def add_key(self, key: StoredKey, *, only_if_no_next: bool = False) -> bool:
+    def add_key(
+        self, key: StoredKey, *, only_if_no_next: bool = False, kek_ids: Collection[str] | None = None
+    ) -> bool:
         """Insert ``key`` as it is (usually state ``next``). With ``only_if_no_next``, insert
         nothing and return False when a ``next`` key exists already (automatic rotation by several
-        processes at once)."""
+        processes at once). ``kek_ids`` as for :meth:`activate_first_key`."""
 
     def promote(self, kid: str, *, now: int, retire_after: int) -> bool:
         """``kid`` next → active and the active key (if any) → retiring, in one transaction.
@@ -102,16 +118,15 @@ class KeyStore(Protocol):
         """Any state but retired/revoked → revoked (unpublished at once). Returns the key as it
         was, or None if there is no such revocable key."""
 
-    def rewrap(
-        self,
-        keys: list[tuple[str, bytes]],
-        secrets: list[tuple[str, bytes]],
-        *,
-        old_kek_id: str,
-        new_kek_id: str,
-    ) -> None:
-        """Replace the ciphertexts of these keys and service secrets in one transaction. Raises
-        StoreError if any row is not under ``old_kek_id`` (someone else rewrapped meanwhile)."""
+    def rewrap(self, reencrypt: Reencrypt, *, new_kek_id: str) -> int:
+        """Replace the ciphertext of every signing key and service secret not under
+        ``new_kek_id`` by ``reencrypt(kind, name, kek_id, ciphertext)`` (``kind`` is ``"key"``,
+        with the kid as name, or ``"secret"``), in one transaction serialized with every key
+        change; returns how many rows changed.
+
+        The rows are read inside that transaction, so a key another process writes meanwhile is
+        either seen and re-encrypted, or written after the commit: success means every row is
+        under ``new_kek_id``. If ``reencrypt`` raises, nothing changes."""
 
     def list_secrets(self) -> list[tuple[str, bytes, str]]:
         """(name, ciphertext, kek_id) of every service secret."""

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from authsvc.core.clients import Client
 from authsvc.core.keys import KeyState
-from authsvc.store.base import AlreadyExists, StoredKey, StoreError
+from authsvc.store.base import AlreadyExists, Reencrypt, StaleKek, StoredKey, StoreError
 
 __all__ = ["MemoryStore"]
 
@@ -56,16 +56,30 @@ class MemoryStore:
         with self._lock:
             return sorted(self._keys.values(), key=lambda k: (k.created_at, k.kid))
 
-    def activate_first_key(self, key: StoredKey) -> StoredKey:
+    def _check_kek_ids(self, kek_ids: Collection[str] | None) -> None:
+        if kek_ids is None:
+            return
+        stored = {k.kek_id for k in self._keys.values()} | {kek_id for _, kek_id in self._secrets.values()}
+        unknown = sorted(stored - set(kek_ids))
+        if unknown:
+            raise StaleKek(
+                f"the store holds keys under key-encryption key {', '.join(unknown)}, which this process "
+                "was not given; restart it with that KEK first in its list"
+            )
+
+    def activate_first_key(self, key: StoredKey, *, kek_ids: Collection[str] | None = None) -> StoredKey:
         with self._lock:
             for existing in self._keys.values():
                 if existing.state == KeyState.ACTIVE:
                     return existing
+            self._check_kek_ids(kek_ids)
             key = dataclasses.replace(key, state=KeyState.ACTIVE.value)
             self._keys[key.kid] = key
             return key
 
-    def add_key(self, key: StoredKey, *, only_if_no_next: bool = False) -> bool:
+    def add_key(
+        self, key: StoredKey, *, only_if_no_next: bool = False, kek_ids: Collection[str] | None = None
+    ) -> bool:
         with self._lock:
             if key.kid in self._keys:
                 raise AlreadyExists(f"key {key.kid} exists already")
@@ -73,6 +87,7 @@ class MemoryStore:
                 raise StoreError("a second active key")
             if only_if_no_next and any(k.state == KeyState.NEXT for k in self._keys.values()):
                 return False
+            self._check_kek_ids(kek_ids)
             self._keys[key.kid] = key
             return True
 
@@ -105,27 +120,25 @@ class MemoryStore:
             self._keys[kid] = dataclasses.replace(key, state=KeyState.REVOKED.value, revoked_at=now)
             return key
 
-    def rewrap(
-        self,
-        keys: list[tuple[str, bytes]],
-        secrets: list[tuple[str, bytes]],
-        *,
-        old_kek_id: str,
-        new_kek_id: str,
-    ) -> None:
+    def rewrap(self, reencrypt: Reencrypt, *, new_kek_id: str) -> int:
         with self._lock:
-            for kid, _ in keys:
-                if kid not in self._keys or self._keys[kid].kek_id != old_kek_id:
-                    raise StoreError(f"kid {kid} is no longer under key-encryption key {old_kek_id}")
-            for name, _ in secrets:
-                if name not in self._secrets or self._secrets[name][1] != old_kek_id:
-                    raise StoreError(f"name {name} is no longer under key-encryption key {old_kek_id}")
-            for kid, blob in keys:
+            keys = {
+                kid: reencrypt("key", kid, k.kek_id, k.private_key_enc)
+                for kid, k in self._keys.items()
+                if k.kek_id != new_kek_id
+            }
+            secrets = {
+                name: reencrypt("secret", name, kek_id, blob)
+                for name, (blob, kek_id) in self._secrets.items()
+                if kek_id != new_kek_id
+            }
+            for kid, blob in keys.items():
                 self._keys[kid] = dataclasses.replace(
                     self._keys[kid], private_key_enc=blob, kek_id=new_kek_id
                 )
-            for name, blob in secrets:
+            for name, blob in secrets.items():
                 self._secrets[name] = (blob, new_kek_id)
+            return len(keys) + len(secrets)
 
     def list_secrets(self) -> list[tuple[str, bytes, str]]:
         with self._lock:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
 from authsvc.core.clients import Client
 from authsvc.core.keys import KeyState
-from authsvc.store.base import AlreadyExists, StoredKey, StoreError
+from authsvc.store.base import AlreadyExists, Reencrypt, StaleKek, StoredKey, StoreError
 
 __all__ = ["CLIENT_COLUMNS", "KEY_COLUMNS", "MIGRATIONS_TABLE", "SqlStore"]
 
@@ -183,17 +183,35 @@ class SqlStore:
             for r in self._query(f"SELECT {KEY_COLUMNS} FROM signing_keys ORDER BY created_at, kid")
         ]
 
-    def activate_first_key(self, key: StoredKey) -> StoredKey:
+    def _check_kek_ids(self, conn: Any, kek_ids: Collection[str] | None) -> None:
+        """Refuse a write by a process that lacks a KEK some stored ciphertext is under. Runs in
+        the same key-locked transaction as the write, so a concurrent rewrap cannot slip between."""
+        if kek_ids is None:
+            return
+        rows = self._exec(
+            conn, "SELECT kek_id FROM signing_keys UNION SELECT kek_id FROM service_secrets"
+        ).fetchall()
+        unknown = sorted({str(r[0]) for r in rows} - set(kek_ids))
+        if unknown:
+            raise StaleKek(
+                f"the store holds keys under key-encryption key {', '.join(unknown)}, which this process "
+                "was not given; restart it with that KEK first in its list"
+            )
+
+    def activate_first_key(self, key: StoredKey, *, kek_ids: Collection[str] | None = None) -> StoredKey:
         with self._write(lock_keys=True) as conn:
             row = self._exec(
                 conn, f"SELECT {KEY_COLUMNS} FROM signing_keys WHERE state = ?", (KeyState.ACTIVE.value,)
             ).fetchone()
             if row is not None:
                 return _key_from_row(row)
+            self._check_kek_ids(conn, kek_ids)
             self._exec(conn, _INSERT_KEY, _key_row(key, KeyState.ACTIVE.value))
             return dataclasses.replace(key, state=KeyState.ACTIVE.value)
 
-    def add_key(self, key: StoredKey, *, only_if_no_next: bool = False) -> bool:
+    def add_key(
+        self, key: StoredKey, *, only_if_no_next: bool = False, kek_ids: Collection[str] | None = None
+    ) -> bool:
         try:
             with self._write(lock_keys=True) as conn:
                 if (
@@ -203,6 +221,7 @@ class SqlStore:
                     ).fetchone()
                 ):
                     return False
+                self._check_kek_ids(conn, kek_ids)
                 self._exec(conn, _INSERT_KEY, _key_row(key))
                 return True
         except self.integrity_errors as exc:
@@ -246,29 +265,26 @@ class SqlStore:
             )
             return _key_from_row(row)
 
-    def rewrap(
-        self,
-        keys: list[tuple[str, bytes]],
-        secrets: list[tuple[str, bytes]],
-        *,
-        old_kek_id: str,
-        new_kek_id: str,
-    ) -> None:
+    def rewrap(self, reencrypt: Reencrypt, *, new_kek_id: str) -> int:
+        changed = 0
         with self._write(lock_keys=True) as conn:
-            for table, column, name_column, items in (
-                ("signing_keys", "private_key_enc", "kid", keys),
-                ("service_secrets", "value_enc", "name", secrets),
+            for kind, table, column, name_column in (
+                ("key", "signing_keys", "private_key_enc", "kid"),
+                ("secret", "service_secrets", "value_enc", "name"),
             ):
-                for name, blob in items:
-                    cur = self._exec(
+                rows = self._exec(
+                    conn,
+                    f"SELECT {name_column}, kek_id, {column} FROM {table} WHERE kek_id <> ?",
+                    (new_kek_id,),
+                ).fetchall()
+                for name, kek_id, blob in rows:
+                    self._exec(
                         conn,
-                        f"UPDATE {table} SET {column} = ?, kek_id = ? WHERE {name_column} = ? AND kek_id = ?",
-                        (blob, new_kek_id, name, old_kek_id),
+                        f"UPDATE {table} SET {column} = ?, kek_id = ? WHERE {name_column} = ?",
+                        (reencrypt(kind, str(name), str(kek_id), bytes(blob)), new_kek_id, name),
                     )
-                    if cur.rowcount != 1:
-                        raise StoreError(
-                            f"{name_column} {name} is no longer under key-encryption key {old_kek_id}"
-                        )
+                    changed += 1
+        return changed
 
     # -- service secrets -------------------------------------------------------------------------
 
