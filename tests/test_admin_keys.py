@@ -20,10 +20,10 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from authsvc.admin import Authority, KeyInfo
 from authsvc.core.errors import ConfigurationError, InvalidRequest, NotFound
-from authsvc.core.keys import KeyEncryptionKey, KeyState
+from authsvc.core.keys import KeyEncryptionKey, KeyEncryptionKeys, KeyState
 from authsvc.core.lifecycle import LifecyclePolicy, Transition, TransitionKind
 from authsvc.core.ports import SystemRandom
-from authsvc.store.base import Store, StoredKey
+from authsvc.store.base import StaleKek, Store, StoredKey
 from authsvc.store.sqlite import SQLiteStore
 from tests.core.fakes import FrozenClock
 from tests.store.contract import STORE_KINDS, open_store
@@ -502,3 +502,74 @@ def test_rewrap_survives_reopening_the_database(tmp_path: Path, clock: FrozenClo
             Authority(reopened, KEK, clock=clock, random=SystemRandom()).check_kek()
     finally:
         reopened.close()
+
+
+# -- a KEK list: the first encrypts, any decrypts -------------------------------------------------
+
+
+def test_a_kek_list_reads_rows_under_either_key_and_rewrap_moves_all_to_the_first(
+    authority: Authority, store: Store, clock: FrozenClock
+) -> None:
+    old_kid = authority.ensure_signing_key().kid
+    both = Authority(store, KeyEncryptionKeys([NEW_KEK, KEK]), clock=clock, random=SystemRandom())
+    both.check_kek()
+    new_kid = both.rotate().kid
+    assert {k.kid: k.kek_id for k in both.list_keys()} == {old_kid: KEK.kek_id, new_kid: NEW_KEK.kek_id}
+    assert {both.load_key(k).kid for k in store.list_keys()} == {old_kid, new_kid}
+
+    assert both.rewrap() == 2  # the old key and the pepper; the new key is under NEW already
+    assert both.rewrap() == 0  # nothing left to do: an interrupted rewrap can be run again
+
+    alone = Authority(store, NEW_KEK, clock=clock, random=SystemRandom())
+    alone.check_kek()
+    assert {alone.load_key(k).kid for k in store.list_keys()} == {old_kid, new_kid}
+
+
+def test_a_process_without_the_kek_of_a_stored_row_may_not_write_keys(
+    authority: Authority, store: Store, clock: FrozenClock
+) -> None:
+    """After a rewrap to NEW, a process still on KEK alone (a server not restarted) is refused
+    key writes instead of leaving rows a NEW-only deployment cannot open."""
+    authority.ensure_signing_key()
+    Authority(store, KeyEncryptionKeys([NEW_KEK, KEK]), clock=clock, random=SystemRandom()).rewrap()
+    with pytest.raises(StaleKek, match=NEW_KEK.kek_id):
+        authority.rotate()
+    clock.advance(DELAY * 10)  # automatic rotation due
+    with pytest.raises(StaleKek):
+        authority.apply_lifecycle(
+            LifecyclePolicy(publish_delay=DELAY, max_token_lifetime=LIFETIME, rotation_period=DELAY + 1)
+        )
+    assert {k.kek_id for k in store.list_keys()} == {NEW_KEK.kek_id}
+
+
+def test_check_kek_names_every_missing_kek_id(authority: Authority, store: Store, clock: FrozenClock) -> None:
+    authority.ensure_signing_key()
+    other = KeyEncryptionKey(b"\x33" * 32)
+    with pytest.raises(ConfigurationError) as refused:
+        Authority(store, KeyEncryptionKeys([NEW_KEK, other]), clock=clock, random=SystemRandom()).check_kek()
+    assert KEK.kek_id in str(refused.value)
+    assert {NEW_KEK.kek_id, other.kek_id} <= set(
+        str(refused.value).replace(",", " ").replace(")", " ").split()
+    )
+
+
+def test_rewrap_without_a_new_kek_needs_a_list(authority: Authority) -> None:
+    authority.ensure_signing_key()
+    with pytest.raises(ConfigurationError, match="AUTHSVC_NEW_KEK"):
+        authority.rewrap()
+    assert {k.kek_id for k in authority.list_keys()} == {KEK.kek_id}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "neither"),
+        (f"{'22' * 32},not-a-key", "second key-encryption key"),
+        (f"{'22' * 32},{'22' * 32}", "given twice"),
+    ],
+    ids=["empty", "bad-second", "duplicate"],
+)
+def test_a_malformed_kek_list_is_refused_without_echoing_it(text: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message) as refused:
+        KeyEncryptionKeys.from_text(text)
+    assert "22" * 32 not in str(refused.value)

@@ -201,3 +201,41 @@ def test_serve_refuses_inconsistent_key_timing(tmp_path: Path, flags: list[str],
     )
     assert out.returncode == 1
     assert out.stderr.startswith("authsvc: error:") and named in out.stderr
+
+
+def _kek_file(path: Path, key: str) -> Path:
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def test_kek_lists_from_a_repeated_flag_from_the_environment_and_rewrap_to_the_first(tmp_path: Path) -> None:
+    """The three spellings of a KEK list, then step 2 of the KEK change: ``keys rewrap`` with no
+    new KEK moves every row to the list's first key; NEW alone opens the deployment afterwards."""
+    data = tmp_path / "data"
+    kids = bootstrap(data, with_next=True)
+    new_file, old_file = _kek_file(tmp_path / "new.kek", NEW_KEK), _kek_file(tmp_path / "old.kek", KEK)
+    no_kek = {k: v for k, v in cli_env().items() if k != "AUTHSVC_KEK"}
+
+    flags = json.loads(
+        keys(data, "list", "-o", "json", "--kek-file", str(new_file), "--kek-file", str(old_file), env=no_kek)
+    )
+    listed = json.loads(
+        keys(data, "list", "-o", "json", env={**no_kek, "AUTHSVC_KEK_FILE": f"{new_file},{old_file}"})
+    )
+    assert {k["kid"] for k in flags} == {k["kid"] for k in listed} == set(kids)
+
+    out = json.loads(keys(data, "rewrap", "-o", "json", env=cli_env(AUTHSVC_KEK=f"{NEW_KEK},{KEK}")))
+    assert out["rewrapped"] == 3
+
+    alone = json.loads(keys(data, "list", "-o", "json", "--kek-file", str(new_file), env=no_kek))
+    assert {k["kek_id"] for k in alone} == {out["kek_id"]}
+    refused = keys_result(data, "list")  # the old KEK alone no longer opens it, and says why
+    assert refused.returncode == 1 and out["kek_id"] in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_help_says_how_to_give_a_kek_list(tmp_path: Path) -> None:
+    for command in (["serve"], ["keys", "rewrap"], ["clients", "list"]):
+        text = " ".join(authsvc(*command, "--help", env=cli_env()).stdout.split())
+        assert "Repeat it to give a list: the first encrypts" in text
+        assert "AUTHSVC_KEK, comma-separated" in text
