@@ -37,7 +37,9 @@ class ConnectionLimits:
       is accepted (``grpc.max_allowed_incoming_connections``). Keep it below the process's file
       descriptor limit, so that a flood of connections cannot starve the store of descriptors.
     - ``max_streams_per_connection``: HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS
-      (``grpc.max_concurrent_streams``); a client queues calls beyond it.
+      (``grpc.max_concurrent_streams``). A client queues calls beyond it once it has the server's
+      SETTINGS, but a burst on a new connection that exceeds it gets some calls refused
+      (UNAVAILABLE): keep it at least as large as the bursts real clients send on one channel.
     - ``max_concurrent_rpcs``: RPCs in progress at once in the process; one more is answered
       RESOURCE_EXHAUSTED by grpc itself (``maximum_concurrent_rpcs`` of ``grpc.aio.server``).
     - ``max_connection_idle`` (s): a connection with no RPC for that long is closed with GOAWAY
@@ -46,7 +48,7 @@ class ConnectionLimits:
 
     handshake_timeout: float = 10.0
     max_connections: int = 1000
-    max_streams_per_connection: int = 100
+    max_streams_per_connection: int = 1000
     max_concurrent_rpcs: int = 1000
     max_connection_idle: float = 300.0
 

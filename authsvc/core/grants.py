@@ -26,6 +26,7 @@ from authsvc.core.errors import (
     InvalidRequest,
     InvalidScope,
     InvalidTarget,
+    OAuthError,
     UnauthorizedClient,
     UnsupportedGrantType,
 )
@@ -209,7 +210,8 @@ class TokenEndpoint:
         ok = self._hasher.verify(client_secret, client.secret_hash)
         # `&`, not `and`: every term is evaluated whichever fails
         if not (ok & client.enabled & (found is not None)):
-            raise InvalidClient("client authentication failed")
+            # client_known only tells the edge's log whether the id may be written in full
+            raise InvalidClient("client authentication failed", client_known=found is not None)
         return client
 
     def issue(self, request: TokenRequest) -> IssuedToken:
@@ -227,9 +229,13 @@ class TokenEndpoint:
             validate_audience(audience)
         parse_scope(request.scope)  # a malformed scope is refused before any client lookup
         client = self.authenticate(request.client_id, request.client_secret)
-        if handler.grant_type not in client.grant_types:
-            raise UnauthorizedClient("this client may not use this grant type")
-        grant = handler.decide(request, client)
+        try:
+            if handler.grant_type not in client.grant_types:
+                raise UnauthorizedClient("this client may not use this grant type")
+            grant = handler.decide(request, client)
+        except OAuthError as exc:
+            exc.client_known = True  # an authenticated client: its id is no secret
+            raise
 
         signer = self._signer()
         now = int(self._clock.now())

@@ -262,10 +262,10 @@ def test_connections_over_cap_are_closed(limited_server: Callable[..., str]) -> 
 
 
 def test_concurrent_streams_per_connection_capped(limited_server: Callable[..., str]) -> None:
-    """One connection may not open more than 100 concurrent streams (HTTP/2
-    SETTINGS_MAX_CONCURRENT_STREAMS; grpc's default is unlimited): the 101st waits for a free
-    stream, here until its deadline, and runs as soon as one ends."""
-    target = limited_server()
+    """One connection may not open more than its cap of concurrent streams (HTTP/2
+    SETTINGS_MAX_CONCURRENT_STREAMS; grpc's default is unlimited, ours 1000, here 100): the 101st
+    waits for a free stream, here until its deadline, and runs as soon as one ends."""
+    target = limited_server(max_streams_per_connection=100)
     with grpc.insecure_channel(target) as ch:
         health = health_pb2_grpc.HealthStub(ch)
         held = [health.Watch(health_pb2.HealthCheckRequest(), timeout=LONG) for _ in range(100)]
@@ -411,3 +411,30 @@ def test_secret_as_client_id_never_logged(
             f"a piece of the secret reached the log: {record.name}"
         )
     still_serves(token_server.target, shop.client_id, shop.secret)
+
+
+def test_registered_client_id_is_logged_in_full_on_a_refusal(
+    token_server: TokenServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redaction is for ids that name no client: an operator still sees which registered client
+    sent a wrong secret or asked for a scope it may not have."""
+    caplog.set_level(logging.INFO)
+    shop = token_server.register()
+    with grpc.insecure_channel(token_server.target) as ch:
+        stub = token_pb2_grpc.TokenServiceStub(ch)
+        for request in (
+            token_pb2.IssueTokenRequest(
+                grant_type="client_credentials", client_id=shop.client_id, client_secret="wrong"
+            ),
+            token_pb2.IssueTokenRequest(
+                grant_type="client_credentials",
+                client_id=shop.client_id,
+                client_secret=shop.secret,
+                scope="not:allowed",
+            ),
+        ):
+            with pytest.raises(grpc.RpcError):
+                stub.IssueToken(request, timeout=LONG)
+    refusals = [line for line in refusal_lines(caplog) if line.startswith("token refused")]
+    assert len(refusals) == 2
+    assert all(repr(shop.client_id) in line for line in refusals)
