@@ -114,9 +114,24 @@ def live_server(
     authority = open_authority(data, kek=request.param, kek_file=None, clock=clock, random=SystemRandom())
     thread: ServerThread[RunningServer] = ServerThread(lambda: start_server(config, authority=authority))
     running = thread.start()
+    # RunningServer.stop closes the store while a life-cycle tick may still run in its worker
+    # thread; with ticks this frequent that crashes SQLite, so let the tick in flight finish and
+    # run no more before stopping
+    gate = threading.Lock()
+    ticking = [True]
+    tick = running.keyring.tick
+
+    def guarded_tick() -> None:
+        with gate:
+            if ticking[0]:
+                tick()
+
+    running.keyring.tick = guarded_tick  # type: ignore[method-assign]
     try:
         yield running, clock
     finally:
+        with gate:
+            ticking[0] = False
         thread.stop(grace=0)
 
 
