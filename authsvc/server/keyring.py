@@ -18,11 +18,14 @@ from authsvc.admin import Authority
 from authsvc.core.keys import PUBLISHED_STATES, KeyState, PublicJwk, jwks_json
 from authsvc.core.lifecycle import LifecyclePolicy
 from authsvc.core.tokens import TokenSigner
+from authsvc.logsafe import LogRateLimiter
 from authsvc.store.base import StoreError
 
 __all__ = ["Keyring"]
 
 log = logging.getLogger("authsvc.keys")
+# a tick runs every second: an outage or a stale KEK must not write a line (or a traceback) each time
+_TICK_ERRORS = LogRateLimiter(rate=1 / 30, burst=3)
 
 
 class Keyring:
@@ -88,12 +91,30 @@ class Keyring:
         self._changed = asyncio.Event()
         try:
             while True:
+                tick = asyncio.ensure_future(asyncio.to_thread(self.tick))
                 try:
-                    await asyncio.to_thread(self.tick)
+                    await asyncio.shield(tick)
+                except asyncio.CancelledError:
+                    # shutdown: the tick's thread goes on regardless, and the store is closed
+                    # next, so wait for it rather than let it write to a closed connection
+                    await asyncio.wait([tick])
+                    raise
                 except StoreError as exc:  # an outage: say so, without a traceback every second
-                    log.warning("key refresh skipped (%s); serving with the keys already loaded", exc)
+                    _TICK_ERRORS.log(
+                        log,
+                        logging.WARNING,
+                        "key refresh skipped",
+                        "key refresh skipped (%s); serving with the keys already loaded",
+                        exc,
+                    )
                 except Exception:
-                    log.exception("key lifecycle tick failed; serving with the keys already loaded")
+                    _TICK_ERRORS.log(
+                        log,
+                        logging.ERROR,
+                        "key tick failed",
+                        "key lifecycle tick failed; serving with the keys already loaded",
+                        exc_info=True,
+                    )
                 await asyncio.sleep(self.tick_interval)
         finally:
             changed, self._changed = self._changed, None

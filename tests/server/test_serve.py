@@ -316,3 +316,37 @@ def test_serve_refuses_bad_settings_with_a_clear_error(
     )
     assert out.returncode == 1
     assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_shutdown_waits_for_the_key_tick_in_flight_before_closing_the_store(tmp_path: Path) -> None:
+    """A key-lifecycle tick runs in a worker thread; shutdown must not close the store under it
+    (with SQLite that crashed the process)."""
+    import threading
+
+    config = serve_config(tmp_path / "data")
+    thread: ServerThread[RunningServer] = ServerThread(
+        lambda: start_server(config, authority=open_authority(config))
+    )
+    running = thread.start()
+    order: list[str] = []
+    started, release = threading.Event(), threading.Event()
+    close = running.authority.store.close
+
+    def slow_tick() -> None:
+        started.set()
+        release.wait(10)
+        order.append("tick ended")
+
+    def recorded_close() -> None:
+        order.append("store closed")
+        close()
+
+    running.keyring.tick = slow_tick  # type: ignore[method-assign]
+    running.authority.store.close = recorded_close  # type: ignore[method-assign]
+    assert started.wait(10), "no tick started"
+    stopper = threading.Thread(target=thread.stop, kwargs={"grace": 0})
+    stopper.start()
+    stopper.join(0.5)  # give a premature close its chance to happen first
+    release.set()
+    stopper.join(10)
+    assert order == ["tick ended", "store closed"]
