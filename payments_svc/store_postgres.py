@@ -20,11 +20,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from authsvc.core.dburl import redact_database_url as redact_url
-from authsvc.core.errors import ConfigurationError
+from authsvc.pgurl import check_postgres_url
 from payments_svc.errors import DatabaseUnavailable
 from payments_svc.store import SqlPaymentStore
 
@@ -33,19 +32,6 @@ __all__ = ["PostgresPaymentStore", "redact_url"]
 log = logging.getLogger("payments_svc.store")
 
 _MIGRATION_LOCK = 0x7061_796D_0001  # "paym" 1: an arbitrary, fixed advisory-lock id (authsvc has its own)
-
-
-def _check_url(url: str) -> None:
-    """Refuse a URL libpq cannot parse, before the pool does: libpq's parse errors quote the
-    offending text (``invalid percent-encoded token: "<password>"``), and the pool would log them
-    on every retry."""
-    try:
-        conninfo_to_dict(url)
-    except psycopg.Error:
-        pass  # raised below, outside this block: the error's text must not ride along as context
-    else:
-        return
-    raise ConfigurationError(f"the database URL is malformed: {redact_url(url)}")
 
 
 def _sql(text: str) -> str:
@@ -75,7 +61,7 @@ class PostgresPaymentStore(SqlPaymentStore):
         timeout: float = 3.0,
         reconnect_timeout: float = 5.0,
     ) -> None:
-        _check_url(url)
+        check_postgres_url(url)
         self.url = url
         self._pool = ConnectionPool(
             url,

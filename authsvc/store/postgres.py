@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from authsvc.pgurl import check_postgres_url
 from authsvc.store.base import StoreUnavailable
 from authsvc.store.migrations import MIGRATIONS
 from authsvc.store.sql import MIGRATIONS_TABLE, SqlStore, iter_migrations
@@ -44,6 +45,7 @@ class PostgresStore(SqlStore):
     integrity_errors = (psycopg.errors.IntegrityError,)
 
     def __init__(self, url: str, *, min_size: int = 1, max_size: int = 8, timeout: float = 3.0) -> None:
+        check_postgres_url(url)
         self.url = url
         self._pool = ConnectionPool(
             url,

@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from authsvc.core.clients import new_client
-from authsvc.core.errors import InvalidClient
+from authsvc.core.errors import ConfigurationError, InvalidClient
 from authsvc.core.grants import TokenEndpoint, client_credentials_endpoint
 from authsvc.core.keys import KeyState, SigningKey, generate_rsa_key
 from authsvc.core.ports import SystemRandom
@@ -172,15 +172,20 @@ def test_database_password_in_query_never_logged(
     _no_secret_in(caplog.records, repr(config))
 
 
-def test_malformed_database_url_never_echoes_password(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("service", ["authsvc", "payments"])
+def test_malformed_database_url_never_echoes_password(service: str, caplog: pytest.LogCaptureFixture) -> None:
     """libpq's parse errors quote the bad token (``invalid percent-encoded token: "<pw>"``) and
-    the pool logged that on every retry; the store now refuses the URL without repeating it."""
+    the pool logged that on every retry; both stores now refuse the URL without repeating it."""
+    from authsvc.store.postgres import PostgresStore
     from payments_svc.store_postgres import PostgresPaymentStore
 
     caplog.set_level(logging.DEBUG)
     url = f"postgresql://postgres@127.0.0.1:5432/test?password={DB_SECRET}%zz"
-    with pytest.raises(Exception) as info:
-        PostgresPaymentStore(url, timeout=1.0)
+    with pytest.raises(ConfigurationError) as info:
+        if service == "authsvc":
+            PostgresStore(url, timeout=1.0)
+        else:
+            PostgresPaymentStore(url, timeout=1.0)
     chain = [str(info.value), repr(info.value.__cause__), repr(info.value.__context__)]
     _no_secret_in(caplog.records, *chain)
     assert info.value.__cause__ is None and info.value.__context__ is None
