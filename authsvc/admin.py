@@ -21,7 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from authsvc.core.clients import DEFAULT_TOKEN_TTL, Client, new_client, validate_client_id
 from authsvc.core.errors import ConfigurationError, InvalidRequest, NotFound
 from authsvc.core.keys import (
+    MAX_RSA_BITS,
     MIN_RSA_BITS,
+    RSA_EXPONENT,
     KeyEncryptionKey,
     KeyEncryptionKeys,
     KeyState,
@@ -336,10 +338,13 @@ class Authority:
             raise InvalidRequest("the file is not a PEM private key (or the password is wrong)") from exc
         if not isinstance(private_key, rsa.RSAPrivateKey):
             raise InvalidRequest("only RSA keys can sign RS256 tokens")
-        if private_key.key_size < MIN_RSA_BITS:
+        if not MIN_RSA_BITS <= private_key.key_size <= MAX_RSA_BITS:
             raise InvalidRequest(
-                f"the key has {private_key.key_size} bits; at least {MIN_RSA_BITS} are required"
+                f"the key has {private_key.key_size} bits; {MIN_RSA_BITS} to {MAX_RSA_BITS} are required"
             )
+        if private_key.public_key().public_numbers().e != RSA_EXPONENT:
+            # verifiers refuse other exponents (authsvc.verify.jose): such a key could never verify
+            raise InvalidRequest(f"the key's public exponent must be {RSA_EXPONENT}")
         now = publication_time(self.clock.now())
         key = SigningKey.from_private_key(private_key, state=KeyState.NEXT, created_at=now)
         try:

@@ -345,6 +345,12 @@ def _ec() -> bytes:
     )
 
 
+def _exponent_3() -> bytes:
+    """A key every verifier of ours refuses (RSA_EXPONENT): importing it would publish a key
+    whose tokens never verify."""
+    return _pkcs8(rsa.generate_private_key(public_exponent=3, key_size=2048))
+
+
 def _public_only() -> bytes:
     key = ec.generate_private_key(ec.SECP256R1()).public_key()
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -354,13 +360,14 @@ def _public_only() -> bytes:
     "make",
     [
         _small_rsa,
+        _exponent_3,
         _ec,
         lambda: b"junk",
         lambda: b"",
         _public_only,
         lambda: b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
     ],
-    ids=["rsa-1024", "ec-p256", "junk", "empty", "public-key", "truncated-pem"],
+    ids=["rsa-1024", "rsa-exponent-3", "ec-p256", "junk", "empty", "public-key", "truncated-pem"],
 )
 def test_import_refuses_what_cannot_sign(authority: Authority, make: Callable[[], bytes]) -> None:
     with pytest.raises(InvalidRequest):

@@ -30,7 +30,9 @@ from authsvc.core.ports import RandomSource
 
 __all__ = [
     "ALGORITHM",
+    "MAX_RSA_BITS",
     "MIN_RSA_BITS",
+    "RSA_EXPONENT",
     "KeyEncryptionKey",
     "KeyEncryptionKeys",
     "KeyState",
@@ -48,6 +50,10 @@ ALGORITHM = "RS256"
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 _B64_KEY = re.compile(r"[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]=?")  # 32 bytes, canonical trailing bits
 MIN_RSA_BITS = 2048
+MAX_RSA_BITS = 8192
+"""Larger moduli make each verification arbitrarily slow for no security gain."""
+RSA_EXPONENT = 65537
+"""The only public exponent signing keys may have (F4): verifiers refuse any other."""
 DEFAULT_RSA_BITS = 2048
 
 
@@ -137,8 +143,10 @@ class SigningKey:
         created_at: int,
         activated_at: int | None = None,
     ) -> SigningKey:
-        if private_key.key_size < MIN_RSA_BITS:
-            raise ValueError(f"RSA signing keys need at least {MIN_RSA_BITS} bits")
+        if not MIN_RSA_BITS <= private_key.key_size <= MAX_RSA_BITS:
+            raise ValueError(f"RSA signing keys need {MIN_RSA_BITS} to {MAX_RSA_BITS} bits")
+        if private_key.public_key().public_numbers().e != RSA_EXPONENT:
+            raise ValueError(f"RSA signing keys need the public exponent {RSA_EXPONENT}")
         jwk = public_jwk(private_key.public_key())
         return cls(
             kid=jwk["kid"],

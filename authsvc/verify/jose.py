@@ -17,21 +17,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authsvc.core.errors import InvalidToken
-from authsvc.core.keys import ALGORITHM, MIN_RSA_BITS
+from authsvc.core.keys import ALGORITHM, MAX_RSA_BITS, MIN_RSA_BITS, RSA_EXPONENT
 
-__all__ = [
-    "MAX_RSA_BITS",
-    "RSA_EXPONENT",
-    "b64url_decode_strict",
-    "parse_rsa_jwk",
-    "split_compact",
-    "strict_json_object",
-]
-
-RSA_EXPONENT = 65537
-"""The only public exponent accepted (F4, what every mainstream RSA key generator uses)."""
-MAX_RSA_BITS = 8192
-"""Larger moduli make each verification arbitrarily slow for no security gain."""
+__all__ = ["b64url_decode_strict", "parse_rsa_jwk", "split_compact", "strict_json_object"]
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 

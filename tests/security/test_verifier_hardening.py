@@ -31,9 +31,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authsvc.core.errors import InvalidToken
-from authsvc.core.keys import jwks_json, public_jwk, rfc7638_thumbprint
+from authsvc.core.keys import MAX_RSA_BITS, jwks_json, public_jwk, rfc7638_thumbprint
 from authsvc.verify import AioAuthInterceptor, AuthInterceptor, JwksCache, TokenVerifier
-from authsvc.verify.jose import MAX_RSA_BITS
 from authsvc.verify.jwks import WouldBlock
 from tests.conftest import ISSUER
 from tests.helpers import ServerThread
