@@ -25,9 +25,7 @@ own small database plumbing rather than borrowing authsvc's store.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -35,6 +33,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
+from authsvc.files import private_database_file
 from payments_svc.domain import CreatePayment, Payment, PaymentStatus, apply_refund
 from payments_svc.errors import IdempotencyKeyReused, PaymentNotFound
 from payments_svc.money import parse_amount
@@ -296,38 +295,6 @@ class SqlPaymentStore:
             return self.get(client_id, transaction_id)
 
 
-def _private_database_file(path: Path) -> None:
-    """Create the database file mode 0600 before SQLite opens it, whatever the directory's mode or
-    the umask: SQLite creates its ``-wal`` and ``-shm`` files with the database file's mode, so
-    they follow. An existing file (or ``-wal``/``-shm``/``-journal``) readable by group or others
-    is tightened to owner-only, with a warning; if it cannot be (another owner), it is warned
-    about."""
-    if str(path) == ":memory:":
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o600)
-    os.close(fd)
-    for candidate in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
-        try:
-            mode = stat.S_IMODE(candidate.stat().st_mode)
-        except FileNotFoundError:
-            continue
-        if not mode & 0o077:
-            continue
-        try:
-            os.chmod(candidate, mode & 0o700)
-        except OSError as exc:
-            log.warning(
-                "database file %s is readable by group or others (mode %o) and could not be tightened: %s",
-                candidate,
-                mode,
-                exc.strerror,
-            )
-        else:
-            log.warning(
-                "database file %s was readable by group or others (mode %o); made it 0600", candidate, mode
-            )
-
-
 class PaymentStore(SqlPaymentStore):
     """Payments in the SQLite database file ``path``. Applies migrations on open."""
 
@@ -335,7 +302,7 @@ class PaymentStore(SqlPaymentStore):
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        _private_database_file(self.path)
+        private_database_file(self.path)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()

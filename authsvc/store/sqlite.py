@@ -9,9 +9,7 @@ IMMEDIATE), which also serializes key changes between processes.
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
-import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -19,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from authsvc.files import private_database_file
 from authsvc.store.base import StoreUnavailable
 from authsvc.store.migrations import MIGRATIONS
 from authsvc.store.sql import MIGRATIONS_TABLE, SqlStore, iter_migrations
@@ -26,38 +25,6 @@ from authsvc.store.sql import MIGRATIONS_TABLE, SqlStore, iter_migrations
 __all__ = ["SQLiteStore"]
 
 log = logging.getLogger("authsvc.store")
-
-
-def _private_database_file(path: Path) -> None:
-    """Create the database file mode 0600 before SQLite opens it, whatever the directory's mode or
-    the umask: SQLite creates its ``-wal`` and ``-shm`` files with the database file's mode, so
-    they follow. An existing file (or ``-wal``/``-shm``/``-journal``) readable by group or others
-    is tightened to owner-only, with a warning; if it cannot be (another owner), it is warned
-    about."""
-    if str(path) == ":memory:":
-        return
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o600)
-    os.close(fd)
-    for candidate in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))):
-        try:
-            mode = stat.S_IMODE(candidate.stat().st_mode)
-        except FileNotFoundError:
-            continue
-        if not mode & 0o077:
-            continue
-        try:
-            os.chmod(candidate, mode & 0o700)
-        except OSError as exc:
-            log.warning(
-                "database file %s is readable by group or others (mode %o) and could not be tightened: %s",
-                candidate,
-                mode,
-                exc.strerror,
-            )
-        else:
-            log.warning(
-                "database file %s was readable by group or others (mode %o); made it 0600", candidate, mode
-            )
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:
@@ -80,7 +47,7 @@ class SQLiteStore(SqlStore):
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        _private_database_file(self.path)
+        private_database_file(self.path)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
