@@ -17,7 +17,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from authsvc.admin import Authority, KeyInfo, open_authority
+from authsvc.authority import Authority, KeyInfo, open_authority
 from authsvc.core.clients import DEFAULT_TOKEN_TTL, Client
 from authsvc.core.errors import ConfigurationError, OAuthError
 from authsvc.core.keys import KeyEncryptionKey
@@ -303,7 +303,7 @@ def _print_client(c: Client, output: str, secret: str | None = None) -> None:
 def _clients(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     authority = _authority(args, env)
     if args.action == "create":
-        client, secret = authority.create_client(
+        client, secret = authority.clients.create_client(
             client_id=args.client_id,
             scopes=list(parse_scope(args.scope)),
             audiences=args.audience,
@@ -311,7 +311,7 @@ def _clients(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         )
         _print_client(client, args.output, secret)
     elif args.action == "list":
-        clients = [_client_dict(c) for c in authority.list_clients()]
+        clients = [_client_dict(c) for c in authority.clients.list_clients()]
         if args.output == "json":
             print(json.dumps(clients, indent=2))
         else:
@@ -319,11 +319,11 @@ def _clients(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 _table(clients, ["client_id", "enabled", "allowed_scopes", "allowed_audiences", "token_ttl"])
             )
     elif args.action == "show":
-        _print_client(authority.get_client(args.client_id), args.output)
+        _print_client(authority.clients.get_client(args.client_id), args.output)
     elif args.action in ("disable", "enable"):
-        _print_client(authority.set_enabled(args.client_id, args.action == "enable"), args.output)
+        _print_client(authority.clients.set_enabled(args.client_id, args.action == "enable"), args.output)
     elif args.action == "rotate-secret":
-        client, secret = authority.rotate_secret(args.client_id)
+        client, secret = authority.clients.rotate_secret(args.client_id)
         _print_client(client, args.output, secret)
     return 0
 
@@ -344,30 +344,30 @@ def _print_keys(keys: list[KeyInfo], output: str) -> None:
 def _keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     authority = _authority(args, env)
     if args.action == "list":
-        keys = authority.list_keys()
+        keys = authority.keys.list_keys()
         if args.output == "json":
             print(json.dumps([asdict(k) for k in keys], indent=2))
         else:
             _print_keys(keys, "table")
     elif args.action == "rotate":
-        _print_keys([authority.rotate()], args.output)
+        _print_keys([authority.keys.rotate()], args.output)
     elif args.action == "import":
         password = args.password_file.read_bytes().rstrip(b"\r\n") if args.password_file else None
-        _print_keys([authority.import_key(args.pem.read_bytes(), password=password)], args.output)
+        _print_keys([authority.keys.import_key(args.pem.read_bytes(), password=password)], args.output)
     elif args.action == "revoke":
-        _print_keys([authority.revoke(args.kid)], args.output)
+        _print_keys([authority.keys.revoke(args.kid)], args.output)
     elif args.action == "rewrap":
         new_text = args.new_kek_file.read_text() if args.new_kek_file else env.get("AUTHSVC_NEW_KEK")
-        if not new_text and len(authority.keks) == 1:
+        if not new_text and len(authority.deployment.keks) == 1:
             raise ConfigurationError(
                 "give the new key-encryption key with --new-kek-file or AUTHSVC_NEW_KEK, "
                 "or the KEKs as a list with the new one first"
             )
-        changed = authority.rewrap(KeyEncryptionKey.from_text(new_text) if new_text else None)
+        changed = authority.deployment.rewrap(KeyEncryptionKey.from_text(new_text) if new_text else None)
         print(
-            json.dumps({"rewrapped": changed, "kek_id": authority.kek.kek_id})
+            json.dumps({"rewrapped": changed, "kek_id": authority.deployment.kek.kek_id})
             if args.output == "json"
-            else f"re-encrypted {changed} keys and secrets under KEK {authority.kek.kek_id}"
+            else f"re-encrypted {changed} keys and secrets under KEK {authority.deployment.kek.kek_id}"
         )
     return 0
 

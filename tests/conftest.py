@@ -7,7 +7,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from authsvc.admin import Authority
+from authsvc.authority import Authority
 from authsvc.server.app import RunningServer, open_authority, start_server
 from authsvc.server.config import ServeConfig
 from authsvc.v1 import token_pb2_grpc
@@ -51,7 +51,7 @@ class TokenServer:
         audiences: tuple[str, ...] = ("payments",),
         ttl: int = 300,
     ) -> RegisteredClient:
-        client, secret = self.authority.create_client(
+        client, secret = self.authority.clients.create_client(
             client_id=client_id, scopes=list(scopes), audiences=list(audiences), token_ttl=ttl
         )
         return RegisteredClient(client.client_id, secret)

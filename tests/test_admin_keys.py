@@ -1,4 +1,4 @@
-"""Signing-key management through :class:`authsvc.admin.Authority`, over every store.
+"""Signing-key management through :class:`authsvc.authority.Authority`, over every store.
 
 Rotation, import, revocation, rewrapping and the life cycle applied on a fake clock: no test
 sleeps. RSA keys are generated only where the operation under test generates them.
@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from authsvc.admin import Authority, KeyInfo
+from authsvc.authority import Authority, Deployment, KeyInfo
 from authsvc.core.errors import ConfigurationError, InvalidRequest, NotFound
 from authsvc.core.keys import KeyEncryptionKey, KeyEncryptionKeys, KeyState
 from authsvc.core.lifecycle import LifecyclePolicy, Transition, TransitionKind
@@ -56,8 +56,8 @@ def clock() -> FrozenClock:
 
 @pytest.fixture
 def authority(store: Store, clock: FrozenClock) -> Authority:
-    a = Authority(store, KEK, clock=clock, random=SystemRandom())
-    a.check_kek()
+    a = Authority(Deployment(store, KEK, clock=clock, random=SystemRandom()))
+    a.deployment.check_kek()
     return a
 
 
@@ -69,18 +69,18 @@ def rsa_key() -> rsa.RSAPrivateKey:
 
 def states(authority: Authority) -> dict[str, str]:
     """kid -> state; also checks the invariant that at most one key is active."""
-    infos = authority.list_keys()
+    infos = authority.keys.list_keys()
     assert sum(1 for k in infos if k.state == KeyState.ACTIVE) <= 1, infos
     return {k.kid: k.state for k in infos}
 
 
 def info(authority: Authority, kid: str) -> KeyInfo:
-    (found,) = [k for k in authority.list_keys() if k.kid == kid]
+    (found,) = [k for k in authority.keys.list_keys() if k.kid == kid]
     return found
 
 
 def published(authority: Authority) -> set[str]:
-    return {k["kid"] for k in json.loads(authority.jwks_json())["keys"]}
+    return {k["kid"] for k in json.loads(authority.keys.jwks_json())["keys"]}
 
 
 def thumbprint(key: rsa.RSAPrivateKey) -> str:
@@ -105,31 +105,31 @@ def transitions_of(applied: list[Transition]) -> list[tuple[TransitionKind, str 
 def test_rotation_walk_publishes_first_signs_after_the_delay_and_unpublishes_after_the_tokens(
     authority: Authority, clock: FrozenClock
 ) -> None:
-    old = authority.ensure_signing_key().kid
+    old = authority.keys.ensure_signing_key().kid
     assert states(authority) == {old: KeyState.ACTIVE}
-    assert authority.apply_lifecycle(POLICY) == []  # no rotation period: nothing to do
+    assert authority.keys.apply_lifecycle(POLICY) == []  # no rotation period: nothing to do
 
     clock.advance(10.5)
-    rotated = authority.rotate()
+    rotated = authority.keys.rotate()
     new = rotated.kid
     assert (rotated.state, rotated.origin) == (KeyState.NEXT, "generated")
     assert rotated.created_at == math.ceil(clock.now())
     assert states(authority) == {old: KeyState.ACTIVE, new: KeyState.NEXT}
     assert published(authority) == {old, new}  # verifiers learn the key before it signs
-    assert authority.ensure_signing_key().kid == old
+    assert authority.keys.ensure_signing_key().kid == old
 
     # one moment before the publication delay has passed: nothing happens
     clock.t = rotated.created_at + DELAY - 0.001
-    assert authority.apply_lifecycle(POLICY) == []
+    assert authority.keys.apply_lifecycle(POLICY) == []
     assert states(authority) == {old: KeyState.ACTIVE, new: KeyState.NEXT}
-    assert authority.ensure_signing_key().kid == old
+    assert authority.keys.ensure_signing_key().kid == old
 
     # the old key signs until the promotion, late in a second
     clock.t = rotated.created_at + DELAY + 0.999
     deactivated = clock.now()
-    assert transitions_of(authority.apply_lifecycle(POLICY)) == [(TransitionKind.PROMOTE, new)]
+    assert transitions_of(authority.keys.apply_lifecycle(POLICY)) == [(TransitionKind.PROMOTE, new)]
     assert states(authority) == {old: KeyState.RETIRING, new: KeyState.ACTIVE}
-    assert authority.ensure_signing_key().kid == new
+    assert authority.keys.ensure_signing_key().kid == new
     assert published(authority) == {old, new}
     retiring = info(authority, old)
     assert retiring.deactivated_at == int(deactivated)
@@ -144,18 +144,18 @@ def test_rotation_walk_publishes_first_signs_after_the_delay_and_unpublishes_aft
     assert last_exp + LEEWAY <= retiring.retire_after
 
     clock.t = retiring.retire_after - 0.001
-    assert authority.apply_lifecycle(POLICY) == []
+    assert authority.keys.apply_lifecycle(POLICY) == []
     assert published(authority) == {old, new}
 
     clock.t = retiring.retire_after
-    assert transitions_of(authority.apply_lifecycle(POLICY)) == [(TransitionKind.RETIRE, old)]
+    assert transitions_of(authority.keys.apply_lifecycle(POLICY)) == [(TransitionKind.RETIRE, old)]
     assert states(authority) == {old: KeyState.RETIRED, new: KeyState.ACTIVE}
     assert info(authority, old).retired_at == retiring.retire_after
     assert published(authority) == {new}
-    assert authority.apply_lifecycle(POLICY) == []
+    assert authority.keys.apply_lifecycle(POLICY) == []
 
     with pytest.raises(NotFound):  # a retired key is no longer revocable
-        authority.revoke(old)
+        authority.keys.revoke(old)
 
 
 class StaleReads:
@@ -192,10 +192,10 @@ def two_processes(
 
         url = request.getfixturevalue("pg_url")
         store_a, store_b = PostgresStore(url), StalePostgres(url)
-    a = Authority(store_a, KEK, clock=clock, random=SystemRandom())
-    b = Authority(store_b, KEK, clock=clock, random=SystemRandom())
-    a.check_kek()
-    b.check_kek()
+    a = Authority(Deployment(store_a, KEK, clock=clock, random=SystemRandom()))
+    b = Authority(Deployment(store_b, KEK, clock=clock, random=SystemRandom()))
+    a.deployment.check_kek()
+    b.deployment.check_kek()
     try:
         yield a, b, store_b
     finally:
@@ -213,11 +213,11 @@ def test_two_processes_on_one_database_apply_each_transition_once(
     two_processes: tuple[Authority, Authority, StaleReads], clock: FrozenClock
 ) -> None:
     a, b, _ = two_processes
-    first = a.ensure_signing_key().kid
-    assert b.ensure_signing_key().kid == first
+    first = a.keys.ensure_signing_key().kid
+    assert b.keys.ensure_signing_key().kid == first
 
     def both() -> list[tuple[TransitionKind, str | None]]:
-        return transitions_of(a.apply_lifecycle(ROTATING) + b.apply_lifecycle(ROTATING))
+        return transitions_of(a.keys.apply_lifecycle(ROTATING) + b.keys.apply_lifecycle(ROTATING))
 
     clock.t = T0 + PERIOD - DELAY - 1
     assert both() == []
@@ -241,12 +241,12 @@ def test_racing_processes_that_decided_on_the_same_state_apply_each_transition_o
 ) -> None:
     """Both read the keys, then both write: the store's compare-and-set lets one win."""
     a, b, store_b = two_processes
-    first = a.ensure_signing_key().kid
+    first = a.keys.ensure_signing_key().kid
 
     def race() -> list[tuple[TransitionKind, str | None]]:
         store_b.stale = store_b.list_keys()  # b reads ...
-        applied = a.apply_lifecycle(ROTATING)  # ... a reads and writes ...
-        applied += b.apply_lifecycle(ROTATING)  # ... b writes what it decided before
+        applied = a.keys.apply_lifecycle(ROTATING)  # ... a reads and writes ...
+        applied += b.keys.apply_lifecycle(ROTATING)  # ... b writes what it decided before
         assert store_b.stale is None, "b did not decide on the stale snapshot"
         return transitions_of(applied)
 
@@ -270,7 +270,7 @@ def test_racing_processes_with_no_active_key_create_one_active_key_once(
 ) -> None:
     a, b, store_b = two_processes
     store_b.stale = store_b.list_keys()  # both see an empty deployment
-    applied = a.apply_lifecycle(ROTATING) + b.apply_lifecycle(ROTATING)
+    applied = a.keys.apply_lifecycle(ROTATING) + b.keys.apply_lifecycle(ROTATING)
     assert len(states(a)) == 1
     assert [t.kind for t in applied] == [TransitionKind.CREATE_ACTIVE], (
         "a process that lost the race reports a key it did not create"
@@ -316,7 +316,7 @@ def test_import_makes_a_next_key_named_by_its_thumbprint(
     encode: Callable[[rsa.RSAPrivateKey], bytes],
     password: bytes | None,
 ) -> None:
-    imported = authority.import_key(encode(rsa_key), password=password)
+    imported = authority.keys.import_key(encode(rsa_key), password=password)
     assert (imported.state, imported.origin) == (KeyState.NEXT, "imported")
     assert imported.kid == thumbprint(rsa_key)
     assert imported.created_at == math.ceil(clock.now())
@@ -324,15 +324,15 @@ def test_import_makes_a_next_key_named_by_its_thumbprint(
     assert published(authority) == {imported.kid}
     (stored,) = authority.store.list_keys()
     assert PASSWORD not in stored.private_key_enc
-    loaded = authority.load_key(stored)
+    loaded = authority.keys.load_key(stored)
     assert loaded.private_key.private_numbers() == rsa_key.private_numbers()
 
 
 def test_importing_the_same_key_twice_is_refused(authority: Authority, rsa_key: rsa.RSAPrivateKey) -> None:
-    authority.import_key(_pkcs8(rsa_key))
+    authority.keys.import_key(_pkcs8(rsa_key))
     with pytest.raises(InvalidRequest):
-        authority.import_key(_pkcs1(rsa_key))  # another encoding of the same key
-    assert len(authority.list_keys()) == 1
+        authority.keys.import_key(_pkcs1(rsa_key))  # another encoding of the same key
+    assert len(authority.keys.list_keys()) == 1
 
 
 def _small_rsa() -> bytes:
@@ -371,8 +371,8 @@ def _public_only() -> bytes:
 )
 def test_import_refuses_what_cannot_sign(authority: Authority, make: Callable[[], bytes]) -> None:
     with pytest.raises(InvalidRequest):
-        authority.import_key(make())
-    assert authority.list_keys() == []
+        authority.keys.import_key(make())
+    assert authority.keys.list_keys() == []
 
 
 @pytest.mark.parametrize(
@@ -385,81 +385,81 @@ def test_import_refuses_a_wrong_password(
 ) -> None:
     pem = _encrypted(rsa_key) if encrypted else _pkcs8(rsa_key)
     with pytest.raises(InvalidRequest):
-        authority.import_key(pem, password=password)
-    assert authority.list_keys() == []
+        authority.keys.import_key(pem, password=password)
+    assert authority.keys.list_keys() == []
 
 
 # -- revocation -----------------------------------------------------------------------------------
 
 
 def test_revoking_a_retiring_key_unpublishes_it_at_once(authority: Authority, clock: FrozenClock) -> None:
-    old = authority.ensure_signing_key().kid
-    new = authority.rotate().kid
+    old = authority.keys.ensure_signing_key().kid
+    new = authority.keys.rotate().kid
     clock.advance(DELAY + 1)
-    authority.apply_lifecycle(POLICY)
+    authority.keys.apply_lifecycle(POLICY)
     assert states(authority) == {old: KeyState.RETIRING, new: KeyState.ACTIVE}
 
     clock.advance(5)
-    revoked = authority.revoke(old)
+    revoked = authority.keys.revoke(old)
     assert (revoked.state, revoked.revoked_at) == (KeyState.REVOKED, int(clock.now()))
     assert published(authority) == {new}
     assert states(authority) == {old: KeyState.REVOKED, new: KeyState.ACTIVE}
-    assert authority.ensure_signing_key().kid == new
+    assert authority.keys.ensure_signing_key().kid == new
     clock.advance(LIFETIME + LEEWAY)
-    assert authority.apply_lifecycle(POLICY) == []  # a revoked key is never "retired" later
+    assert authority.keys.apply_lifecycle(POLICY) == []  # a revoked key is never "retired" later
 
 
 def test_revoking_the_active_key_promotes_the_oldest_next_key_at_once(
     authority: Authority, clock: FrozenClock, rsa_key: rsa.RSAPrivateKey
 ) -> None:
-    compromised = authority.ensure_signing_key().kid
+    compromised = authority.keys.ensure_signing_key().kid
     clock.advance(1)
-    oldest = authority.rotate().kid
+    oldest = authority.keys.rotate().kid
     clock.advance(1)
-    younger = authority.import_key(_pkcs8(rsa_key)).kid
+    younger = authority.keys.import_key(_pkcs8(rsa_key)).kid
     clock.advance(1)  # well before the publication delay has passed
 
-    authority.revoke(compromised)
+    authority.keys.revoke(compromised)
     assert states(authority) == {
         compromised: KeyState.REVOKED,
         oldest: KeyState.ACTIVE,
         younger: KeyState.NEXT,
     }
-    assert authority.ensure_signing_key().kid == oldest
+    assert authority.keys.ensure_signing_key().kid == oldest
     assert published(authority) == {oldest, younger}
     assert info(authority, oldest).activated_at == int(clock.now())
 
 
 def test_revoking_the_only_key_generates_a_new_active_key(authority: Authority) -> None:
-    compromised = authority.ensure_signing_key().kid
-    authority.revoke(compromised)
-    signing = authority.ensure_signing_key().kid
+    compromised = authority.keys.ensure_signing_key().kid
+    authority.keys.revoke(compromised)
+    signing = authority.keys.ensure_signing_key().kid
     assert signing != compromised
     assert states(authority) == {compromised: KeyState.REVOKED, signing: KeyState.ACTIVE}
     assert published(authority) == {signing}
 
     with pytest.raises(NotFound):
-        authority.revoke(compromised)  # already revoked
+        authority.keys.revoke(compromised)  # already revoked
     assert states(authority) == {compromised: KeyState.REVOKED, signing: KeyState.ACTIVE}
 
 
 def test_revoking_a_next_key_unpublishes_it_and_it_is_never_promoted(
     authority: Authority, clock: FrozenClock, rsa_key: rsa.RSAPrivateKey
 ) -> None:
-    active = authority.ensure_signing_key().kid
-    pending = authority.import_key(_pkcs8(rsa_key)).kid
-    authority.revoke(pending)
+    active = authority.keys.ensure_signing_key().kid
+    pending = authority.keys.import_key(_pkcs8(rsa_key)).kid
+    authority.keys.revoke(pending)
     assert published(authority) == {active}
     clock.advance(DELAY * 10)
-    assert authority.apply_lifecycle(POLICY) == []
+    assert authority.keys.apply_lifecycle(POLICY) == []
     assert states(authority) == {active: KeyState.ACTIVE, pending: KeyState.REVOKED}
 
 
 @pytest.mark.parametrize("kid", ["no-such-kid", ""], ids=["unknown", "empty"])
 def test_revoking_an_unknown_kid_is_not_found(authority: Authority, kid: str) -> None:
     with pytest.raises(NotFound):
-        authority.revoke(kid)
-    assert authority.list_keys() == []
+        authority.keys.revoke(kid)
+    assert authority.keys.list_keys() == []
 
 
 # -- rewrapping under a new key-encryption key ----------------------------------------------------
@@ -468,45 +468,45 @@ def test_revoking_an_unknown_kid_is_not_found(authority: Authority, kid: str) ->
 def test_rewrap_moves_every_key_and_secret_to_the_new_kek(
     authority: Authority, store: Store, clock: FrozenClock
 ) -> None:
-    active = authority.ensure_signing_key().kid
-    pending = authority.rotate().kid
-    client, secret = authority.create_client(client_id="shop", scopes=["a"], audiences=["payments"])
+    active = authority.keys.ensure_signing_key().kid
+    pending = authority.keys.rotate().kid
+    client, secret = authority.clients.create_client(client_id="shop", scopes=["a"], audiences=["payments"])
 
-    changed = authority.rewrap(NEW_KEK)
+    changed = authority.deployment.rewrap(NEW_KEK)
     assert changed == 3  # two private keys and the secret-hashing pepper
-    assert {k.kek_id for k in authority.list_keys()} == {NEW_KEK.kek_id}
+    assert {k.kek_id for k in authority.keys.list_keys()} == {NEW_KEK.kek_id}
 
-    fresh = Authority(store, NEW_KEK, clock=clock, random=SystemRandom())
-    fresh.check_kek()
-    assert {fresh.load_key(k).kid for k in store.list_keys()} == {active, pending}
-    assert fresh.ensure_signing_key().kid == active
-    assert fresh.hasher().verify(secret, fresh.get_client("shop").secret_hash)
-    assert client.secret_hash == fresh.get_client("shop").secret_hash
+    fresh = Authority(Deployment(store, NEW_KEK, clock=clock, random=SystemRandom()))
+    fresh.deployment.check_kek()
+    assert {fresh.keys.load_key(k).kid for k in store.list_keys()} == {active, pending}
+    assert fresh.keys.ensure_signing_key().kid == active
+    assert fresh.deployment.hasher().verify(secret, fresh.clients.get_client("shop").secret_hash)
+    assert client.secret_hash == fresh.clients.get_client("shop").secret_hash
 
-    stale = Authority(store, KEK, clock=clock, random=SystemRandom())
+    stale = Authority(Deployment(store, KEK, clock=clock, random=SystemRandom()))
     with pytest.raises(ConfigurationError, match="key-encryption key"):
-        stale.check_kek()
+        stale.deployment.check_kek()
     with pytest.raises(ConfigurationError):
-        stale.load_key(store.list_keys()[0])
+        stale.keys.load_key(store.list_keys()[0])
 
 
 def test_rewrap_survives_reopening_the_database(tmp_path: Path, clock: FrozenClock) -> None:
     path = tmp_path / "authsvc.db"
     store = SQLiteStore(path)
     try:
-        authority = Authority(store, KEK, clock=clock, random=SystemRandom())
-        authority.check_kek()
-        kid = authority.ensure_signing_key().kid
-        authority.rewrap(NEW_KEK)
+        authority = Authority(Deployment(store, KEK, clock=clock, random=SystemRandom()))
+        authority.deployment.check_kek()
+        kid = authority.keys.ensure_signing_key().kid
+        authority.deployment.rewrap(NEW_KEK)
     finally:
         store.close()
     reopened = SQLiteStore(path)
     try:
-        fresh = Authority(reopened, NEW_KEK, clock=clock, random=SystemRandom())
-        fresh.check_kek()
-        assert fresh.ensure_signing_key().kid == kid
+        fresh = Authority(Deployment(reopened, NEW_KEK, clock=clock, random=SystemRandom()))
+        fresh.deployment.check_kek()
+        assert fresh.keys.ensure_signing_key().kid == kid
         with pytest.raises(ConfigurationError, match="key-encryption key"):
-            Authority(reopened, KEK, clock=clock, random=SystemRandom()).check_kek()
+            Authority(Deployment(reopened, KEK, clock=clock, random=SystemRandom())).deployment.check_kek()
     finally:
         reopened.close()
 
@@ -517,19 +517,19 @@ def test_rewrap_survives_reopening_the_database(tmp_path: Path, clock: FrozenClo
 def test_a_kek_list_reads_rows_under_either_key_and_rewrap_moves_all_to_the_first(
     authority: Authority, store: Store, clock: FrozenClock
 ) -> None:
-    old_kid = authority.ensure_signing_key().kid
-    both = Authority(store, KeyEncryptionKeys([NEW_KEK, KEK]), clock=clock, random=SystemRandom())
-    both.check_kek()
-    new_kid = both.rotate().kid
-    assert {k.kid: k.kek_id for k in both.list_keys()} == {old_kid: KEK.kek_id, new_kid: NEW_KEK.kek_id}
-    assert {both.load_key(k).kid for k in store.list_keys()} == {old_kid, new_kid}
+    old_kid = authority.keys.ensure_signing_key().kid
+    both = Authority(Deployment(store, KeyEncryptionKeys([NEW_KEK, KEK]), clock=clock, random=SystemRandom()))
+    both.deployment.check_kek()
+    new_kid = both.keys.rotate().kid
+    assert {k.kid: k.kek_id for k in both.keys.list_keys()} == {old_kid: KEK.kek_id, new_kid: NEW_KEK.kek_id}
+    assert {both.keys.load_key(k).kid for k in store.list_keys()} == {old_kid, new_kid}
 
-    assert both.rewrap() == 2  # the old key and the pepper; the new key is under NEW already
-    assert both.rewrap() == 0  # nothing left to do: an interrupted rewrap can be run again
+    assert both.deployment.rewrap() == 2  # the old key and the pepper; the new key is under NEW already
+    assert both.deployment.rewrap() == 0  # nothing left to do: an interrupted rewrap can be run again
 
-    alone = Authority(store, NEW_KEK, clock=clock, random=SystemRandom())
-    alone.check_kek()
-    assert {alone.load_key(k).kid for k in store.list_keys()} == {old_kid, new_kid}
+    alone = Authority(Deployment(store, NEW_KEK, clock=clock, random=SystemRandom()))
+    alone.deployment.check_kek()
+    assert {alone.keys.load_key(k).kid for k in store.list_keys()} == {old_kid, new_kid}
 
 
 def test_a_process_without_the_kek_of_a_stored_row_may_not_write_keys(
@@ -537,23 +537,23 @@ def test_a_process_without_the_kek_of_a_stored_row_may_not_write_keys(
 ) -> None:
     """After a rewrap to NEW, a process still on KEK alone (a server not restarted) is refused
     key writes instead of leaving rows a NEW-only deployment cannot open."""
-    authority.ensure_signing_key()
-    Authority(store, KeyEncryptionKeys([NEW_KEK, KEK]), clock=clock, random=SystemRandom()).rewrap()
+    authority.keys.ensure_signing_key()
+    Deployment(store, KeyEncryptionKeys([NEW_KEK, KEK]), clock=clock, random=SystemRandom()).rewrap()
     with pytest.raises(StaleKek, match=NEW_KEK.kek_id):
-        authority.rotate()
+        authority.keys.rotate()
     clock.advance(DELAY * 10)  # automatic rotation due
     with pytest.raises(StaleKek):
-        authority.apply_lifecycle(
+        authority.keys.apply_lifecycle(
             LifecyclePolicy(publish_delay=DELAY, max_token_lifetime=LIFETIME, rotation_period=DELAY + 1)
         )
     assert {k.kek_id for k in store.list_keys()} == {NEW_KEK.kek_id}
 
 
 def test_check_kek_names_every_missing_kek_id(authority: Authority, store: Store, clock: FrozenClock) -> None:
-    authority.ensure_signing_key()
+    authority.keys.ensure_signing_key()
     other = KeyEncryptionKey(b"\x33" * 32)
     with pytest.raises(ConfigurationError) as refused:
-        Authority(store, KeyEncryptionKeys([NEW_KEK, other]), clock=clock, random=SystemRandom()).check_kek()
+        Deployment(store, KeyEncryptionKeys([NEW_KEK, other]), clock=clock, random=SystemRandom()).check_kek()
     assert KEK.kek_id in str(refused.value)
     assert {NEW_KEK.kek_id, other.kek_id} <= set(
         str(refused.value).replace(",", " ").replace(")", " ").split()
@@ -561,10 +561,10 @@ def test_check_kek_names_every_missing_kek_id(authority: Authority, store: Store
 
 
 def test_rewrap_without_a_new_kek_needs_a_list(authority: Authority) -> None:
-    authority.ensure_signing_key()
+    authority.keys.ensure_signing_key()
     with pytest.raises(ConfigurationError, match="AUTHSVC_NEW_KEK"):
-        authority.rewrap()
-    assert {k.kek_id for k in authority.list_keys()} == {KEK.kek_id}
+        authority.deployment.rewrap()
+    assert {k.kek_id for k in authority.keys.list_keys()} == {KEK.kek_id}
 
 
 @pytest.mark.parametrize(

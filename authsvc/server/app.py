@@ -22,14 +22,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from authsvc import admin
-from authsvc.admin import Authority
+from authsvc import authority as application
+from authsvc.authority import Authority
+from authsvc.authority.keyring import Keyring
+from authsvc.authority.tokens import TokenIssuer
 from authsvc.core.grants import client_credentials_endpoint
 from authsvc.core.ports import SystemClock, SystemRandom
 from authsvc.listen import split_host_port, wait_for_stop_signal
 from authsvc.logsafe import LogRateLimiter
 from authsvc.server.config import ServeConfig
-from authsvc.server.keyring import Keyring
 from authsvc.server.token_service import StreamSlots, TokenServicer
 from authsvc.status import DecodeGuard
 from authsvc.store.cache import CachedClientLookup
@@ -44,7 +45,7 @@ TOKEN_SERVICE = token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name
 
 def open_authority(config: ServeConfig) -> Authority:
     """The deployment state for ``config``: store opened and migrated, KEK loaded and checked."""
-    return admin.open_authority(
+    return application.open_authority(
         config.data_dir,
         kek=config.kek,
         kek_file=config.kek_file,
@@ -73,7 +74,7 @@ class RunningServer:
         await self.server.stop(grace)
         with contextlib.suppress(asyncio.CancelledError):
             await self.keyring_task
-        self.authority.store.close()
+        self.authority.close()
 
 
 def _server_options(config: ServeConfig, *, reuse_port: bool) -> list[tuple[str, int]]:
@@ -99,46 +100,33 @@ async def start_server(
     """Build and start the TokenService; returns once it is SERVING. ``monotonic`` paces the
     rate-limited refusal log (tests inject a fake)."""
     authority = authority or open_authority(config)
-    authority.ensure_signing_key()
-    keyring = Keyring(authority, config.lifecycle_policy(), tick_interval=config.key_tick_interval)
+    authority.keys.ensure_signing_key()
+    keyring = Keyring(authority.keys, config.lifecycle_policy(), tick_interval=config.key_tick_interval)
     keyring.load()
     clients = CachedClientLookup(authority.store, ttl=config.client_cache_ttl)
     endpoint = client_credentials_endpoint(
         issuer=config.issuer,
         clients=clients,
-        hasher=authority.hasher(),
+        hasher=authority.deployment.hasher(),
         signer=lambda: keyring.signer,
         clock=authority.clock,
         random=authority.random,
     )
+    refusal_log = LogRateLimiter(
+        rate=config.refusal_log_rate, burst=max(1, round(2 * config.refusal_log_rate)), clock=monotonic
+    )
+    issuer = TokenIssuer(endpoint, clients, refusal_log=refusal_log)
     server = grpc.aio.server(
         options=_server_options(config, reuse_port=reuse_port),
         interceptors=[DecodeGuard()],
         maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
     )
-
-    def jwks() -> str:
-        # the store is the truth (a key is published the moment it is stored); while it is
-        # unreachable, the keys this process last loaded are the best answer
-        try:
-            return authority.jwks_json()
-        except Exception as exc:
-            log.warning(
-                "store unreachable (%s); serving the JWKS loaded at the last key refresh", type(exc).__name__
-            )
-            return keyring.jwks
-
     watch_slots = StreamSlots(per_peer=config.watch_streams_per_peer, total=config.watch_streams_total)
-    refusal_log = LogRateLimiter(
-        rate=config.refusal_log_rate, burst=max(1, round(2 * config.refusal_log_rate)), clock=monotonic
-    )
     token_pb2_grpc.add_TokenServiceServicer_to_server(
         TokenServicer(
-            endpoint,
-            jwks,
-            keyring.watch,
+            issuer,
+            keyring,
             jwks_max_age=config.jwks_max_age,
-            is_cached=clients.is_cached,
             watch_slots=watch_slots,
             refusal_log=refusal_log,
         ),
@@ -194,9 +182,8 @@ def run(config: ServeConfig) -> int:
         return 0
     # Bootstrap once (migrations, pepper, first key) before the workers race for it.
     authority = open_authority(config)
-    authority.hasher()
-    authority.ensure_signing_key()
-    authority.store.close()
+    authority.keys.ensure_signing_key()
+    authority.close()
     ctx = multiprocessing.get_context("spawn")
     procs = [
         ctx.Process(target=_worker, args=(config, logging.getLogger().level), daemon=False)

@@ -6,6 +6,7 @@ variables; nothing below it reads the environment.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,8 +88,10 @@ class ServeConfig:
             raise ConfigurationError("--refusal-log-rate must be between 0 and 10000 lines per second")
 
     def lifecycle_policy(self) -> LifecyclePolicy:
+        # every server publishes what it read at its last key tick: a key stored now is in every
+        # replica's JWKS within one tick, so it signs one tick later to be published the full delay
         return LifecyclePolicy(
-            publish_delay=self.key_publish_delay,
+            publish_delay=self.key_publish_delay + math.ceil(self.key_tick_interval),
             max_token_lifetime=MAX_TOKEN_TTL,
             rotation_period=self.key_rotation_period,
         )

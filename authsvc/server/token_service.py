@@ -1,11 +1,10 @@
 """The gRPC servicer of ``authsvc.v1.TokenService``: translation only.
 
 It extracts the client's credentials from the request or the metadata, hands a transport-free
-:class:`~authsvc.core.grants.TokenRequest` to the core, and maps the outcome: a response, or a
-status built by :func:`authsvc.status.status_for`. Tokens never reach the log; each
-issued token is logged by its ``jti``. A refused request is logged at a bounded rate
-(:class:`authsvc.logsafe.LogRateLimiter`), and a client id the core did not recognize only as a
-prefix and a hash (:func:`authsvc.logsafe.client_id_for_log`): callers paste secrets into it.
+:class:`~authsvc.core.grants.TokenRequest` to the application layer
+(:class:`~authsvc.authority.tokens.TokenIssuer`, which logs the decision), and maps the outcome:
+a response, or a status built by :func:`authsvc.status.status_for`. Keys are served from the
+:class:`~authsvc.authority.keyring.Keyring`'s memory.
 
 ``WatchJwks`` streams are long-lived and need no credentials, so they are capped per peer
 address and in all (:class:`StreamSlots`); a caller over a cap gets RESOURCE_EXHAUSTED
@@ -14,19 +13,20 @@ address and in all (:class:`StreamSlots`); a caller over a cap gets RESOURCE_EXH
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 import logging
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from urllib.parse import unquote
 
 import grpc
 
+from authsvc.authority.keyring import Keyring
+from authsvc.authority.tokens import TokenIssuer
 from authsvc.core.errors import InvalidRequest, OAuthError, RateLimited
-from authsvc.core.grants import ClientAuthMethod, TokenEndpoint, TokenRequest
-from authsvc.logsafe import LogRateLimiter, client_id_for_log
+from authsvc.core.grants import ClientAuthMethod, TokenRequest
+from authsvc.logsafe import LogRateLimiter
 from authsvc.server.metadata import basic_credentials
 from authsvc.status import status_for
 from authsvc.v1 import token_pb2, token_pb2_grpc
@@ -154,19 +154,15 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
 
     def __init__(
         self,
-        endpoint: TokenEndpoint,
-        jwks_json: Callable[[], str],
-        watch: Callable[[], AsyncGenerator[str, None]],
+        issuer: TokenIssuer,
+        keyring: Keyring,
         *,
         jwks_max_age: int,
-        is_cached: Callable[[str], bool] = lambda _: False,
         watch_slots: StreamSlots | None = None,
         refusal_log: LogRateLimiter | None = None,
     ) -> None:
-        self._endpoint = endpoint
-        self._is_cached = is_cached
-        self._jwks_json = jwks_json
-        self._watch = watch
+        self._issuer = issuer
+        self._keyring = keyring
         self._max_age = jwks_max_age
         self.watch_slots = watch_slots or StreamSlots(per_peer=8, total=256)
         self._refusals = refusal_log or LogRateLimiter(rate=10, burst=20)
@@ -174,44 +170,17 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
     async def IssueToken(  # noqa: N802 - the RPC's name
         self, request: token_pb2.IssueTokenRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> token_pb2.IssueTokenResponse:
-        client_id = request.client_id
         try:
             token_request = token_request_from(request, context.invocation_metadata())
-            client_id = token_request.client_id
-            if self._is_cached(client_id):
-                issued = self._endpoint.issue(token_request)
-            else:
-                # the client must be read from the store, which may be slow or down: not on the loop
-                issued = await asyncio.to_thread(self._endpoint.issue, token_request)
         except OAuthError as exc:
-            self._refusals.log(
-                log,
-                logging.INFO,
-                "token refused",
-                "token refused: client_id=%s error=%s",
-                client_id_for_log(client_id, known=exc.client_known),
-                exc.error,
-            )
+            self._issuer.refused(request.client_id, exc)
             await context.abort_with_status(status_for(exc))
             raise AssertionError("unreachable") from exc  # abort_with_status raises
-        except Exception as exc:
-            self._refusals.log(
-                log,
-                logging.ERROR,
-                "token request failed",
-                "token request failed unexpectedly: client_id=%s",
-                client_id_for_log(client_id, known=False),
-                exc_info=True,
-            )
+        try:
+            issued = await self._issuer.issue(token_request)
+        except Exception as exc:  # logged by the issuer
             await context.abort_with_status(status_for(exc))
             raise AssertionError("unreachable") from exc
-        log.info(
-            "token issued: jti=%s client_id=%s kid=%s scope=%r",
-            issued.jti,
-            issued.client_id,
-            issued.kid,
-            issued.scope,
-        )
         return token_pb2.IssueTokenResponse(
             access_token=issued.access_token,
             token_type=issued.token_type,
@@ -222,8 +191,9 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
     async def GetJwks(  # noqa: N802 - the RPC's name
         self, request: token_pb2.GetJwksRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> token_pb2.GetJwksResponse:
-        jwks = await asyncio.to_thread(self._jwks_json)  # a store read: off the event loop
-        return token_pb2.GetJwksResponse(jwks_json=jwks, max_age_seconds=self._max_age)
+        # from memory: the keyring reloads the published set every tick, and keeps serving it
+        # while the store is unreachable
+        return token_pb2.GetJwksResponse(jwks_json=self._keyring.jwks, max_age_seconds=self._max_age)
 
     # A coroutine that writes, not an async generator: cancellation (the caller went away, the
     # server stops) then always lands in this frame, so the slot is released at once rather than
@@ -238,7 +208,7 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
             await context.abort_with_status(status_for(exc))
             raise AssertionError("unreachable") from exc
         try:
-            async with contextlib.aclosing(self._watch()) as updates:
+            async with contextlib.aclosing(self._keyring.watch()) as updates:
                 async for jwks in updates:
                     await context.write(token_pb2.WatchJwksResponse(jwks_json=jwks))
         finally:

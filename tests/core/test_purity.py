@@ -12,7 +12,7 @@ import pytest
 import authsvc.core
 
 CORE_DIR = Path(authsvc.core.__file__).parent
-FORBIDDEN_MODULES = ("grpc", "sqlite3", "authsvc.server", "authsvc.store", "authsvc.admin")
+FORBIDDEN_MODULES = ("grpc", "sqlite3", "authsvc.server", "authsvc.store", "authsvc.authority")
 FORBIDDEN_TEXT = ("os.environ", "getenv", "time.time(", "time.monotonic(", "datetime.now(", "os.urandom(")
 
 _PROBE = """

@@ -33,7 +33,7 @@ class Gateway:
         authority = self.token_server.authority
         secret = _SECRETS.get((self.token_server.target, client_id))
         if secret is None:
-            _, secret = authority.create_client(
+            _, secret = authority.clients.create_client(
                 client_id=client_id, scopes=list(scopes), audiences=[audience]
             )
             _SECRETS[(self.token_server.target, client_id)] = secret

@@ -57,7 +57,7 @@ def stop_replica(replica: Replica) -> None:
 
 
 def issue_token(token_server: TokenServer, client_id: str = "merchant-a") -> tuple[tuple[str, str]]:
-    _, secret = token_server.authority.create_client(
+    _, secret = token_server.authority.clients.create_client(
         client_id=client_id, scopes=list(ALL), audiences=["payments"]
     )
     with grpc.insecure_channel(token_server.target) as ch:

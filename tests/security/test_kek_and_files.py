@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from authsvc.admin import Authority, open_authority
+from authsvc.authority import Authority, Deployment, open_authority
 from authsvc.core.errors import ConfigurationError
 from authsvc.core.keys import KeyEncryptionKey
 from authsvc.core.ports import SystemClock, SystemRandom
@@ -63,7 +63,7 @@ def bootstrap(data_dir: Path, kek: str) -> None:
     """A deployment as the first ``serve`` leaves it: pepper and active key, under ``kek``."""
     authority = open_authority(data_dir, kek=kek, kek_file=None, clock=SystemClock(), random=SystemRandom())
     try:
-        authority.ensure_signing_key()
+        authority.keys.ensure_signing_key()
     finally:
         authority.store.close()
 
@@ -72,12 +72,12 @@ def assert_opens_under_new_kek_alone(data_dir: Path) -> int:
     """Every stored key and the pepper decrypt under NEW alone; returns how many keys there are."""
     store = SQLiteStore(data_dir / "authsvc.db")
     try:
-        authority = Authority(store, NEW_KEK, clock=SystemClock(), random=SystemRandom())
-        authority.check_kek()
+        authority = Authority(Deployment(store, NEW_KEK, clock=SystemClock(), random=SystemRandom()))
+        authority.deployment.check_kek()
         stored = store.list_keys()
         assert {k.kek_id for k in stored} == {NEW_KEK.kek_id}
         for key in stored:
-            assert authority.load_key(key).kid == key.kid
+            assert authority.keys.load_key(key).kid == key.kid
         return len(stored)
     finally:
         store.close()
@@ -108,31 +108,16 @@ def live_server(
         kek=request.param,
         key_publish_delay=1,
         jwks_max_age=1,
-        key_rotation_period=2,
+        key_rotation_period=3,  # longer than the delay plus one tick
         key_tick_interval=0.01,
     )
     authority = open_authority(data, kek=request.param, kek_file=None, clock=clock, random=SystemRandom())
     thread: ServerThread[RunningServer] = ServerThread(lambda: start_server(config, authority=authority))
     running = thread.start()
-    # RunningServer.stop closes the store while a life-cycle tick may still run in its worker
-    # thread; with ticks this frequent that crashes SQLite, so let the tick in flight finish and
-    # run no more before stopping
-    gate = threading.Lock()
-    ticking = [True]
-    tick = running.keyring.tick
-
-    def guarded_tick() -> None:
-        with gate:
-            if ticking[0]:
-                tick()
-
-    running.keyring.tick = guarded_tick  # type: ignore[method-assign]
     try:
         yield running, clock
     finally:
-        with gate:
-            ticking[0] = False
-        thread.stop(grace=0)
+        thread.stop(grace=0)  # waits for the tick in flight before closing the store
 
 
 def key_count(running: RunningServer) -> int:
@@ -218,14 +203,14 @@ def test_rewrap_does_not_leave_a_key_written_between_its_read_and_its_write_unde
     NEW alone could not open it."""
     store = SQLiteStore(tmp_path / "authsvc.db")
     try:
-        server = Authority(store, OLD_KEK, clock=SystemClock(), random=SystemRandom())
-        server.check_kek()
-        server.ensure_signing_key()
-        interleaving = InterleavingStore(store, server.rotate)
-        cli = Authority(interleaving, OLD_KEK, clock=SystemClock(), random=SystemRandom())
-        cli.check_kek()
+        server = Authority(Deployment(store, OLD_KEK, clock=SystemClock(), random=SystemRandom()))
+        server.deployment.check_kek()
+        server.keys.ensure_signing_key()
+        interleaving = InterleavingStore(store, server.keys.rotate)
+        cli = Authority(Deployment(interleaving, OLD_KEK, clock=SystemClock(), random=SystemRandom()))
+        cli.deployment.check_kek()
 
-        cli.rewrap(NEW_KEK)
+        cli.deployment.rewrap(NEW_KEK)
 
         assert interleaving.interleaved
         assert len(store.list_keys()) == 2
@@ -257,12 +242,12 @@ def test_a_kek_list_opens_a_store_under_any_of_its_keys_and_writes_under_the_fir
         tmp_path, kek=f"{NEW},{OLD}", kek_file=None, clock=SystemClock(), random=SystemRandom()
     )
     try:
-        authority.ensure_signing_key()
-        rotated = authority.rotate()
+        authority.keys.ensure_signing_key()
+        rotated = authority.keys.rotate()
         assert rotated.kek_id == NEW_KEK.kek_id
-        assert {k.kek_id for k in authority.list_keys()} == {OLD_KEK.kek_id, NEW_KEK.kek_id}
+        assert {k.kek_id for k in authority.keys.list_keys()} == {OLD_KEK.kek_id, NEW_KEK.kek_id}
         for key in authority.store.list_keys():
-            assert authority.load_key(key).kid == key.kid
+            assert authority.keys.load_key(key).kid == key.kid
     finally:
         authority.store.close()
 

@@ -183,7 +183,7 @@ def test_watch_jwks_streams_capped_per_peer(tmp_path: Path) -> None:
             other_caller = Watch(v6)
             still_serves(f"127.0.0.1:{port}", shop.client_id, shop.secret)
             # the open streams are still live: a rotation reaches each of them
-            kid = server.authority.rotate().kid
+            kid = server.authority.keys.rotate().kid
             for w in [*held, other_caller]:
                 assert kid in next(w.call).jwks_json
             # a slot given back is usable again

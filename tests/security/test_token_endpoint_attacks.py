@@ -131,7 +131,7 @@ def state_of(server: TokenServer) -> State:
     return State(
         clients=tuple(authority.store.list_clients()),
         keys=tuple(authority.store.list_keys()),
-        jwks=authority.jwks_json(),
+        jwks=authority.keys.jwks_json(),
     )
 
 
@@ -206,7 +206,7 @@ def world(
 ) -> World:
     warehouse = token_server.register("warehouse", scopes=("inventory:read",), audiences=("inventory",))
     retired = token_server.register("retired")
-    token_server.authority.set_enabled(retired.client_id, False)
+    token_server.authority.clients.set_enabled(retired.client_id, False)
     legacy = token_server.register("legacy")
     store = token_server.authority.store
     legacy_record = store.get_client(legacy.client_id)
@@ -598,7 +598,7 @@ SQL_CASES, SQL_IDS = run_cases(
 def test_sql_injection_attack(world: World, case: Case) -> None:
     check(world, case)
     # The tables are still there and still hold exactly what they held.
-    assert [c.client_id for c in world.server.authority.list_clients()] == [
+    assert [c.client_id for c in world.server.authority.clients.list_clients()] == [
         "legacy",
         "retired",
         "shop",

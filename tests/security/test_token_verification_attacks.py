@@ -241,7 +241,7 @@ def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
     try:
         server = TokenServer(running, config, thread)
         client = server.register(CLIENT_ID, scopes=("echo:read", "echo:write"), audiences=(AUDIENCE, "other"))
-        key = server.authority.ensure_signing_key()
+        key = server.authority.keys.ensure_signing_key()
         attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         with grpc.insecure_channel(server.target) as channel:
             yield Issuer(

@@ -65,7 +65,7 @@ def world(tmp_path: Path) -> Iterator[World]:
     )
     running = thread.start()
     target = f"127.0.0.1:{running.port}"
-    _, secret = running.authority.create_client(client_id="loader", scopes=SCOPES, audiences=["echo"])
+    _, secret = running.authority.clients.create_client(client_id="loader", scopes=SCOPES, audiences=["echo"])
     pushed = start_echo(JwksCache(GrpcJwksSource(target), max_age=3600, cooldown=3600))
     polled = start_echo(JwksCache(GrpcJwksSource(target, watch=False), max_age=0.5, cooldown=3600))
     try:
@@ -136,7 +136,7 @@ def load(world: World, seen: Observations, stop: threading.Event) -> None:
 def wait_until_active(world: World, kid: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(k.kid == kid and k.state == KeyState.ACTIVE for k in world.running.authority.list_keys()):
+        if any(k.kid == kid and k.state == KeyState.ACTIVE for k in world.running.authority.keys.list_keys()):
             return
         time.sleep(0.05)
     pytest.fail(f"key {kid} never became active")
@@ -152,7 +152,7 @@ def test_two_rotations_under_load_fail_no_call(world: World) -> None:
         time.sleep(0.5)
         rotated = []
         for _ in range(2):
-            kid = world.running.authority.rotate().kid
+            kid = world.running.authority.keys.rotate().kid
             rotated.append(kid)
             wait_until_active(world, kid)
             time.sleep(0.7)  # let the load run on the new key
@@ -167,7 +167,7 @@ def test_two_rotations_under_load_fail_no_call(world: World) -> None:
         published_for = seen.first_signed[kid] - seen.first_published[kid]
         # the observer polls every 20 ms, so it sees a key slightly after it is published
         assert published_for >= PUBLISH_DELAY - 0.1, f"{kid} signed {published_for:.2f}s after publication"
-    states = {k.kid: k.state for k in world.running.authority.list_keys()}
+    states = {k.kid: k.state for k in world.running.authority.keys.list_keys()}
     assert list(states.values()).count(KeyState.ACTIVE) == 1
     assert states[rotated[-1]] == KeyState.ACTIVE
     assert sorted(states.values()) == sorted([KeyState.ACTIVE, KeyState.RETIRING, KeyState.RETIRING])
@@ -175,18 +175,18 @@ def test_two_rotations_under_load_fail_no_call(world: World) -> None:
 
 def test_watching_verifier_learns_a_key_before_it_signs(world: World) -> None:
     before = world.pushed.cache.fetches
-    kid = world.running.authority.rotate().kid
+    kid = world.running.authority.keys.rotate().kid
     deadline = time.monotonic() + PUBLISH_DELAY / 2
     while kid not in world.pushed.cache.kids:
         assert time.monotonic() < deadline, "WatchJwks did not deliver the new key in time"
         time.sleep(0.02)
     assert world.pushed.cache.fetches == before, "the key came by push, not by a fetch"
-    assert all(k.state != KeyState.ACTIVE for k in world.running.authority.list_keys() if k.kid == kid)
+    assert all(k.state != KeyState.ACTIVE for k in world.running.authority.keys.list_keys() if k.kid == kid)
 
 
 def test_polling_verifier_learns_a_key_before_it_signs(world: World) -> None:
     world.polled.cache.get("warm-up")  # the first fetch happens before the rotation
-    kid = world.running.authority.rotate().kid
+    kid = world.running.authority.keys.rotate().kid
     assert kid not in world.polled.cache.kids
     deadline = time.monotonic() + PUBLISH_DELAY
     while True:
@@ -196,7 +196,7 @@ def test_polling_verifier_learns_a_key_before_it_signs(world: World) -> None:
             break
         assert time.monotonic() < deadline, "polling did not deliver the new key within the delay"
         time.sleep(0.05)
-    assert all(k.state != KeyState.ACTIVE for k in world.running.authority.list_keys() if k.kid == kid)
+    assert all(k.state != KeyState.ACTIVE for k in world.running.authority.keys.list_keys() if k.kid == kid)
 
 
 def test_revoked_key_stops_verifying_at_once_where_keys_are_pushed(world: World) -> None:
@@ -218,7 +218,7 @@ def test_revoked_key_stops_verifying_at_once_where_keys_are_pushed(world: World)
         md = (("authorization", f"Bearer {token}"),)
         assert echo.Echo(pb2.EchoRequest(text="ok"), metadata=md, timeout=5).caller == "loader"
         kid = jwt.get_unverified_header(token)["kid"]
-        world.running.authority.revoke(kid)
+        world.running.authority.keys.revoke(kid)
         deadline = time.monotonic() + 3
         while True:
             try:

@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from authsvc.admin import Authority, open_authority
+from authsvc.authority import Authority, open_authority
 from authsvc.core.keys import rfc7638_thumbprint
 from authsvc.core.ports import SystemClock, SystemRandom
 
@@ -57,9 +57,9 @@ def bootstrap(data_dir: Path, *, with_next: bool = False) -> list[str]:
         data_dir, kek=KEK, kek_file=None, clock=SystemClock(), random=SystemRandom()
     )
     try:
-        kids = [authority.ensure_signing_key().kid]
+        kids = [authority.keys.ensure_signing_key().kid]
         if with_next:
-            kids.append(authority.rotate().kid)
+            kids.append(authority.keys.rotate().kid)
         return kids
     finally:
         authority.store.close()

@@ -63,7 +63,9 @@ def test_tls_serves_tokens_and_refuses_plaintext(tmp_path: Path) -> None:
     thread = ServerThread(lambda: start_server(config, authority=open_authority(config)))
     running = thread.start()
     try:
-        _, secret = running.authority.create_client(client_id="shop", scopes=["a"], audiences=["payments"])
+        _, secret = running.authority.clients.create_client(
+            client_id="shop", scopes=["a"], audiences=["payments"]
+        )
         creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
         with grpc.secure_channel(f"localhost:{running.port}", creds) as ch:
             response = token_pb2_grpc.TokenServiceStub(ch).IssueToken(
@@ -223,7 +225,7 @@ def test_cli_client_lifecycle(tmp_path: Path) -> None:
 def test_cli_keys_list_shows_no_private_material(tmp_path: Path) -> None:
     env = {**os.environ, "AUTHSVC_KEK": KEK}
     authority = open_authority(serve_config(tmp_path))
-    kid = authority.ensure_signing_key().kid
+    kid = authority.keys.ensure_signing_key().kid
     authority.store.close()
     keys = json.loads(authsvc("keys", "list", "--data-dir", str(tmp_path), "-o", "json", env=env).stdout)
     assert [(k["kid"], k["state"]) for k in keys] == [(kid, "active")]
@@ -243,7 +245,7 @@ def test_cli_keys_list_shows_no_private_material(tmp_path: Path) -> None:
 
 def test_wrong_kek_is_a_clear_startup_error(tmp_path: Path) -> None:
     authority = open_authority(serve_config(tmp_path))
-    authority.ensure_signing_key()
+    authority.keys.ensure_signing_key()
     authority.store.close()
     env = {**os.environ, "AUTHSVC_KEK": "22" * 32}
     out = authsvc(

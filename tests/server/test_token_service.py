@@ -180,9 +180,9 @@ def test_disabled_client_is_refused_within_5s_and_enabled_again(
     token_server: TokenServer, stub: token_pb2_grpc.TokenServiceStub, client: RegisteredClient
 ) -> None:
     issue(stub, client_id=client.client_id, client_secret=client.secret)  # warm the cache
-    token_server.authority.set_enabled(client.client_id, False)
+    token_server.authority.clients.set_enabled(client.client_id, False)
     wait_until_refused(stub, client.client_id, client.secret)
-    token_server.authority.set_enabled(client.client_id, True)
+    token_server.authority.clients.set_enabled(client.client_id, True)
     deadline = time.monotonic() + 5
     while True:
         try:
@@ -197,7 +197,7 @@ def test_rotated_secret_replaces_the_old_one_within_5s(
     token_server: TokenServer, stub: token_pb2_grpc.TokenServiceStub, client: RegisteredClient
 ) -> None:
     issue(stub, client_id=client.client_id, client_secret=client.secret)
-    _, new_secret = token_server.authority.rotate_secret(client.client_id)
+    _, new_secret = token_server.authority.clients.rotate_secret(client.client_id)
     wait_until_refused(stub, client.client_id, client.secret)
     assert issue(stub, client_id=client.client_id, client_secret=new_secret).access_token
 

@@ -62,7 +62,7 @@ class Echo:
         stub = token_pb2_grpc.TokenServiceStub(grpc.insecure_channel(self.token_server.target))
         client_id = "echo-" + scope.replace(":", "-").replace(" ", "_")
         if c.store.get_client(client_id) is None:
-            _, secret = c.create_client(client_id=client_id, scopes=scope.split(), audiences=["echo"])
+            _, secret = c.clients.create_client(client_id=client_id, scopes=scope.split(), audiences=["echo"])
             self.secrets[client_id] = secret
         return str(
             stub.IssueToken(

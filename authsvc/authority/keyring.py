@@ -1,21 +1,22 @@
-"""The TokenService's view of its signing keys, kept current while it serves.
+"""The TokenService's signing keys as it serves: the signer, and the published JWK Set that both
+edges answer from memory (``GetJwks``, ``WatchJwks``, and the HTTP ``jwks_uri``).
 
-Every ``tick_interval`` seconds a worker thread applies the key life cycle (promotions, retirements,
-automatic rotation: :meth:`Authority.apply_lifecycle`, safe with several processes on one store)
-and reloads the keys, so a rotation made by the CLI or another process takes effect within a
-tick. The active key's signer is swapped atomically; ``WatchJwks`` streams are woken on every
-change of the published set.
+Every ``tick_interval`` seconds a worker thread applies the key life cycle (promotions,
+retirements, automatic rotation: :meth:`KeyManager.apply_lifecycle`, safe with several processes
+on one store) and reloads the keys, so a rotation made by the CLI or another process takes effect
+within a tick. What is published is decided by :func:`~authsvc.authority.keys.published_jwks`
+alone. The active key's signer is swapped atomically; watchers are woken on every change of the
+published set. While the store is unreachable, the keys last loaded keep serving.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncGenerator
 
-from authsvc.admin import Authority
-from authsvc.core.keys import PUBLISHED_STATES, KeyState, PublicJwk, jwks_json
+from authsvc.authority.keys import KeyManager, published, published_jwks
+from authsvc.core.keys import KeyState, jwks_json
 from authsvc.core.lifecycle import LifecyclePolicy
 from authsvc.core.tokens import TokenSigner
 from authsvc.logsafe import LogRateLimiter
@@ -29,8 +30,8 @@ _TICK_ERRORS = LogRateLimiter(rate=1 / 30, burst=3)
 
 
 class Keyring:
-    def __init__(self, authority: Authority, policy: LifecyclePolicy, *, tick_interval: float = 1.0) -> None:
-        self._authority = authority
+    def __init__(self, keys: KeyManager, policy: LifecyclePolicy, *, tick_interval: float = 1.0) -> None:
+        self._keys = keys
         self.policy = policy
         self.tick_interval = tick_interval
         self._signers: dict[str, TokenSigner] = {}
@@ -49,25 +50,23 @@ class Keyring:
 
     def load(self) -> bool:
         """Read the keys; swap the signer and the published set if they changed. True on change."""
-        stored = self._authority.store.list_keys()
-        published = tuple(sorted((k.kid, k.state) for k in stored if KeyState(k.state) in PUBLISHED_STATES))
-        if published == self._published and self._signer is not None:
+        stored = self._keys.store.list_keys()
+        shown = published(stored)
+        fingerprint = tuple(sorted((k.kid, k.state) for k in shown))
+        if fingerprint == self._published and self._signer is not None:
             return False
         active = [k for k in stored if k.state == KeyState.ACTIVE]
         if active:
             kid = active[0].kid
             signer = self._signers.get(kid)
             if signer is None:
-                signer = TokenSigner(self._authority.load_key(active[0]))
+                signer = TokenSigner(self._keys.load_key(active[0]))
                 self._signers = {kid: signer}  # a signer is only ever needed for the active key
             if self._signer is None or self._signer.key.kid != kid:
                 log.info("signing with kid=%s", kid)
             self._signer = signer
-        keys: list[PublicJwk] = [
-            json.loads(k.public_jwk) for k in stored if KeyState(k.state) in PUBLISHED_STATES
-        ]
-        self.jwks = jwks_json(keys)
-        self._published = published
+        self.jwks = published_jwks(shown)
+        self._published = fingerprint
         self.version += 1
         if self._loop is not None and self._changed is not None:
             self._loop.call_soon_threadsafe(self._notify)
@@ -75,7 +74,7 @@ class Keyring:
 
     def tick(self) -> None:
         """Apply the life cycle, then reload. Runs in a worker thread (it may generate a key)."""
-        self._authority.apply_lifecycle(self.policy)
+        self._keys.apply_lifecycle(self.policy)
         self.load()
 
     def _notify(self) -> None:
