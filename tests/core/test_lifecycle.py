@@ -1,7 +1,7 @@
 """The signing-key life cycle as a pure decision: which transitions are due at a given time.
 
 Time is a plain number here (a fake "now"); nothing reads the clock. How the transitions are
-applied to a store, and the ``retire_after`` they stamp, is tested in ``tests/test_admin_keys.py``.
+applied to a store, and the ``retire_after`` they stamp, is tested in ``tests/authority/test_keys.py``.
 """
 
 from __future__ import annotations
