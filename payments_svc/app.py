@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
+from authsvc import serving
 from authsvc.core.errors import ConfigurationError
 from authsvc.core.ports import SystemClock, SystemRandom
 from authsvc.listen import (
@@ -21,7 +20,6 @@ from authsvc.listen import (
     split_host_port,
     wait_for_stop_signal,
 )
-from authsvc.status import DecodeGuard
 from authsvc.verify import AioAuthInterceptor, GrpcJwksSource, JwksCache, TokenVerifier
 from payments_svc.service import PaymentServicer
 from payments_svc.store import PaymentStore, SqlPaymentStore
@@ -146,44 +144,22 @@ async def _start(
             "could not fetch signing keys from %s yet; requests fail with UNAVAILABLE until it answers",
             config.token_service,
         )
-    server = grpc.aio.server(
-        interceptors=[AioAuthInterceptor(verifier), DecodeGuard()],
-        options=[
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_metadata_size", config.max_metadata_bytes),
-            ("grpc.so_reuseport", 0),
-            *config.limits.grpc_options(),
-        ],
-        maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
+    server = serving.new_server(
+        limits=config.limits,
+        max_message_bytes=config.max_message_bytes,
+        max_metadata_bytes=config.max_metadata_bytes,
+        interceptors=[AioAuthInterceptor(verifier)],
     )
     payments_pb2_grpc.add_PaymentServiceServicer_to_server(
         PaymentServicer(store, clock=SystemClock(), random=SystemRandom()), server
     )
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        [
-            PAYMENT_SERVICE,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
-    if config.tls_cert is not None and config.tls_key is not None:
-        port = server.add_secure_port(
-            config.listen,
-            grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]),
-        )
-    else:
-        port = server.add_insecure_port(config.listen)
+    health = serving.add_health_and_reflection(server, [PAYMENT_SERVICE])
+    port = serving.bind(server, config.listen, tls_cert=config.tls_cert, tls_key=config.tls_key)
     await server.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health.set(PAYMENT_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    host, _ = split_host_port(config.listen)
+    await serving.serving(health, [PAYMENT_SERVICE])
     log.info(
-        "PaymentService listening on %s:%d (%s), issuer %s, audience %s",
-        f"[{host}]" if ":" in host else host,
-        port,
+        "PaymentService listening on %s (%s), issuer %s, audience %s",
+        serving.describe(config.listen, port),
         "TLS" if config.tls_cert else "plaintext",
         config.issuer,
         config.audience,

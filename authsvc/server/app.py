@@ -18,21 +18,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from authsvc import authority as application
+from authsvc import serving
 from authsvc.authority import Authority
 from authsvc.authority.keyring import Keyring
 from authsvc.authority.tokens import TokenIssuer
 from authsvc.core.grants import client_credentials_endpoint
 from authsvc.core.ports import SystemClock, SystemRandom
-from authsvc.listen import split_host_port, wait_for_stop_signal
+from authsvc.listen import wait_for_stop_signal
 from authsvc.logsafe import LogRateLimiter
 from authsvc.server.config import ServeConfig
 from authsvc.server.token_service import StreamSlots, TokenServicer
-from authsvc.status import DecodeGuard
 from authsvc.store.cache import CachedClientLookup
 from authsvc.v1 import token_pb2, token_pb2_grpc
 
@@ -77,19 +75,6 @@ class RunningServer:
         self.authority.close()
 
 
-def _server_options(config: ServeConfig, *, reuse_port: bool) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", 4 * 1024 * 1024),
-        ("grpc.max_metadata_size", config.max_metadata_bytes),
-        # gRPC enables SO_REUSEPORT by default; a second server on a taken port must fail loudly
-        # unless we are deliberately sharing the port between our own workers.
-        ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ("grpc.keepalive_permit_without_calls", 0),
-        *config.limits.grpc_options(),
-    ]
-
-
 async def start_server(
     config: ServeConfig,
     *,
@@ -116,10 +101,11 @@ async def start_server(
         rate=config.refusal_log_rate, burst=max(1, round(2 * config.refusal_log_rate)), clock=monotonic
     )
     issuer = TokenIssuer(endpoint, clients, refusal_log=refusal_log)
-    server = grpc.aio.server(
-        options=_server_options(config, reuse_port=reuse_port),
-        interceptors=[DecodeGuard()],
-        maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
+    server = serving.new_server(
+        limits=config.limits,
+        max_message_bytes=config.max_message_bytes,
+        max_metadata_bytes=config.max_metadata_bytes,
+        reuse_port=reuse_port,
     )
     watch_slots = StreamSlots(per_peer=config.watch_streams_per_peer, total=config.watch_streams_total)
     token_pb2_grpc.add_TokenServiceServicer_to_server(
@@ -132,28 +118,14 @@ async def start_server(
         ),
         server,
     )
-    health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        [TOKEN_SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-        server,
-    )
-    if config.tls_cert is not None and config.tls_key is not None:
-        credentials = grpc.ssl_server_credentials(
-            [(config.tls_key.read_bytes(), config.tls_cert.read_bytes())]
-        )
-        port = server.add_secure_port(config.listen, credentials)
-    else:
-        port = server.add_insecure_port(config.listen)
+    health = serving.add_health_and_reflection(server, [TOKEN_SERVICE])
+    port = serving.bind(server, config.listen, tls_cert=config.tls_cert, tls_key=config.tls_key)
     await server.start()
     keyring_task = asyncio.get_running_loop().create_task(keyring.run(), name="authsvc-keyring")
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health.set(TOKEN_SERVICE, health_pb2.HealthCheckResponse.SERVING)
-    host, _ = split_host_port(config.listen)
+    await serving.serving(health, [TOKEN_SERVICE])
     log.info(
-        "TokenService listening on %s:%d (%s), issuer %s, signing key kid=%s",
-        f"[{host}]" if ":" in host else host,
-        port,
+        "TokenService listening on %s (%s), issuer %s, signing key kid=%s",
+        serving.describe(config.listen, port),
         "TLS" if config.tls else "plaintext",
         config.issuer,
         keyring.signer.key.kid,

@@ -1,0 +1,82 @@
+"""gRPC start-up and drain, written once for every service built on authsvc (the TokenService and
+the PaymentService; ``payments_svc`` may import this, not ``authsvc.server``).
+
+:func:`new_server` makes a ``grpc.aio`` server with the options every service wants (message and
+metadata caps, no accidental port sharing, the connection limits of
+:class:`~authsvc.listen.ConnectionLimits`) and the :class:`~authsvc.status.DecodeGuard`;
+:func:`add_health_and_reflection` registers the health service and server reflection;
+:func:`bind` adds the listening port, TLS when certificate and key are given; :func:`serving`
+reports SERVING; :func:`describe` renders the address for the start-up log line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from authsvc.listen import ConnectionLimits, split_host_port
+from authsvc.status import DecodeGuard
+
+__all__ = ["HEALTH_SERVICE", "add_health_and_reflection", "bind", "describe", "new_server", "serving"]
+
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def new_server(
+    *,
+    limits: ConnectionLimits,
+    max_message_bytes: int,
+    max_metadata_bytes: int,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    reuse_port: bool = False,
+) -> grpc.aio.Server:
+    """A ``grpc.aio`` server; ``interceptors`` run before the :class:`DecodeGuard`."""
+    return grpc.aio.server(
+        interceptors=[*interceptors, DecodeGuard()],
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", 4 * 1024 * 1024),
+            ("grpc.max_metadata_size", max_metadata_bytes),
+            # gRPC enables SO_REUSEPORT by default; a second server on a taken port must fail
+            # loudly unless we deliberately share the port between our own workers
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.keepalive_permit_without_calls", 0),
+            *limits.grpc_options(),
+        ],
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+    )
+
+
+def add_health_and_reflection(server: grpc.aio.Server, services: Sequence[str]) -> HealthServicer:
+    """Register ``grpc.health.v1.Health`` (NOT_SERVING until :func:`serving`) and reflection of
+    ``services`` plus those two."""
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection([*services, HEALTH_SERVICE, reflection.SERVICE_NAME], server)
+    return health
+
+
+def bind(server: grpc.aio.Server, listen: str, *, tls_cert: Path | None, tls_key: Path | None) -> int:
+    """Add the listening port (TLS when ``tls_cert`` and ``tls_key`` are given); returns the port
+    bound (useful with port 0)."""
+    if tls_cert is not None and tls_key is not None:
+        credentials = grpc.ssl_server_credentials([(tls_key.read_bytes(), tls_cert.read_bytes())])
+        return server.add_secure_port(listen, credentials)
+    return server.add_insecure_port(listen)
+
+
+async def serving(health: HealthServicer, services: Sequence[str]) -> None:
+    """Report SERVING for the server as a whole and for each of ``services``."""
+    for name in ("", *services):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def describe(listen: str, port: int) -> str:
+    """``host:port`` for a log line (IPv6 hosts in brackets)."""
+    host, _ = split_host_port(listen)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
