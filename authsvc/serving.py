@@ -7,14 +7,19 @@ metadata caps, no accidental port sharing, the connection limits of
 :func:`add_health_and_reflection` registers the health service and server reflection;
 :func:`bind` adds the listening port, TLS when certificate and key are given; :func:`serving`
 reports SERVING; :func:`describe` renders the address for the start-up log line.
+:func:`start_http` serves an aiohttp application beside it, on the same event loop, with the same
+TLS files, and stops it gracefully.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from aiohttp import web
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -22,7 +27,17 @@ from grpc_reflection.v1alpha import reflection
 from authsvc.listen import ConnectionLimits, split_host_port
 from authsvc.status import DecodeGuard
 
-__all__ = ["HEALTH_SERVICE", "add_health_and_reflection", "bind", "describe", "new_server", "serving"]
+__all__ = [
+    "HEALTH_SERVICE",
+    "HttpListener",
+    "add_health_and_reflection",
+    "bind",
+    "describe",
+    "new_server",
+    "server_ssl_context",
+    "serving",
+    "start_http",
+]
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
@@ -80,3 +95,69 @@ def describe(listen: str, port: int) -> str:
     """``host:port`` for a log line (IPv6 hosts in brackets)."""
     host, _ = split_host_port(listen)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+
+
+@dataclass
+class HttpListener:
+    """A started aiohttp application on one address."""
+
+    runner: web.AppRunner
+    port: int
+
+    async def stop(self) -> None:
+        """Stop accepting, let requests in flight finish (within the runner's shutdown timeout),
+        close the connections."""
+        await self.runner.cleanup()
+
+
+def server_ssl_context(tls_cert: Path, tls_key: Path) -> ssl.SSLContext:
+    """TLS 1.2 or later for an HTTP listener, from the same files as the gRPC listener."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls_cert, tls_key)
+    return context
+
+
+async def start_http(
+    app: web.Application,
+    listen: str,
+    *,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    grace: float,
+    reuse_port: bool = False,
+    idle_timeout: float = 75.0,
+) -> HttpListener:
+    """Serve ``app`` on ``listen`` (``HOST:PORT`` or ``unix:PATH``), TLS when certificate and
+    key are given, on the running event loop. ``grace`` bounds how long :meth:`HttpListener.stop`
+    waits for requests in flight; ``reuse_port`` lets ``--workers`` share the port;
+    ``idle_timeout`` closes a keep-alive connection with no request for that long (aiohttp's own
+    default is an hour)."""
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=grace,
+        keepalive_timeout=idle_timeout,
+        max_line_size=8190,
+        max_field_size=8190,
+    )
+    await runner.setup()
+    context = server_ssl_context(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    site: web.BaseSite
+    if listen.startswith("unix:"):
+        site = web.UnixSite(runner, listen.removeprefix("unix:"), ssl_context=context)
+    else:
+        host, port = split_host_port(listen)
+        site = web.TCPSite(runner, host, port, ssl_context=context, reuse_port=reuse_port or None)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    addresses = runner.addresses
+    bound = addresses[0][1] if addresses and isinstance(addresses[0], tuple) else 0
+    return HttpListener(runner, int(bound))
