@@ -24,10 +24,11 @@ import grpc
 
 from authsvc.authority.keyring import Keyring
 from authsvc.authority.tokens import TokenIssuer
-from authsvc.core.errors import InvalidRequest, OAuthError, RateLimited
-from authsvc.core.grants import ClientAuthMethod, TokenRequest
+from authsvc.core.client_auth import client_credentials
+from authsvc.core.errors import OAuthError, RateLimited
+from authsvc.core.grants import TokenRequest
 from authsvc.logsafe import LogRateLimiter
-from authsvc.server.metadata import basic_credentials
+from authsvc.server.metadata import authorization_values
 from authsvc.status import status_for
 from authsvc.v1 import token_pb2, token_pb2_grpc
 
@@ -118,22 +119,10 @@ class StreamSlots:
 def token_request_from(
     request: token_pb2.IssueTokenRequest, metadata: Iterable[tuple[str, str | bytes]] | None
 ) -> TokenRequest:
-    """Build the core's request. RFC 6749 §2.3: a client MUST NOT use more than one
-    authentication method in a request."""
-    basic = basic_credentials(metadata)
-    if basic is None:
-        client_id, secret, method = (
-            request.client_id,
-            request.client_secret,
-            ClientAuthMethod.CLIENT_SECRET_POST,
-        )
-    else:
-        if request.client_secret:
-            raise InvalidRequest("use either Basic authentication or client_secret, not both")
-        if request.client_id and request.client_id != basic[0]:
-            raise InvalidRequest("client_id differs from the Basic credentials")
-        client_id, secret = basic
-        method = ClientAuthMethod.CLIENT_SECRET_BASIC
+    """Build the core's request (RFC 6749 §2.3: one authentication method per request)."""
+    client_id, secret, method = client_credentials(
+        authorization_values(metadata), client_id=request.client_id, client_secret=request.client_secret
+    )
     return TokenRequest(
         grant_type=request.grant_type,
         client_id=client_id,

@@ -1,0 +1,65 @@
+"""Which client credentials a token request carries (RFC 6749 §2.3), whatever the transport.
+
+Both edges hand over what they found: the values of the ``authorization`` header (or metadata
+entry) and the ``client_id``/``client_secret`` of the body. :func:`client_credentials` decides,
+with the same rules for gRPC and HTTP:
+
+- ``Authorization: Basic base64(id ":" secret)``, where id and secret are first
+  ``application/x-www-form-urlencoded`` (§2.3.1), is ``client_secret_basic``;
+- ``client_id`` and ``client_secret`` in the body are ``client_secret_post``;
+- both at once is ``invalid_request`` (§2.3: "MUST NOT use more than one authentication method
+  in each request"); two authorization values are ``invalid_request``; another scheme or a value
+  that does not decode is ``invalid_client``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from urllib.parse import unquote_plus
+
+from authsvc.core.errors import InvalidClient, InvalidRequest
+from authsvc.core.grants import ClientAuthMethod
+
+__all__ = ["MAX_AUTHORIZATION_LENGTH", "basic_credentials", "client_credentials"]
+
+MAX_AUTHORIZATION_LENGTH = 2048
+
+
+def basic_credentials(values: Sequence[str | bytes]) -> tuple[str, str] | None:
+    """The ``(client_id, client_secret)`` of the one ``Basic`` authorization value, or None when
+    there is none. RFC 7617 and RFC 6749 §2.3.1."""
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidRequest("more than one authorization header")
+    value = values[0]
+    if isinstance(value, bytes) or len(value) > MAX_AUTHORIZATION_LENGTH:
+        raise InvalidRequest("the authorization header is malformed")
+    scheme, _, encoded = value.partition(" ")
+    if scheme.lower() != "basic":
+        raise InvalidClient("the token endpoint accepts only Basic client authentication")
+    try:
+        decoded = base64.b64decode(encoded.strip().encode("ascii"), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeError) as exc:
+        raise InvalidClient("the Basic credentials do not decode") from exc
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        raise InvalidClient("the Basic credentials lack a colon")
+    return unquote_plus(client_id), unquote_plus(secret)
+
+
+def client_credentials(
+    authorization: Sequence[str | bytes], *, client_id: str, client_secret: str
+) -> tuple[str, str, ClientAuthMethod]:
+    """``(client_id, client_secret, method)`` from the authorization values and the body's
+    parameters; raises as the module docstring says."""
+    basic = basic_credentials(authorization)
+    if basic is None:
+        return client_id, client_secret, ClientAuthMethod.CLIENT_SECRET_POST
+    if client_secret:
+        raise InvalidRequest("use either Basic authentication or client_secret, not both")
+    if client_id and client_id != basic[0]:
+        raise InvalidRequest("client_id differs from the Basic credentials")
+    return basic[0], basic[1], ClientAuthMethod.CLIENT_SECRET_BASIC
