@@ -24,7 +24,10 @@ PUBLIC = {
         "StaticJwksSource",
         "TokenVerifier",
         "bearer_token",
+        "bound_principal",
         "current_principal",
+        "http_bearer_token",
+        "verify_on_event_loop",
     },
     "authsvc.client": {
         "AccessToken",

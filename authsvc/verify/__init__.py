@@ -11,9 +11,16 @@
 Importable without the server or store packages.
 """
 
-from authsvc.verify.interceptor import AioAuthInterceptor, AuthInterceptor, bearer_token, current_principal
+from authsvc.verify.interceptor import AioAuthInterceptor, AuthInterceptor
 from authsvc.verify.jwks import FileJwksSource, GrpcJwksSource, JwksCache, JwksSource, StaticJwksSource
 from authsvc.verify.policy import PUBLIC, MethodPolicy
+from authsvc.verify.principal import (
+    bearer_token,
+    bound_principal,
+    current_principal,
+    http_bearer_token,
+    verify_on_event_loop,
+)
 from authsvc.verify.verifier import Principal, TokenVerifier
 
 __all__ = [
@@ -29,5 +36,8 @@ __all__ = [
     "StaticJwksSource",
     "TokenVerifier",
     "bearer_token",
+    "bound_principal",
     "current_principal",
+    "http_bearer_token",
+    "verify_on_event_loop",
 ]

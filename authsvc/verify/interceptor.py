@@ -14,8 +14,6 @@ policy is PERMISSION_DENIED (``ACCESS_DENIED``). Tokens never reach the log.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import contextvars
 import inspect
 import logging
@@ -24,21 +22,23 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from authsvc.core.errors import AccessDenied, InvalidToken, OAuthError, TemporarilyUnavailable
+from authsvc.core.errors import AccessDenied, OAuthError
 from authsvc.logsafe import LogRateLimiter
 from authsvc.status import status_for
-from authsvc.verify.jwks import WouldBlock
 from authsvc.verify.policy import MethodPolicy, Public
-from authsvc.verify.verifier import MAX_TOKEN_BYTES, Principal, TokenVerifier
+from authsvc.verify.principal import (
+    _PRINCIPAL,
+    bearer_token,
+    current_principal,
+    verify_on_event_loop,
+    verify_token,
+)
+from authsvc.verify.verifier import Principal, TokenVerifier
 
 __all__ = ["AioAuthInterceptor", "AuthInterceptor", "bearer_token", "current_principal"]
 
 log = logging.getLogger("authsvc.verify")
 _REFUSALS = LogRateLimiter(rate=10, burst=50)
-
-_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
-    "authsvc_principal", default=None
-)
 
 _Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 _BEHAVIORS = {
@@ -47,36 +47,6 @@ _BEHAVIORS = {
     (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
     (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
 }
-
-
-def current_principal() -> Principal:
-    """The verified caller of the RPC being handled. Raises LookupError in a public method or
-    outside an RPC that went through the interceptor."""
-    principal = _PRINCIPAL.get()
-    if principal is None:
-        raise LookupError("no verified caller: the method is public or no AuthInterceptor is installed")
-    return principal
-
-
-def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-    """RFC 6750 §2.1: the token of exactly one ``authorization: Bearer <token>`` entry:
-    ``credentials = "Bearer" 1*SP b64token``. The scheme is case-insensitive; one or more spaces
-    separate it from the token, which has none itself."""
-    values = [value for key, value in (metadata or ()) if key == "authorization"]
-    if not values:
-        raise InvalidToken("no access token: send metadata authorization: Bearer <token>")
-    if len(values) > 1:
-        raise InvalidToken("more than one authorization metadata entry")
-    value = values[0]
-    if isinstance(value, bytes) or len(value) > MAX_TOKEN_BYTES + 7:
-        raise InvalidToken("the authorization metadata entry is malformed or too long")
-    scheme, sep, rest = value.partition(" ")
-    if scheme.lower() != "bearer" or not sep:
-        raise InvalidToken("the authorization metadata entry is not a Bearer token")
-    token = rest.lstrip(" ")
-    if not token or " " in token:
-        raise InvalidToken("the Bearer token is empty or has spaces")
-    return token
 
 
 class _Base:
@@ -93,20 +63,10 @@ class _Base:
         method: str,
         required: Sequence[str],
         metadata: Iterable[tuple[str, str | bytes]] | None,
-        *,
-        block: bool = True,
     ) -> Principal:
-        """The verified caller holding every ``required`` scope; raises OAuthError (or, with
-        ``block=False``, WouldBlock)."""
-        token = bearer_token(metadata)
-        try:
-            principal = self.verifier.verify(token, block=block)
-        except (OAuthError, WouldBlock):
-            raise
-        except Exception as exc:
-            # A verifier bug must still answer a clean refusal, never UNKNOWN with a traceback.
-            log.exception("token verification failed unexpectedly on %s", method)
-            raise InvalidToken("the access token could not be verified") from exc
+        """The verified caller holding every ``required`` scope; raises OAuthError. May wait for a
+        key fetch (bounded), so only for a handler's own thread."""
+        principal = verify_token(self.verifier, bearer_token(metadata), where=method)
         TokenVerifier.require_scopes(principal, required)
         return principal
 
@@ -221,12 +181,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
 class AioAuthInterceptor(grpc.aio.ServerInterceptor):
     """Token verification for ``grpc.aio.server``; same rules as :class:`AuthInterceptor`.
 
-    Verification runs on the event loop: a cached token costs a hash lookup, a new one one RSA
-    verification (tens of microseconds). A call whose key must be fetched first (an unknown kid,
-    at most once per cooldown) awaits that fetch, which runs in the key cache's own thread, for at
-    most ``fetch_timeout``; it takes no executor thread, so a flood of made-up kids never starves
-    handlers or the store. Call ``verifier.keys.refresh()`` at start-up so that the first request
-    does not wait for the initial fetch.
+    Verification runs on the event loop (:func:`~authsvc.verify.principal.verify_on_event_loop`):
+    a cached token costs a hash lookup, a new one one RSA verification (tens of microseconds). A
+    call whose key must be fetched first (an unknown kid, at most once per cooldown) awaits that
+    fetch, which runs in the key cache's own thread, for at most ``fetch_timeout``; it takes no
+    executor thread, so a flood of made-up kids never starves handlers or the store. Call
+    ``verifier.keys.refresh()`` at start-up so that the first request does not wait for the
+    initial fetch.
     """
 
     def __init__(
@@ -272,18 +233,7 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
     async def _principal(
         self, method: str, required: Sequence[str], metadata: Iterable[tuple[str, str | bytes]] | None
     ) -> Principal:
-        try:
-            return self._base.principal(method, required, metadata, block=False)
-        except WouldBlock as pending:
-            # the issuer's keys are being fetched (in the cache's own thread): wait for that fetch
-            # without taking a thread, bounded, then decide with what it brought
-            fetched = asyncio.shield(asyncio.wrap_future(pending.future))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fetched, self._base.verifier.keys.fetch_timeout)
-        try:
-            return self._base.principal(method, required, metadata, block=False)
-        except WouldBlock as exc:
-            # the fetch waited for did not bring the kid, and another one started: never wait twice
-            if self._base.verifier.keys.has_keys:
-                raise InvalidToken("the token is signed with an unknown key") from exc
-            raise TemporarilyUnavailable("the issuer's keys are unreachable and none are cached") from exc
+        token = bearer_token(metadata)
+        principal = await verify_on_event_loop(self._base.verifier, token, where=method)
+        TokenVerifier.require_scopes(principal, required)
+        return principal
