@@ -5,7 +5,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
-PROTO_FILES := $(shell find protos -name '*.proto' | sort)
+# protos/google/ is a vendored copy of googleapis' annotations (for google.api.http): it is an
+# include only; its Python code is the installed googleapis-common-protos package
+PROTO_FILES := $(shell find protos -path protos/google -prune -o -name '*.proto' -print | sort)
 
 .PHONY: venv demo test lint proto proto-check bench clean
 

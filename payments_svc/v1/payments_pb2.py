@@ -23,44 +23,46 @@ _sym_db = _symbol_database.Default()
 
 
 from authsvc.v1 import options_pb2 as authsvc_dot_v1_dot_options__pb2
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epayments_svc/v1/payments.proto\x12\x0fpayments_svc.v1\x1a\x18\x61uthsvc/v1/options.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfd\x01\n\x07Payment\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.payments_svc.v1.PaymentStatus\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x16\n\x0epayment_method\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x11\n\tclient_id\x18\x07 \x01(\t\x12\x17\n\x0frefunded_amount\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\x14\x43reatePaymentRequest\x12\x0e\n\x06\x61mount\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x16\n\x0epayment_method\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"B\n\x15\x43reatePaymentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.payments_svc.v1.Payment\"+\n\x11GetPaymentRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\"?\n\x12GetPaymentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.payments_svc.v1.Payment\"<\n\x13ListPaymentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x14ListPaymentsResponse\x12*\n\x08payments\x18\x01 \x03(\x0b\x32\x18.payments_svc.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x14RefundPaymentRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"B\n\x15RefundPaymentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.payments_svc.v1.Payment*\x91\x01\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18PAYMENT_STATUS_SUCCEEDED\x10\x01\x12%\n!PAYMENT_STATUS_PARTIALLY_REFUNDED\x10\x02\x12\x1b\n\x17PAYMENT_STATUS_REFUNDED\x10\x03\x32\xd3\x03\n\x0ePaymentService\x12r\n\rCreatePayment\x12%.payments_svc.v1.CreatePaymentRequest\x1a&.payments_svc.v1.CreatePaymentResponse\"\x12\xca\xf3\x18\x0epayments:write\x12h\n\nGetPayment\x12\".payments_svc.v1.GetPaymentRequest\x1a#.payments_svc.v1.GetPaymentResponse\"\x11\xca\xf3\x18\rpayments:read\x12n\n\x0cListPayments\x12$.payments_svc.v1.ListPaymentsRequest\x1a%.payments_svc.v1.ListPaymentsResponse\"\x11\xca\xf3\x18\rpayments:read\x12s\n\rRefundPayment\x12%.payments_svc.v1.RefundPaymentRequest\x1a&.payments_svc.v1.RefundPaymentResponse\"\x13\xca\xf3\x18\x0fpayments:refundb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1epayments_svc/v1/payments.proto\x12\x0fpayments_svc.v1\x1a\x18\x61uthsvc/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfd\x01\n\x07Payment\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12.\n\x06status\x18\x02 \x01(\x0e\x32\x1e.payments_svc.v1.PaymentStatus\x12\x0e\n\x06\x61mount\x18\x03 \x01(\t\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x16\n\x0epayment_method\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x11\n\tclient_id\x18\x07 \x01(\t\x12\x17\n\x0frefunded_amount\x18\x08 \x01(\t\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"~\n\x14\x43reatePaymentRequest\x12\x0e\n\x06\x61mount\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x16\n\x0epayment_method\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\"B\n\x15\x43reatePaymentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.payments_svc.v1.Payment\"+\n\x11GetPaymentRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\"?\n\x12GetPaymentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.payments_svc.v1.Payment\"<\n\x13ListPaymentsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x14ListPaymentsResponse\x12*\n\x08payments\x18\x01 \x03(\x0b\x32\x18.payments_svc.v1.Payment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"W\n\x14RefundPaymentRequest\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61mount\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"B\n\x15RefundPaymentResponse\x12)\n\x07payment\x18\x01 \x01(\x0b\x32\x18.payments_svc.v1.Payment*\x91\x01\n\rPaymentStatus\x12\x1e\n\x1aPAYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18PAYMENT_STATUS_SUCCEEDED\x10\x01\x12%\n!PAYMENT_STATUS_PARTIALLY_REFUNDED\x10\x02\x12\x1b\n\x17PAYMENT_STATUS_REFUNDED\x10\x03\x32\x82\x05\n\x0ePaymentService\x12\x96\x01\n\rCreatePayment\x12%.payments_svc.v1.CreatePaymentRequest\x1a&.payments_svc.v1.CreatePaymentResponse\"6\xca\xf3\x18\x0epayments:write\x82\xd3\xe4\x93\x02\x1e\"\x10/api/v1/payments:\x01*b\x07payment\x12\x9a\x01\n\nGetPayment\x12\".payments_svc.v1.GetPaymentRequest\x1a#.payments_svc.v1.GetPaymentResponse\"C\xca\xf3\x18\rpayments:read\x82\xd3\xe4\x93\x02,\x12!/api/v1/payments/{transaction_id}b\x07payment\x12\x86\x01\n\x0cListPayments\x12$.payments_svc.v1.ListPaymentsRequest\x1a%.payments_svc.v1.ListPaymentsResponse\")\xca\xf3\x18\rpayments:read\x82\xd3\xe4\x93\x02\x12\x12\x10/api/v1/payments\x12\xb0\x01\n\rRefundPayment\x12%.payments_svc.v1.RefundPaymentRequest\x1a&.payments_svc.v1.RefundPaymentResponse\"P\xca\xf3\x18\x0fpayments:refund\x82\xd3\xe4\x93\x02\x37\")/api/v1/payments/{transaction_id}/refunds:\x01*b\x07paymentB\x9d\x01\n\x17\x64\x65v.authsvc.payments.v1P\x01Z<github.com/authsvc/authsvc/gen/go/payments_svc/v1;paymentsv1\xaa\x02\x13\x41uthsvc.Payments.V1\xca\x02\x13\x41uthsvc\\Payments\\V1\xea\x02\x15\x41uthsvc::Payments::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'payments_svc.v1.payments_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\027dev.authsvc.payments.v1P\001Z<github.com/authsvc/authsvc/gen/go/payments_svc/v1;paymentsv1\252\002\023Authsvc.Payments.V1\312\002\023Authsvc\\Payments\\V1\352\002\025Authsvc::Payments::V1'
   _globals['_PAYMENTSERVICE'].methods_by_name['CreatePayment']._loaded_options = None
-  _globals['_PAYMENTSERVICE'].methods_by_name['CreatePayment']._serialized_options = b'\312\363\030\016payments:write'
+  _globals['_PAYMENTSERVICE'].methods_by_name['CreatePayment']._serialized_options = b'\312\363\030\016payments:write\202\323\344\223\002\036\"\020/api/v1/payments:\001*b\007payment'
   _globals['_PAYMENTSERVICE'].methods_by_name['GetPayment']._loaded_options = None
-  _globals['_PAYMENTSERVICE'].methods_by_name['GetPayment']._serialized_options = b'\312\363\030\rpayments:read'
+  _globals['_PAYMENTSERVICE'].methods_by_name['GetPayment']._serialized_options = b'\312\363\030\rpayments:read\202\323\344\223\002,\022!/api/v1/payments/{transaction_id}b\007payment'
   _globals['_PAYMENTSERVICE'].methods_by_name['ListPayments']._loaded_options = None
-  _globals['_PAYMENTSERVICE'].methods_by_name['ListPayments']._serialized_options = b'\312\363\030\rpayments:read'
+  _globals['_PAYMENTSERVICE'].methods_by_name['ListPayments']._serialized_options = b'\312\363\030\rpayments:read\202\323\344\223\002\022\022\020/api/v1/payments'
   _globals['_PAYMENTSERVICE'].methods_by_name['RefundPayment']._loaded_options = None
-  _globals['_PAYMENTSERVICE'].methods_by_name['RefundPayment']._serialized_options = b'\312\363\030\017payments:refund'
-  _globals['_PAYMENTSTATUS']._serialized_start=985
-  _globals['_PAYMENTSTATUS']._serialized_end=1130
-  _globals['_PAYMENT']._serialized_start=111
-  _globals['_PAYMENT']._serialized_end=364
-  _globals['_CREATEPAYMENTREQUEST']._serialized_start=366
-  _globals['_CREATEPAYMENTREQUEST']._serialized_end=492
-  _globals['_CREATEPAYMENTRESPONSE']._serialized_start=494
-  _globals['_CREATEPAYMENTRESPONSE']._serialized_end=560
-  _globals['_GETPAYMENTREQUEST']._serialized_start=562
-  _globals['_GETPAYMENTREQUEST']._serialized_end=605
-  _globals['_GETPAYMENTRESPONSE']._serialized_start=607
-  _globals['_GETPAYMENTRESPONSE']._serialized_end=670
-  _globals['_LISTPAYMENTSREQUEST']._serialized_start=672
-  _globals['_LISTPAYMENTSREQUEST']._serialized_end=732
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=734
-  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=825
-  _globals['_REFUNDPAYMENTREQUEST']._serialized_start=827
-  _globals['_REFUNDPAYMENTREQUEST']._serialized_end=914
-  _globals['_REFUNDPAYMENTRESPONSE']._serialized_start=916
-  _globals['_REFUNDPAYMENTRESPONSE']._serialized_end=982
-  _globals['_PAYMENTSERVICE']._serialized_start=1133
-  _globals['_PAYMENTSERVICE']._serialized_end=1600
+  _globals['_PAYMENTSERVICE'].methods_by_name['RefundPayment']._serialized_options = b'\312\363\030\017payments:refund\202\323\344\223\0027\")/api/v1/payments/{transaction_id}/refunds:\001*b\007payment'
+  _globals['_PAYMENTSTATUS']._serialized_start=1015
+  _globals['_PAYMENTSTATUS']._serialized_end=1160
+  _globals['_PAYMENT']._serialized_start=141
+  _globals['_PAYMENT']._serialized_end=394
+  _globals['_CREATEPAYMENTREQUEST']._serialized_start=396
+  _globals['_CREATEPAYMENTREQUEST']._serialized_end=522
+  _globals['_CREATEPAYMENTRESPONSE']._serialized_start=524
+  _globals['_CREATEPAYMENTRESPONSE']._serialized_end=590
+  _globals['_GETPAYMENTREQUEST']._serialized_start=592
+  _globals['_GETPAYMENTREQUEST']._serialized_end=635
+  _globals['_GETPAYMENTRESPONSE']._serialized_start=637
+  _globals['_GETPAYMENTRESPONSE']._serialized_end=700
+  _globals['_LISTPAYMENTSREQUEST']._serialized_start=702
+  _globals['_LISTPAYMENTSREQUEST']._serialized_end=762
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_start=764
+  _globals['_LISTPAYMENTSRESPONSE']._serialized_end=855
+  _globals['_REFUNDPAYMENTREQUEST']._serialized_start=857
+  _globals['_REFUNDPAYMENTREQUEST']._serialized_end=944
+  _globals['_REFUNDPAYMENTRESPONSE']._serialized_start=946
+  _globals['_REFUNDPAYMENTRESPONSE']._serialized_end=1012
+  _globals['_PAYMENTSERVICE']._serialized_start=1163
+  _globals['_PAYMENTSERVICE']._serialized_end=1805
 # @@protoc_insertion_point(module_scope)

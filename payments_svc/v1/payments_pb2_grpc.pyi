@@ -35,6 +35,12 @@ class PaymentServiceStub:
     INSUFFICIENT_SCOPE from the interceptor; INVALID_AMOUNT, INVALID_CURRENCY, INVALID_ARGUMENT
     (INVALID_ARGUMENT status); PAYMENT_NOT_FOUND (NOT_FOUND); IDEMPOTENCY_KEY_REUSED and
     REFUND_EXCEEDS_BALANCE (FAILED_PRECONDITION).
+
+    The google.api.http annotations are the HTTP/JSON API (`payments-svc serve --http-listen`):
+    its routes are derived from them at start-up, so each route requires its method's scopes.
+    Bodies and answers are JSON with the proto field names; an answer's `status` is the
+    PaymentStatus value without its prefix, in lower case ("succeeded", "partially_refunded",
+    "refunded"); the idempotency_key comes from the `Idempotency-Key` header.
     """
 
     @_typing.overload
@@ -62,6 +68,12 @@ class PaymentServiceAsyncStub(PaymentServiceStub):
     INSUFFICIENT_SCOPE from the interceptor; INVALID_AMOUNT, INVALID_CURRENCY, INVALID_ARGUMENT
     (INVALID_ARGUMENT status); PAYMENT_NOT_FOUND (NOT_FOUND); IDEMPOTENCY_KEY_REUSED and
     REFUND_EXCEEDS_BALANCE (FAILED_PRECONDITION).
+
+    The google.api.http annotations are the HTTP/JSON API (`payments-svc serve --http-listen`):
+    its routes are derived from them at start-up, so each route requires its method's scopes.
+    Bodies and answers are JSON with the proto field names; an answer's `status` is the
+    PaymentStatus value without its prefix, in lower case ("succeeded", "partially_refunded",
+    "refunded"); the idempotency_key comes from the `Idempotency-Key` header.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -85,6 +97,12 @@ class PaymentServiceServicer(metaclass=_abc_1.ABCMeta):
     INSUFFICIENT_SCOPE from the interceptor; INVALID_AMOUNT, INVALID_CURRENCY, INVALID_ARGUMENT
     (INVALID_ARGUMENT status); PAYMENT_NOT_FOUND (NOT_FOUND); IDEMPOTENCY_KEY_REUSED and
     REFUND_EXCEEDS_BALANCE (FAILED_PRECONDITION).
+
+    The google.api.http annotations are the HTTP/JSON API (`payments-svc serve --http-listen`):
+    its routes are derived from them at start-up, so each route requires its method's scopes.
+    Bodies and answers are JSON with the proto field names; an answer's `status` is the
+    PaymentStatus value without its prefix, in lower case ("succeeded", "partially_refunded",
+    "refunded"); the idempotency_key comes from the `Idempotency-Key` header.
     """
 
     @_abc_1.abstractmethod
