@@ -21,7 +21,7 @@ from authsvc.listen import (
     wait_for_stop_signal,
 )
 from authsvc.verify import AioAuthInterceptor, GrpcJwksSource, JwksCache, TokenVerifier
-from payments_svc.service import PaymentServicer
+from payments_svc.service import PaymentOperations, PaymentServicer
 from payments_svc.store import PaymentStore, SqlPaymentStore
 from payments_svc.v1 import payments_pb2, payments_pb2_grpc
 
@@ -150,9 +150,8 @@ async def _start(
         max_metadata_bytes=config.max_metadata_bytes,
         interceptors=[AioAuthInterceptor(verifier)],
     )
-    payments_pb2_grpc.add_PaymentServiceServicer_to_server(
-        PaymentServicer(store, clock=SystemClock(), random=SystemRandom()), server
-    )
+    operations = PaymentOperations(store, clock=SystemClock(), random=SystemRandom())
+    payments_pb2_grpc.add_PaymentServiceServicer_to_server(PaymentServicer(operations), server)
     health = serving.add_health_and_reflection(server, [PAYMENT_SERVICE])
     port = serving.bind(server, config.listen, tls_cert=config.tls_cert, tls_key=config.tls_key)
     await server.start()

@@ -1,9 +1,15 @@
-"""The gRPC servicer of ``payments_svc.v1.PaymentService``.
+"""The operations of ``payments_svc.v1.PaymentService``, and its gRPC servicer.
 
-Authorization happened before any of this runs: the AioAuthInterceptor verified the token and
-the scope the proto declares for the method, and :func:`current_principal` names the caller. A
-client sees only its own payments: every query is by (client_id, ...), and another client's
-payment is simply not found.
+:class:`PaymentOperations` is the service itself, transport-free: one coroutine per RPC, named
+after it in snake case, taking the request message and returning the response message, raising
+:class:`~authsvc.core.errors.ServiceError` for a refusal. Both edges call it and only translate:
+:class:`PaymentServicer` (gRPC, errors through :mod:`authsvc.status`) and
+:mod:`payments_svc.http` (HTTP/JSON, errors through :mod:`authsvc.httpstatus`).
+
+Authorization happened before any of this runs: the edge verified the token and the scope the
+proto declares for the method, and :func:`current_principal` names the caller. A client sees only
+its own payments: every query is by (client_id, ...), and another client's payment is simply not
+found.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from payments_svc.errors import InvalidArgument, PaymentNotFound
 from payments_svc.store import SqlPaymentStore
 from payments_svc.v1 import payments_pb2, payments_pb2_grpc
 
-__all__ = ["PaymentServicer", "payment_to_proto"]
+__all__ = ["PaymentOperations", "PaymentServicer", "payment_to_proto"]
 
 log = logging.getLogger("payments_svc")
 
@@ -115,8 +121,9 @@ def _transaction_id(value: str) -> str:
     return value
 
 
-class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
-    """Store calls run in worker threads: a durable commit waits for the disk, not the loop."""
+class PaymentOperations:
+    """The PaymentService's operations, for any edge. Store calls run in worker threads: a durable
+    commit waits for the disk, not the loop."""
 
     def __init__(self, store: SqlPaymentStore, *, clock: Clock, random: RandomSource) -> None:
         self._store = store
@@ -129,9 +136,8 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
     def _new_id(self, prefix: str) -> str:
         return prefix + self._random.token_bytes(12).hex()
 
-    @_rpc
-    async def CreatePayment(  # noqa: N802
-        self, request: payments_pb2.CreatePaymentRequest, context: grpc.aio.ServicerContext[Any, Any]
+    async def create_payment(
+        self, request: payments_pb2.CreatePaymentRequest
     ) -> payments_pb2.CreatePaymentResponse:
         caller = current_principal()
         create = CreatePayment.parse(
@@ -158,19 +164,15 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         )
         return payments_pb2.CreatePaymentResponse(payment=payment_to_proto(payment))
 
-    @_rpc
-    async def GetPayment(  # noqa: N802
-        self, request: payments_pb2.GetPaymentRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> payments_pb2.GetPaymentResponse:
+    async def get_payment(self, request: payments_pb2.GetPaymentRequest) -> payments_pb2.GetPaymentResponse:
         caller = current_principal()
         payment = await asyncio.to_thread(
             self._store.get, caller.client_id, _transaction_id(request.transaction_id)
         )
         return payments_pb2.GetPaymentResponse(payment=payment_to_proto(payment))
 
-    @_rpc
-    async def ListPayments(  # noqa: N802
-        self, request: payments_pb2.ListPaymentsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    async def list_payments(
+        self, request: payments_pb2.ListPaymentsRequest
     ) -> payments_pb2.ListPaymentsResponse:
         caller = current_principal()
         if request.page_size < 0:
@@ -185,9 +187,8 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             next_page_token=_encode_cursor(page[-1]) if more else "",
         )
 
-    @_rpc
-    async def RefundPayment(  # noqa: N802
-        self, request: payments_pb2.RefundPaymentRequest, context: grpc.aio.ServicerContext[Any, Any]
+    async def refund_payment(
+        self, request: payments_pb2.RefundPaymentRequest
     ) -> payments_pb2.RefundPaymentResponse:
         caller = current_principal()
         # required, as for CreatePayment: a refund retried without one would refund twice
@@ -211,3 +212,34 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             caller.jti,
         )
         return payments_pb2.RefundPaymentResponse(payment=payment_to_proto(payment))
+
+
+class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
+    """The gRPC edge: each RPC calls its operation; a refusal becomes a status through the one map."""
+
+    def __init__(self, operations: PaymentOperations) -> None:
+        self._ops = operations
+
+    @_rpc
+    async def CreatePayment(  # noqa: N802
+        self, request: payments_pb2.CreatePaymentRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> payments_pb2.CreatePaymentResponse:
+        return await self._ops.create_payment(request)
+
+    @_rpc
+    async def GetPayment(  # noqa: N802
+        self, request: payments_pb2.GetPaymentRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> payments_pb2.GetPaymentResponse:
+        return await self._ops.get_payment(request)
+
+    @_rpc
+    async def ListPayments(  # noqa: N802
+        self, request: payments_pb2.ListPaymentsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> payments_pb2.ListPaymentsResponse:
+        return await self._ops.list_payments(request)
+
+    @_rpc
+    async def RefundPayment(  # noqa: N802
+        self, request: payments_pb2.RefundPaymentRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> payments_pb2.RefundPaymentResponse:
+        return await self._ops.refund_payment(request)
