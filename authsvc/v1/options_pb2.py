@@ -25,11 +25,12 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61uthsvc/v1/options.proto\x12\nauthsvc.v1\x1a google/protobuf/descriptor.proto:9\n\x0frequired_scopes\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x03(\t:0\n\x06public\x12\x1e.google.protobuf.MethodOptions\x18\xba\x8e\x03 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61uthsvc/v1/options.proto\x12\nauthsvc.v1\x1a google/protobuf/descriptor.proto:9\n\x0frequired_scopes\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x03(\t:0\n\x06public\x12\x1e.google.protobuf.MethodOptions\x18\xba\x8e\x03 \x01(\x08\x42r\n\x0e\x64\x65v.authsvc.v1P\x01Z6github.com/authsvc/authsvc/gen/go/authsvc/v1;authsvcv1\xaa\x02\nAuthsvc.V1\xca\x02\nAuthsvc\\V1\xea\x02\x0b\x41uthsvc::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'authsvc.v1.options_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.authsvc.v1P\001Z6github.com/authsvc/authsvc/gen/go/authsvc/v1;authsvcv1\252\002\nAuthsvc.V1\312\002\nAuthsvc\\V1\352\002\013Authsvc::V1'
 # @@protoc_insertion_point(module_scope)

@@ -25,13 +25,14 @@ _sym_db = _symbol_database.Default()
 from authsvc.v1 import options_pb2 as authsvc_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61uthsvc/v1/token.proto\x12\nauthsvc.v1\x1a\x18\x61uthsvc/v1/options.proto\"r\n\x11IssueTokenRequest\x12\x12\n\ngrant_type\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rclient_secret\x18\x03 \x01(\t\x12\r\n\x05scope\x18\x04 \x01(\t\x12\x10\n\x08\x61udience\x18\x05 \x03(\t\"a\n\x12IssueTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\r\n\x05scope\x18\x04 \x01(\t\"\x10\n\x0eGetJwksRequest\"=\n\x0fGetJwksResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t\x12\x17\n\x0fmax_age_seconds\x18\x02 \x01(\x03\"\x12\n\x10WatchJwksRequest\"&\n\x11WatchJwksResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t2\xfd\x01\n\x0cTokenService\x12Q\n\nIssueToken\x12\x1d.authsvc.v1.IssueTokenRequest\x1a\x1e.authsvc.v1.IssueTokenResponse\"\x04\xd0\xf3\x18\x01\x12H\n\x07GetJwks\x12\x1a.authsvc.v1.GetJwksRequest\x1a\x1b.authsvc.v1.GetJwksResponse\"\x04\xd0\xf3\x18\x01\x12P\n\tWatchJwks\x12\x1c.authsvc.v1.WatchJwksRequest\x1a\x1d.authsvc.v1.WatchJwksResponse\"\x04\xd0\xf3\x18\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61uthsvc/v1/token.proto\x12\nauthsvc.v1\x1a\x18\x61uthsvc/v1/options.proto\"r\n\x11IssueTokenRequest\x12\x12\n\ngrant_type\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rclient_secret\x18\x03 \x01(\t\x12\r\n\x05scope\x18\x04 \x01(\t\x12\x10\n\x08\x61udience\x18\x05 \x03(\t\"a\n\x12IssueTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\r\n\x05scope\x18\x04 \x01(\t\"\x10\n\x0eGetJwksRequest\"=\n\x0fGetJwksResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t\x12\x17\n\x0fmax_age_seconds\x18\x02 \x01(\x03\"\x12\n\x10WatchJwksRequest\"&\n\x11WatchJwksResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t2\xfd\x01\n\x0cTokenService\x12Q\n\nIssueToken\x12\x1d.authsvc.v1.IssueTokenRequest\x1a\x1e.authsvc.v1.IssueTokenResponse\"\x04\xd0\xf3\x18\x01\x12H\n\x07GetJwks\x12\x1a.authsvc.v1.GetJwksRequest\x1a\x1b.authsvc.v1.GetJwksResponse\"\x04\xd0\xf3\x18\x01\x12P\n\tWatchJwks\x12\x1c.authsvc.v1.WatchJwksRequest\x1a\x1d.authsvc.v1.WatchJwksResponse\"\x04\xd0\xf3\x18\x01\x30\x01\x42r\n\x0e\x64\x65v.authsvc.v1P\x01Z6github.com/authsvc/authsvc/gen/go/authsvc/v1;authsvcv1\xaa\x02\nAuthsvc.V1\xca\x02\nAuthsvc\\V1\xea\x02\x0b\x41uthsvc::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'authsvc.v1.token_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.authsvc.v1P\001Z6github.com/authsvc/authsvc/gen/go/authsvc/v1;authsvcv1\252\002\nAuthsvc.V1\312\002\nAuthsvc\\V1\352\002\013Authsvc::V1'
   _globals['_TOKENSERVICE'].methods_by_name['IssueToken']._loaded_options = None
   _globals['_TOKENSERVICE'].methods_by_name['IssueToken']._serialized_options = b'\320\363\030\001'
   _globals['_TOKENSERVICE'].methods_by_name['GetJwks']._loaded_options = None
