@@ -51,6 +51,10 @@ lint: $(STAMP) $(NODE_STAMP) proto-check
 	$(VENV)/bin/mypy authsvc payments_svc clients tests
 	node_modules/.bin/buf lint
 	node_modules/.bin/buf format --diff --exit-code
+	@# the public contract: no breaking change against main (BUF_BREAKING_AGAINST overrides, e.g.
+	@# '.git#tag=v1.0.0'); a clone without a local main (another branch, detached) uses origin/main
+	node_modules/.bin/buf breaking --against "$${BUF_BREAKING_AGAINST:-$$(git rev-parse -q --verify \
+	  refs/heads/main >/dev/null && echo '.git#branch=main' || echo '.git#ref=origin/main')}"
 
 bench: $(STAMP)
 	$(PY) tests/bench/bench_issue_token.py
