@@ -103,6 +103,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env.get("AUTHSVC_LISTEN", "127.0.0.1:50051"),
         help="HOST:PORT to listen on [env AUTHSVC_LISTEN; default 127.0.0.1:50051]",
     )
+    serve.add_argument(
+        "--http-listen",
+        default=env.get("AUTHSVC_HTTP_LISTEN") or None,
+        help="HOST:PORT (or unix:PATH) for the OAuth endpoints over HTTP: /oauth2/token, "
+        "/.well-known/jwks.json, /.well-known/oauth-authorization-server, /oauth2/introspect, "
+        "/oauth2/revoke; the TLS flags apply to it too [env AUTHSVC_HTTP_LISTEN; default off]",
+    )
     _add_common(serve, env)
     serve.add_argument(
         "--issuer",
@@ -381,6 +388,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = ServeConfig(
         data_dir=args.data_dir,
         listen=args.listen,
+        http_listen=args.http_listen,
         issuer=args.issuer,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

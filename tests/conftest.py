@@ -41,6 +41,11 @@ class TokenServer:
         return f"127.0.0.1:{self.running.port}"
 
     @property
+    def http_url(self) -> str:
+        """The base URL of the OAuth endpoints over HTTP (a server started with http_listen)."""
+        return f"http://127.0.0.1:{self.running.http_port}"
+
+    @property
     def authority(self) -> Authority:
         return self.running.authority
 

@@ -48,6 +48,11 @@ class Keyring:
             raise RuntimeError("the keyring has not been loaded")
         return self._signer
 
+    def fetch(self) -> str:
+        """The published set: a Keyring is a JWKS source (:class:`~authsvc.verify.JwksSource`) for
+        the issuer's own verifier (token introspection), with no network in between."""
+        return self.jwks
+
     def load(self) -> bool:
         """Read the keys; swap the signer and the published set if they changed. True on change."""
         stored = self._keys.store.list_keys()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from authsvc.core.clients import Client
 from authsvc.core.errors import OAuthError
 from authsvc.core.grants import IssuedToken, TokenEndpoint, TokenRequest
 from authsvc.logsafe import LogRateLimiter, client_id_for_log
@@ -67,6 +68,17 @@ class TokenIssuer:
             issued.scope,
         )
         return issued
+
+    async def authenticate(self, client_id: str, client_secret: str) -> Client:
+        """Authenticate a client that calls another endpoint (introspection, revocation) with
+        the token endpoint's rules; raises InvalidClient (logged) as it would."""
+        try:
+            if self.clients.is_cached(client_id):
+                return self.endpoint.authenticate(client_id, client_secret)
+            return await asyncio.to_thread(self.endpoint.authenticate, client_id, client_secret)
+        except OAuthError as exc:
+            self.refused(client_id, exc)
+            raise
 
     def refused(self, client_id: str, exc: OAuthError) -> None:
         """Log a refusal; an edge calls it too for a request it refused before building one."""

@@ -33,6 +33,8 @@ from authsvc.server.config import ServeConfig
 from authsvc.server.token_service import StreamSlots, TokenServicer
 from authsvc.store.cache import CachedClientLookup
 from authsvc.v1 import token_pb2, token_pb2_grpc
+from authsvc.verify import JwksCache, TokenVerifier
+from authsvc.verify.verifier import ANY_AUDIENCE
 
 __all__ = ["TOKEN_SERVICE", "RunningServer", "open_authority", "run", "serve", "start_server"]
 
@@ -64,12 +66,20 @@ class RunningServer:
     keyring: Keyring
     keyring_task: asyncio.Task[None]
     watch_slots: StreamSlots | None = None  # the open WatchJwks streams
+    http: serving.HttpListener | None = None  # the OAuth endpoints over HTTP (--http-listen)
+
+    @property
+    def http_port(self) -> int:
+        if self.http is None:
+            raise RuntimeError("the TokenService serves no HTTP (--http-listen)")
+        return self.http.port
 
     async def stop(self, grace: float | None) -> None:
-        """Report NOT_SERVING, let in-flight calls finish within ``grace`` seconds, stop."""
+        """Report NOT_SERVING, let in-flight calls on both listeners finish within ``grace``
+        seconds, stop."""
         await self.health.enter_graceful_shutdown()
         self.keyring_task.cancel()
-        await self.server.stop(grace)
+        await asyncio.gather(self.server.stop(grace), *([self.http.stop()] if self.http else []))
         with contextlib.suppress(asyncio.CancelledError):
             await self.keyring_task
         self.authority.close()
@@ -121,16 +131,59 @@ async def start_server(
     health = serving.add_health_and_reflection(server, [TOKEN_SERVICE])
     port = serving.bind(server, config.listen, tls_cert=config.tls_cert, tls_key=config.tls_key)
     await server.start()
+    http = None
+    if config.http_listen is not None:
+        try:
+            http = await _start_http(config, issuer, keyring, reuse_port=reuse_port)
+        except BaseException:
+            await server.stop(0)
+            raise
     keyring_task = asyncio.get_running_loop().create_task(keyring.run(), name="authsvc-keyring")
     await serving.serving(health, [TOKEN_SERVICE])
     log.info(
-        "TokenService listening on %s (%s), issuer %s, signing key kid=%s",
+        "TokenService listening on %s (%s)%s, issuer %s, signing key kid=%s",
         serving.describe(config.listen, port),
         "TLS" if config.tls else "plaintext",
+        "" if http is None else f", HTTP on {_http_address(config.http_listen or '', http.port)}",
         config.issuer,
         keyring.signer.key.kid,
     )
-    return RunningServer(server, port, health, authority, keyring, keyring_task, watch_slots)
+    return RunningServer(server, port, health, authority, keyring, keyring_task, watch_slots, http)
+
+
+def _http_address(listen: str, port: int) -> str:
+    return listen if listen.startswith("unix:") else serving.describe(listen, port)
+
+
+async def _start_http(
+    config: ServeConfig, issuer: TokenIssuer, keyring: Keyring, *, reuse_port: bool
+) -> serving.HttpListener:
+    """The OAuth endpoints over HTTP on the same loop and application layer (authsvc.http)."""
+    from authsvc.http.oauth import OAuthHttp  # noqa: PLC0415 - aiohttp only when HTTP is served
+
+    introspection = TokenVerifier(
+        issuer=config.issuer,
+        audience=ANY_AUDIENCE,
+        # the keyring's memory, re-read every second: a revoked key stops introspecting as active
+        jwks=JwksCache(keyring, max_age=1.0, cooldown=1.0),
+        leeway=0,
+    )
+    oauth = OAuthHttp(
+        issuer_url=config.issuer,
+        issuer=issuer,
+        keyring=keyring,
+        introspection=introspection,
+        jwks_max_age=config.jwks_max_age,
+    )
+    assert config.http_listen is not None
+    return await serving.start_http(
+        oauth.app(),
+        config.http_listen,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        grace=config.grace_period,
+        reuse_port=reuse_port,
+    )
 
 
 async def serve(config: ServeConfig, *, reuse_port: bool = False) -> None:

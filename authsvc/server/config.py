@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from authsvc.core.clients import MAX_TOKEN_TTL
 from authsvc.core.errors import ConfigurationError
@@ -33,6 +34,7 @@ class ServeConfig:
 
     data_dir: Path
     listen: str = DEFAULT_LISTEN
+    http_listen: str | None = None  # the OAuth endpoints over HTTP, beside gRPC (authsvc.http)
     issuer: str = DEFAULT_ISSUER
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -60,8 +62,15 @@ class ServeConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigurationError("--tls-cert and --tls-key go together")
         check_plaintext(self.listen, tls=self.tls_cert is not None, insecure=self.insecure)
+        if self.http_listen is not None and not self.http_listen.startswith("unix:"):
+            split_host_port(self.http_listen)
+            check_plaintext(self.http_listen, tls=self.tls_cert is not None, insecure=self.insecure)
         if not self.issuer or any(c.isspace() for c in self.issuer):
             raise ConfigurationError("the issuer must be a URL without spaces")
+        issuer = urlsplit(self.issuer)
+        if issuer.scheme not in ("https", "http") or not issuer.netloc or issuer.query or issuer.fragment:
+            # RFC 8414 §2: an https URL without query or fragment; http only for local development
+            raise ConfigurationError("the issuer must be an https:// URL without query or fragment")
         if self.workers < 1:
             raise ConfigurationError("--workers must be at least 1")
         if self.workers > 1 and port == 0:

@@ -38,7 +38,7 @@ from authsvc.core.scopes import parse_scope
 from authsvc.verify.jose import b64url_decode_strict, split_compact, strict_json_object
 from authsvc.verify.jwks import JwksCache, JwksSource
 
-__all__ = ["ACCEPTED_TYPS", "MAX_TOKEN_BYTES", "Principal", "TokenVerifier"]
+__all__ = ["ACCEPTED_TYPS", "ANY_AUDIENCE", "MAX_TOKEN_BYTES", "AnyAudience", "Principal", "TokenVerifier"]
 
 MAX_TOKEN_BYTES = 8 * 1024
 ACCEPTED_TYPS = frozenset({"at+jwt", "application/at+jwt"})
@@ -89,6 +89,18 @@ def _number(claims: Mapping[str, Any], name: str) -> float:
     return float(value)
 
 
+class AnyAudience:
+    """The type of :data:`ANY_AUDIENCE`."""
+
+    def __repr__(self) -> str:
+        return "ANY_AUDIENCE"
+
+
+ANY_AUDIENCE = AnyAudience()
+"""Accept tokens for any audience. Only for the issuer itself (token introspection, RFC 7662):
+a resource server that passes it accepts tokens minted for every other service."""
+
+
 class TokenVerifier:
     """Verifies access tokens issued by ``issuer`` for ``audience``.
 
@@ -102,7 +114,7 @@ class TokenVerifier:
         self,
         *,
         issuer: str,
-        audience: str,
+        audience: str | AnyAudience,
         jwks: JwksSource | JwksCache,
         leeway: float = 30.0,
         max_lifetime: float = 86_400.0,
@@ -190,7 +202,7 @@ class TokenVerifier:
         audiences = (aud,) if isinstance(aud, str) else tuple(aud) if isinstance(aud, list) else None
         if not audiences or not all(isinstance(a, str) for a in audiences):
             raise InvalidToken("the token's aud claim is missing or malformed")
-        if self.audience not in audiences:
+        if self.audience is not ANY_AUDIENCE and self.audience not in audiences:
             raise InvalidToken("the token is meant for another audience")
         exp, iat, nbf = (_number(claims, name) for name in _TIME_CLAIMS)
         if now >= exp + self.leeway:

@@ -1,0 +1,292 @@
+"""The TokenService's HTTP edge: the OAuth endpoints every standard client and ``jwks_uri``
+verifier speaks, translated to the same application layer as gRPC.
+
+- ``POST /oauth2/token``: RFC 6749 §4.4.2, a form body; ``client_secret_basic`` (§2.3.1
+  form-urlencoded id and secret) or ``client_secret_post``; §5.1 answers, §5.2 errors
+  (:func:`authsvc.httpstatus.token_error`). ``audience`` (or RFC 8707 ``resource``) may repeat;
+  no other parameter may (§3.2).
+- ``GET /.well-known/jwks.json``: the keyring's published set, ``Cache-Control: max-age`` =
+  the JWKS max age, an ``ETag``, and 304 for ``If-None-Match``.
+- ``GET /.well-known/oauth-authorization-server``: RFC 8414 metadata, URLs built from the issuer.
+- ``POST /oauth2/introspect``: RFC 7662, for an authenticated client; a token it may not see,
+  or one that is invalid or expired, is ``{"active": false}``.
+- ``POST /oauth2/revoke``: RFC 7009, for an authenticated client, on its own tokens only.
+
+Routes live under the issuer's path, if it has one (``https://auth.example/tenant`` serves
+``/tenant/oauth2/token``); the metadata document is also served where RFC 8414 §3 puts it
+(``/.well-known/oauth-authorization-server/tenant``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
+
+from aiohttp import web
+
+from authsvc.authority.keyring import Keyring
+from authsvc.authority.tokens import TokenIssuer
+from authsvc.core.client_auth import client_credentials
+from authsvc.core.clients import Client
+from authsvc.core.errors import InvalidRequest, InvalidToken, OAuthError, UnauthorizedClient
+from authsvc.core.grants import ClientAuthMethod, TokenRequest
+from authsvc.httpstatus import NO_STORE, HttpAnswer, token_error
+from authsvc.logsafe import loggable
+from authsvc.verify import Principal, TokenVerifier
+from authsvc.verify.jwks import WouldBlock
+
+__all__ = ["INTROSPECT_SCOPE", "MAX_FORM_BYTES", "OAuthHttp"]
+
+log = logging.getLogger("authsvc.http")
+
+MAX_FORM_BYTES = 16 * 1024
+"""A token request is a few hundred bytes; a larger body is refused before it is parsed."""
+INTROSPECT_SCOPE = "authsvc:introspect"
+"""A client holding this scope may introspect any token; others only their own."""
+_REPEATABLE = frozenset({"audience", "resource"})
+_FORM = "application/x-www-form-urlencoded"
+_JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class _Form:
+    """A parsed form body: each parameter once, except the repeatable ones."""
+
+    single: Mapping[str, str]
+    repeated: Mapping[str, Sequence[str]]
+
+    def get(self, name: str) -> str:
+        return self.single.get(name, "")
+
+
+def _answer(answer: HttpAnswer) -> web.Response:
+    return web.json_response(answer.body, status=answer.status, headers=dict(answer.headers))
+
+
+def _ok(body: Mapping[str, object]) -> web.Response:
+    return web.json_response(dict(body), headers=dict(NO_STORE))
+
+
+async def _form(request: web.Request) -> _Form:
+    """RFC 6749 §3.2 / Appendix B: an ``application/x-www-form-urlencoded`` body, UTF-8, each
+    parameter at most once."""
+    if request.content_type != _FORM:
+        raise InvalidRequest(f"the request body must be {_FORM}")
+    body = await request.content.read(MAX_FORM_BYTES + 1)
+    if len(body) > MAX_FORM_BYTES:
+        raise InvalidRequest("the request body is too large")
+    try:
+        pairs = parse_qsl(
+            body.decode("ascii"),
+            keep_blank_values=True,
+            strict_parsing=bool(body),
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=64,
+        )
+    except (UnicodeError, ValueError) as exc:
+        raise InvalidRequest("the request body is not a valid form") from exc
+    single: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {}
+    for name, value in pairs:
+        if name in _REPEATABLE:
+            repeated.setdefault(name, []).append(value)
+        elif name in single:
+            raise InvalidRequest(f"the parameter {name} is repeated")
+        else:
+            single[name] = value
+    return _Form(single, repeated)
+
+
+class OAuthHttp:
+    """The OAuth HTTP endpoints of one TokenService process.
+
+    ``introspection`` verifies tokens for RFC 7662 (the issuer's own keys, any audience, no
+    leeway); ``jwks_max_age`` is what ``Cache-Control`` tells jwks_uri clients.
+    """
+
+    def __init__(
+        self,
+        *,
+        issuer_url: str,
+        issuer: TokenIssuer,
+        keyring: Keyring,
+        introspection: TokenVerifier,
+        jwks_max_age: int,
+    ) -> None:
+        self.issuer_url = issuer_url.rstrip("/")
+        self._issuer = issuer
+        self._keyring = keyring
+        self._introspection = introspection
+        self._jwks_max_age = jwks_max_age
+        self._prefix = urlsplit(self.issuer_url).path.rstrip("/")
+        self._jwks_cache: tuple[str, bytes, str] | None = None  # (jwks text, body, etag)
+
+    # -- the application -------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_FORM_BYTES)
+        p = self._prefix
+        app.router.add_post(f"{p}/oauth2/token", self.token)
+        app.router.add_post(f"{p}/oauth2/introspect", self.introspect)
+        app.router.add_post(f"{p}/oauth2/revoke", self.revoke)
+        app.router.add_get(f"{p}/.well-known/jwks.json", self.jwks)
+        app.router.add_get(f"{p}/.well-known/oauth-authorization-server", self.metadata)
+        if p:
+            app.router.add_get(f"/.well-known/oauth-authorization-server{p}", self.metadata)
+        return app
+
+    def url(self, path: str) -> str:
+        return self.issuer_url + path
+
+    # -- client authentication -------------------------------------------------------------
+
+    @staticmethod
+    def _credentials(request: web.Request, form: _Form) -> tuple[str, str, ClientAuthMethod]:
+        return client_credentials(
+            request.headers.getall("Authorization", []),
+            client_id=form.get("client_id"),
+            client_secret=form.get("client_secret"),
+        )
+
+    async def _client(self, request: web.Request, form: _Form) -> Client:
+        client_id, secret, _ = self._credentials(request, form)
+        return await self._issuer.authenticate(client_id, secret)
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    async def token(self, request: web.Request) -> web.Response:
+        """RFC 6749 §4.4.2 and §5."""
+        basic = "Authorization" in request.headers
+        client_id = ""
+        try:
+            form = await _form(request)
+            client_id, secret, method = self._credentials(request, form)
+            token_request = TokenRequest(
+                grant_type=form.get("grant_type"),
+                client_id=client_id,
+                client_secret=secret,
+                scope=form.get("scope"),
+                audience=tuple(form.repeated.get("audience", ())) + tuple(form.repeated.get("resource", ())),
+                auth_method=method,
+            )
+        except OAuthError as exc:
+            self._issuer.refused(client_id, exc)
+            return _answer(token_error(exc, basic=basic))
+        try:
+            issued = await self._issuer.issue(token_request)
+        except Exception as exc:  # logged by the issuer
+            return _answer(token_error(exc, basic=basic))
+        return _ok(
+            {
+                "access_token": issued.access_token,
+                "token_type": issued.token_type,
+                "expires_in": issued.expires_in,
+                "scope": issued.scope,
+            }
+        )
+
+    async def jwks(self, request: web.Request) -> web.Response:
+        """The published JWK Set (RFC 7517 §5), cacheable for the JWKS max age."""
+        text = self._keyring.jwks
+        cached = self._jwks_cache
+        if cached is None or cached[0] != text:
+            body = text.encode()
+            cached = self._jwks_cache = (text, body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"')
+        _, body, etag = cached
+        headers = {"Cache-Control": f"public, max-age={self._jwks_max_age}", "ETag": etag}
+        if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=body, content_type=_JSON, headers=headers)
+
+    async def metadata(self, request: web.Request) -> web.Response:
+        """RFC 8414 §2 authorization server metadata."""
+        methods = [ClientAuthMethod.CLIENT_SECRET_BASIC.value, ClientAuthMethod.CLIENT_SECRET_POST.value]
+        document: dict[str, object] = {
+            "issuer": self.issuer_url,
+            "token_endpoint": self.url("/oauth2/token"),
+            "jwks_uri": self.url("/.well-known/jwks.json"),
+            "introspection_endpoint": self.url("/oauth2/introspect"),
+            "revocation_endpoint": self.url("/oauth2/revoke"),
+            "grant_types_supported": ["client_credentials"],
+            "response_types_supported": [],
+            "token_endpoint_auth_methods_supported": methods,
+            "introspection_endpoint_auth_methods_supported": methods,
+            "revocation_endpoint_auth_methods_supported": methods,
+        }
+        return web.json_response(document, headers={"Cache-Control": f"public, max-age={self._jwks_max_age}"})
+
+    async def introspect(self, request: web.Request) -> web.Response:
+        """RFC 7662 §2. The caller authenticates as a client; it sees the claims of its own tokens,
+        or of any token if it holds ``authsvc:introspect``. Everything else is inactive."""
+        basic = "Authorization" in request.headers
+        try:
+            form = await _form(request)
+            caller = await self._client(request, form)
+            token = form.get("token")
+            if not token:
+                raise InvalidRequest("the token parameter is required")
+        except OAuthError as exc:
+            return _answer(token_error(exc, basic=basic))
+        try:
+            principal = await self._verify(token)
+        except (InvalidToken, OAuthError):
+            return _ok({"active": False})
+        if principal.client_id != caller.client_id and INTROSPECT_SCOPE not in caller.allowed_scopes:
+            return _ok({"active": False})
+        claims = principal.claims
+        return _ok(
+            {
+                "active": True,
+                "scope": claims["scope"],
+                "client_id": principal.client_id,
+                "token_type": "Bearer",
+                "exp": claims["exp"],
+                "iat": claims["iat"],
+                "nbf": claims["nbf"],
+                "sub": principal.subject,
+                "aud": claims["aud"],
+                "iss": principal.issuer,
+                "jti": principal.jti,
+            }
+        )
+
+    async def revoke(self, request: web.Request) -> web.Response:
+        """RFC 7009 §2. A token that is invalid or unknown answers 200 (§2.2); a client may
+        revoke only its own tokens (§2.1). Until the revocation list exists (issue 11) a
+        revocation is recorded in the log only: verifiers keep accepting the token until it
+        expires, and the README says so."""
+        basic = "Authorization" in request.headers
+        try:
+            form = await _form(request)
+            caller = await self._client(request, form)
+            token = form.get("token")
+            if not token:
+                raise InvalidRequest("the token parameter is required")
+            try:
+                principal = await self._verify(token)
+            except (InvalidToken, OAuthError):
+                return web.Response(status=200, headers=dict(NO_STORE))
+            if principal.client_id != caller.client_id:
+                raise UnauthorizedClient("a client may revoke only its own tokens")
+        except OAuthError as exc:
+            return _answer(token_error(exc, basic=basic))
+        log.warning(
+            "revocation requested: jti=%s client_id=%s (recorded only: not yet enforced by verifiers)",
+            loggable(principal.jti),
+            loggable(principal.client_id),
+        )
+        return web.Response(status=200, headers=dict(NO_STORE))
+
+    async def _verify(self, token: str) -> Principal:
+        """The token's principal, never blocking the loop: the keys come from the keyring's
+        memory, and the rare fetch runs in the key cache's thread."""
+        try:
+            return self._introspection.verify(token, block=False)
+        except WouldBlock as pending:
+            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(pending.future)), 5.0)
+        return self._introspection.verify(token, block=False)
