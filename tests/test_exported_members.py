@@ -17,6 +17,7 @@ PUBLIC = {
         "AuthInterceptor",
         "FileJwksSource",
         "GrpcJwksSource",
+        "HttpJwksSource",
         "JwksCache",
         "JwksSource",
         "MethodPolicy",

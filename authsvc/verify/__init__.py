@@ -12,7 +12,14 @@ Importable without the server or store packages.
 """
 
 from authsvc.verify.interceptor import AioAuthInterceptor, AuthInterceptor
-from authsvc.verify.jwks import FileJwksSource, GrpcJwksSource, JwksCache, JwksSource, StaticJwksSource
+from authsvc.verify.jwks import (
+    FileJwksSource,
+    GrpcJwksSource,
+    HttpJwksSource,
+    JwksCache,
+    JwksSource,
+    StaticJwksSource,
+)
 from authsvc.verify.policy import PUBLIC, MethodPolicy
 from authsvc.verify.principal import (
     bearer_token,
@@ -29,6 +36,7 @@ __all__ = [
     "AuthInterceptor",
     "FileJwksSource",
     "GrpcJwksSource",
+    "HttpJwksSource",
     "JwksCache",
     "JwksSource",
     "MethodPolicy",

@@ -27,21 +27,28 @@ import contextlib
 import json
 import logging
 import random
+import ssl
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
+from email.message import Message
+from http.client import HTTPMessage, HTTPResponse
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authsvc.core.errors import TemporarilyUnavailable
 from authsvc.listen import is_loopback
+from authsvc.logsafe import loggable
 from authsvc.verify.jose import parse_rsa_jwk
 
 if TYPE_CHECKING:
@@ -50,7 +57,9 @@ if TYPE_CHECKING:
 __all__ = [
     "FileJwksSource",
     "GrpcJwksSource",
+    "HttpJwksSource",
     "JwksCache",
+    "JwksFetchError",
     "JwksSource",
     "KeySet",
     "StaticJwksSource",
@@ -208,6 +217,219 @@ class GrpcJwksSource:
             if self._channel is not None:
                 self._channel.close()
             self._channel = None
+
+
+class JwksFetchError(Exception):
+    """A JWKS fetch was refused or failed. The message is safe to log: it names the issuer's URL
+    (without its query) and what was wrong, never the body."""
+
+
+MIN_HTTP_MAX_AGE = 5.0
+"""The shortest freshness an :class:`HttpJwksSource` reports, in seconds, whatever the issuer says."""
+
+_JWKS_MEDIA_TYPES = frozenset({"application/json", "application/jwk-set+json"})
+_MAX_ETAG_CHARS = 256
+
+
+def _origin(parts: urllib.parse.SplitResult) -> tuple[str, str, int | None]:
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or default
+
+
+def _cache_max_age(cache_control: str, age: str | None) -> float | None:
+    """RFC 9111 §5.2.2: the freshness lifetime ``Cache-Control`` gives, minus ``Age`` (§5.1);
+    0 for ``no-store`` or ``no-cache`` (revalidate every time); None when it says nothing."""
+    directives: dict[str, str] = {}
+    for item in cache_control.split(","):
+        name, _, value = item.strip().partition("=")
+        directives.setdefault(name.strip().lower(), value.strip().strip('"'))
+    if "no-store" in directives or "no-cache" in directives:
+        return 0.0
+    max_age = directives.get("max-age")
+    if max_age is None:
+        return None
+    if not max_age.isdigit():  # §1.2.2 delta-seconds: digits only; anything else is stale
+        return 0.0
+    seconds = float(min(int(max_age[:12]), 2**31))
+    if age is not None and age.strip().isdigit():
+        seconds -= float(min(int(age.strip()[:12]), 2**31))
+    return max(seconds, 0.0)
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only within one origin: never to another host, nor from HTTPS to
+    plaintext (where the keys could be swapped)."""
+
+    max_redirections = 3
+
+    def __init__(self, origin: tuple[str, str, int | None], where: str) -> None:
+        self.origin = origin
+        self.where = where
+
+    def redirect_request(  # noqa: PLR0917 - urllib's signature
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if _origin(urllib.parse.urlsplit(newurl)) != self.origin:
+            raise JwksFetchError(
+                f"{self.where} redirected ({code}) to another origin or to plaintext: {loggable(newurl, 128)}"
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class HttpJwksSource:
+    """The issuer's keys from its ``jwks_uri`` (RFC 8414 §2, RFC 7517 §5) over HTTPS.
+
+    Standard library only (:mod:`urllib.request` with an :mod:`ssl` context), so resource servers
+    need no HTTP client; :class:`JwksCache` runs each fetch in its own thread, one at a time, with
+    the usual rules (stale-on-error, a throttled refresh for an unknown kid).
+
+    Transport: ``https://`` with certificate and host name verification, against the system's
+    trust store, ``ca_file`` (a PEM bundle), or your ``ssl_context`` (refused if it does not
+    verify). ``http://`` only to a loopback host, unless ``allow_plaintext`` says a trusted mesh
+    provides the transport security: keys fetched in plaintext across a network can be swapped
+    for an attacker's, who could then mint any token this verifier accepts. Environment proxies
+    are not used. A redirect is followed only within the same origin (scheme, host and port), so
+    never to another host nor from HTTPS to plaintext.
+
+    Answers: 200 with a JSON body (``Content-Type`` ``application/json`` or
+    ``application/jwk-set+json``) of at most ``max_bytes``, or 304 to a conditional request
+    (the source sends ``If-None-Match`` with the last ``ETag``, and a 304 reuses the last body).
+    Anything else raises :class:`JwksFetchError`: the cache keeps its last good set and logs why.
+    ``timeout`` bounds each socket operation (connecting, the status line and headers) and the
+    reading of the whole body, however slowly a server drips it; name resolution is not covered.
+
+    Freshness: ``Cache-Control: max-age`` (less ``Age``) sets :attr:`max_age`, which the cache
+    takes as an upper bound on its own ``max_age``. ``no-store``, ``no-cache`` and ``max-age=0``
+    ask to revalidate on every use, which would be a fetch per request: they mean
+    ``min_max_age`` (default :data:`MIN_HTTP_MAX_AGE`), the shortest freshness reported, so a
+    verifier revalidates (cheaply, with ``If-None-Match``) at most that often. Without
+    ``Cache-Control`` the cache's own ``max_age`` applies.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 2.0,
+        ca_file: str | Path | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        allow_plaintext: bool = False,
+        max_bytes: int = 512 * 1024,
+        min_max_age: float = MIN_HTTP_MAX_AGE,
+    ) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("the JWKS URL must be an absolute https:// URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("the JWKS URL must not carry credentials")
+        if parts.fragment:
+            raise ValueError("the JWKS URL must not have a fragment")
+        if not 0 < timeout <= 300 or max_bytes < 1 or min_max_age < 0:
+            raise ValueError("timeout, max_bytes or min_max_age is out of range")
+        if ca_file is not None and ssl_context is not None:
+            raise ValueError("give ca_file or ssl_context, not both")
+        if parts.scheme == "http":
+            if ca_file is not None or ssl_context is not None:
+                raise ValueError("ca_file and ssl_context need an https:// JWKS URL")
+            if not allow_plaintext and not is_loopback(parts.hostname):
+                raise ValueError(
+                    f"refusing to fetch signing keys from {parts.scheme}://{parts.netloc} without TLS: "
+                    "use https://, or allow_plaintext=True inside a trusted mesh"
+                )
+        if ssl_context is None:
+            ssl_context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+            ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+        elif ssl_context.verify_mode != ssl.CERT_REQUIRED or not ssl_context.check_hostname:
+            raise ValueError("ssl_context must verify the issuer's certificate and host name")
+        self.url = url
+        self._where = urllib.parse.urlunsplit(parts._replace(query=""))  # a query may hold a key
+        self._origin = _origin(parts)
+        self._timeout = timeout
+        self._max_bytes = max_bytes
+        self._min_max_age = min_max_age
+        self._opener = urllib.request.OpenerDirector()
+        for handler in (
+            urllib.request.ProxyHandler({}),  # never the environment's proxies
+            urllib.request.HTTPHandler(),
+            urllib.request.HTTPSHandler(context=ssl_context),
+            _SameOriginRedirects(self._origin, self._where),
+            urllib.request.HTTPDefaultErrorHandler(),  # any other non-2xx answer raises HTTPError
+            urllib.request.HTTPErrorProcessor(),
+        ):
+            self._opener.add_handler(handler)
+        self._etag: str | None = None
+        self._body: str | None = None
+        self.max_age: float | None = None
+        """How long the issuer said its last answer stays fresh (None: it did not say)."""
+
+    def fetch(self) -> str:
+        """The JWK Set as JSON text; raises :class:`JwksFetchError` (or an OSError) on failure.
+        Called by the cache from one thread at a time."""
+        deadline = time.monotonic() + self._timeout
+        request = urllib.request.Request(  # noqa: S310 - the scheme is checked: https, or http as allowed
+            self.url,
+            headers={"Accept": "application/jwk-set+json, application/json", "User-Agent": "authsvc-verify"},
+        )
+        if self._etag is not None and self._body is not None:
+            request.add_header("If-None-Match", self._etag)
+        try:
+            response = self._opener.open(request, timeout=self._timeout)
+        except urllib.error.HTTPError as err:
+            with err:
+                if err.code == 304 and self._body is not None:
+                    self._freshness(err.headers)
+                    return self._body
+                raise JwksFetchError(f"{self._where} answered HTTP {err.code}") from None
+        with response:
+            status = response.status
+            if status != 200:  # 2xx other than 200: no JWK Set we could rely on
+                raise JwksFetchError(f"{self._where} answered HTTP {status}")
+            headers = response.headers
+            media_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if media_type not in _JWKS_MEDIA_TYPES:
+                raise JwksFetchError(f"{self._where} answered {loggable(media_type)}, not JSON")
+            if (headers.get("Content-Encoding") or "identity").strip().lower() != "identity":
+                raise JwksFetchError(f"{self._where} answered an encoded body")
+            length = headers.get("Content-Length")
+            if length is not None and length.strip().isdigit() and int(length) > self._max_bytes:
+                raise JwksFetchError(f"{self._where} answered more than {self._max_bytes} bytes")
+            body = self._read(response, deadline)
+        try:
+            text = body.decode("utf-8")
+            json.loads(text)
+        except ValueError as exc:
+            raise JwksFetchError(f"{self._where} answered a body that is not JSON") from exc
+        etag = headers.get("ETag")
+        self._etag = etag if etag and len(etag) <= _MAX_ETAG_CHARS and etag.isprintable() else None
+        self._body = text
+        self._freshness(headers)
+        return text
+
+    def _read(self, response: HTTPResponse, deadline: float) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            if time.monotonic() > deadline:
+                raise JwksFetchError(f"{self._where} took longer than {self._timeout:g}s to answer")
+            # read1: one socket read at most, so a server dripping bytes meets the deadline
+            chunk = response.read1(min(65536, self._max_bytes + 1 - size))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise JwksFetchError(f"{self._where} answered more than {self._max_bytes} bytes")
+
+    def _freshness(self, headers: Message) -> None:
+        cache_control = headers.get("Cache-Control")
+        max_age = None if cache_control is None else _cache_max_age(cache_control, headers.get("Age"))
+        self.max_age = None if max_age is None else max(max_age, self._min_max_age)
 
 
 class WouldBlock(Exception):
@@ -420,9 +642,9 @@ class JwksCache:
         try:
             document = self.source.fetch()
         except Exception as exc:
-            log.warning(
-                "JWKS fetch failed (%s); keeping %d cached keys", type(exc).__name__, len(self._set.keys)
-            )
+            # a JwksFetchError says what was wrong in words safe to log; other errors by their type
+            why = exc if isinstance(exc, JwksFetchError) else type(exc).__name__
+            log.warning("JWKS fetch failed (%s); keeping %d cached keys", why, len(self._set.keys))
             return False
         with self._lock:
             if self._pushes != pushes:
