@@ -21,6 +21,7 @@ from authsvc.listen import (
     wait_for_stop_signal,
 )
 from authsvc.verify import AioAuthInterceptor, GrpcJwksSource, JwksCache, TokenVerifier
+from payments_svc.http import build_http_app
 from payments_svc.service import PaymentOperations, PaymentServicer
 from payments_svc.store import PaymentStore, SqlPaymentStore
 from payments_svc.v1 import payments_pb2, payments_pb2_grpc
@@ -39,6 +40,8 @@ class PaymentsConfig:
 
     data_dir: Path
     listen: str = "127.0.0.1:50052"
+    # the HTTP/JSON API beside gRPC (payments_svc.http), same process, loop and TLS files
+    http_listen: str | None = None
     token_service: str = "127.0.0.1:50051"  # noqa: S105 - an address, not a secret
     issuer: str = "https://authsvc.local"
     audience: str = "payments"
@@ -68,6 +71,8 @@ class PaymentsConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigurationError("--tls-cert and --tls-key go together")
         check_plaintext(self.listen, tls=self.tls_cert is not None, insecure=self.insecure)
+        if self.http_listen is not None and not self.http_listen.startswith("unix:"):
+            check_plaintext(self.http_listen, tls=self.tls_cert is not None, insecure=self.insecure)
         host, _ = split_host_port(self.token_service)
         if self.token_service_ca is None and not self.insecure_token_service and not is_loopback(host):
             raise ConfigurationError(
@@ -88,10 +93,22 @@ class RunningPayments:
     health: HealthServicer
     store: SqlPaymentStore
     verifier: TokenVerifier
+    http: serving.HttpListener | None = None
+
+    @property
+    def http_port(self) -> int:
+        if self.http is None:
+            raise LookupError("no HTTP listener: give --http-listen")
+        return self.http.port
 
     async def stop(self, grace: float | None) -> None:
+        """NOT_SERVING, then both listeners drain at once (HTTP within the grace period given at
+        start-up), then the verifier and the store close."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        if self.http is not None:
+            await asyncio.gather(self.server.stop(grace), self.http.stop())
+        else:
+            await self.server.stop(grace)
         self.verifier.close()
         self.store.close()
 
@@ -155,6 +172,13 @@ async def _start(
     health = serving.add_health_and_reflection(server, [PAYMENT_SERVICE])
     port = serving.bind(server, config.listen, tls_cert=config.tls_cert, tls_key=config.tls_key)
     await server.start()
+    http = None
+    if config.http_listen is not None:
+        try:
+            http = await _start_http(config, operations, verifier)
+        except BaseException:
+            await server.stop(0)
+            raise
     await serving.serving(health, [PAYMENT_SERVICE])
     log.info(
         "PaymentService listening on %s (%s), issuer %s, audience %s",
@@ -163,7 +187,30 @@ async def _start(
         config.issuer,
         config.audience,
     )
-    return RunningPayments(server, port, health, store, verifier)
+    if http is not None and config.http_listen is not None:
+        log.info(
+            "PaymentService HTTP/JSON API on %s (%s)",
+            config.http_listen
+            if config.http_listen.startswith("unix:")
+            else serving.describe(config.http_listen, http.port),
+            "TLS" if config.tls_cert else "plaintext",
+        )
+    return RunningPayments(server, port, health, store, verifier, http)
+
+
+async def _start_http(
+    config: PaymentsConfig, operations: PaymentOperations, verifier: TokenVerifier
+) -> serving.HttpListener:
+    assert config.http_listen is not None
+    app = build_http_app(
+        payments_pb2.DESCRIPTOR.services_by_name["PaymentService"],
+        operations,
+        verifier,
+        max_body_bytes=config.max_message_bytes,
+    )
+    return await serving.start_http(
+        app, config.http_listen, tls_cert=config.tls_cert, tls_key=config.tls_key, grace=config.grace_period
+    )
 
 
 async def serve(config: PaymentsConfig) -> None:

@@ -37,6 +37,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
     opt("--listen", "PAYMENTS_LISTEN", "127.0.0.1:50052", "HOST:PORT to listen on")
     opt(
+        "--http-listen",
+        "PAYMENTS_HTTP_LISTEN",
+        None,
+        "HOST:PORT (or unix:PATH) for the HTTP/JSON API beside gRPC (POST /api/v1/payments, ...); "
+        "the TLS flags apply to it too",
+    )
+    opt(
         "--data-dir",
         "PAYMENTS_DATA_DIR",
         str(default_dir),
@@ -118,6 +125,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             data_dir=args.data_dir,
             database_url=args.database_url,
             listen=args.listen,
+            http_listen=args.http_listen,
             token_service=args.token_service,
             token_service_ca=args.token_service_ca,
             issuer=args.issuer,
