@@ -78,6 +78,8 @@ class Command:
             self.log.append(line)
             if m := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
                 self.port = int(m.group(1))
+                h = re.search(r"HTTP on 127\.0\.0\.1:(\d+)", line)
+                self.http_port = int(h.group(1)) if h else None
                 break
         else:
             raise AssertionError("the command never said where it listens:\n" + "".join(self.log))
@@ -88,6 +90,12 @@ class Command:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        """The base URL of its HTTP listener (started with --http-listen)."""
+        assert self.http_port is not None, "the command serves no HTTP"
+        return f"http://127.0.0.1:{self.http_port}"
 
     def terminate(self, timeout: float = 15) -> int:
         """SIGTERM, then wait; returns the exit code."""
@@ -140,7 +148,19 @@ def create_client(env: Mapping[str, str], client_id: str, scope: str, audience: 
 def token_and_payment_services(env: dict[str, str]) -> Iterator[tuple[Command, Command]]:
     """``authsvc serve`` and ``payments-svc serve`` (pointed at it) as processes on free ports;
     sets ``PAYMENTS_TOKEN_SERVICE`` in ``env``; stops both with SIGTERM."""
-    auth = Command([sys.executable, "-m", "authsvc.cli", "serve", "--listen", "127.0.0.1:0"], env)
+    auth = Command(
+        [
+            sys.executable,
+            "-m",
+            "authsvc.cli",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+        env,
+    )
     try:
         env["PAYMENTS_TOKEN_SERVICE"] = auth.target
         gateway = Command([sys.executable, "-m", "payments_svc.cli", "serve", "--listen", "127.0.0.1:0"], env)

@@ -9,6 +9,7 @@
 
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import https from 'node:https';
 import { createRequire } from 'node:module';
 import { isIP } from 'node:net';
 import path from 'node:path';
@@ -45,6 +46,9 @@ options (each also read from the environment variable shown):
   --issuer URL                 expected token issuer [ISSUER, default https://authsvc.local]
   --audience AUD               expected audience    [AUDIENCE, default payments]
   --ca FILE                    PEM CA bundle for TLS to both services [AUTHSVC_CA]
+  --jwks-url URL               the TokenService's jwks_uri (https://…/.well-known/jwks.json;
+                               http only to loopback): verify with jose's createRemoteJWKSet
+                               instead of GetJwks [AUTHSVC_JWKS_URL]
   -h, --help                   print this help
 
 TLS: any host but loopback (127.0.0.0/8, ::1, localhost) and unix: always gets TLS, with --ca or
@@ -71,6 +75,7 @@ export function loadConfig(argv = process.argv.slice(2), env = process.env) {
         issuer: { type: 'string' },
         audience: { type: 'string' },
         ca: { type: 'string' },
+        'jwks-url': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
     });
@@ -109,9 +114,12 @@ export function loadConfig(argv = process.argv.slice(2), env = process.env) {
       throw new UsageError(`cannot read the CA bundle ${caFile}: ${err.code ?? err.message}`);
     }
   }
+  const jwksUrl = pick('jwks-url', 'AUTHSVC_JWKS_URL');
+  if (jwksUrl !== undefined) checkJwksUrl(jwksUrl);
   return {
     help: false,
     ca,
+    jwksUrl,
     authsvcTarget: pick('authsvc-target', 'AUTHSVC_TARGET', '127.0.0.1:50051'),
     paymentsTarget: pick('payments-target', 'PAYMENTS_TARGET', '127.0.0.1:50052'),
     clientId,
@@ -149,6 +157,23 @@ export function isLocalTarget(target) {
     const host = splitHostPort(address);
     return host !== undefined && isLoopbackHost(host);
   });
+}
+
+/**
+ * A jwks_uri must be https, or http to a loopback host: keys fetched in the clear can be swapped
+ * for an attacker's, who could then mint tokens this merchant believes.
+ */
+export function checkJwksUrl(url) {
+  let parsed;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new UsageError(`--jwks-url is not a URL: ${url}`);
+  }
+  const host = parsed.hostname.replace(/^\[|\]$/g, '');
+  if (parsed.protocol === 'https:') return;
+  if (parsed.protocol === 'http:' && isLoopbackHost(host)) return;
+  throw new UsageError(`refusing to fetch signing keys from ${url}: use https (http only to loopback)`);
 }
 
 /** Channel credentials for a target: TLS (with `ca`, else the system's roots) unless the target
@@ -366,14 +391,36 @@ export async function withBearer(cache, client, method, request) {
 // ---------------------------------------------------------------------------------------------
 // Offline verification
 
+/** A fetch for jose that trusts `ca` (a private CA) for https URLs. */
+function fetchTrusting(ca) {
+  return (url, { headers, signal } = {}) =>
+    new Promise((resolve, reject) => {
+      const request = https.get(url, { ca, headers, signal }, (response) => {
+        const chunks = [];
+        response.on('data', (chunk) => chunks.push(chunk));
+        response.on('end', () =>
+          resolve(new Response(Buffer.concat(chunks), { status: response.statusCode, headers: response.headers })),
+        );
+        response.on('error', reject);
+      });
+      request.on('error', reject);
+    });
+}
+
 /**
- * Verifies an access token the way a resource server does: against the TokenService's JWKS,
- * fetched with GetJwks, without asking the TokenService about the token itself. A real resource
- * server keeps the key set and fetches it again only when a token names an unknown kid.
+ * Verifies an access token the way a resource server does, without asking the TokenService
+ * about the token itself: against the jwks_uri with jose's createRemoteJWKSet (which caches the
+ * set and refetches only for an unknown kid) when `jwksUrl` is given, else against the set
+ * GetJwks returns.
  */
-export async function verifyAccessToken(tokenClient, token, { issuer, audience }) {
-  const { jwks_json: jwksJson } = await unary(tokenClient, 'GetJwks', {});
-  const jwks = jose.createLocalJWKSet(JSON.parse(jwksJson));
+export async function verifyAccessToken(tokenClient, token, { issuer, audience, jwksUrl, ca }) {
+  let jwks;
+  if (jwksUrl !== undefined) {
+    jwks = jose.createRemoteJWKSet(new URL(jwksUrl), ca === undefined ? {} : { [jose.customFetch]: fetchTrusting(ca) });
+  } else {
+    const { jwks_json: jwksJson } = await unary(tokenClient, 'GetJwks', {});
+    jwks = jose.createLocalJWKSet(JSON.parse(jwksJson));
+  }
   const { payload, protectedHeader } = await jose.jwtVerify(token, jwks, {
     issuer,
     audience,
@@ -421,7 +468,7 @@ export async function runFlow(config, log = console.log) {
     log(`   scope="${entry.scope}" expires_in=${entry.lifetimeMs / 1000}s`);
     check((await cache.token()) === entry.accessToken, 'the token cache fetched again instead of reusing');
 
-    log('== offline verification (GetJwks + jose.jwtVerify)');
+    log(`== offline verification (${config.jwksUrl ? `jose.createRemoteJWKSet ${config.jwksUrl}` : 'GetJwks'} + jose.jwtVerify)`);
     const { payload, protectedHeader } = await verifyAccessToken(tokens, entry.accessToken, config);
     log(`   header: ${JSON.stringify(protectedHeader)}`);
     log(`   claims: ${JSON.stringify(payload)}`);
@@ -465,6 +512,7 @@ export async function runFlow(config, log = console.log) {
       status: refunded.status,
       refunded_amount: refunded.refunded_amount,
       verified_sub: payload.sub,
+      verified_with: config.jwksUrl ? 'jwks_uri' : 'GetJwks',
     };
   } finally {
     tokens.close();

@@ -75,6 +75,8 @@ def services(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
                 "AUTHSVC_CLIENT_SECRET": secret,
                 "ISSUER": ISSUER,
                 "AUDIENCE": "payments",
+                # not read by the merchant: where the jwks_uri test points it
+                "TEST_JWKS_URL": auth.http_url + "/.well-known/jwks.json",
             },
             secret,
         )
@@ -100,6 +102,44 @@ def test_merchant_flow(node_client: str, services: tuple[dict[str, str], str]) -
     assert summary["verified_sub"] == CLIENT_ID
     assert str(summary["transaction_id"]).startswith("txn_")
     assert secret not in out.stdout and secret not in out.stderr
+
+
+def test_merchant_verifies_with_jose_create_remote_jwkset(
+    node_client: str, services: tuple[dict[str, str], str]
+) -> None:
+    """The token verifies against the TokenService's jwks_uri, fetched by jose itself."""
+    env, _ = services
+    out = subprocess.run(
+        [node_client, "merchant.js"],
+        cwd=NODE_DIR,
+        env={**env, "AUTHSVC_JWKS_URL": env["TEST_JWKS_URL"]},
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert out.returncode == 0, f"merchant.js exited {out.returncode}:\n{out.stdout}\n{out.stderr}"
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["ok"] is True and summary["verified_with"] == "jwks_uri"
+    assert summary["verified_sub"] == CLIENT_ID
+
+
+def test_merchant_refuses_a_plaintext_jwks_url_to_another_host(node_client: str) -> None:
+    out = subprocess.run(
+        [node_client, "merchant.js", "--jwks-url", "http://keys.example.com/.well-known/jwks.json"],
+        cwd=NODE_DIR,
+        env={
+            "PATH": os.environ.get("PATH", ""),
+            "AUTHSVC_CLIENT_ID": CLIENT_ID,
+            "AUTHSVC_CLIENT_SECRET": "x",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode != 0
+    assert "refusing to fetch signing keys" in out.stderr
 
 
 def test_wrong_secret_fails_clearly(node_client: str, services: tuple[dict[str, str], str]) -> None:

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { channelCredentials, isLocalTarget } from '../merchant.js';
+import { channelCredentials, checkJwksUrl, isLocalTarget } from '../merchant.js';
 
 const LOCAL = ['127.0.0.1:50051', '127.1.2.3:1', 'localhost:50051', '[::1]:50051', 'dns:///localhost:1',
   'ipv4:127.0.0.1:1,127.0.0.2:1', 'ipv6:[::1]:1', 'unix:/run/authsvc.sock'];
@@ -23,4 +23,13 @@ for (const target of REMOTE) {
     assert.equal(isLocalTarget(target), false);
     assert.equal(channelCredentials(target, undefined)._isSecure(), true);
   });
+}
+
+for (const url of ['https://auth.example.com/.well-known/jwks.json', 'http://127.0.0.1:8080/.well-known/jwks.json',
+  'http://localhost/jwks', 'http://[::1]:1/jwks']) {
+  test(`jwks_uri allowed: ${url}`, () => assert.doesNotThrow(() => checkJwksUrl(url)));
+}
+for (const url of ['http://auth.example.com/.well-known/jwks.json', 'http://10.0.0.1/jwks', 'ftp://127.0.0.1/jwks',
+  'file:///etc/jwks.json', 'not a url']) {
+  test(`jwks_uri refused: ${url}`, () => assert.throws(() => checkJwksUrl(url)));
 }
