@@ -4,7 +4,14 @@ start-up refusals of annotations it does not support."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
 import re
+import ssl
+import subprocess
+import sys
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,13 +22,16 @@ from google.api import annotations_pb2, http_pb2  # type: ignore[import-untyped]
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 from authsvc.core.errors import ConfigurationError
-from authsvc.v1 import options_pb2
+from authsvc.v1 import options_pb2, token_pb2, token_pb2_grpc
 from authsvc.verify import PUBLIC, MethodPolicy
+from payments_svc.app import PaymentsConfig, RunningPayments, start_server
 from payments_svc.http import derive_routes
 from payments_svc.v1 import payments_pb2 as pb
 from payments_svc.v1 import payments_pb2_grpc
-from tests.conftest import TokenServer
+from tests.conftest import ISSUER, TokenServer
+from tests.helpers import Command, ServerThread
 from tests.payments.httpapi import SEED_BODY, HttpGateway, running_http_gateway
+from tests.server.test_serve import self_signed
 
 TXN = re.compile(r"txn_[0-9a-f]{24}")
 
@@ -321,3 +331,105 @@ class _FullOps(_Ops):
 
     async def refund_payment(self, request: pb.RefundPaymentRequest) -> pb.RefundPaymentResponse:
         raise AssertionError("never called")
+
+
+# -- the listener: TLS as for gRPC, the plaintext rule, the command and its graceful stop ------
+
+
+def test_tls_flags_apply_to_the_http_listener(token_server: TokenServer, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    config = PaymentsConfig(
+        data_dir=tmp_path / "pay",
+        listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        token_service=token_server.target,
+        issuer=ISSUER,
+        tls_cert=cert,
+        tls_key=key,
+    )
+    thread: ServerThread[RunningPayments] = ServerThread(lambda: start_server(config))
+    running = thread.start()
+    try:
+        token = HttpGateway(token_server, running).token("shop")
+        context = ssl.create_default_context(cafile=str(cert))
+        conn = http.client.HTTPSConnection("127.0.0.1", running.http_port, context=context, timeout=15)
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Idempotency-Key": "k",
+            "Content-Type": "application/json",
+        }
+        conn.request("POST", "/api/v1/payments", body=SEED_BODY, headers=headers)
+        resp = conn.getresponse()
+        assert (resp.status, json.loads(resp.read())["status"]) == (200, "succeeded")
+        conn.close()
+        plain = http.client.HTTPConnection("127.0.0.1", running.http_port, timeout=15)
+        with pytest.raises((http.client.HTTPException, ConnectionError)):
+            plain.request("GET", "/api/v1/payments", headers={"Authorization": f"Bearer {token}"})
+            plain.getresponse()
+        plain.close()
+    finally:
+        thread.stop(0)
+
+
+def test_plaintext_http_on_a_public_address_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="without TLS"):
+        PaymentsConfig(data_dir=tmp_path, http_listen="0.0.0.0:8080")
+    assert PaymentsConfig(data_dir=tmp_path, http_listen="0.0.0.0:8080", insecure=True).http_listen
+    argv = [sys.executable, "-m", "payments_svc.cli", "serve", "--data-dir", str(tmp_path)]
+    out = subprocess.run(
+        argv,
+        env={**os.environ, "PAYMENTS_HTTP_LISTEN": "0.0.0.0:0"},
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1 and "without TLS" in out.stderr
+
+
+def test_serve_http_listen_pays_and_stops_gracefully(token_server: TokenServer, tmp_path: Path) -> None:
+    secret = token_server.register("shop", scopes=("payments:write", "payments:read")).secret
+    env = {
+        **os.environ,
+        "PAYMENTS_ISSUER": ISSUER,
+        "PAYMENTS_DATA_DIR": str(tmp_path / "pay"),
+        "PAYMENTS_LISTEN": "127.0.0.1:0",
+        "PAYMENTS_TOKEN_SERVICE": token_server.target,
+    }
+    gateway = Command(
+        [sys.executable, "-m", "payments_svc.cli", "serve", "--http-listen", "127.0.0.1:0"], env
+    )
+    try:
+        # the line follows the gRPC one Command waited for: poll the log for it (a bound, not a timing)
+        for _ in range(600):
+            if m := re.search(r"HTTP/JSON API on 127\.0\.0\.1:(\d+)", gateway.output()):
+                break
+            assert gateway.proc.poll() is None, gateway.output()
+            time.sleep(0.05)
+        else:
+            raise AssertionError("no HTTP listener line:\n" + gateway.output())
+        with grpc.insecure_channel(token_server.target) as ch:
+            token = (
+                token_pb2_grpc.TokenServiceStub(ch)
+                .IssueToken(
+                    token_pb2.IssueTokenRequest(
+                        grant_type="client_credentials", client_id="shop", client_secret=secret
+                    ),
+                    timeout=10,
+                )
+                .access_token
+            )
+        conn = http.client.HTTPConnection("127.0.0.1", int(m.group(1)), timeout=15)
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Idempotency-Key": "k",
+            "Content-Type": "application/json",
+        }
+        conn.request("POST", "/api/v1/payments", body=SEED_BODY, headers=headers)
+        resp = conn.getresponse()
+        assert (resp.status, json.loads(resp.read())["amount"]) == (200, "100.00")
+        conn.close()
+    finally:
+        code = gateway.terminate()
+    assert code == 0 and "stopped" in gateway.output()
+    assert token not in gateway.output()
