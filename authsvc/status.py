@@ -4,8 +4,10 @@ that verifies tokens with :mod:`authsvc.verify` (so it lives outside both).
 A :class:`~authsvc.core.errors.ServiceError` (every OAuthError is one) becomes a status code
 (DESIGN.md §2) chosen by its ``status_key``, with the error's sanitized description as the
 message and a ``google.rpc.ErrorInfo`` detail whose ``reason`` is the error code in upper snake
-case and whose ``domain`` is ``authsvc``. Anything else becomes INTERNAL with a generic message;
-its details go to the log only.
+case, whose ``domain`` is ``authsvc`` and whose ``metadata`` is the error's machine-readable
+detail (:attr:`~authsvc.core.errors.ServiceError.metadata`, e.g. ``scope`` for
+``INSUFFICIENT_SCOPE``, the scopes the method requires, as RFC 6750 §3's ``scope`` attribute does
+over HTTP). Anything else becomes INTERNAL with a generic message; its details go to the log only.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def status_for(exc: BaseException) -> grpc.Status:
         exc = ServerError("internal error")
     code = STATUS_BY_ERROR.get(exc.status_key, grpc.StatusCode.INTERNAL)
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN))
+    detail.Pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata))
     status: grpc.Status = rpc_status.to_status(
         status_pb2.Status(code=code.value[0], message=exc.description, details=[detail])
     )

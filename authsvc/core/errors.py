@@ -11,6 +11,9 @@ underlying cause with ``raise ... from exc``: it reaches the logs, not the calle
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 __all__ = [
     "AccessDenied",
     "ConfigurationError",
@@ -40,14 +43,21 @@ class ServiceError(Exception):
     code (``authsvc.status.STATUS_BY_ERROR``); it defaults to ``error``, so OAuth errors map by
     their own code and a domain error such as ``refund_exceeds_balance`` says
     ``kind = "failed_precondition"``.
+
+    ``metadata`` is the machine-readable detail of the refusal, for a program rather than a person
+    (``google.rpc.ErrorInfo.metadata`` on gRPC), e.g. ``scope`` for ``insufficient_scope`` as in
+    RFC 6750 §3. Like the description it reaches the caller: never a secret, a token or internal
+    state, only what the caller may know (the scopes a method requires). Keys are lower camel or
+    snake case ASCII, as ErrorInfo asks.
     """
 
     error: str = "server_error"
     kind: str | None = None
 
-    def __init__(self, description: str) -> None:
+    def __init__(self, description: str, *, metadata: Mapping[str, str] | None = None) -> None:
         super().__init__(description)
         self.description = description
+        self.metadata: Mapping[str, str] = MappingProxyType(dict(metadata or {}))
 
     @property
     def reason(self) -> str:
@@ -68,8 +78,10 @@ class OAuthError(ServiceError):
     and wrong secret answer the same.
     """
 
-    def __init__(self, description: str, *, client_known: bool = False) -> None:
-        super().__init__(description)
+    def __init__(
+        self, description: str, *, client_known: bool = False, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(description, metadata=metadata)
         self.client_known = client_known
 
 

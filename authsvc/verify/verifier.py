@@ -242,7 +242,14 @@ class TokenVerifier:
 
     @staticmethod
     def require_scopes(principal: Principal, required: Iterable[str]) -> None:
-        """RFC 6750 §3.1 insufficient_scope unless the principal holds every required scope."""
+        """RFC 6750 §3.1 insufficient_scope unless the principal holds every required scope. The
+        error's ``metadata["scope"]`` names every scope required, space-separated, as RFC 6750
+        §3's ``scope`` attribute does: what a token for this call must hold, not what it lacked
+        and nothing of the token's own scopes."""
+        required = tuple(required)
         missing = [s for s in required if s not in principal.scopes]
         if missing:
-            raise InsufficientScope(f"the token lacks the scope {' '.join(missing)}")
+            raise InsufficientScope(
+                f"the token lacks the scope {' '.join(missing)}",
+                metadata={"scope": " ".join(dict.fromkeys(required))},
+            )
