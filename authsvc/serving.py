@@ -13,6 +13,8 @@ TLS files, and stops it gracefully.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,9 +22,10 @@ from pathlib import Path
 
 import grpc
 from aiohttp import web
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from authsvc.listen import ConnectionLimits, split_host_port
 from authsvc.status import DecodeGuard
@@ -67,13 +70,61 @@ def new_server(
     )
 
 
+_REFLECTION_V1_SERVICE = "grpc.reflection.v1.ServerReflection"
+_REFLECTION_V1_FILE = "grpc/reflection/v1/reflection.proto"
+
+
 def add_health_and_reflection(server: grpc.aio.Server, services: Sequence[str]) -> HealthServicer:
-    """Register ``grpc.health.v1.Health`` (NOT_SERVING until :func:`serving`) and reflection of
-    ``services`` plus those two."""
+    """Register ``grpc.health.v1.Health`` (NOT_SERVING until :func:`serving`) and server
+    reflection of ``services`` plus those, under both ``grpc.reflection.v1`` (what grpcurl, grpc-java
+    and Postman ask first) and ``grpc.reflection.v1alpha`` (older clients).
+
+    grpcio-reflection ships only v1alpha (grpc/grpc#38576). v1 is the same protocol under another
+    package name, field for field, so its messages are the same bytes on the wire: one v1alpha
+    servicer answers both paths, and the v1 file (derived from the v1alpha one by renaming the
+    package) joins the descriptor pool so that a v1 client can describe the service it talks to."""
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection([*services, HEALTH_SERVICE, reflection.SERVICE_NAME], server)
+    _add_reflection_v1_file(descriptor_pool.Default())
+    servicer = reflection.aio.ReflectionServicer(
+        [*services, HEALTH_SERVICE, reflection.SERVICE_NAME, _REFLECTION_V1_SERVICE]
+    )
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1_info = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(_REFLECTION_V1_SERVICE, {"ServerReflectionInfo": v1_info}),)
+    )
     return health
+
+
+def _add_reflection_v1_file(pool: descriptor_pool.DescriptorPool) -> None:
+    """Add ``grpc/reflection/v1/reflection.proto`` to ``pool`` unless it is there already (a second
+    server in the process, or a grpcio-reflection that ships it)."""
+    with contextlib.suppress(ImportError):  # a grpcio-reflection that ships v1 owns the file
+        importlib.import_module("grpc_reflection.v1.reflection_pb2")
+    try:
+        pool.FindFileByName(_REFLECTION_V1_FILE)
+        return
+    except KeyError:
+        pass
+    alpha, v1 = f".{reflection_pb2.DESCRIPTOR.package}.", ".grpc.reflection.v1."
+    file = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(file)
+    file.name, file.package = _REFLECTION_V1_FILE, v1.strip(".")
+    file.ClearField("options")
+    for message in file.message_type:
+        for field in message.field:
+            if field.type_name.startswith(alpha):
+                field.type_name = v1 + field.type_name.removeprefix(alpha)
+    for service in file.service:
+        for method in service.method:
+            method.input_type = v1 + method.input_type.removeprefix(alpha)
+            method.output_type = v1 + method.output_type.removeprefix(alpha)
+    pool.AddSerializedFile(file.SerializeToString())
 
 
 def bind(server: grpc.aio.Server, listen: str, *, tls_cert: Path | None, tls_key: Path | None) -> int:
