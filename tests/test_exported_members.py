@@ -15,6 +15,7 @@ PUBLIC = {
         "PUBLIC",
         "AioAuthInterceptor",
         "AuthInterceptor",
+        "BearerAuthMiddleware",
         "FileJwksSource",
         "GrpcJwksSource",
         "HttpJwksSource",

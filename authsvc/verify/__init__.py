@@ -8,9 +8,16 @@
     verifier = TokenVerifier(issuer="https://auth.example", audience="payments", jwks=keys)
     server = grpc.server(pool, interceptors=[AuthInterceptor(verifier)])
 
+or, for an HTTP resource server on ASGI, with the keys from the issuer's jwks_uri::
+
+    keys = HttpJwksSource("https://auth.example/.well-known/jwks.json")
+    verifier = TokenVerifier(issuer="https://auth.example", audience="payments", jwks=keys)
+    app = BearerAuthMiddleware(app, verifier, routes={("POST", "/api/v1/payments"): ["payments:write"]})
+
 Importable without the server or store packages.
 """
 
+from authsvc.verify.asgi import BearerAuthMiddleware
 from authsvc.verify.interceptor import AioAuthInterceptor, AuthInterceptor
 from authsvc.verify.jwks import (
     FileJwksSource,
@@ -34,6 +41,7 @@ __all__ = [
     "PUBLIC",
     "AioAuthInterceptor",
     "AuthInterceptor",
+    "BearerAuthMiddleware",
     "FileJwksSource",
     "GrpcJwksSource",
     "HttpJwksSource",

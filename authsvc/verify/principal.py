@@ -48,7 +48,10 @@ def current_principal() -> Principal:
     in a public method or route, or outside a request that went through one."""
     principal = _PRINCIPAL.get()
     if principal is None:
-        raise LookupError("no verified caller: the method is public or no AuthInterceptor is installed")
+        raise LookupError(
+            "no verified caller: the method or route is public, or no AuthInterceptor or "
+            "BearerAuthMiddleware is installed"
+        )
     return principal
 
 
