@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authsvc.core.keys import jwks_json, public_jwk, rfc7638_thumbprint
+from authsvc.server.app import RunningServer, open_authority, start_server
 from authsvc.verify import HttpJwksSource, JwksCache, TokenVerifier
 from authsvc.verify.jwks import MIN_HTTP_MAX_AGE, JwksFetchError
-from tests.conftest import ISSUER
+from tests.conftest import ISSUER, TokenServer, serve_config
+from tests.helpers import ServerThread
 from tests.security.test_token_verification_attacks import AUDIENCE, CLIENT_ID, Forge
 from tests.server.test_serve import self_signed
 from tests.verify.http_servers import JWKS_PATH, JwksServer, Reply, serving
@@ -224,3 +227,44 @@ def test_an_ssl_context_that_does_not_verify_is_refused() -> None:
         HttpJwksSource("https://auth.example/j", ssl_context=unverified)
     with pytest.raises(ValueError):
         HttpJwksSource("https://auth.example/j", ssl_context=ssl._create_unverified_context())  # noqa: S323
+
+
+# -- against the TokenService's own HTTP edge --------------------------------------------------------
+
+
+@pytest.fixture
+def https_token_server(tmp_path: Path) -> Iterator[tuple[TokenServer, Path]]:
+    cert, key = self_signed(tmp_path)
+    config = serve_config(tmp_path / "data", http_listen="127.0.0.1:0", tls_cert=cert, tls_key=key)
+    thread: ServerThread[RunningServer] = ServerThread(
+        lambda: start_server(config, authority=open_authority(config))
+    )
+    running = thread.start()
+    try:
+        yield TokenServer(running, config, thread), cert
+    finally:
+        thread.stop(grace=0)
+
+
+def test_a_token_from_the_token_service_verifies_through_its_jwks_uri(
+    https_token_server: tuple[TokenServer, Path],
+) -> None:
+    """The whole HTTP path: a token from POST /oauth2/token, keys from GET /.well-known/jwks.json
+    (HTTPS, its Cache-Control and ETag), verified offline by HttpJwksSource and TokenVerifier."""
+    server, cert = https_token_server
+    shop = server.register("shop", scopes=("payments:write",), audiences=("payments",))
+    base = f"https://127.0.0.1:{server.running.http_port}"
+    answer = httpx.post(
+        base + "/oauth2/token",
+        data={"grant_type": "client_credentials", "scope": "payments:write"},
+        auth=(shop.client_id, shop.secret),
+        verify=ssl.create_default_context(cafile=str(cert)),
+        timeout=10,
+    )
+    assert answer.status_code == 200
+    source = HttpJwksSource(base + "/.well-known/jwks.json", ca_file=cert)
+    verifier = TokenVerifier(issuer=ISSUER, audience="payments", jwks=source)
+    principal = verifier.verify(answer.json()["access_token"])
+    assert (principal.client_id, principal.scopes) == ("shop", frozenset({"payments:write"}))
+    assert source.max_age == server.config.jwks_max_age
+    assert source.fetch() == source.fetch(), "a revalidated set is the same set"
