@@ -56,6 +56,8 @@ HTTP_STATUS_BY_ERROR: dict[str, int] = {
     "failed_precondition": 409,
     "already_exists": 409,
     "unavailable": 503,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
 }
 
 _BEARER_ERRORS = frozenset({"invalid_token", "insufficient_scope", "invalid_request"})

@@ -39,7 +39,6 @@ the error kind's status and the ErrorInfo ``reason`` for everything else (400 IN
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import re
@@ -49,7 +48,7 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 from aiohttp import web
-from google.api import annotations_pb2, http_pb2  # type: ignore[import-untyped]
+from google.api import annotations_pb2, http_pb2
 from google.protobuf import message_factory, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
@@ -63,7 +62,7 @@ from authsvc.core.errors import (
     OAuthError,
     ServiceError,
 )
-from authsvc.httpstatus import HTTP_STATUS_BY_ERROR, NO_STORE, HttpAnswer, bearer_error, service_error
+from authsvc.httpstatus import NO_STORE, HttpAnswer, bearer_error, service_error
 from authsvc.logsafe import LogRateLimiter
 from authsvc.verify import MethodPolicy, Principal, TokenVerifier
 from authsvc.verify.policy import Public
@@ -127,7 +126,6 @@ class PayloadTooLarge(ServiceError):
 
 # authsvc.httpstatus has no entry for these two kinds yet; until it has, only their status is
 # decided here (body and headers still come from service_error), and an entry there wins
-_STATUS_UNTIL_MAPPED: Final[Mapping[str, int]] = {"unsupported_media_type": 415, "payload_too_large": 413}
 
 Operation = Callable[[Any], Awaitable[Message]]
 
@@ -401,10 +399,7 @@ def _send(answer: HttpAnswer) -> web.Response:
 
 
 def _refusal(exc: ServiceError) -> HttpAnswer:
-    answer = service_error(exc)
-    if exc.status_key not in HTTP_STATUS_BY_ERROR and exc.status_key in _STATUS_UNTIL_MAPPED:
-        return dataclasses.replace(answer, status=_STATUS_UNTIL_MAPPED[exc.status_key])
-    return answer
+    return service_error(exc)
 
 
 # -- the edge -----------------------------------------------------------------------------------
