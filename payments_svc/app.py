@@ -6,6 +6,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 from grpc_health.v1._async import HealthServicer
@@ -20,7 +21,7 @@ from authsvc.listen import (
     split_host_port,
     wait_for_stop_signal,
 )
-from authsvc.verify import AioAuthInterceptor, GrpcJwksSource, JwksCache, TokenVerifier
+from authsvc.verify import AioAuthInterceptor, GrpcJwksSource, HttpJwksSource, JwksCache, TokenVerifier
 from payments_svc.http import build_http_app
 from payments_svc.service import PaymentOperations, PaymentServicer
 from payments_svc.store import PaymentStore, SqlPaymentStore
@@ -48,6 +49,7 @@ class PaymentsConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     insecure: bool = False
+    jwks_url: str | None = None  # keys from a jwks_uri instead of the TokenService's GetJwks/WatchJwks
     token_service_ca: Path | None = None
     insecure_token_service: bool = False
     leeway: float = 30.0
@@ -73,8 +75,25 @@ class PaymentsConfig:
         check_plaintext(self.listen, tls=self.tls_cert is not None, insecure=self.insecure)
         if self.http_listen is not None and not self.http_listen.startswith("unix:"):
             check_plaintext(self.http_listen, tls=self.tls_cert is not None, insecure=self.insecure)
+        if self.jwks_url is not None:
+            url = urlsplit(self.jwks_url)
+            plain_ok = self.insecure_token_service or is_loopback((url.hostname or "").strip("[]"))
+            if (
+                url.scheme not in ("https", "http")
+                or not url.hostname
+                or (url.scheme == "http" and not plain_ok)
+            ):
+                raise ConfigurationError(
+                    f"refusing to fetch signing keys from {self.jwks_url}: give an https:// URL "
+                    "(http only to loopback, or with --insecure-token-service inside a trusted mesh)"
+                )
         host, _ = split_host_port(self.token_service)
-        if self.token_service_ca is None and not self.insecure_token_service and not is_loopback(host):
+        if (
+            self.jwks_url is None
+            and self.token_service_ca is None
+            and not self.insecure_token_service
+            and not is_loopback(host)
+        ):
             raise ConfigurationError(
                 f"refusing to fetch signing keys from {self.token_service} in plaintext: "
                 "give --token-service-ca, "
@@ -113,7 +132,18 @@ class RunningPayments:
         self.store.close()
 
 
+def key_source(config: PaymentsConfig) -> str:
+    """Where the signing keys come from, for log lines."""
+    return config.jwks_url or config.token_service
+
+
 def build_verifier(config: PaymentsConfig) -> TokenVerifier:
+    if config.jwks_url is not None:
+        http = HttpJwksSource(
+            config.jwks_url, ca_file=config.token_service_ca, allow_plaintext=config.insecure_token_service
+        )
+        cache = JwksCache(http, max_age=config.jwks_max_age, cooldown=config.jwks_cooldown)
+        return TokenVerifier(issuer=config.issuer, audience=config.audience, jwks=cache, leeway=config.leeway)
     credentials = (
         grpc.ssl_channel_credentials(root_certificates=config.token_service_ca.read_bytes())
         if config.token_service_ca is not None
@@ -155,11 +185,11 @@ async def _start(
 ) -> RunningPayments:
     verifier = verifier or build_verifier(config)
     if await asyncio.to_thread(verifier.keys.refresh):
-        log.info("fetched %d signing keys from %s", len(verifier.keys.kids), config.token_service)
+        log.info("fetched %d signing keys from %s", len(verifier.keys.kids), key_source(config))
     else:
         log.warning(
             "could not fetch signing keys from %s yet; requests fail with UNAVAILABLE until it answers",
-            config.token_service,
+            key_source(config),
         )
     server = serving.new_server(
         limits=config.limits,

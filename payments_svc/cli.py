@@ -64,10 +64,17 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "HOST:PORT of the TokenService whose keys (GetJwks) verify tokens",
     )
     opt(
+        "--jwks-url",
+        "PAYMENTS_JWKS_URL",
+        None,
+        "the TokenService's jwks_uri (https://…/.well-known/jwks.json; http only to loopback): take the "
+        "signing keys from it instead of --token-service",
+    )
+    opt(
         "--token-service-ca",
         "PAYMENTS_TOKEN_SERVICE_CA",
         None,
-        "PEM CA bundle: reach the TokenService over TLS",
+        "PEM CA bundle: reach the TokenService (or the --jwks-url) over TLS with it",
         type=Path,
     )
     opt("--issuer", "PAYMENTS_ISSUER", "https://authsvc.local", "the issuer tokens must come from")
@@ -127,6 +134,7 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             listen=args.listen,
             http_listen=args.http_listen,
             token_service=args.token_service,
+            jwks_url=args.jwks_url,
             token_service_ca=args.token_service_ca,
             issuer=args.issuer,
             audience=args.audience,
