@@ -19,7 +19,6 @@ Routes live under the issuer's path, if it has one (``https://auth.example/tenan
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
@@ -36,8 +35,7 @@ from authsvc.core.errors import InvalidRequest, InvalidToken, OAuthError, Unauth
 from authsvc.core.grants import ClientAuthMethod, TokenRequest
 from authsvc.httpstatus import NO_STORE, HttpAnswer, token_error
 from authsvc.logsafe import loggable
-from authsvc.verify import Principal, TokenVerifier
-from authsvc.verify.jwks import WouldBlock
+from authsvc.verify import Principal, TokenVerifier, verify_on_event_loop
 
 __all__ = ["INTROSPECT_SCOPE", "MAX_FORM_BYTES", "OAuthHttp"]
 
@@ -283,10 +281,6 @@ class OAuthHttp:
         return web.Response(status=200, headers=dict(NO_STORE))
 
     async def _verify(self, token: str) -> Principal:
-        """The token's principal, never blocking the loop: the keys come from the keyring's
-        memory, and the rare fetch runs in the key cache's thread."""
-        try:
-            return self._introspection.verify(token, block=False)
-        except WouldBlock as pending:
-            await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(pending.future)), 5.0)
-        return self._introspection.verify(token, block=False)
+        """The token's principal, never blocking the loop (the keys come from the keyring's memory;
+        the rare fetch runs in the key cache's thread)."""
+        return await verify_on_event_loop(self._introspection, token, where="introspection")
