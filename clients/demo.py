@@ -19,6 +19,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,10 +63,14 @@ class Service:
         self.proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
         assert self.proc.stderr is not None
         self.log: list[str] = []
+        self.port = self.http_port = 0
         for line in self.proc.stderr:
             self.log.append(line)
             if m := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
                 self.port = int(m.group(1))
+            if m := re.search(r"HTTP(?:/JSON API)? on 127\.0\.0\.1:(\d+)", line):
+                self.http_port = int(m.group(1))
+            if self.port and self.http_port:
                 break
         else:
             raise SystemExit(f"{name} did not start:\n" + "".join(self.log))
@@ -106,6 +112,56 @@ def get_token(stub: token_pb2_grpc.TokenServiceStub, client: dict[str, str], sco
         timeout=10,
     )
     return str(response.access_token)
+
+
+def http(method: str, url: str, body: bytes | None = None, **headers: str) -> tuple[int, dict[str, str], Any]:
+    """One HTTP request (urllib, as any client would); the status, headers and JSON body."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers)  # noqa: S310 - http://127.0.0.1 only
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+            return answer.status, dict(answer.headers), json.loads(answer.read() or b"null")
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), json.loads(err.read() or b"null")
+
+
+def http_demo(auth_port: int, pay_port: int, shop: dict[str, str]) -> None:
+    """The seed's scenario over HTTP: a form token request, a jwks_uri check, a JSON payment."""
+    auth, pay = f"http://127.0.0.1:{auth_port}", f"http://127.0.0.1:{pay_port}"
+    basic = base64.b64encode(f"{shop['client_id']}:{shop['client_secret']}".encode()).decode()
+    print(f"$ curl -u {shop['client_id']}:… -d grant_type=client_credentials {auth}/oauth2/token")
+    status, _, answer = http(
+        "POST",
+        auth + "/oauth2/token",
+        b"grant_type=client_credentials&scope=payments:read+payments:write",
+        Authorization=f"Basic {basic}",
+        **{"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    token = str(answer["access_token"])
+    print(f"  {status}: token_type={answer['token_type']} expires_in={answer['expires_in']}", end="")
+    print(f" scope={answer['scope']!r}")
+    key = jwt.PyJWKClient(auth + "/.well-known/jwks.json").get_signing_key_from_jwt(token)
+    jwt.decode(token, key.key, algorithms=["RS256"], audience="payments", issuer=ISSUER)
+    print(f"  verified by PyJWT against {auth}/.well-known/jwks.json (kid {str(key.key_id)[:12]}…)")
+    seed = (
+        b'{"amount": 100.00, "currency": "USD", "payment_method": "credit_card", '
+        b'"description": "Order #12345"}'
+    )
+    print(
+        f"$ curl -X POST {pay}/api/v1/payments -H 'Authorization: Bearer …' -H 'Idempotency-Key: order-12345'"
+    )
+    print(f"       -d '{seed.decode()}'")
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        "Idempotency-Key": "order-12345",
+    }
+    status, _, paid = http("POST", pay + "/api/v1/payments", seed, **headers)
+    print(f"  {status}: {json.dumps(paid)}")
+    status, _, again = http("POST", pay + "/api/v1/payments", seed, **headers)
+    same = "same payment, charged once" if again["transaction_id"] == paid["transaction_id"] else "DIFFERENT!"
+    print(f"  replayed: {status} {again['transaction_id']} ({same})")
+    status, answer_headers, _ = http("GET", pay + "/api/v1/payments")
+    print(f"  without a token: {status} WWW-Authenticate: {answer_headers.get('WWW-Authenticate')}")
 
 
 def main() -> int:
@@ -163,6 +219,8 @@ def main() -> int:
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
                 "--key-publish-delay",
                 str(PUBLISH_DELAY),
                 "--jwks-max-age",
@@ -176,7 +234,16 @@ def main() -> int:
             env["PAYMENTS_TOKEN_SERVICE"] = f"127.0.0.1:{auth.port}"
             gateway = Service(
                 "payments-svc",
-                [sys.executable, "-m", "payments_svc.cli", "serve", "--listen", "127.0.0.1:0"],
+                [
+                    sys.executable,
+                    "-m",
+                    "payments_svc.cli",
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--http-listen",
+                    "127.0.0.1:0",
+                ],
                 env,
             )
             services.append(gateway)
@@ -278,10 +345,13 @@ def main() -> int:
                     lambda: get_token(tokens, {**shop, "client_secret": "authsvc_cs_wrong"}, "payments:read")
                 )
 
+                step("The same over HTTP: any OAuth client, any jwks_uri verifier, the seed's JSON request")
+                http_demo(auth.http_port, gateway.http_port, shop)
+
                 step(f"Key rotation: a new key is published, then signs {PUBLISH_DELAY} s later")
                 print(run_cli("keys", "list", env=env), end="")
                 new_kid = json.loads(run_cli("keys", "rotate", "--output", "json", env=env))["kid"]
-                print(f"next key {new_kid}: in the JWKS now, pushed to the PaymentService by WatchJwks")
+                print(f"next key {new_kid}: published within a second, pushed to verifiers by WatchJwks")
                 deadline = time.monotonic() + PUBLISH_DELAY + 10
                 while jwt.get_unverified_header(token := get_token(tokens, shop, scopes))["kid"] != new_kid:
                     if time.monotonic() > deadline:
