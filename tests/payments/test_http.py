@@ -18,7 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.api import annotations_pb2, http_pb2  # type: ignore[import-untyped]
+from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 from authsvc.core.errors import ConfigurationError
