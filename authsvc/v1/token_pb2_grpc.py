@@ -55,6 +55,11 @@ class TokenServiceStub:
                 request_serializer=authsvc_dot_v1_dot_token__pb2.WatchJwksRequest.SerializeToString,
                 response_deserializer=authsvc_dot_v1_dot_token__pb2.WatchJwksResponse.FromString,
                 _registered_method=True)
+        self.WatchRevocations = channel.unary_stream(
+                '/authsvc.v1.TokenService/WatchRevocations',
+                request_serializer=authsvc_dot_v1_dot_token__pb2.WatchRevocationsRequest.SerializeToString,
+                response_deserializer=authsvc_dot_v1_dot_token__pb2.WatchRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -93,6 +98,18 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRevocations(self, request, context):
+        """WatchRevocations streams the revocation list to verifiers: the whole current list first
+        (`snapshot`), then every change as it is made, each numbered (`sequence`). A verifier that
+        reconnects asks for the changes after the last sequence it saw, and gets a fresh snapshot if
+        those are no longer known. The caller authenticates as a client holding the scope
+        `authsvc:revocations`, with `authorization: Basic` metadata as for IssueToken (the list
+        reveals client activity); it needs no access token, hence `public`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +127,11 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.WatchJwks,
                     request_deserializer=authsvc_dot_v1_dot_token__pb2.WatchJwksRequest.FromString,
                     response_serializer=authsvc_dot_v1_dot_token__pb2.WatchJwksResponse.SerializeToString,
+            ),
+            'WatchRevocations': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRevocations,
+                    request_deserializer=authsvc_dot_v1_dot_token__pb2.WatchRevocationsRequest.FromString,
+                    response_serializer=authsvc_dot_v1_dot_token__pb2.WatchRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -199,6 +221,33 @@ class TokenService:
             '/authsvc.v1.TokenService/WatchJwks',
             authsvc_dot_v1_dot_token__pb2.WatchJwksRequest.SerializeToString,
             authsvc_dot_v1_dot_token__pb2.WatchJwksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/authsvc.v1.TokenService/WatchRevocations',
+            authsvc_dot_v1_dot_token__pb2.WatchRevocationsRequest.SerializeToString,
+            authsvc_dot_v1_dot_token__pb2.WatchRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

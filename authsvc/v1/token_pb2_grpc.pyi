@@ -53,6 +53,14 @@ class TokenServiceStub:
     """WatchJwks sends the whole current JWK Set at once, then again whenever it changes (a key is
     published, retired or revoked), so verifiers learn a new key before it signs anything.
     """
+    WatchRevocations: _grpc.UnaryStreamMultiCallable[_token_pb2.WatchRevocationsRequest, _token_pb2.WatchRevocationsResponse]
+    """WatchRevocations streams the revocation list to verifiers: the whole current list first
+    (`snapshot`), then every change as it is made, each numbered (`sequence`). A verifier that
+    reconnects asks for the changes after the last sequence it saw, and gets a fresh snapshot if
+    those are no longer known. The caller authenticates as a client holding the scope
+    `authsvc:revocations`, with `authorization: Basic` metadata as for IssueToken (the list
+    reveals client activity); it needs no access token, hence `public`.
+    """
 
 @_typing.type_check_only
 class TokenServiceAsyncStub(TokenServiceStub):
@@ -78,6 +86,14 @@ class TokenServiceAsyncStub(TokenServiceStub):
     WatchJwks: _aio.UnaryStreamMultiCallable[_token_pb2.WatchJwksRequest, _token_pb2.WatchJwksResponse]  # type: ignore[assignment]
     """WatchJwks sends the whole current JWK Set at once, then again whenever it changes (a key is
     published, retired or revoked), so verifiers learn a new key before it signs anything.
+    """
+    WatchRevocations: _aio.UnaryStreamMultiCallable[_token_pb2.WatchRevocationsRequest, _token_pb2.WatchRevocationsResponse]  # type: ignore[assignment]
+    """WatchRevocations streams the revocation list to verifiers: the whole current list first
+    (`snapshot`), then every change as it is made, each numbered (`sequence`). A verifier that
+    reconnects asks for the changes after the last sequence it saw, and gets a fresh snapshot if
+    those are no longer known. The caller authenticates as a client holding the scope
+    `authsvc:revocations`, with `authorization: Basic` metadata as for IssueToken (the list
+    reveals client activity); it needs no access token, hence `public`.
     """
 
 class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -119,6 +135,20 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_token_pb2.WatchJwksResponse], _abc.AsyncIterator[_token_pb2.WatchJwksResponse]]:
         """WatchJwks sends the whole current JWK Set at once, then again whenever it changes (a key is
         published, retired or revoked), so verifiers learn a new key before it signs anything.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchRevocations(
+        self,
+        request: _token_pb2.WatchRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_token_pb2.WatchRevocationsResponse], _abc.AsyncIterator[_token_pb2.WatchRevocationsResponse]]:
+        """WatchRevocations streams the revocation list to verifiers: the whole current list first
+        (`snapshot`), then every change as it is made, each numbered (`sequence`). A verifier that
+        reconnects asks for the changes after the last sequence it saw, and gets a fresh snapshot if
+        those are no longer known. The caller authenticates as a client holding the scope
+        `authsvc:revocations`, with `authorization: Basic` metadata as for IssueToken (the list
+        reveals client activity); it needs no access token, hence `public`.
         """
 
 def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
