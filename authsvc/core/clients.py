@@ -70,6 +70,18 @@ class Client:
     enabled: bool
     created_at: int
     updated_at: int
+    previous_secret_hash: str | None = None
+    """The keyed hash of the secret a rotation replaced, accepted until ``previous_secret_expires_at``
+    (the grace period); None when there is none."""
+    previous_secret_expires_at: int | None = None
+
+    def previous_secret_valid(self, now: float) -> bool:
+        """True while the previous secret's grace period lasts (it ends at, not after, its time)."""
+        return (
+            self.previous_secret_hash is not None
+            and self.previous_secret_expires_at is not None
+            and now < self.previous_secret_expires_at
+        )
 
     def with_changes(self, **changes: object) -> Client:
         """Return a copy with the given fields replaced."""

@@ -12,12 +12,15 @@ from typing import Protocol
 
 from authsvc.core.clients import Client
 from authsvc.core.errors import TemporarilyUnavailable
+from authsvc.core.revocation import Revocation
 
 __all__ = [
+    "UPDATABLE_CLIENT_FIELDS",
     "AlreadyExists",
     "ClientStore",
     "KeyStore",
     "Reencrypt",
+    "RevocationStore",
     "SecretStore",
     "StaleKek",
     "Store",
@@ -81,10 +84,20 @@ class ClientStore(Protocol):
     def update_client(self, client: Client) -> bool:
         """Replace the row with the same id; returns False if there is none."""
 
-    def update_client_fields(self, client_id: str, fields: Mapping[str, object]) -> Client | None:
-        """Change only these columns (``enabled``, ``secret_hash``, ``updated_at``) in one
-        transaction and return the client as stored, or None if there is none. Concurrent
-        updates of different columns do not undo each other."""
+    def update_client_fields(
+        self,
+        client_id: str,
+        fields: Mapping[str, object],
+        *,
+        expect: Mapping[str, object] | None = None,
+    ) -> Client | None:
+        """Change only these columns (:data:`UPDATABLE_CLIENT_FIELDS`) in one transaction and
+        return the client as stored, or None if there is none. Concurrent updates of different
+        columns do not undo each other.
+
+        With ``expect`` (column → value, None meaning NULL), a compare-and-set: the row changes
+        only if those columns hold those values, else nothing changes and None is returned (a
+        secret rotation racing another one: the caller re-reads to tell which case it was)."""
 
 
 class KeyStore(Protocol):
@@ -138,5 +151,34 @@ class SecretStore(Protocol):
         first if there is none. Atomic."""
 
 
-class Store(ClientStore, KeyStore, SecretStore, Protocol):
+class RevocationStore(Protocol):
+    """The revocation list (:mod:`authsvc.core.revocation`), shared by every replica of a
+    deployment. Each entry gets a sequence number, assigned in commit order and never reused, even
+    after its entry is purged: a verifier that has seen up to N asks for what came after N."""
+
+    def add_revocation(self, entry: Revocation, *, now: int) -> int:
+        """Store ``entry`` and return its sequence (greater than every sequence before it). In the
+        same transaction, delete the entries with ``expires_at <= now``, so the table stays
+        bounded by what can still be refused."""
+
+    def revocations_after(self, sequence: int) -> list[tuple[int, Revocation]]:
+        """The stored entries with a sequence greater than ``sequence``, in sequence order."""
+
+    def revocation_snapshot(self, now: int) -> tuple[int, list[Revocation]]:
+        """The highest sequence ever assigned (0 if none) and the unexpired entries, read
+        consistently: every entry up to that sequence that is still stored is among them, and
+        none after it."""
+
+    def oldest_revocation_sequence(self) -> int:
+        """The lowest sequence still stored, 0 if none. A verifier resuming from before it may
+        have missed purged entries and must take a fresh snapshot."""
+
+
+UPDATABLE_CLIENT_FIELDS = frozenset(
+    {"enabled", "secret_hash", "updated_at", "previous_secret_hash", "previous_secret_expires_at"}
+)
+"""The columns :meth:`ClientStore.update_client_fields` may change (or compare)."""
+
+
+class Store(ClientStore, KeyStore, SecretStore, RevocationStore, Protocol):
     def close(self) -> None: ...

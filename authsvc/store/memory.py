@@ -8,7 +8,15 @@ from collections.abc import Collection, Mapping
 
 from authsvc.core.clients import Client
 from authsvc.core.keys import KeyState
-from authsvc.store.base import AlreadyExists, Reencrypt, StaleKek, StoredKey, StoreError
+from authsvc.core.revocation import Revocation
+from authsvc.store.base import (
+    UPDATABLE_CLIENT_FIELDS,
+    AlreadyExists,
+    Reencrypt,
+    StaleKek,
+    StoredKey,
+    StoreError,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -19,6 +27,8 @@ class MemoryStore:
         self._clients: dict[str, Client] = {}
         self._keys: dict[str, StoredKey] = {}
         self._secrets: dict[str, tuple[bytes, str]] = {}
+        self._revocations: dict[int, Revocation] = {}  # insertion order is sequence order
+        self._last_sequence = 0
 
     def get_client(self, client_id: str) -> Client | None:
         with self._lock:
@@ -41,12 +51,21 @@ class MemoryStore:
             self._clients[client.client_id] = client
             return True
 
-    def update_client_fields(self, client_id: str, fields: Mapping[str, object]) -> Client | None:
-        if set(fields) - {"enabled", "secret_hash", "updated_at"} or not fields:
+    def update_client_fields(
+        self,
+        client_id: str,
+        fields: Mapping[str, object],
+        *,
+        expect: Mapping[str, object] | None = None,
+    ) -> Client | None:
+        expect = expect or {}
+        if (set(fields) | set(expect)) - UPDATABLE_CLIENT_FIELDS or not fields:
             raise ValueError("cannot update those client fields")
         with self._lock:
             client = self._clients.get(client_id)
             if client is None:
+                return None
+            if any(getattr(client, name) != value for name, value in expect.items()):
                 return None
             client = client.with_changes(**fields)
             self._clients[client_id] = client
@@ -147,6 +166,26 @@ class MemoryStore:
     def get_or_create_secret(self, name: str, value_enc: bytes, kek_id: str) -> tuple[bytes, str]:
         with self._lock:
             return self._secrets.setdefault(name, (value_enc, kek_id))
+
+    def add_revocation(self, entry: Revocation, *, now: int) -> int:
+        with self._lock:
+            self._last_sequence += 1
+            for sequence in [s for s, e in self._revocations.items() if e.expires_at <= now]:
+                del self._revocations[sequence]
+            self._revocations[self._last_sequence] = entry
+            return self._last_sequence
+
+    def revocations_after(self, sequence: int) -> list[tuple[int, Revocation]]:
+        with self._lock:
+            return [(s, e) for s, e in self._revocations.items() if s > sequence]
+
+    def revocation_snapshot(self, now: int) -> tuple[int, list[Revocation]]:
+        with self._lock:
+            return self._last_sequence, [e for e in self._revocations.values() if e.expires_at > now]
+
+    def oldest_revocation_sequence(self) -> int:
+        with self._lock:
+            return next(iter(self._revocations), 0)
 
     def close(self) -> None:
         pass

@@ -55,6 +55,32 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE UNIQUE INDEX signing_keys_one_active ON signing_keys (state) WHERE state = 'active'",
         ],
     ),
+    (
+        3,
+        [
+            # two live secrets: the one a rotation replaced, accepted until its grace ends
+            "ALTER TABLE clients ADD COLUMN previous_secret_hash TEXT",
+            "ALTER TABLE clients ADD COLUMN previous_secret_expires_at BIGINT",
+            # the revocation list, shared by replicas. `sequence` is assigned from the one-row
+            # counter below, never from MAX(sequence) + 1, so a number is never reused once its
+            # entry is purged; the counter's row lock also makes entries commit in sequence order
+            """CREATE TABLE revocations (
+                sequence   BIGINT PRIMARY KEY,
+                jti        VARCHAR(256),
+                client_id  VARCHAR(128),
+                not_before BIGINT NOT NULL,
+                expires_at BIGINT NOT NULL,
+                created_at BIGINT NOT NULL,
+                CHECK ((jti IS NULL) <> (client_id IS NULL))
+            )""",
+            "CREATE INDEX revocations_expires_at ON revocations (expires_at)",
+            """CREATE TABLE revocation_counter (
+                id   INTEGER PRIMARY KEY CHECK (id = 1),
+                last BIGINT NOT NULL
+            )""",
+            "INSERT INTO revocation_counter (id, last) VALUES (1, 0)",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

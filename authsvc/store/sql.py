@@ -16,13 +16,22 @@ from typing import Any
 
 from authsvc.core.clients import Client
 from authsvc.core.keys import KeyState
-from authsvc.store.base import AlreadyExists, Reencrypt, StaleKek, StoredKey, StoreError
+from authsvc.core.revocation import Revocation
+from authsvc.store.base import (
+    UPDATABLE_CLIENT_FIELDS,
+    AlreadyExists,
+    Reencrypt,
+    StaleKek,
+    StoredKey,
+    StoreError,
+)
 
 __all__ = ["CLIENT_COLUMNS", "KEY_COLUMNS", "MIGRATIONS_TABLE", "SqlStore"]
 
 CLIENT_COLUMNS = (
     "client_id, secret_hash, allowed_scopes, default_scopes, allowed_audiences, default_audience, "
-    "token_ttl, grant_types, enabled, created_at, updated_at"
+    "token_ttl, grant_types, enabled, created_at, updated_at, previous_secret_hash, "
+    "previous_secret_expires_at"
 )
 KEY_COLUMNS = (
     "kid, state, public_jwk, private_key_enc, kek_id, created_at, activated_at, retired_at, deactivated_at, "
@@ -32,8 +41,8 @@ MIGRATIONS_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT)"
 )
 _INSERT_KEY = f"INSERT INTO signing_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_UPDATABLE_CLIENT_FIELDS = frozenset({"enabled", "secret_hash", "updated_at"})
-_INSERT_CLIENT = f"INSERT INTO clients ({CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_CLIENT = f"INSERT INTO clients ({CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+REVOCATION_COLUMNS = "sequence, jti, client_id, not_before, expires_at"
 
 
 def _client_row(c: Client) -> tuple[object, ...]:
@@ -49,6 +58,8 @@ def _client_row(c: Client) -> tuple[object, ...]:
         bool(c.enabled),
         c.created_at,
         c.updated_at,
+        c.previous_secret_hash,
+        c.previous_secret_expires_at,
     )
 
 
@@ -65,6 +76,8 @@ def _client_from_row(row: Sequence[Any]) -> Client:
         enabled=bool(row[8]),
         created_at=int(row[9]),
         updated_at=int(row[10]),
+        previous_secret_hash=None if row[11] is None else str(row[11]),
+        previous_secret_expires_at=_opt_int(row[12]),
     )
 
 
@@ -152,21 +165,39 @@ class SqlStore:
                 conn,
                 "UPDATE clients SET secret_hash = ?, allowed_scopes = ?, default_scopes = ?, "
                 "allowed_audiences = ?, default_audience = ?, token_ttl = ?, grant_types = ?, enabled = ?, "
-                "created_at = ?, updated_at = ? WHERE client_id = ?",
+                "created_at = ?, updated_at = ?, previous_secret_hash = ?, previous_secret_expires_at = ? "
+                "WHERE client_id = ?",
                 (*row[1:], row[0]),
             )
             return bool(cur.rowcount == 1)
 
-    def update_client_fields(self, client_id: str, fields: Mapping[str, object]) -> Client | None:
-        unknown = set(fields) - _UPDATABLE_CLIENT_FIELDS
+    def update_client_fields(
+        self,
+        client_id: str,
+        fields: Mapping[str, object],
+        *,
+        expect: Mapping[str, object] | None = None,
+    ) -> Client | None:
+        expect = expect or {}
+        unknown = (set(fields) | set(expect)) - UPDATABLE_CLIENT_FIELDS
         if unknown or not fields:
             raise ValueError(f"cannot update client fields {sorted(unknown) or '(none)'}")
-        names = sorted(fields)  # column names come from the fixed set above, never from a caller
+        names = sorted(fields)  # column names come from the fixed set, never from a caller
         assignments = ", ".join(f"{name} = ?" for name in names)
         values = [bool(fields[n]) if n == "enabled" else fields[n] for n in names]
+        conditions = ["client_id = ?"]
+        condition_values: list[object] = [client_id]
+        for name in sorted(expect):
+            if expect[name] is None:
+                conditions.append(f"{name} IS NULL")
+            else:
+                conditions.append(f"{name} = ?")
+                condition_values.append(bool(expect[name]) if name == "enabled" else expect[name])
         with self._write() as conn:
             cur = self._exec(
-                conn, f"UPDATE clients SET {assignments} WHERE client_id = ?", (*values, client_id)
+                conn,
+                f"UPDATE clients SET {assignments} WHERE {' AND '.join(conditions)}",
+                (*values, *condition_values),
             )
             if cur.rowcount != 1:
                 return None
@@ -305,6 +336,52 @@ class SqlStore:
                 (name, value_enc, kek_id),
             )
             return value_enc, kek_id
+
+    # -- revocations -----------------------------------------------------------------------------
+
+    def add_revocation(self, entry: Revocation, *, now: int) -> int:
+        with self._write() as conn:
+            # the counter's row stays locked until commit, so sequences commit in order: a reader
+            # that has seen N never later finds an entry below N appear
+            self._exec(conn, "UPDATE revocation_counter SET last = last + 1 WHERE id = 1")
+            sequence = int(self._exec(conn, "SELECT last FROM revocation_counter WHERE id = 1").fetchone()[0])
+            self._exec(conn, "DELETE FROM revocations WHERE expires_at <= ?", (now,))
+            self._exec(
+                conn,
+                "INSERT INTO revocations (sequence, jti, client_id, not_before, expires_at, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (sequence, entry.jti, entry.client_id, entry.not_before, entry.expires_at, now),
+            )
+            return sequence
+
+    def revocations_after(self, sequence: int) -> list[tuple[int, Revocation]]:
+        rows = self._query(
+            f"SELECT {REVOCATION_COLUMNS} FROM revocations WHERE sequence > ? ORDER BY sequence", (sequence,)
+        )
+        return [(int(r[0]), _revocation_from_row(r)) for r in rows]
+
+    def revocation_snapshot(self, now: int) -> tuple[int, list[Revocation]]:
+        # the counter first: an entry committed between the two reads has a higher sequence and is
+        # left out, so that a resume from the returned sequence picks it up
+        last = int(self._query("SELECT last FROM revocation_counter WHERE id = 1")[0][0])
+        rows = self._query(
+            f"SELECT {REVOCATION_COLUMNS} FROM revocations WHERE sequence <= ? AND expires_at > ? "
+            "ORDER BY sequence",
+            (last, now),
+        )
+        return last, [_revocation_from_row(r) for r in rows]
+
+    def oldest_revocation_sequence(self) -> int:
+        return int(self._query("SELECT COALESCE(MIN(sequence), 0) FROM revocations")[0][0])
+
+
+def _revocation_from_row(row: Sequence[Any]) -> Revocation:
+    return Revocation(
+        expires_at=int(row[4]),
+        jti=None if row[1] is None else str(row[1]),
+        client_id=None if row[2] is None else str(row[2]),
+        not_before=int(row[3]),
+    )
 
 
 def iter_migrations(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from authsvc.core.keys import KeyState
+from authsvc.core.revocation import Revocation
 from authsvc.store.base import AlreadyExists, Store, StoreError
 from tests.store.contract import STORE_KINDS, make_client, make_key, open_store
 
@@ -142,3 +144,129 @@ def test_update_client_fields_refuses_other_columns(store: Store, fields: dict[s
     with pytest.raises(ValueError, match="cannot update"):
         store.update_client_fields("shop", fields)
     assert store.get_client("shop") == make_client()
+
+
+def test_previous_secret_fields_round_trip(store: Store) -> None:
+    store.create_client(make_client())
+    rotated = store.update_client_fields(
+        "shop",
+        {
+            "secret_hash": "hmac-sha256$new",
+            "previous_secret_hash": make_client().secret_hash,
+            "previous_secret_expires_at": 1_800_000_300,
+        },
+    )
+    assert rotated is not None
+    assert (rotated.previous_secret_hash, rotated.previous_secret_expires_at) == (
+        make_client().secret_hash,
+        1_800_000_300,
+    )
+    assert store.get_client("shop") == rotated
+    cleared = store.update_client_fields(
+        "shop", {"previous_secret_hash": None, "previous_secret_expires_at": None}
+    )
+    assert cleared is not None and cleared.previous_secret_hash is None
+    assert store.get_client("shop") == cleared
+
+
+def test_update_client_fields_with_expect_is_a_compare_and_set(store: Store) -> None:
+    store.create_client(make_client())
+    old = make_client().secret_hash
+    first = store.update_client_fields(
+        "shop",
+        {"secret_hash": "hmac-sha256$first", "previous_secret_hash": old},
+        expect={"secret_hash": old, "previous_secret_expires_at": None},
+    )
+    assert first is not None and first.secret_hash == "hmac-sha256$first"
+    # a second writer that read the same row loses, and changes nothing
+    second = store.update_client_fields(
+        "shop", {"secret_hash": "hmac-sha256$second"}, expect={"secret_hash": old}
+    )
+    assert second is None
+    assert store.get_client("shop") == first
+
+
+# -- revocations ---------------------------------------------------------------------------------
+
+NOW = 1_700_000_000
+
+
+def _token(jti: str, expires_at: int = NOW + 600) -> Revocation:
+    return Revocation(expires_at=expires_at, jti=jti)
+
+
+def _client_entry(client_id: str, not_before: int = NOW, expires_at: int = NOW + 600) -> Revocation:
+    return Revocation(expires_at=expires_at, client_id=client_id, not_before=not_before)
+
+
+def test_an_empty_revocation_list(store: Store) -> None:
+    assert store.revocation_snapshot(NOW) == (0, [])
+    assert store.revocations_after(0) == []
+    assert store.oldest_revocation_sequence() == 0
+
+
+def test_add_revocation_assigns_increasing_sequences(store: Store) -> None:
+    entries = [_token("jti-1"), _client_entry("shop"), _token("jti-2")]
+    sequences = [store.add_revocation(e, now=NOW) for e in entries]
+    assert sequences == sorted(sequences) and len(set(sequences)) == 3
+    assert sequences[0] >= 1
+    assert store.revocations_after(0) == list(zip(sequences, entries, strict=True))
+    assert store.revocations_after(sequences[0]) == list(zip(sequences[1:], entries[1:], strict=True))
+    assert store.revocations_after(sequences[-1]) == []
+    assert store.revocation_snapshot(NOW) == (sequences[-1], entries)
+    assert store.oldest_revocation_sequence() == sequences[0]
+
+
+def test_add_revocation_purges_expired_entries(store: Store) -> None:
+    short = store.add_revocation(_token("short", expires_at=NOW + 10), now=NOW)
+    long = store.add_revocation(_token("long", expires_at=NOW + 1000), now=NOW)
+    assert store.oldest_revocation_sequence() == short
+    later = store.add_revocation(_token("later", expires_at=NOW + 2000), now=NOW + 10)  # at its expiry
+    assert [s for s, _ in store.revocations_after(0)] == [long, later]
+    assert store.oldest_revocation_sequence() == long
+
+
+def test_snapshot_leaves_out_expired_entries_but_keeps_the_sequence(store: Store) -> None:
+    store.add_revocation(_token("short", expires_at=NOW + 10), now=NOW)
+    last = store.add_revocation(_client_entry("shop", expires_at=NOW + 1000), now=NOW)
+    assert store.revocation_snapshot(NOW + 10) == (last, [_client_entry("shop", expires_at=NOW + 1000)])
+    assert store.revocation_snapshot(NOW + 1000) == (last, [])
+
+
+def test_sequences_are_never_reused_after_a_purge(store: Store) -> None:
+    first = store.add_revocation(_token("a", expires_at=NOW + 1), now=NOW)
+    second = store.add_revocation(_token("b", expires_at=NOW + 5000), now=NOW + 1)  # purges "a"
+    assert second > first
+    assert store.oldest_revocation_sequence() == second
+    store.add_revocation(_token("c", expires_at=NOW + 9000), now=NOW + 5000)  # purges "b"
+    assert store.revocation_snapshot(NOW + 5000)[0] == second + 1
+
+
+def test_revocation_entries_round_trip_exactly(store: Store) -> None:
+    entries = [
+        Revocation(expires_at=NOW + 86_700, jti="x" * 256),
+        Revocation(expires_at=NOW + 86_701, client_id="c" * 128, not_before=NOW + 1),
+    ]
+    for entry in entries:
+        store.add_revocation(entry, now=NOW)
+    assert [e for _, e in store.revocations_after(0)] == entries
+
+
+def test_concurrent_writers_get_distinct_sequences(store: Store) -> None:
+    # replicas revoking at once: every entry gets its own number, and all are stored
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def revoke(worker: int) -> None:
+        for i in range(10):
+            sequence = store.add_revocation(_token(f"w{worker}-{i}"), now=NOW)
+            with lock:
+                got.append(sequence)
+
+    threads = [threading.Thread(target=revoke, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(got) == list(range(min(got), min(got) + 40))
+    assert [s for s, _ in store.revocations_after(0)] == sorted(got)
