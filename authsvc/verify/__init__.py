@@ -14,6 +14,16 @@ or, for an HTTP resource server on ASGI, with the keys from the issuer's jwks_ur
     verifier = TokenVerifier(issuer="https://auth.example", audience="payments", jwks=keys)
     app = BearerAuthMiddleware(app, verifier, routes={("POST", "/api/v1/payments"): ["payments:write"]})
 
+With the revocation list (WatchRevocations; the resource server registers its own client with
+the scope ``authsvc:revocations``)::
+
+    revocations = RevocationCache(
+        GrpcRevocationSource("auth.internal:50051", client_id="payments", client_secret=secret,
+                             credentials=grpc.ssl_channel_credentials()),
+        max_staleness=60, fail_closed=False,
+    )
+    verifier = TokenVerifier(issuer=..., audience="payments", jwks=keys, revocations=revocations)
+
 Importable without the server or store packages.
 """
 
@@ -35,6 +45,7 @@ from authsvc.verify.principal import (
     http_bearer_token,
     verify_on_event_loop,
 )
+from authsvc.verify.revocations import GrpcRevocationSource, RevocationCache, RevocationSource
 from authsvc.verify.verifier import Principal, TokenVerifier
 
 __all__ = [
@@ -44,11 +55,14 @@ __all__ = [
     "BearerAuthMiddleware",
     "FileJwksSource",
     "GrpcJwksSource",
+    "GrpcRevocationSource",
     "HttpJwksSource",
     "JwksCache",
     "JwksSource",
     "MethodPolicy",
     "Principal",
+    "RevocationCache",
+    "RevocationSource",
     "StaticJwksSource",
     "TokenVerifier",
     "bearer_token",

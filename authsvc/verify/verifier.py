@@ -15,6 +15,11 @@ microseconds and never causes a key fetch:
 A token that passed is remembered (keyed by its SHA-256) until it expires, so a repeated token
 costs a hash and a dict lookup; only under the epoch of the key set that verified it, so that a
 key leaving the set (revocation) ends every acceptance it backed. Failures are never cached.
+
+With a :class:`~authsvc.verify.revocations.RevocationCache`, every acceptance, fresh or from
+that cache, is then checked against the revocation list (two dict lookups), so a token revoked
+after it was cached is refused on its next use: the cache is never a way around the list. The
+list is consulted only once the signature has checked, so a forged token learns nothing of it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from authsvc.core.ports import Clock, SystemClock
 from authsvc.core.scopes import parse_scope
 from authsvc.verify.jose import b64url_decode_strict, split_compact, strict_json_object
 from authsvc.verify.jwks import JwksCache, JwksSource
+from authsvc.verify.revocations import RevocationCache
 
 __all__ = ["ACCEPTED_TYPS", "ANY_AUDIENCE", "MAX_TOKEN_BYTES", "AnyAudience", "Principal", "TokenVerifier"]
 
@@ -108,6 +114,11 @@ class TokenVerifier:
     configured :class:`JwksCache`. ``leeway`` (seconds) absorbs clock skew on ``exp``, ``nbf``
     and ``iat``; keep it small. ``max_lifetime`` refuses tokens whose ``exp - iat`` exceeds it,
     so a stolen signing key cannot mint tokens that live for years.
+
+    ``revocations`` is the revocation list (:class:`RevocationCache`, fed by a
+    :class:`~authsvc.verify.revocations.GrpcRevocationSource`): a token it refuses is
+    InvalidToken ("the token has been revoked"); its staleness policy (fail open or closed) is
+    the cache's. Without it, a revoked token is accepted until it expires.
     """
 
     def __init__(
@@ -120,6 +131,7 @@ class TokenVerifier:
         max_lifetime: float = 86_400.0,
         cache_size: int = 10_000,
         clock: Clock | None = None,
+        revocations: RevocationCache | None = None,
     ) -> None:
         if not issuer or not audience:
             raise ValueError("issuer and audience are required")
@@ -129,6 +141,7 @@ class TokenVerifier:
         self.audience = audience
         self.keys = jwks if isinstance(jwks, JwksCache) else JwksCache(jwks)
         self.leeway = leeway
+        self.revocations = revocations
         self.max_lifetime = max_lifetime
         self._clock = clock or SystemClock()
         self._cache_size = cache_size
@@ -151,8 +164,12 @@ class TokenVerifier:
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
         hit = self._verified.get(digest)
         if hit is not None and now < hit[0] and hit[1] == self.keys.epoch:
+            if self.revocations is not None:
+                self._check_revoked(self.revocations, hit[2])
             return hit[2]
         principal, epoch = self._verify_fully(token, now, block)
+        if self.revocations is not None:
+            self._check_revoked(self.revocations, principal)
         with self._lock:
             current = self.keys.epoch
             if current != self._cached_epoch:
@@ -166,6 +183,10 @@ class TokenVerifier:
                 while len(self._verified) > self._cache_size:
                     self._verified.popitem(last=False)
         return principal
+
+    @staticmethod
+    def _check_revoked(revocations: RevocationCache, principal: Principal) -> None:
+        revocations.check(jti=principal.jti, client_id=principal.client_id, issued_at=principal.issued_at)
 
     def _verify_fully(self, token: str, now: float, block: bool) -> tuple[Principal, int]:
         if not token.isascii():
@@ -237,8 +258,11 @@ class TokenVerifier:
         )
 
     def close(self) -> None:
-        """Stop background key refreshes (WatchJwks). The verifier keeps the keys it has."""
+        """Stop background key refreshes (WatchJwks) and the revocation stream. The verifier keeps
+        the keys and the list it has."""
         self.keys.close()
+        if self.revocations is not None:
+            self.revocations.close()
 
     @staticmethod
     def require_scopes(principal: Principal, required: Iterable[str]) -> None:

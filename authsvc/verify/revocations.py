@@ -1,0 +1,412 @@
+"""The revocation list at a resource server: the :class:`~authsvc.verify.jwks.JwksCache`'s sibling.
+
+A :class:`RevocationCache` holds one immutable :class:`~authsvc.core.revocation.RevocationSet`,
+swapped in whole, so a verification reads one consistent view in two dict lookups. A
+:class:`RevocationSource` feeds it: :class:`GrpcRevocationSource` keeps a ``WatchRevocations``
+stream open to the TokenService in a background thread, applies the snapshot (replace) and the
+numbered changes (merge) it sends, and after a disconnect resumes from the last sequence seen.
+
+Entries are dropped as time passes (an injected clock), once no token they refuse can still be
+accepted: ``keep_after_expiry`` seconds after their ``expires_at``, which covers the verifier's
+leeway on ``exp`` (at most 300 s).
+
+Staleness is an explicit policy. The list is *stale* once no stream has worked for
+``max_staleness`` seconds (counting from creation while none ever has). Then either
+
+- fail open (the default): verification goes on with the list as it was, without the newest
+  entries; logged once, and readable as :attr:`RevocationCache.stale`; or
+- fail closed: every token is refused with
+  :class:`~authsvc.core.errors.TemporarilyUnavailable` until a stream works again. A fail-closed
+  cache also refuses before its first snapshot: there is nothing yet to check tokens against.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
+
+from authsvc.core.errors import InvalidToken, TemporarilyUnavailable
+from authsvc.core.ports import Clock, SystemClock
+from authsvc.core.revocation import Revocation, RevocationSet
+from authsvc.logsafe import loggable
+from authsvc.verify.jwks import _is_local
+
+if TYPE_CHECKING:
+    import grpc
+
+__all__ = [
+    "REVOKED_MESSAGE",
+    "GrpcRevocationSource",
+    "RevocationCache",
+    "RevocationSink",
+    "RevocationSource",
+]
+
+log = logging.getLogger("authsvc.verify.revocations")
+
+REVOKED_MESSAGE = "the token has been revoked"
+"""The InvalidToken message for a token the list refuses."""
+
+KEEP_AFTER_EXPIRY = 300.0
+"""Seconds an entry is kept after its ``expires_at``: the largest leeway a TokenVerifier allows."""
+
+
+class RevocationSink(Protocol):
+    """What a source feeds: :class:`RevocationCache` is one."""
+
+    @property
+    def sequence(self) -> int:
+        """The last sequence applied: where a reconnecting stream resumes (0: a snapshot)."""
+        ...
+
+    def apply(self, *, snapshot: bool, sequence: int, entries: Sequence[Revocation]) -> None:
+        """A message of the stream: the whole list (``snapshot``) or entries added."""
+        ...
+
+    def stream_down(self) -> None:
+        """The stream ended or failed; staleness counts from now."""
+        ...
+
+
+class RevocationSource(Protocol):
+    """Delivers the list to a sink from a background thread until closed."""
+
+    def subscribe(self, sink: RevocationSink) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class RevocationCache:
+    """The revocation list one verifier holds; see the module docstring.
+
+    ``source`` is subscribed at once; without one, the caller feeds the cache with :meth:`apply`
+    (and :meth:`stream_down`). ``clock`` (wall time) drops expired entries; ``monotonic``
+    measures staleness.
+    """
+
+    def __init__(
+        self,
+        source: RevocationSource | None = None,
+        *,
+        max_staleness: float = 60.0,
+        fail_closed: bool = False,
+        keep_after_expiry: float = KEEP_AFTER_EXPIRY,
+        clock: Clock | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not math.isfinite(max_staleness) or max_staleness <= 0:
+            raise ValueError("max_staleness must be a positive number of seconds")
+        if not 0 <= keep_after_expiry <= 86_400:
+            raise ValueError("keep_after_expiry must be between 0 and 86400 seconds")
+        self.source = source
+        self.max_staleness = max_staleness
+        self.fail_closed = fail_closed
+        self.keep_after_expiry = keep_after_expiry
+        self._clock = clock or SystemClock()
+        self._monotonic = monotonic
+        self._set = RevocationSet()
+        self._next_expiry = math.inf  # wall time at which the next entry may be dropped
+        self._has_list = False
+        self._down_since: float | None = monotonic()  # None while a stream works
+        self._stale_logged = False
+        self._changed = threading.Condition()  # guards every swap; notified on each
+        if source is not None:
+            source.subscribe(self)
+
+    # -- what verification reads ----------------------------------------------------------------
+
+    @property
+    def revocations(self) -> RevocationSet:
+        """The list now (one immutable view), without entries that have expired."""
+        self._drop_expired(self._clock.now())
+        return self._set
+
+    @property
+    def sequence(self) -> int:
+        return self._set.sequence
+
+    @property
+    def has_list(self) -> bool:
+        """True once a snapshot has arrived."""
+        return self._has_list
+
+    @property
+    def stale(self) -> bool:
+        """True when no stream has worked for more than ``max_staleness`` seconds: the list may
+        lack the newest revocations."""
+        down = self._down_since
+        return down is not None and self._monotonic() - down > self.max_staleness
+
+    def check(self, *, jti: str, client_id: str, issued_at: float) -> None:
+        """Raise :class:`InvalidToken` if the list refuses a token with these claims, or
+        :class:`TemporarilyUnavailable` if the cache fails closed and the list is stale (or has
+        never arrived). Call it only for a token whose signature checked: the answer says
+        whether a jti or client is on the list, which only the issuer's tokens may learn."""
+        current = self._set
+        now = self._clock.now()
+        if now >= self._next_expiry:
+            current = self._drop_expired(now)
+        if current.refuses(jti=jti, client_id=client_id, issued_at=issued_at):
+            raise InvalidToken(REVOKED_MESSAGE)
+        if self._down_since is not None and (self.fail_closed or not self._stale_logged):
+            self._check_staleness()
+
+    def _check_staleness(self) -> None:
+        stale = self.stale
+        if stale and not self._stale_logged:
+            self._stale_logged = True
+            log.warning(
+                "the revocation list is stale: no working stream for over %gs; %s",
+                self.max_staleness,
+                "refusing every token (fail closed)"
+                if self.fail_closed
+                else "verifying without the newest revocations (fail open)",
+            )
+        if self.fail_closed and (stale or not self._has_list):
+            raise TemporarilyUnavailable("the revocation list is unavailable")
+
+    # -- what the source feeds -------------------------------------------------------------------
+
+    def apply(self, *, snapshot: bool, sequence: int, entries: Sequence[Revocation]) -> None:
+        """A snapshot replaces the list; changes are merged into it. Either proves the stream
+        works. Changes before any snapshot are merged but do not make the list complete."""
+        now = self._clock.now()
+        with self._changed:
+            base = RevocationSet() if snapshot else self._set
+            new = base.with_entries(entries, sequence=sequence).without_expired(now - self.keep_after_expiry)
+            self._install(new)
+            if snapshot:
+                self._has_list = True
+            if self._has_list:
+                if self._stale_logged:
+                    log.info("the revocation list is current again (sequence %d)", sequence)
+                self._down_since = None
+                self._stale_logged = False
+            self._changed.notify_all()
+
+    def stream_down(self) -> None:
+        with self._changed:
+            if self._down_since is None:
+                self._down_since = self._monotonic()
+
+    def wait_for(self, sequence: int = 0, timeout: float | None = None) -> bool:
+        """Wait until a snapshot has arrived and the list has reached ``sequence``; False if
+        ``timeout`` passed first. For start-up (``wait_for(timeout=5)``) and tests."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._has_list and self._set.sequence >= sequence, timeout)
+
+    def close(self) -> None:
+        """Stop the source (the stream); the cache keeps the list it has."""
+        if self.source is not None:
+            self.source.close()
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _drop_expired(self, now: float) -> RevocationSet:
+        with self._changed:
+            if now >= self._next_expiry:
+                self._install(self._set.without_expired(now - self.keep_after_expiry))
+            return self._set
+
+    def _install(self, new: RevocationSet) -> None:
+        """Swap in ``new``; the caller holds the lock."""
+        expiries = [*new.by_jti.values(), *(exp for _, exp in new.by_client.values())]
+        self._next_expiry = min(expiries) + self.keep_after_expiry if expiries else math.inf
+        self._set = new
+
+
+def basic_authorization(client_id: str, client_secret: str) -> str:
+    """``Basic base64(urlencode(id):urlencode(secret))``, RFC 6749 §2.3.1."""
+    pair = f"{quote(client_id, safe='')}:{quote(client_secret, safe='')}"
+    return "Basic " + base64.b64encode(pair.encode("utf-8")).decode("ascii")
+
+
+def revocation_of(message: Any) -> Revocation:
+    """The entry a ``authsvc.v1.Revocation`` message carries; ValueError if it names nothing."""
+    which = message.WhichOneof("subject")
+    if which == "jti":
+        return Revocation(expires_at=int(message.expires_at), jti=str(message.jti))
+    if which == "client_id":
+        return Revocation(
+            expires_at=int(message.expires_at),
+            client_id=str(message.client_id),
+            not_before=int(message.not_before),
+        )
+    raise ValueError("a revocation entry names neither a jti nor a client_id")
+
+
+class GrpcRevocationSource:
+    """The TokenService's revocation list over ``WatchRevocations``, in a background thread.
+
+    The caller authenticates as a registered client holding the scope ``authsvc:revocations``,
+    with ``authorization: Basic`` metadata (RFC 6749 §2.3.1: id and secret form-urlencoded, then
+    joined). The stream is opened with ``after_sequence`` = the last sequence the sink applied,
+    so a reconnect gets only what it missed (or a fresh snapshot). A failed or ended stream is
+    retried with exponential backoff and full jitter (``min_backoff`` doubling up to
+    ``max_backoff``), also when the server refuses the credentials: logged, never a tight loop.
+
+    ``credentials`` are channel credentials for TLS. Without them the channel is plaintext, which
+    is refused for a target other than loopback or ``unix:`` unless ``allow_plaintext`` says a
+    trusted mesh provides the transport security: the stream carries the client secret.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        client_id: str,
+        client_secret: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        allow_plaintext: bool = False,
+        options: Sequence[tuple[str, str | int]] = (),
+        min_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        jitter: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        if not client_id or not client_secret:
+            raise ValueError("client_id and client_secret are required to read the revocation list")
+        if credentials is None and not allow_plaintext and not _is_local(target):
+            raise ValueError(
+                f"refusing to send client credentials to {target} without TLS: pass credentials="
+                "grpc.ssl_channel_credentials(...), or allow_plaintext=True inside a trusted mesh"
+            )
+        if not 0 < min_backoff <= max_backoff:
+            raise ValueError("backoff bounds must satisfy 0 < min_backoff <= max_backoff")
+        self.target = target
+        self.client_id = client_id
+        self._metadata = (("authorization", basic_authorization(client_id, client_secret)),)
+        self._credentials = credentials
+        self._options = list(options)
+        self._min_backoff = min_backoff
+        self._max_backoff = max_backoff
+        self._jitter = jitter
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._channel: grpc.Channel | None = None
+        self._stream: Any = None
+        self._thread: threading.Thread | None = None
+        self.watching = False
+        """True while a stream is open and has delivered a message."""
+        self.attempts = 0
+        """Streams opened so far."""
+        self.last_error: grpc.StatusCode | None = None
+        """The status of the last stream that failed."""
+
+    def __repr__(self) -> str:  # never the secret
+        return f"GrpcRevocationSource({self.target!r}, client_id={self.client_id!r})"
+
+    def subscribe(self, sink: RevocationSink) -> None:
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("a GrpcRevocationSource feeds one cache")
+            self._thread = threading.Thread(
+                target=self._watch_loop, args=(sink,), name="authsvc-revocations-watch", daemon=True
+            )
+            self._thread.start()
+
+    def _stub(self) -> Any:
+        """The stub on this source's channel; None once closed (no channel opens after close)."""
+        with self._lock:
+            if self._closed.is_set():
+                return None
+            if self._channel is None:
+                import grpc  # noqa: PLC0415 - only this source needs grpc at import
+
+                if self._credentials is None:
+                    self._channel = grpc.insecure_channel(self.target, options=self._options)
+                else:
+                    self._channel = grpc.secure_channel(self.target, self._credentials, options=self._options)
+            from authsvc.v1 import token_pb2_grpc  # noqa: PLC0415
+
+            return token_pb2_grpc.TokenServiceStub(self._channel)
+
+    def _watch_loop(self, sink: RevocationSink) -> None:
+        backoff = self._min_backoff
+        while not self._closed.is_set():
+            if self._watch_once(sink):
+                backoff = self._min_backoff  # the stream worked: the next failure starts afresh
+            if self._closed.is_set():
+                return
+            self._closed.wait(self._jitter(0, backoff))
+            backoff = min(self._max_backoff, backoff * 2)
+
+    def _watch_once(self, sink: RevocationSink) -> bool:
+        """One stream, until it ends; True if it delivered anything."""
+        import grpc  # noqa: PLC0415
+
+        from authsvc.v1 import token_pb2  # noqa: PLC0415
+
+        delivered = False
+        try:
+            request = token_pb2.WatchRevocationsRequest(after_sequence=sink.sequence)
+            stub = self._stub()
+            with self._lock:  # so that close() cancels whatever stream this opens
+                if stub is None or self._closed.is_set():
+                    return False
+                self.attempts += 1
+                stream = self._stream = stub.WatchRevocations(request, metadata=self._metadata)
+            for response in stream:
+                entries = []
+                for message in response.revocations:
+                    try:
+                        entries.append(revocation_of(message))
+                    except ValueError as exc:
+                        log.warning("ignoring a revocation entry from %s: %s", self.target, exc)
+                sink.apply(snapshot=bool(response.snapshot), sequence=int(response.sequence), entries=entries)
+                self.watching = delivered = True
+                self.last_error = None
+            if not self._closed.is_set():
+                log.info("WatchRevocations stream to %s ended; reconnecting", self.target)
+        except grpc.RpcError as err:
+            code = err.code() if hasattr(err, "code") else None
+            if not self._closed.is_set():  # a cancel by close() is no failure
+                self._log_failure(code, delivered)
+                self.last_error = code
+        except Exception:
+            log.exception("the WatchRevocations stream to %s failed unexpectedly", self.target)
+        finally:
+            self.watching = False
+            sink.stream_down()
+        return delivered
+
+    def _log_failure(self, code: grpc.StatusCode | None, delivered: bool) -> None:
+        import grpc  # noqa: PLC0415
+
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            # the registration is wrong: say so every time it changes, never the secret
+            level = logging.WARNING if code != self.last_error else logging.DEBUG
+            log.log(
+                level,
+                "%s refused the revocation stream to client %s (%s): check --client-id, its secret "
+                "and the scope authsvc:revocations; retrying with backoff",
+                self.target,
+                loggable(self.client_id),
+                code,
+            )
+        elif code == grpc.StatusCode.UNIMPLEMENTED:
+            level = logging.WARNING if code != self.last_error else logging.DEBUG
+            log.log(level, "%s keeps no revocation list (UNIMPLEMENTED); retrying with backoff", self.target)
+        else:
+            # a drop of a working stream is news; retries of a down issuer stay at debug level
+            log.log(
+                logging.INFO if delivered else logging.DEBUG,
+                "WatchRevocations stream to %s ended (%s); reconnecting",
+                self.target,
+                code,
+            )
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            if self._stream is not None:
+                self._stream.cancel()
+            if self._channel is not None:
+                self._channel.close()
+            self._channel = None
