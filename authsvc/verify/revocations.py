@@ -138,6 +138,12 @@ class RevocationCache:
         return self._has_list
 
     @property
+    def down_since(self) -> float | None:
+        """When (``monotonic``) the stream stopped working, or None while it works; set from
+        creation until the first snapshot."""
+        return self._down_since
+
+    @property
     def stale(self) -> bool:
         """True when no stream has worked for more than ``max_staleness`` seconds: the list may
         lack the newest revocations."""
