@@ -4,15 +4,23 @@ Needs only the store's client interface and the deployment's secret hasher."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from authsvc.core.clients import DEFAULT_TOKEN_TTL, Client, new_client, validate_client_id
-from authsvc.core.errors import NotFound
+from authsvc.core.errors import InvalidRequest, NotFound
 from authsvc.core.keys import b64url
 from authsvc.core.ports import Clock, RandomSource
 from authsvc.core.secrets import SecretHasher, generate_client_secret
 from authsvc.store.base import ClientStore
 
-__all__ = ["ClientRegistry"]
+__all__ = ["MAX_SECRET_GRACE", "ClientRegistry"]
+
+MAX_SECRET_GRACE = 7 * 86_400
+"""The longest grace period a rotation may give the previous secret (seconds)."""
+
+
+def _iso(epoch: int | None) -> str:
+    return "-" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ClientRegistry:
@@ -73,14 +81,40 @@ class ClientRegistry:
             raise NotFound(f"no client {client_id!r}")
         return client
 
-    def rotate_secret(self, client_id: str) -> tuple[Client, str]:
-        """Give the client a new secret; the old one stops working at once (within the
-        servers' client-cache lifetime)."""
+    def rotate_secret(self, client_id: str, *, grace: int = 0, end_grace: bool = False) -> tuple[Client, str]:
+        """Give the client a new secret, accepted at once (by a running server within its
+        client-cache lifetime). The old secret stays accepted for ``grace`` seconds, then never
+        again; with ``grace=0`` it stops at once.
+
+        A client has at most two live secrets: during the grace of a previous rotation a new one
+        is refused, unless ``end_grace`` says to stop accepting the oldest secret now. Two
+        rotations racing are a compare-and-set on the current secret: one wins, the other is
+        refused and changes nothing.
+        """
+        if not 0 <= grace <= MAX_SECRET_GRACE:
+            raise InvalidRequest(f"the grace period must be between 0 and {MAX_SECRET_GRACE} seconds")
+        client = self.get_client(client_id)
+        now = self._now()
+        if client.previous_secret_valid(now) and not end_grace:
+            raise InvalidRequest(
+                f"client {client.client_id!r} is still in the grace period of its last rotation (its "
+                f"previous secret is accepted until {_iso(client.previous_secret_expires_at)}); wait, or "
+                "pass --end-grace to stop accepting that previous secret now"
+            )
         secret = generate_client_secret(self.random)
-        client = self.store.update_client_fields(
-            validate_client_id(client_id),
-            {"secret_hash": self._hasher().hash(secret), "updated_at": self._now()},
+        updated = self.store.update_client_fields(
+            client.client_id,
+            {
+                "secret_hash": self._hasher().hash(secret),
+                "previous_secret_hash": client.secret_hash if grace > 0 else None,
+                "previous_secret_expires_at": now + grace if grace > 0 else None,
+                "updated_at": now,
+            },
+            expect={"secret_hash": client.secret_hash},
         )
-        if client is None:
-            raise NotFound(f"no client {client_id!r}")
-        return client, secret
+        if updated is None:
+            self.get_client(client.client_id)  # NotFound if it was deleted meanwhile
+            raise InvalidRequest(
+                f"client {client.client_id!r} was given another secret meanwhile; nothing changed, run again"
+            )
+        return updated, secret

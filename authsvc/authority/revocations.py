@@ -75,14 +75,20 @@ class RevocationRegistry:
         log.info("token revoked: jti=%s expires_at=%d sequence=%d", loggable(jti), entry.expires_at, sequence)
         return entry
 
-    def revoke_client(self, client_id: str) -> Revocation:
+    def revoke_client(self, client_id: str, *, also_next: int = 0) -> Revocation:
         """Refuse every token of ``client_id`` issued until now (a disabled client, a forced
         logout). ``not_before`` is ``now + 1``: a token's ``iat`` is in whole seconds, so one issued
         in this same second is covered too. Tokens issued later are not refused by this entry
-        (re-enabling a client needs no change to the list)."""
+        (re-enabling a client needs no change to the list).
+
+        ``also_next``: cover the tokens issued in that many seconds more. A disable made while
+        servers hold the client in their cache (``client_cache_ttl``, at most 5 s) lets them issue
+        tokens for that long; pass the cache lifetime so that those are refused too."""
         validate_client_id(client_id)
+        if not 0 <= also_next <= LEEWAY_MARGIN:
+            raise InvalidRequest(f"also_next must be between 0 and {LEEWAY_MARGIN} seconds")
         now = self._now()
-        not_before = now + 1
+        not_before = now + 1 + also_next
         entry = Revocation(
             expires_at=not_before + self.max_token_lifetime + LEEWAY_MARGIN,
             client_id=client_id,

@@ -194,7 +194,8 @@ class TokenEndpoint:
 
     def authenticate(self, client_id: str, client_secret: str) -> Client:
         """RFC 6749 §2.3.1. Unknown client, wrong secret and disabled client all raise the same
-        :class:`InvalidClient`, after the same work.
+        :class:`InvalidClient`, after the same work. The client's current secret is accepted, and
+        its previous one until ``previous_secret_expires_at`` (the grace of a rotation), never after.
 
         An unknown id is not a shortcut: it is checked as a decoy client, with the same keyed hash
         and constant-time comparison against a stored hash of the same shape and the same checks
@@ -208,8 +209,17 @@ class TokenEndpoint:
         found = self._clients.get_client(client_id)
         client = found if found is not None else self._unknown_client
         ok = self._hasher.verify(client_secret, client.secret_hash)
+        # The previous secret (a rotation's grace period) is always checked too, against the decoy
+        # hash when there is none, so that two keyed-hash comparisons run for every request and
+        # timing tells nobody whether a rotation is under way. Its grace is checked against the
+        # clock here, not when the client was cached, so it ends on time whatever the cache holds.
+        previous = client.previous_secret_hash
+        ok_previous = self._hasher.verify(
+            client_secret, previous if previous is not None else self._hasher.unknown_client_hash
+        )
+        in_grace = client.previous_secret_valid(self._clock.now())
         # `&`, not `and`: every term is evaluated whichever fails
-        if not (ok & client.enabled & (found is not None)):
+        if not ((ok | (ok_previous & in_grace)) & client.enabled & (found is not None)):
             # client_known only tells the edge's log whether the id may be written in full
             raise InvalidClient("client authentication failed", client_known=found is not None)
         return client

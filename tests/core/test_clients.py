@@ -150,3 +150,12 @@ def test_with_changes_returns_a_copy() -> None:
     disabled = client.with_changes(enabled=False, updated_at=NOW + 1)
     assert disabled.enabled is False and disabled.updated_at == NOW + 1
     assert client.enabled is True and client.updated_at == NOW
+
+
+def test_previous_secret_is_valid_only_during_its_grace() -> None:
+    client = new_client(client_id="shop", secret_hash="h", scopes=["a"], audiences=["payments"], now=0)
+    assert client.previous_secret_hash is None and not client.previous_secret_valid(0)
+    rotated = client.with_changes(previous_secret_hash="old", previous_secret_expires_at=100)
+    assert rotated.previous_secret_valid(99.999)
+    assert not rotated.previous_secret_valid(100)
+    assert not client.with_changes(previous_secret_expires_at=100).previous_secret_valid(0)  # no hash

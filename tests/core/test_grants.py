@@ -377,3 +377,86 @@ def test_token_request_repr_hides_the_secret() -> None:
         assert "do-not-log-me" not in text
         assert "<redacted>" in text
         assert CLIENT_ID in text
+
+
+# -- two live secrets: a rotation's grace period ------------------------------------------------
+
+NEW_SECRET = "authsvc_cs_the-new-secret-not-real"
+
+
+def _rotate(env: Env, grace: int) -> None:
+    """What ClientRegistry.rotate_secret stores: the new hash, the old one kept for the grace."""
+    now = int(env.clock.now())
+    env.store.update_client_fields(
+        CLIENT_ID,
+        {
+            "secret_hash": env.hasher.hash(NEW_SECRET),
+            "previous_secret_hash": env.hasher.hash(SECRET) if grace else None,
+            "previous_secret_expires_at": now + grace if grace else None,
+        },
+    )
+
+
+def test_during_the_grace_both_secrets_authenticate(env: Env) -> None:
+    _rotate(env, grace=6)
+    env.clock.advance(5)
+    assert env.endpoint.issue(request(client_secret=SECRET)).client_id == CLIENT_ID
+    assert env.endpoint.issue(request(client_secret=NEW_SECRET)).client_id == CLIENT_ID
+
+
+def test_after_the_grace_only_the_new_secret_authenticates(env: Env) -> None:
+    _rotate(env, grace=6)
+    env.clock.advance(6)  # the grace ends at its time, not a second later
+    with pytest.raises(InvalidClient):
+        env.endpoint.issue(request(client_secret=SECRET))
+    assert env.endpoint.issue(request(client_secret=NEW_SECRET)).client_id == CLIENT_ID
+
+
+def test_without_grace_the_old_secret_stops_at_once(env: Env) -> None:
+    _rotate(env, grace=0)
+    with pytest.raises(InvalidClient):
+        env.endpoint.issue(request(client_secret=SECRET))
+    assert env.endpoint.issue(request(client_secret=NEW_SECRET)).client_id == CLIENT_ID
+
+
+def test_the_previous_secret_of_a_disabled_client_is_refused(env: Env) -> None:
+    _rotate(env, grace=60)
+    env.store.update_client_fields(CLIENT_ID, {"enabled": False})
+    for secret in (SECRET, NEW_SECRET):
+        with pytest.raises(InvalidClient):
+            env.endpoint.issue(request(client_secret=secret))
+
+
+class _CountingHasher(SecretHasher):
+    def __init__(self, pepper: bytes) -> None:
+        super().__init__(pepper)
+        self.shapes: list[tuple[int, str, int]] = []
+
+    def verify(self, secret: str, stored: str | None) -> bool:
+        assert stored is not None
+        self.shapes.append((len(secret), stored.partition("$")[0], len(stored)))
+        return super().verify(secret, stored)
+
+
+@pytest.mark.parametrize("rotated", [False, True], ids=["no-previous-secret", "in-grace"])
+def test_authentication_does_the_same_work_with_or_without_a_previous_secret(env: Env, rotated: bool) -> None:
+    # two keyed-hash comparisons of the same shape, whichever case, known client or not
+    hasher = _CountingHasher(b"pepper-for-tests-only-0123456789")
+    endpoint = TokenEndpoint(
+        issuer=ISSUER,
+        clients=env.store,
+        hasher=hasher,
+        signer=lambda: TokenSigner(env.key),
+        clock=env.clock,
+        random=CountingRandom(),
+    )
+    if rotated:
+        _rotate(env, grace=60)
+    shapes = []
+    for client_id in (CLIENT_ID, "nobody"):
+        hasher.shapes.clear()
+        with pytest.raises(InvalidClient):
+            endpoint.authenticate(client_id, "authsvc_cs_" + "W" * 43)
+        shapes.append(list(hasher.shapes))
+    assert len(shapes[0]) == 2
+    assert shapes[0] == shapes[1]
