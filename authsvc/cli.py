@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from authsvc.authority import Authority, KeyInfo, open_authority
+from authsvc.authority.clients import MAX_SECRET_GRACE
 from authsvc.core.clients import DEFAULT_TOKEN_TTL, Client
 from authsvc.core.errors import ConfigurationError, OAuthError
 from authsvc.core.keys import KeyEncryptionKey
@@ -28,6 +29,12 @@ from authsvc.listen import add_connection_limit_flags, connection_limits_from, p
 from authsvc.store.base import StoreError
 
 __all__ = ["main"]
+
+DEFAULT_SECRET_GRACE = 300
+"""Seconds the old secret keeps working after ``clients rotate-secret`` unless --grace says."""
+_MAX_CLIENT_CACHE_TTL = 5
+"""The longest a server may still issue tokens to a client after it is disabled (its client
+cache, ``serve --client-cache-ttl``, at most 5 s): ``clients disable`` revokes those too."""
 
 
 def default_data_dir(env: Mapping[str, str]) -> Path:
@@ -204,20 +211,74 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=DEFAULT_TOKEN_TTL,
         help=f"access-token lifetime in seconds (default {DEFAULT_TOKEN_TTL})",
     )
-    for name, helptext in [
-        ("list", "list clients"),
-        ("show", "show one client"),
-        ("disable", "refuse its tokens"),
-        ("enable", "accept it again"),
-        ("rotate-secret", "issue a new secret; the old one stops working"),
+    for name, helptext, description in [
+        ("list", "list clients", None),
+        ("show", "show one client", "Show one client, and whether a previous secret is still accepted."),
+        (
+            "disable",
+            "refuse its secret and every token issued to it so far",
+            "Refuse the client's secret, and revoke every token issued to it until now (and in the next "
+            f"{_MAX_CLIENT_CACHE_TTL + 1} s, while servers' client caches may still issue some): running "
+            "verifiers fed by WatchRevocations refuse those tokens within seconds.",
+        ),
+        (
+            "enable",
+            "accept it again: new tokens work, tokens from before the disable stay refused",
+            "Accept the client again. New tokens work; tokens issued before the disable (and in the "
+            f"{_MAX_CLIENT_CACHE_TTL + 1} s after it, while servers' client caches may have still issued "
+            "them) stay refused. Nothing is deleted from the revocation list: a later token has a later "
+            "iat than the disable's cut-off, and the entry expires by itself once the old tokens have.",
+        ),
+        (
+            "rotate-secret",
+            "issue a new secret; the old one keeps working for --grace seconds",
+            "Issue a new secret, accepted at once (by running servers within their client-cache "
+            "lifetime, 2 s). The old secret keeps working until --grace seconds have passed, then never "
+            "again. A second rotation during a grace period is refused unless --end-grace.",
+        ),
     ]:
-        p = clients.add_parser(name, help=helptext)
+        p = clients.add_parser(name, help=helptext, description=description)
         if name != "list":
             p.add_argument("client_id", metavar="ID")
+        if name == "rotate-secret":
+            p.add_argument(
+                "--grace",
+                type=int,
+                default=DEFAULT_SECRET_GRACE,
+                metavar="SECONDS",
+                help="how long the old secret keeps working; 0 stops it at once "
+                f"(default {DEFAULT_SECRET_GRACE}, at most {MAX_SECRET_GRACE})",
+            )
+            p.add_argument(
+                "--end-grace",
+                action="store_true",
+                help="rotate even during the grace period of a previous rotation: its old secret stops now",
+            )
         _add_common(p, env)
         _add_output(p)
     _add_common(create, env)
     _add_output(create)
+
+    tokens = sub.add_parser("tokens", help="revoke access tokens").add_subparsers(
+        dest="action", required=True
+    )
+    tokens_revoke = tokens.add_parser(
+        "revoke",
+        help="revoke one token by its jti: verifiers refuse it within seconds",
+        description="Put one access token on the revocation list, by its jti claim (what the server "
+        "logs for every token it issues). Running verifiers fed by WatchRevocations refuse it within "
+        "seconds; other tokens of the same client keep working.",
+    )
+    tokens_revoke.add_argument("--jti", required=True, help="the token's jti claim")
+    tokens_revoke.add_argument(
+        "--expires-at",
+        type=int,
+        metavar="EPOCH",
+        help="the token's exp (seconds since the epoch), if known: the entry is forgotten after it "
+        "(default: the longest a token can live)",
+    )
+    _add_common(tokens_revoke, env)
+    _add_output(tokens_revoke)
 
     keys = sub.add_parser("keys", help="manage signing keys").add_subparsers(dest="action", required=True)
     keys_list = keys.add_parser("list", help="list signing keys (never the private part)")
@@ -257,9 +318,13 @@ def _ts(value: int | None) -> str:
     return "-" if value is None else datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _client_dict(c: Client) -> dict[str, object]:
+def _client_dict(c: Client, now: float) -> dict[str, object]:
+    """The client without its hashes; ``previous_secret_accepted`` says if a rotation's grace lasts."""
     d = asdict(c)
-    del d["secret_hash"]
+    del d["secret_hash"], d["previous_secret_hash"]
+    d["previous_secret_accepted"] = c.previous_secret_valid(now)
+    if not d["previous_secret_accepted"]:
+        d["previous_secret_expires_at"] = None
     return d
 
 
@@ -290,8 +355,12 @@ def _authority(args: argparse.Namespace, env: Mapping[str, str]) -> Authority:
     )
 
 
-def _print_client(c: Client, output: str, secret: str | None = None) -> None:
-    d = _client_dict(c)
+def _print_client(
+    c: Client, output: str, now: float, secret: str | None = None, extra: Mapping[str, object] | None = None
+) -> None:
+    d = {**_client_dict(c, now), **(extra or {})}
+    if output != "json" and d["previous_secret_expires_at"] is not None:
+        d["previous_secret_expires_at"] = _ts(c.previous_secret_expires_at)
     if secret is not None:
         d = {
             "client_id": c.client_id,
@@ -309,6 +378,7 @@ def _print_client(c: Client, output: str, secret: str | None = None) -> None:
 
 def _clients(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     authority = _authority(args, env)
+    now = authority.clock.now()
     if args.action == "create":
         client, secret = authority.clients.create_client(
             client_id=args.client_id,
@@ -316,9 +386,9 @@ def _clients(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             audiences=args.audience,
             token_ttl=args.ttl,
         )
-        _print_client(client, args.output, secret)
+        _print_client(client, args.output, now, secret)
     elif args.action == "list":
-        clients = [_client_dict(c) for c in authority.clients.list_clients()]
+        clients = [_client_dict(c, now) for c in authority.clients.list_clients()]
         if args.output == "json":
             print(json.dumps(clients, indent=2))
         else:
@@ -326,12 +396,30 @@ def _clients(args: argparse.Namespace, env: Mapping[str, str]) -> int:
                 _table(clients, ["client_id", "enabled", "allowed_scopes", "allowed_audiences", "token_ttl"])
             )
     elif args.action == "show":
-        _print_client(authority.clients.get_client(args.client_id), args.output)
-    elif args.action in ("disable", "enable"):
-        _print_client(authority.clients.set_enabled(args.client_id, args.action == "enable"), args.output)
+        _print_client(authority.clients.get_client(args.client_id), args.output, now)
+    elif args.action == "disable":
+        client = authority.clients.set_enabled(args.client_id, False)
+        # the tokens it holds are refused by verifiers too, not only new token requests
+        entry = authority.revocations.revoke_client(client.client_id, also_next=_MAX_CLIENT_CACHE_TTL)
+        _print_client(client, args.output, now, extra={"tokens_refused_if_issued_before": entry.not_before})
+    elif args.action == "enable":
+        _print_client(authority.clients.set_enabled(args.client_id, True), args.output, now)
     elif args.action == "rotate-secret":
-        client, secret = authority.clients.rotate_secret(args.client_id)
-        _print_client(client, args.output, secret)
+        client, secret = authority.clients.rotate_secret(
+            args.client_id, grace=args.grace, end_grace=args.end_grace
+        )
+        _print_client(client, args.output, now, secret)
+    return 0
+
+
+def _tokens(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    authority = _authority(args, env)
+    if args.action == "revoke":
+        entry = authority.revocations.revoke_token(args.jti, expires_at=args.expires_at)
+        if args.output == "json":
+            print(json.dumps({"jti": entry.jti, "expires_at": entry.expires_at}, indent=2))
+        else:
+            print(f"revoked jti {entry.jti}: verifiers refuse it (entry kept until {_ts(entry.expires_at)})")
     return 0
 
 
@@ -414,6 +502,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {
     "serve": _serve,
     "clients": _clients,
     "keys": _keys,
+    "tokens": _tokens,
 }
 
 

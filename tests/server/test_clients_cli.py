@@ -1,0 +1,108 @@
+"""``authsvc clients disable|enable|rotate-secret|show`` and ``authsvc tokens revoke`` as the
+operator runs them (a subprocess, the KEK in ``AUTHSVC_KEK``), checked against the store."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from authsvc.authority import open_authority
+from authsvc.core.ports import SystemClock, SystemRandom
+from authsvc.core.revocation import Revocation
+from tests.server.test_keys_cli import KEK, authsvc, cli_env
+
+
+def clients(data_dir: Path, *args: str, check: bool = True) -> dict[str, object]:
+    out = authsvc(
+        "clients", *args, "--data-dir", str(data_dir), "--output", "json", env=cli_env(), check=check
+    )
+    return dict(json.loads(out.stdout))
+
+
+def revocations(data_dir: Path) -> list[Revocation]:
+    authority = open_authority(data_dir, kek=KEK, kek_file=None, clock=SystemClock(), random=SystemRandom())
+    try:
+        return authority.store.revocation_snapshot(int(time.time()))[1]
+    finally:
+        authority.close()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    clients(d, "create", "--client-id", "shop", "--scope", "payments:read", "--audience", "payments")
+    return d
+
+
+def test_disable_revokes_the_clients_tokens_and_enable_keeps_the_entry(data_dir: Path) -> None:
+    before = int(time.time())
+    shown = clients(data_dir, "disable", "shop")
+    assert shown["enabled"] is False
+    cutoff = shown["tokens_refused_if_issued_before"]
+    assert isinstance(cutoff, int) and before + 1 <= cutoff <= int(time.time()) + 1 + 5
+    [entry] = revocations(data_dir)
+    assert (entry.client_id, entry.not_before) == ("shop", cutoff)
+    assert clients(data_dir, "enable", "shop")["enabled"] is True
+    assert revocations(data_dir) == [entry]  # tokens from before the disable stay refused
+
+
+def test_enable_help_says_why_nothing_is_deleted() -> None:
+    out = authsvc("clients", "enable", "--help", env=cli_env()).stdout
+    assert "later iat" in " ".join(out.split())
+
+
+def test_tokens_revoke_adds_a_token_entry(data_dir: Path) -> None:
+    exp = int(time.time()) + 600
+    out = authsvc(
+        "tokens", "revoke", "--jti", "abc-123", "--expires-at", str(exp),
+        "--data-dir", str(data_dir), "--output", "json", env=cli_env(),
+    )  # fmt: skip
+    assert json.loads(out.stdout) == {"jti": "abc-123", "expires_at": exp}
+    assert revocations(data_dir) == [Revocation(expires_at=exp, jti="abc-123")]
+    table = authsvc("tokens", "revoke", "--jti", "def-456", "--data-dir", str(data_dir), env=cli_env())
+    assert "revoked jti def-456" in table.stdout
+
+
+@pytest.mark.parametrize(
+    "args", [["--jti", "has space"], ["--jti", "ok", "--expires-at", "1"]], ids=["bad-jti", "past"]
+)
+def test_tokens_revoke_refuses_bad_input_and_changes_nothing(data_dir: Path, args: list[str]) -> None:
+    result = authsvc("tokens", "revoke", *args, "--data-dir", str(data_dir), env=cli_env(), check=False)
+    assert result.returncode == 1 and result.stderr.startswith("authsvc: error:")
+    assert revocations(data_dir) == []
+
+
+def test_rotate_secret_with_grace_then_show_tells_both_states(data_dir: Path) -> None:
+    rotated = clients(data_dir, "rotate-secret", "shop", "--grace", "600")
+    assert str(rotated["client_secret"]).startswith("authsvc_cs_")
+    assert rotated["previous_secret_accepted"] is True
+    assert isinstance(rotated["previous_secret_expires_at"], int)
+    shown = clients(data_dir, "show", "shop")
+    assert "client_secret" not in shown
+    assert not any("hash" in k for k in shown)
+    assert (shown["previous_secret_accepted"], shown["previous_secret_expires_at"]) == (
+        True,
+        rotated["previous_secret_expires_at"],
+    )
+    text = authsvc("clients", "show", "shop", "--data-dir", str(data_dir), env=cli_env()).stdout
+    assert "previous_secret_accepted:True" in text.replace(" ", "")
+    assert "hmac-sha256" not in text
+
+
+def test_a_second_rotation_during_the_grace_needs_end_grace(data_dir: Path) -> None:
+    first = clients(data_dir, "rotate-secret", "shop", "--grace", "600")
+    refused = authsvc(
+        "clients", "rotate-secret", "shop", "--data-dir", str(data_dir), env=cli_env(), check=False
+    )
+    assert refused.returncode == 1 and "--end-grace" in refused.stderr
+    assert refused.stdout == ""  # no secret printed for a rotation that did not happen
+    second = clients(data_dir, "rotate-secret", "shop", "--grace", "600", "--end-grace")
+    assert second["client_secret"] != first["client_secret"]
+
+
+def test_rotate_secret_with_grace_zero_drops_the_old_secret(data_dir: Path) -> None:
+    rotated = clients(data_dir, "rotate-secret", "shop", "--grace", "0")
+    assert (rotated["previous_secret_accepted"], rotated["previous_secret_expires_at"]) == (False, None)
