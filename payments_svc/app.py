@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -21,18 +22,52 @@ from authsvc.listen import (
     split_host_port,
     wait_for_stop_signal,
 )
-from authsvc.verify import AioAuthInterceptor, GrpcJwksSource, HttpJwksSource, JwksCache, TokenVerifier
+from authsvc.verify import (
+    AioAuthInterceptor,
+    GrpcJwksSource,
+    GrpcRevocationSource,
+    HttpJwksSource,
+    JwksCache,
+    RevocationCache,
+    TokenVerifier,
+)
 from payments_svc.http import build_http_app
 from payments_svc.service import PaymentOperations, PaymentServicer
 from payments_svc.store import PaymentStore, SqlPaymentStore
 from payments_svc.v1 import payments_pb2, payments_pb2_grpc
 
-__all__ = ["PAYMENT_SERVICE", "PaymentsConfig", "RunningPayments", "open_store", "serve", "start_server"]
+__all__ = [
+    "PAYMENT_SERVICE",
+    "PaymentsConfig",
+    "RunningPayments",
+    "open_store",
+    "read_client_secret",
+    "serve",
+    "start_server",
+]
 
 log = logging.getLogger("payments_svc.server")
 
 PAYMENT_SERVICE = payments_pb2.DESCRIPTOR.services_by_name["PaymentService"].full_name
 DB_FILE = "payments.db"
+REVOCATIONS_WAIT = 5.0  # the longest start-up waits for the first revocation snapshot
+
+
+def read_client_secret(path: Path) -> str:
+    """The secret in ``path`` (``--client-secret-file``), read once at start-up and stripped of
+    surrounding whitespace. ConfigurationError if it cannot be read or is empty; the error names
+    the file, never its content."""
+    try:
+        secret = path.read_bytes().decode("utf-8").strip()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read the client secret file {path}: {exc.strerror or exc}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"the client secret file {path} is not UTF-8 text") from None
+    if not secret:
+        raise ConfigurationError(f"the client secret file {path} is empty")
+    return secret
 
 
 @dataclass(frozen=True)
@@ -56,6 +91,12 @@ class PaymentsConfig:
     jwks_max_age: float = 60.0
     jwks_cooldown: float = 5.0
     grace_period: float = 5.0
+    # this resource server's own registration, used only to read the revocation list
+    # (WatchRevocations on token_service); without it tokens are verified without the list
+    client_id: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    revocations_max_staleness: float = 60.0
+    revocations_fail_closed: bool = False
     max_message_bytes: int = 64 * 1024
     max_metadata_bytes: int = 16 * 1024
     # PostgreSQL (shared by several replicas) instead of SQLite in data_dir; may hold a password
@@ -99,6 +140,18 @@ class PaymentsConfig:
                 "give --token-service-ca, "
                 "or --insecure-token-service inside a trusted mesh"
             )
+        if (self.client_id is None) != (self.client_secret is None) or self.client_id == "":
+            raise ConfigurationError("--client-id and --client-secret-file go together")
+        plaintext = self.token_service_ca is None and not self.insecure_token_service
+        if self.client_id is not None and plaintext and not is_loopback(host):
+            raise ConfigurationError(
+                f"refusing to send the client secret to {self.token_service} in plaintext: "
+                "give --token-service-ca, or --insecure-token-service inside a trusted mesh"
+            )
+        if self.revocations_fail_closed and self.client_id is None:
+            raise ConfigurationError("--revocations-fail-closed needs the list: give --client-id")
+        if not math.isfinite(self.revocations_max_staleness) or self.revocations_max_staleness <= 0:
+            raise ConfigurationError("--revocations-max-staleness must be a positive number of seconds")
         if not 0 <= self.leeway <= 300:
             raise ConfigurationError("--leeway must be between 0 and 300 seconds")
         if not self.issuer or not self.audience:
@@ -138,22 +191,44 @@ def key_source(config: PaymentsConfig) -> str:
 
 
 def build_verifier(config: PaymentsConfig) -> TokenVerifier:
+    """Keys from the jwks_uri or the TokenService; the revocation list from the TokenService's
+    WatchRevocations when the config has the resource server's own client registration."""
+
+    def credentials() -> grpc.ChannelCredentials | None:
+        if config.token_service_ca is None:
+            return None
+        return grpc.ssl_channel_credentials(root_certificates=config.token_service_ca.read_bytes())
+
     if config.jwks_url is not None:
         http = HttpJwksSource(
             config.jwks_url, ca_file=config.token_service_ca, allow_plaintext=config.insecure_token_service
         )
         cache = JwksCache(http, max_age=config.jwks_max_age, cooldown=config.jwks_cooldown)
-        return TokenVerifier(issuer=config.issuer, audience=config.audience, jwks=cache, leeway=config.leeway)
-    credentials = (
-        grpc.ssl_channel_credentials(root_certificates=config.token_service_ca.read_bytes())
-        if config.token_service_ca is not None
-        else None
+    else:
+        source = GrpcJwksSource(
+            config.token_service, credentials=credentials(), allow_plaintext=config.insecure_token_service
+        )
+        cache = JwksCache(source, max_age=config.jwks_max_age, cooldown=config.jwks_cooldown)
+    revocations = None
+    if config.client_id is not None and config.client_secret is not None:
+        revocations = RevocationCache(
+            GrpcRevocationSource(
+                config.token_service,
+                client_id=config.client_id,
+                client_secret=config.client_secret,
+                credentials=credentials(),
+                allow_plaintext=config.insecure_token_service,
+            ),
+            max_staleness=config.revocations_max_staleness,
+            fail_closed=config.revocations_fail_closed,
+        )
+    return TokenVerifier(
+        issuer=config.issuer,
+        audience=config.audience,
+        jwks=cache,
+        leeway=config.leeway,
+        revocations=revocations,
     )
-    source = GrpcJwksSource(
-        config.token_service, credentials=credentials, allow_plaintext=config.insecure_token_service
-    )
-    cache = JwksCache(source, max_age=config.jwks_max_age, cooldown=config.jwks_cooldown)
-    return TokenVerifier(issuer=config.issuer, audience=config.audience, jwks=cache, leeway=config.leeway)
 
 
 def open_store(config: PaymentsConfig) -> SqlPaymentStore:
@@ -184,7 +259,8 @@ async def _start(
     config: PaymentsConfig, store: SqlPaymentStore, verifier: TokenVerifier | None
 ) -> RunningPayments:
     verifier = verifier or build_verifier(config)
-    if await asyncio.to_thread(verifier.keys.refresh):
+    keys_ok, _ = await asyncio.gather(asyncio.to_thread(verifier.keys.refresh), _first_revocations(verifier))
+    if keys_ok:
         log.info("fetched %d signing keys from %s", len(verifier.keys.kids), key_source(config))
     else:
         log.warning(
@@ -226,6 +302,31 @@ async def _start(
             "TLS" if config.tls_cert else "plaintext",
         )
     return RunningPayments(server, port, health, store, verifier, http)
+
+
+async def _first_revocations(verifier: TokenVerifier) -> None:
+    """Wait (bounded) for the first snapshot of the revocation list, and say how verification
+    stands: without a list, with it, or waiting for it."""
+    revocations = verifier.revocations
+    if revocations is None:
+        log.warning(
+            "no --client-id/--client-secret-file: verifying tokens WITHOUT the revocation list; "
+            "a revoked token or a disabled client's token is accepted until it expires"
+        )
+        return
+    if await asyncio.to_thread(revocations.wait_for, 0, REVOCATIONS_WAIT):
+        log.info(
+            "revocation list: %d entries (sequence %d); %s after %gs without a working stream",
+            len(revocations.revocations),
+            revocations.sequence,
+            "fail closed" if revocations.fail_closed else "fail open",
+            revocations.max_staleness,
+        )
+    else:
+        log.warning(
+            "could not read the revocation list yet; %s until it arrives",
+            "requests fail with UNAVAILABLE" if revocations.fail_closed else "verifying without it",
+        )
 
 
 async def _start_http(

@@ -77,6 +77,36 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "PEM CA bundle: reach the TokenService (or the --jwks-url) over TLS with it",
         type=Path,
     )
+    opt(
+        "--client-id",
+        "PAYMENTS_CLIENT_ID",
+        None,
+        "this resource server's own client at the TokenService (scope authsvc:revocations), used only to "
+        "read the revocation list (WatchRevocations on --token-service; TLS with --token-service-ca); "
+        "without it tokens are verified without the list",
+    )
+    opt(
+        "--client-secret-file",
+        "PAYMENTS_CLIENT_SECRET_FILE",
+        None,
+        "file holding that client's secret, read once at start-up",
+        type=Path,
+    )
+    opt(
+        "--revocations-max-staleness",
+        "PAYMENTS_REVOCATIONS_MAX_STALENESS",
+        "60",
+        "seconds without a working revocation stream after which the list is stale",
+        type=float,
+    )
+    serve.add_argument(
+        "--revocations-fail-closed",
+        action="store_true",
+        default=_env_bool(env.get("PAYMENTS_REVOCATIONS_FAIL_CLOSED")),
+        help="refuse every token (UNAVAILABLE) while the revocation list is stale or not yet read, "
+        "instead of verifying without its newest entries (fail open, the default) "
+        "[env PAYMENTS_REVOCATIONS_FAIL_CLOSED=1]",
+    )
     opt("--issuer", "PAYMENTS_ISSUER", "https://authsvc.local", "the issuer tokens must come from")
     opt("--audience", "PAYMENTS_AUDIENCE", "payments", "the audience tokens must be meant for")
     opt("--tls-cert", "PAYMENTS_TLS_CERT", None, "PEM certificate chain for TLS", type=Path)
@@ -125,9 +155,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     env = os.environ if env is None else env
     args = build_parser(env).parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from payments_svc.app import PaymentsConfig, serve  # noqa: PLC0415 - keep --help fast
+    from payments_svc.app import PaymentsConfig, read_client_secret, serve  # noqa: PLC0415 - keep --help fast
 
     try:
+        if (args.client_id is None) != (args.client_secret_file is None):
+            raise ConfigurationError("--client-id and --client-secret-file go together")
+        secret = None if args.client_secret_file is None else read_client_secret(args.client_secret_file)
         config = PaymentsConfig(
             data_dir=args.data_dir,
             database_url=args.database_url,
@@ -146,6 +179,10 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             grace_period=args.grace_period,
             jwks_max_age=args.jwks_max_age,
             jwks_cooldown=args.jwks_cooldown,
+            client_id=args.client_id,
+            client_secret=secret,
+            revocations_max_staleness=args.revocations_max_staleness,
+            revocations_fail_closed=args.revocations_fail_closed,
             limits=connection_limits_from(args),
         )
         asyncio.run(serve(config))
