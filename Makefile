@@ -57,6 +57,7 @@ lint: $(STAMP) $(NODE_STAMP) proto-check
 	  refs/heads/main >/dev/null && echo '.git#branch=main' || echo '.git#ref=origin/main')}"
 
 bench: $(STAMP)
+	$(PY) tests/bench/bench_http_token.py
 	$(PY) tests/bench/bench_issue_token.py
 	$(PY) tests/bench/bench_interceptor.py
 	$(PY) tests/bench/bench_store.py

@@ -2,8 +2,10 @@
 
 - running commands, CPU accounting (this process's children, other processes, the whole machine);
 - :class:`ServerProcess`: a server started in its own session and stopped with SIGTERM;
-- :func:`h2load`: one h2load run over h2c, parsed into :class:`H2Run` with the CPU that the server,
-  h2load and everything else used meanwhile, and the data-bytes check that proves gRPC calls succeeded;
+- :func:`ensure_h2load`: installs h2load (``nghttp2-client``) with apt-get where it is missing;
+- :func:`h2load`: one h2load run over h2c (or HTTP/1.1), parsed into :class:`H2Run` with the CPU that
+  the server, h2load and everything else used meanwhile, and the data-bytes check that proves gRPC
+  calls succeeded;
 - :class:`Environment`: date, machine and tool versions for a results section;
 - :func:`write_section`: rewrites one script's section of ``tests/bench/RESULTS.md``.
 
@@ -18,6 +20,7 @@ import platform
 import re
 import resource
 import shlex
+import shutil
 import signal
 import socket
 import struct
@@ -246,6 +249,26 @@ class ServerProcess:
 # -- h2load --------------------------------------------------------------------------------------
 
 
+H2LOAD_PACKAGE = "nghttp2-client"  # the Debian/Ubuntu package that ships h2load
+
+
+def ensure_h2load() -> None:
+    """Make sure ``h2load`` is on ``PATH``: install the ``nghttp2-client`` package with apt-get when it is
+    missing and this process may (root, or password-less sudo), otherwise say how to get it."""
+    if shutil.which("h2load"):
+        return
+    apt = shutil.which("apt-get")
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    if apt is None or (sudo and shutil.which("sudo") is None):
+        raise BenchError(f"h2load is not installed: install it (Debian/Ubuntu package {H2LOAD_PACKAGE})")
+    print(f"h2load is not installed: apt-get install {H2LOAD_PACKAGE}...")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run_text([*sudo, apt, "update", "-qq"], timeout=600, env=env)
+    run_text([*sudo, apt, "install", "-y", "-qq", H2LOAD_PACKAGE], timeout=600, env=env)
+    if not shutil.which("h2load"):
+        raise BenchError(f"{H2LOAD_PACKAGE} was installed but h2load is still not on PATH")
+
+
 @dataclass(frozen=True)
 class H2Run:
     command: str
@@ -308,11 +331,13 @@ def h2load(
     server_cpu: Callable[[], dict[int, float]],
     headers: Sequence[str] = GRPC_HEADERS,
     redact: Mapping[str, str] | None = None,
+    h1: bool = False,
 ) -> H2Run:
     """One h2load run: ``-n requests -c connections -m streams``, the body from the file ``body`` in
     ``workdir``. ``server_cpu`` gives the server's CPU seconds per process (sampled before and after);
-    ``redact`` replaces secrets (or merely long values) in the command as recorded."""
-    load = f"-n {requests} -c {connections} -m {streams} -d {body}"
+    ``redact`` replaces secrets (or merely long values) in the command as recorded. ``h1`` speaks
+    HTTP/1.1 (``--h1``) instead of h2c; ``-m`` is then the pipelining depth, so keep it at 1."""
+    load = f"{'--h1 ' if h1 else ''}-n {requests} -c {connections} -m {streams} -d {body}"
     cmd = ["h2load", *load.split(), *(arg for header in headers for arg in ("-H", header)), url]
     client_before, server_before, machine_before = (
         children_cpu_seconds(),
