@@ -4,15 +4,24 @@ operator runs them (a subprocess, the KEK in ``AUTHSVC_KEK``), checked against t
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
+from authsvc import authority as application
 from authsvc.authority import open_authority
 from authsvc.core.ports import SystemClock, SystemRandom
 from authsvc.core.revocation import Revocation
+from authsvc.server.app import RunningServer, start_server
+from authsvc.v1 import token_pb2, token_pb2_grpc
+from tests.conftest import serve_config
+from tests.core.fakes import FrozenClock
+from tests.helpers import ServerThread
 from tests.server.test_keys_cli import KEK, authsvc, cli_env
+from tests.server.test_token_service import error_reason
 
 
 def clients(data_dir: Path, *args: str, check: bool = True) -> dict[str, object]:
@@ -106,3 +115,75 @@ def test_a_second_rotation_during_the_grace_needs_end_grace(data_dir: Path) -> N
 def test_rotate_secret_with_grace_zero_drops_the_old_secret(data_dir: Path) -> None:
     rotated = clients(data_dir, "rotate-secret", "shop", "--grace", "0")
     assert (rotated["previous_secret_accepted"], rotated["previous_secret_expires_at"]) == (False, None)
+
+
+# -- a rotation under load, on a real server -------------------------------------------------------
+
+
+def test_a_load_of_token_requests_through_a_rotation_with_grace_has_no_failures(tmp_path: Path) -> None:
+    """The rollout the grace period is for: clients keep asking for tokens while the secret is
+    rotated; each switches to the new secret once the server accepts it, within the grace. Not
+    one request fails. Then the grace ends (a frozen clock moved) and only the new secret works."""
+    clock = FrozenClock(float(int(time.time())))
+    config = serve_config(tmp_path / "srv", client_cache_ttl=0.2)
+    authority = application.open_authority(
+        config.data_dir, kek=KEK, kek_file=None, clock=clock, random=SystemRandom()
+    )
+    _, old = authority.clients.create_client(
+        client_id="shop", scopes=["payments:read"], audiences=["payments"]
+    )
+    thread: ServerThread[RunningServer] = ServerThread(lambda: start_server(config, authority=authority))
+    running = thread.start()
+    current = [old]
+    failures: list[str] = []
+    done = threading.Event()
+    counts = [0] * 4
+
+    def wait_for(more: int) -> None:
+        """Until the load has made ``more`` requests (or one failed: no use waiting then)."""
+        target = sum(counts) + more
+        while sum(counts) < target and not failures:
+            time.sleep(0.01)
+
+    def load(worker: int, stub: token_pb2_grpc.TokenServiceStub) -> None:
+        while not done.is_set():
+            try:
+                stub.IssueToken(_request(current[0]), timeout=10)
+                counts[worker] += 1
+            except grpc.RpcError as err:
+                failures.append(f"{err.code()}: {err.details()}")
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = token_pb2_grpc.TokenServiceStub(channel)
+            workers = [threading.Thread(target=load, args=(w, stub)) for w in range(4)]
+            for w in workers:
+                w.start()
+            wait_for(50)  # the load is under way, the old secret cached
+            _, new = authority.clients.rotate_secret("shop", grace=6)
+            for _ in range(200):  # the client probes the new secret, then switches: within the grace
+                try:
+                    stub.IssueToken(_request(new), timeout=10)
+                    break
+                except grpc.RpcError:
+                    time.sleep(0.05)  # the server's client cache (0.2 s here) has the old record
+            current[0] = new
+            wait_for(50)
+            clock.advance(6)  # the grace ends
+            wait_for(50)
+            done.set()
+            for w in workers:
+                w.join(timeout=30)
+            assert failures == []
+            with pytest.raises(grpc.RpcError) as info:
+                stub.IssueToken(_request(old), timeout=10)
+            assert error_reason(info.value) == (grpc.StatusCode.UNAUTHENTICATED, "INVALID_CLIENT")
+    finally:
+        done.set()
+        thread.stop(grace=0)
+
+
+def _request(secret: str) -> token_pb2.IssueTokenRequest:
+    return token_pb2.IssueTokenRequest(
+        grant_type="client_credentials", client_id="shop", client_secret=secret
+    )
