@@ -538,8 +538,10 @@ def render(report: Report) -> str:
         "asyncio loop, SO_REUSEPORT per listener): aiohttp parses the request and the form (RFC 6749 "
         "§3.2: a size cap, each parameter once), the edge decodes `client_secret_basic` (§2.3.1), the "
         "core takes the client from the per-worker client cache (2 s TTL: one SQLite read per client "
-        "and worker every 2 s), checks HMAC-SHA256(pepper, secret) in constant time, the grant type, "
-        "scope and audience, builds the RFC 9068 claims (`iss sub aud exp iat nbf jti client_id scope`) "
+        "and worker every 2 s), computes HMAC-SHA256(pepper, secret) twice and compares in constant "
+        "time (the current secret and, always, the previous one of a rotation's grace), checks the "
+        "grant type, scope and audience, builds the RFC 9068 claims "
+        "(`iss sub aud exp iat nbf jti client_id scope`) "
         "and signs RS256 with cryptography; a JSON answer with `Cache-Control: no-store`. With "
         "`--log-level WARNING` the per-token INFO line is not written. gRPC: the same application "
         "call behind grpc.aio, `authorization: Basic` metadata.",
