@@ -10,7 +10,8 @@ verifier speaks, translated to the same application layer as gRPC.
 - ``GET /.well-known/oauth-authorization-server``: RFC 8414 metadata, URLs built from the issuer.
 - ``POST /oauth2/introspect``: RFC 7662, for an authenticated client; a token it may not see,
   or one that is invalid or expired, is ``{"active": false}``.
-- ``POST /oauth2/revoke``: RFC 7009, for an authenticated client, on its own tokens only.
+- ``POST /oauth2/revoke``: RFC 7009, for an authenticated client, on its own tokens only; the
+  token joins the revocation list (issue 11), pushed to verifiers by ``WatchRevocations``.
 
 Routes live under the issuer's path, if it has one (``https://auth.example/tenant`` serves
 ``/tenant/oauth2/token``); the metadata document is also served where RFC 8414 §3 puts it
@@ -19,8 +20,10 @@ Routes live under the issuer's path, if it has one (``https://auth.example/tenan
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
@@ -28,6 +31,7 @@ from urllib.parse import parse_qsl, urlsplit
 from aiohttp import web
 
 from authsvc.authority.keyring import Keyring
+from authsvc.authority.revocations import RevocationFeed, RevocationRegistry
 from authsvc.authority.tokens import TokenIssuer
 from authsvc.core.client_auth import client_credentials
 from authsvc.core.clients import Client
@@ -115,12 +119,16 @@ class OAuthHttp:
         keyring: Keyring,
         introspection: TokenVerifier,
         jwks_max_age: int,
+        revocations: RevocationRegistry | None = None,
+        revocation_feed: RevocationFeed | None = None,
     ) -> None:
         self.issuer_url = issuer_url.rstrip("/")
         self._issuer = issuer
         self._keyring = keyring
         self._introspection = introspection
         self._jwks_max_age = jwks_max_age
+        self._revocations = revocations
+        self._feed = revocation_feed
         self._prefix = urlsplit(self.issuer_url).path.rstrip("/")
         self._jwks_cache: tuple[str, bytes, str] | None = None  # (jwks text, body, etag)
 
@@ -236,6 +244,8 @@ class OAuthHttp:
             return _ok({"active": False})
         if principal.client_id != caller.client_id and INTROSPECT_SCOPE not in caller.allowed_scopes:
             return _ok({"active": False})
+        if self._revoked(principal):  # RFC 7662 §2.2: a revoked token is not active
+            return _ok({"active": False})
         claims = principal.claims
         return _ok(
             {
@@ -255,9 +265,8 @@ class OAuthHttp:
 
     async def revoke(self, request: web.Request) -> web.Response:
         """RFC 7009 §2. A token that is invalid or unknown answers 200 (§2.2); a client may
-        revoke only its own tokens (§2.1). Until the revocation list exists (issue 11) a
-        revocation is recorded in the log only: verifiers keep accepting the token until it
-        expires, and the README says so."""
+        revoke only its own tokens (§2.1). The token's jti joins the revocation list, which
+        WatchRevocations pushes to every verifier within seconds."""
         basic = "Authorization" in request.headers
         try:
             form = await _form(request)
@@ -273,12 +282,24 @@ class OAuthHttp:
                 raise UnauthorizedClient("a client may revoke only its own tokens")
         except OAuthError as exc:
             return _answer(token_error(exc, basic=basic))
-        log.warning(
-            "revocation requested: jti=%s client_id=%s (recorded only: not yet enforced by verifiers)",
-            loggable(principal.jti),
-            loggable(principal.client_id),
-        )
+        if self._revocations is None:
+            log.warning(
+                "revocation requested: jti=%s, but this server keeps no list", loggable(principal.jti)
+            )
+        else:
+            # a store write: off the loop; the feed then pushes it to watchers at once
+            await asyncio.to_thread(
+                self._revocations.revoke_token, principal.jti, expires_at=math.ceil(principal.expires_at)
+            )
+            if self._feed is not None:
+                self._feed.notify()
         return web.Response(status=200, headers=dict(NO_STORE))
+
+    def _revoked(self, principal: Principal) -> bool:
+        feed = self._feed
+        return feed is not None and feed.set.refuses(
+            jti=principal.jti, client_id=principal.client_id, issued_at=principal.issued_at
+        )
 
     async def _verify(self, token: str) -> Principal:
         """The token's principal, never blocking the loop (the keys come from the keyring's memory;

@@ -24,6 +24,7 @@ from authsvc import authority as application
 from authsvc import serving
 from authsvc.authority import Authority
 from authsvc.authority.keyring import Keyring
+from authsvc.authority.revocations import RevocationFeed
 from authsvc.authority.tokens import TokenIssuer
 from authsvc.core.grants import client_credentials_endpoint
 from authsvc.core.ports import SystemClock, SystemRandom
@@ -65,8 +66,10 @@ class RunningServer:
     authority: Authority
     keyring: Keyring
     keyring_task: asyncio.Task[None]
-    watch_slots: StreamSlots | None = None  # the open WatchJwks streams
+    watch_slots: StreamSlots | None = None  # the open WatchJwks and WatchRevocations streams
     http: serving.HttpListener | None = None  # the OAuth endpoints over HTTP (--http-listen)
+    revocations: RevocationFeed | None = None  # the revocation list WatchRevocations streams
+    revocations_task: asyncio.Task[None] | None = None
 
     @property
     def http_port(self) -> int:
@@ -78,10 +81,13 @@ class RunningServer:
         """Report NOT_SERVING, let in-flight calls on both listeners finish within ``grace``
         seconds, stop."""
         await self.health.enter_graceful_shutdown()
-        self.keyring_task.cancel()
+        tasks = [t for t in (self.keyring_task, self.revocations_task) if t is not None]
+        for task in tasks:
+            task.cancel()
         await asyncio.gather(self.server.stop(grace), *([self.http.stop()] if self.http else []))
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.keyring_task
+        for task in tasks:  # each waits for its tick in flight: the store is closed next
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         self.authority.close()
 
 
@@ -98,6 +104,8 @@ async def start_server(
     authority.keys.ensure_signing_key()
     keyring = Keyring(authority.keys, config.lifecycle_policy(), tick_interval=config.key_tick_interval)
     keyring.load()
+    revocations = RevocationFeed(authority.store, authority.clock, tick_interval=config.key_tick_interval)
+    revocations.load()
     clients = CachedClientLookup(authority.store, ttl=config.client_cache_ttl)
     endpoint = client_credentials_endpoint(
         issuer=config.issuer,
@@ -125,6 +133,7 @@ async def start_server(
             jwks_max_age=config.jwks_max_age,
             watch_slots=watch_slots,
             refusal_log=refusal_log,
+            revocations=revocations,
         ),
         server,
     )
@@ -134,11 +143,12 @@ async def start_server(
     http = None
     if config.http_listen is not None:
         try:
-            http = await _start_http(config, issuer, keyring, reuse_port=reuse_port)
+            http = await _start_http(config, issuer, keyring, authority, revocations, reuse_port=reuse_port)
         except BaseException:
             await server.stop(0)
             raise
     keyring_task = asyncio.get_running_loop().create_task(keyring.run(), name="authsvc-keyring")
+    revocations_task = asyncio.get_running_loop().create_task(revocations.run(), name="authsvc-revocations")
     await serving.serving(health, [TOKEN_SERVICE])
     log.info(
         "TokenService listening on %s (%s)%s, issuer %s, signing key kid=%s",
@@ -148,7 +158,18 @@ async def start_server(
         config.issuer,
         keyring.signer.key.kid,
     )
-    return RunningServer(server, port, health, authority, keyring, keyring_task, watch_slots, http)
+    return RunningServer(
+        server,
+        port,
+        health,
+        authority,
+        keyring,
+        keyring_task,
+        watch_slots,
+        http,
+        revocations,
+        revocations_task,
+    )
 
 
 def _http_address(listen: str, port: int) -> str:
@@ -156,7 +177,13 @@ def _http_address(listen: str, port: int) -> str:
 
 
 async def _start_http(
-    config: ServeConfig, issuer: TokenIssuer, keyring: Keyring, *, reuse_port: bool
+    config: ServeConfig,
+    issuer: TokenIssuer,
+    keyring: Keyring,
+    authority: Authority,
+    revocations: RevocationFeed,
+    *,
+    reuse_port: bool,
 ) -> serving.HttpListener:
     """The OAuth endpoints over HTTP on the same loop and application layer (authsvc.http)."""
     from authsvc.http.oauth import OAuthHttp  # noqa: PLC0415 - aiohttp only when HTTP is served
@@ -174,6 +201,8 @@ async def _start_http(
         keyring=keyring,
         introspection=introspection,
         jwks_max_age=config.jwks_max_age,
+        revocations=authority.revocations,
+        revocation_feed=revocations,
     )
     assert config.http_listen is not None
     return await serving.start_http(

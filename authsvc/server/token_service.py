@@ -17,7 +17,8 @@ import contextlib
 import ipaddress
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncGenerator, Iterable, Iterator
+from typing import Protocol
 from urllib.parse import unquote
 
 import grpc
@@ -25,8 +26,9 @@ import grpc
 from authsvc.authority.keyring import Keyring
 from authsvc.authority.tokens import TokenIssuer
 from authsvc.core.client_auth import client_credentials
-from authsvc.core.errors import OAuthError, RateLimited
+from authsvc.core.errors import OAuthError, RateLimited, UnauthorizedClient
 from authsvc.core.grants import TokenRequest
+from authsvc.core.revocation import REVOCATIONS_SCOPE, Revocation
 from authsvc.logsafe import LogRateLimiter
 from authsvc.server.metadata import authorization_values
 from authsvc.status import status_for
@@ -133,6 +135,12 @@ def token_request_from(
     )
 
 
+class RevocationWatch(Protocol):
+    """What WatchRevocations needs of the application layer's revocation feed."""
+
+    def watch(self, after_sequence: int) -> AsyncGenerator[tuple[bool, int, list[Revocation]], None]: ...
+
+
 class TokenServicer(token_pb2_grpc.TokenServiceServicer):
     """Serves IssueToken, GetJwks and WatchJwks on a ``grpc.aio`` server.
 
@@ -149,8 +157,10 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
         jwks_max_age: int,
         watch_slots: StreamSlots | None = None,
         refusal_log: LogRateLimiter | None = None,
+        revocations: RevocationWatch | None = None,
     ) -> None:
         self._issuer = issuer
+        self._revocations = revocations
         self._keyring = keyring
         self._max_age = jwks_max_age
         self.watch_slots = watch_slots or StreamSlots(per_peer=8, total=256)
@@ -202,3 +212,50 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
                     await context.write(token_pb2.WatchJwksResponse(jwks_json=jwks))
         finally:
             self.watch_slots.release(slot)
+
+    # The list reveals which clients were disabled and which tokens were stolen: only a client
+    # holding authsvc:revocations may read it, authenticated as at IssueToken (Basic metadata).
+    async def WatchRevocations(  # type: ignore[override]  # noqa: N802 - the RPC's name
+        self,
+        request: token_pb2.WatchRevocationsRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> None:
+        if self._revocations is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server keeps no revocation list")
+        assert self._revocations is not None
+        client_id = ""
+        try:
+            client_id, secret, _ = client_credentials(
+                authorization_values(context.invocation_metadata()), client_id="", client_secret=""
+            )
+            client = await self._issuer.authenticate(client_id, secret)
+            if REVOCATIONS_SCOPE not in client.allowed_scopes:
+                raise UnauthorizedClient(f"reading the revocation list needs the scope {REVOCATIONS_SCOPE}")
+            slot = self.watch_slots.acquire(context.peer())
+        except (OAuthError, RateLimited) as exc:
+            if isinstance(exc, OAuthError):
+                self._issuer.refused(client_id, exc)
+            await context.abort_with_status(status_for(exc))
+            raise AssertionError("unreachable") from exc
+        try:
+            async with contextlib.aclosing(self._revocations.watch(int(request.after_sequence))) as updates:
+                async for snapshot, sequence, entries in updates:
+                    await context.write(
+                        token_pb2.WatchRevocationsResponse(
+                            snapshot=snapshot,
+                            sequence=sequence,
+                            revocations=[revocation_message(e) for e in entries],
+                        )
+                    )
+        finally:
+            self.watch_slots.release(slot)
+
+
+def revocation_message(entry: Revocation) -> token_pb2.Revocation:
+    """The wire form of one entry of the list."""
+    if entry.jti is not None:
+        return token_pb2.Revocation(jti=entry.jti, expires_at=entry.expires_at)
+    assert entry.client_id is not None
+    return token_pb2.Revocation(
+        client_id=entry.client_id, not_before=entry.not_before, expires_at=entry.expires_at
+    )
