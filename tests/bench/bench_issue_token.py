@@ -409,6 +409,7 @@ def summary(report: Report) -> str:
 
 def main() -> int:
     common.exit_on_sigterm()
+    common.ensure_h2load()
     environment = Environment.collect()
     nproc = environment.nproc
     speeds = [openssl_speed(nproc)]
