@@ -638,6 +638,7 @@ def summary(report: Report) -> str:
 
 def main() -> int:
     common.exit_on_sigterm()
+    common.ensure_h2load()
     started = time.monotonic()
     environment = Environment.collect()
     with tempfile.TemporaryDirectory(prefix="authsvc-bench-interceptor-") as tmp:
