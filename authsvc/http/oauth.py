@@ -12,6 +12,11 @@ verifier speaks, translated to the same application layer as gRPC.
   or one that is invalid or expired, is ``{"active": false}``.
 - ``POST /oauth2/revoke``: RFC 7009, for an authenticated client, on its own tokens only; the
   token joins the revocation list (issue 11), pushed to verifiers by ``WatchRevocations``.
+- ``GET /oauth2/revocations``: the revocation list for verifiers that poll over HTTP
+  (:class:`authsvc.verify.HttpRevocationSource`), for a client holding ``authsvc:revocations``
+  (Basic only); the whole current list, ``Cache-Control: no-store``, an ``ETag`` of its
+  sequence and 304 for ``If-None-Match``. Not standard: named in the metadata as
+  ``revocation_list_endpoint``.
 
 Routes live under the issuer's path, if it has one (``https://auth.example/tenant`` serves
 ``/tenant/oauth2/token``); the metadata document is also served where RFC 8414 §3 puts it
@@ -37,6 +42,7 @@ from authsvc.core.client_auth import client_credentials
 from authsvc.core.clients import Client
 from authsvc.core.errors import InvalidRequest, InvalidToken, OAuthError, UnauthorizedClient
 from authsvc.core.grants import ClientAuthMethod, TokenRequest
+from authsvc.core.revocation import REVOCATIONS_SCOPE, Revocation
 from authsvc.httpstatus import NO_STORE, HttpAnswer, token_error
 from authsvc.logsafe import loggable
 from authsvc.verify import Principal, TokenVerifier, verify_on_event_loop
@@ -140,6 +146,8 @@ class OAuthHttp:
         app.router.add_post(f"{p}/oauth2/token", self.token)
         app.router.add_post(f"{p}/oauth2/introspect", self.introspect)
         app.router.add_post(f"{p}/oauth2/revoke", self.revoke)
+        if self._feed is not None:
+            app.router.add_get(f"{p}/oauth2/revocations", self.revocation_list)
         app.router.add_get(f"{p}/.well-known/jwks.json", self.jwks)
         app.router.add_get(f"{p}/.well-known/oauth-authorization-server", self.metadata)
         if p:
@@ -224,6 +232,8 @@ class OAuthHttp:
             "introspection_endpoint_auth_methods_supported": methods,
             "revocation_endpoint_auth_methods_supported": methods,
         }
+        if self._feed is not None:  # not RFC 8414: authsvc's list for verifiers that poll
+            document["revocation_list_endpoint"] = self.url("/oauth2/revocations")
         return web.json_response(document, headers={"Cache-Control": f"public, max-age={self._jwks_max_age}"})
 
     async def introspect(self, request: web.Request) -> web.Response:
@@ -295,6 +305,41 @@ class OAuthHttp:
                 self._feed.notify()
         return web.Response(status=200, headers=dict(NO_STORE))
 
+    async def revocation_list(self, request: web.Request) -> web.Response:
+        """The revocation list, whole, for a verifier polling over HTTP (the sibling of
+        ``WatchRevocations``): only for a client holding ``authsvc:revocations``, authenticated
+        with Basic (a GET has no body), since the list reveals which clients were disabled and
+        which tokens stolen. 401 ``invalid_client`` without valid credentials, 403
+        ``unauthorized_client`` without the scope. The list is small by construction, so every
+        answer is the whole of it; the ``ETag`` is its sequence, and an ``If-None-Match`` that
+        names it is answered 304 (after authentication, like everything else)."""
+        assert self._feed is not None  # the route exists only with a feed
+        basic = "Authorization" in request.headers
+        client_id = ""
+        try:
+            client_id, secret, _ = client_credentials(
+                request.headers.getall("Authorization", []), client_id="", client_secret=""
+            )
+        except OAuthError as exc:
+            self._issuer.refused(client_id, exc)
+            return _answer(token_error(exc, basic=basic))
+        try:
+            client = await self._issuer.authenticate(client_id, secret)  # logs its refusals
+        except OAuthError as exc:
+            return _answer(token_error(exc, basic=basic))
+        if REVOCATIONS_SCOPE not in client.allowed_scopes:
+            refusal = UnauthorizedClient(f"reading the revocation list needs the scope {REVOCATIONS_SCOPE}")
+            self._issuer.refused(client_id, refusal)
+            answer = token_error(refusal, basic=basic)
+            return _answer(HttpAnswer(403, answer.body, answer.headers))
+        current = self._feed.set
+        etag = f'"{current.sequence}"'
+        headers = {**dict(NO_STORE), "ETag": etag}
+        if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
+            return web.Response(status=304, headers=headers)
+        body = {"sequence": current.sequence, "revocations": [_entry(e) for e in current.entries()]}
+        return web.json_response(body, headers=headers)
+
     def _revoked(self, principal: Principal) -> bool:
         feed = self._feed
         return feed is not None and feed.set.refuses(
@@ -305,3 +350,10 @@ class OAuthHttp:
         """The token's principal, never blocking the loop (the keys come from the keyring's memory;
         the rare fetch runs in the key cache's thread)."""
         return await verify_on_event_loop(self._introspection, token, where="introspection")
+
+
+def _entry(entry: Revocation) -> dict[str, object]:
+    """One entry of ``GET /oauth2/revocations``, as ``WatchRevocations`` carries it."""
+    if entry.jti is not None:
+        return {"jti": entry.jti, "expires_at": entry.expires_at}
+    return {"client_id": entry.client_id, "not_before": entry.not_before, "expires_at": entry.expires_at}
