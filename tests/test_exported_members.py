@@ -20,6 +20,7 @@ PUBLIC = {
         "GrpcJwksSource",
         "GrpcRevocationSource",
         "HttpJwksSource",
+        "HttpRevocationSource",
         "JwksCache",
         "JwksSource",
         "MethodPolicy",

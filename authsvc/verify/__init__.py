@@ -24,6 +24,11 @@ the scope ``authsvc:revocations``)::
     )
     verifier = TokenVerifier(issuer=..., audience="payments", jwks=keys, revocations=revocations)
 
+or, where only HTTP reaches the TokenService, polling its ``GET /oauth2/revocations``::
+
+    HttpRevocationSource("https://auth.example/oauth2/revocations", client_id="payments",
+                         client_secret=secret, poll_interval=5)
+
 Importable without the server or store packages.
 """
 
@@ -45,7 +50,12 @@ from authsvc.verify.principal import (
     http_bearer_token,
     verify_on_event_loop,
 )
-from authsvc.verify.revocations import GrpcRevocationSource, RevocationCache, RevocationSource
+from authsvc.verify.revocations import (
+    GrpcRevocationSource,
+    HttpRevocationSource,
+    RevocationCache,
+    RevocationSource,
+)
 from authsvc.verify.verifier import Principal, TokenVerifier
 
 __all__ = [
@@ -57,6 +67,7 @@ __all__ = [
     "GrpcJwksSource",
     "GrpcRevocationSource",
     "HttpJwksSource",
+    "HttpRevocationSource",
     "JwksCache",
     "JwksSource",
     "MethodPolicy",

@@ -4,7 +4,9 @@ A :class:`RevocationCache` holds one immutable :class:`~authsvc.core.revocation.
 swapped in whole, so a verification reads one consistent view in two dict lookups. A
 :class:`RevocationSource` feeds it: :class:`GrpcRevocationSource` keeps a ``WatchRevocations``
 stream open to the TokenService in a background thread, applies the snapshot (replace) and the
-numbered changes (merge) it sends, and after a disconnect resumes from the last sequence seen.
+numbered changes (merge) it sends, and after a disconnect resumes from the last sequence seen;
+:class:`HttpRevocationSource` polls the HTTP edge's ``GET /oauth2/revocations`` instead, where
+only HTTP reaches the TokenService, and applies each answer as a snapshot.
 
 Entries are dropped as time passes (an injected clock), once no token they refuse can still be
 accepted: ``keep_after_expiry`` seconds after their ``expires_at``, which covers the verifier's
@@ -23,20 +25,28 @@ Staleness is an explicit policy. The list is *stale* once no stream has worked f
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import math
 import random
+import ssl
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Sequence
+from http.client import HTTPResponse
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from authsvc.core.errors import InvalidToken, TemporarilyUnavailable
 from authsvc.core.ports import Clock, SystemClock
 from authsvc.core.revocation import Revocation, RevocationSet
+from authsvc.listen import is_loopback
 from authsvc.logsafe import loggable
-from authsvc.verify.jwks import _is_local
+from authsvc.verify.jwks import JwksFetchError, _is_local, _origin, _SameOriginRedirects
 
 if TYPE_CHECKING:
     import grpc
@@ -44,7 +54,9 @@ if TYPE_CHECKING:
 __all__ = [
     "REVOKED_MESSAGE",
     "GrpcRevocationSource",
+    "HttpRevocationSource",
     "RevocationCache",
+    "RevocationFetchError",
     "RevocationSink",
     "RevocationSource",
 ]
@@ -416,3 +428,277 @@ class GrpcRevocationSource:
             if self._channel is not None:
                 self._channel.close()
             self._channel = None
+
+
+class RevocationFetchError(Exception):
+    """A poll of the revocation list was refused or failed. The message is safe to log: it names
+    the URL (without its query) and what was wrong, never the body nor the credentials."""
+
+
+DEFAULT_POLL_INTERVAL = 5.0
+"""Seconds between two polls of ``GET /oauth2/revocations`` while it answers."""
+
+
+def revocation_of_json(item: object) -> Revocation:
+    """The entry one item of ``GET /oauth2/revocations`` carries; ValueError if it is malformed."""
+    if not isinstance(item, dict):
+        raise ValueError("a revocation entry is not an object")
+
+    def integer(name: str) -> int:
+        value = item.get(name)
+        if type(value) is not int or not 0 <= value < 2**63:
+            raise ValueError(f"a revocation entry has no valid {name}")
+        return value
+
+    def text(name: str) -> str:
+        value = item.get(name)
+        if not isinstance(value, str) or not 0 < len(value) <= 1024:
+            raise ValueError(f"a revocation entry has no valid {name}")
+        return value
+
+    if "jti" in item and "client_id" not in item:
+        return Revocation(expires_at=integer("expires_at"), jti=text("jti"))
+    if "client_id" in item and "jti" not in item:
+        return Revocation(
+            expires_at=integer("expires_at"), client_id=text("client_id"), not_before=integer("not_before")
+        )
+    raise ValueError("a revocation entry names neither a jti nor a client_id, or both")
+
+
+class HttpRevocationSource:
+    """The TokenService's revocation list polled over HTTP (``GET /oauth2/revocations``, which
+    the TokenService's metadata names ``revocation_list_endpoint``), in a background thread.
+
+    For a resource server that reaches the TokenService only over HTTP (its keys from the
+    ``jwks_uri``). Every ``poll_interval`` seconds (less up to a fifth, as jitter, so that many
+    verifiers do not poll in step) it asks for the list with ``If-None-Match``; a 200 is applied
+    as a snapshot (the list is small by construction and always sent whole), a 304 confirms the
+    list held. A revocation thus reaches this verifier within one poll interval (plus the
+    TokenService's one-second tick), not at once as over ``WatchRevocations``.
+
+    The caller authenticates as a registered client holding the scope ``authsvc:revocations``,
+    with ``Authorization: Basic`` (RFC 6749 §2.3.1: id and secret form-urlencoded, then joined).
+    Since that header carries the secret, the URL must be ``https://`` (certificate and host name
+    verified against the system's trust store, ``ca_file``, or your verifying ``ssl_context``);
+    ``http://`` only to a loopback host, unless ``allow_plaintext`` says a trusted mesh provides
+    the transport security. Standard library only; environment proxies are not used; a redirect
+    is followed only within the same origin (scheme, host and port). Answers: a JSON 200 of at
+    most ``max_bytes``, or a 304; anything else is a failed poll.
+
+    A failed poll (refused credentials, a missing scope, an unreachable server, a body too large
+    or malformed) keeps the list last applied and tells the cache the source is down: its
+    staleness policy counts from the first failed poll (at most one interval after the last
+    good answer). Failures are retried with exponential backoff (from ``poll_interval``,
+    doubling up to ``max_backoff``, jittered between half and all of it); a refusal is logged
+    when it first happens, never the secret.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        client_id: str,
+        client_secret: str,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        timeout: float = 2.0,
+        ca_file: str | Path | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        allow_plaintext: bool = False,
+        max_bytes: int = 1024 * 1024,
+        max_backoff: float = 60.0,
+        jitter: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        if not client_id or not client_secret:
+            raise ValueError("client_id and client_secret are required to read the revocation list")
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("https", "http") or not parts.hostname:
+            raise ValueError("the revocation list URL must be an absolute https:// URL")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("the revocation list URL must not carry credentials")
+        if parts.fragment:
+            raise ValueError("the revocation list URL must not have a fragment")
+        if not (math.isfinite(poll_interval) and 0 < poll_interval <= 3600):
+            raise ValueError("poll_interval must be between 0 and 3600 seconds")
+        if not (math.isfinite(max_backoff) and max_backoff > 0):
+            raise ValueError("max_backoff must be a positive number of seconds")
+        if not 0 < timeout <= 300 or max_bytes < 1:
+            raise ValueError("timeout or max_bytes is out of range")
+        if ca_file is not None and ssl_context is not None:
+            raise ValueError("give ca_file or ssl_context, not both")
+        if parts.scheme == "http":
+            if ca_file is not None or ssl_context is not None:
+                raise ValueError("ca_file and ssl_context need an https:// revocation list URL")
+            if not allow_plaintext and not is_loopback(parts.hostname):
+                raise ValueError(
+                    f"refusing to send client credentials to {parts.scheme}://{parts.netloc} without "
+                    "TLS: use https://, or allow_plaintext=True inside a trusted mesh"
+                )
+        if ssl_context is None:
+            ssl_context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+            ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+        elif ssl_context.verify_mode != ssl.CERT_REQUIRED or not ssl_context.check_hostname:
+            raise ValueError("ssl_context must verify the TokenService's certificate and host name")
+        self.url = url
+        self.client_id = client_id
+        self._authorization = basic_authorization(client_id, client_secret)
+        self._where = urllib.parse.urlunsplit(parts._replace(query=""))
+        self.poll_interval = poll_interval
+        self._timeout = timeout
+        self._max_bytes = max_bytes
+        self._max_backoff = max(max_backoff, poll_interval)
+        self._jitter = jitter
+        self._opener = urllib.request.OpenerDirector()
+        for handler in (
+            urllib.request.ProxyHandler({}),  # never the environment's proxies
+            urllib.request.HTTPHandler(),
+            urllib.request.HTTPSHandler(context=ssl_context),
+            _SameOriginRedirects(_origin(parts), self._where),
+            urllib.request.HTTPDefaultErrorHandler(),  # any other non-2xx answer raises HTTPError
+            urllib.request.HTTPErrorProcessor(),
+        ):
+            self._opener.add_handler(handler)
+        self._etag: str | None = None  # of the last answer applied
+        self._sequence = 0
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.polls = 0
+        """Polls made so far."""
+        self.last_error: str | None = None
+        """Why the last poll failed (safe to log), or None after one that worked."""
+
+    def __repr__(self) -> str:  # never the secret
+        return f"HttpRevocationSource({self._where!r}, client_id={self.client_id!r})"
+
+    def subscribe(self, sink: RevocationSink) -> None:
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("an HttpRevocationSource feeds one cache")
+            self._thread = threading.Thread(
+                target=self._poll_loop, args=(sink,), name="authsvc-revocations-poll", daemon=True
+            )
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop polling (a poll in flight ends within ``timeout``); the cache keeps its list."""
+        self._closed.set()
+
+    def _poll_loop(self, sink: RevocationSink) -> None:
+        backoff = self.poll_interval
+        while not self._closed.is_set():
+            if self.poll_once(sink):
+                backoff = self.poll_interval
+                wait = self._jitter(0.8 * self.poll_interval, self.poll_interval)
+            else:
+                wait = self._jitter(backoff / 2, backoff)
+                backoff = min(self._max_backoff, backoff * 2)
+            self._closed.wait(max(wait, 0.0))
+
+    def poll_once(self, sink: RevocationSink) -> bool:
+        """One poll, applied to ``sink``; True if it worked. The background thread calls it;
+        tests may too, on a source that was never subscribed."""
+        if self._closed.is_set():
+            return False
+        self.polls += 1
+        try:
+            answer = self._fetch()
+            if answer is None:  # 304: the list held is current
+                sink.apply(snapshot=False, sequence=self._sequence, entries=())
+            else:
+                etag, sequence, entries = answer
+                sink.apply(snapshot=True, sequence=sequence, entries=entries)
+                self._etag, self._sequence = etag, sequence
+        except Exception as exc:
+            self._failed(exc)
+            sink.stream_down()
+            return False
+        if self.last_error is not None:
+            log.info("the revocation list at %s answers again", self._where)
+        self.last_error = None
+        return True
+
+    def _failed(self, exc: Exception) -> None:
+        if isinstance(exc, RevocationFetchError | JwksFetchError):
+            why = str(exc)
+        elif isinstance(exc, urllib.error.URLError):
+            why = f"{self._where} is unreachable ({loggable(str(exc.reason), 128)})"
+        else:
+            why = f"{self._where} failed ({type(exc).__name__})"
+        # say so when the reason changes; retries of the same failure stay at debug level
+        level = logging.WARNING if why != self.last_error else logging.DEBUG
+        log.log(level, "revocation list poll failed: %s; keeping the list held, retrying with backoff", why)
+        self.last_error = why
+
+    def _fetch(self) -> tuple[str | None, int, list[Revocation]] | None:
+        """``(etag, sequence, entries)`` of a 200, or None for a 304; raises on anything else."""
+        deadline = time.monotonic() + self._timeout
+        request = urllib.request.Request(  # noqa: S310 - the scheme is checked: https, or http as allowed
+            self.url,
+            headers={
+                "Accept": "application/json",
+                "User-Agent": "authsvc-verify",
+                "Authorization": self._authorization,
+            },
+        )
+        if self._etag is not None:
+            request.add_header("If-None-Match", self._etag)
+        try:
+            response = self._opener.open(request, timeout=self._timeout)
+        except urllib.error.HTTPError as err:
+            with err:
+                if err.code == 304 and self._etag is not None:
+                    return None
+                if err.code in (401, 403):
+                    raise RevocationFetchError(
+                        f"{self._where} refused client {loggable(self.client_id)} (HTTP {err.code}): check "
+                        "the client id, its secret and the scope authsvc:revocations"
+                    ) from None
+                raise RevocationFetchError(f"{self._where} answered HTTP {err.code}") from None
+        with response:
+            if response.status != 200:
+                raise RevocationFetchError(f"{self._where} answered HTTP {response.status}")
+            headers = response.headers
+            media_type = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if media_type != "application/json":
+                raise RevocationFetchError(f"{self._where} answered {loggable(media_type)}, not JSON")
+            if (headers.get("Content-Encoding") or "identity").strip().lower() != "identity":
+                raise RevocationFetchError(f"{self._where} answered an encoded body")
+            length = headers.get("Content-Length")
+            if length is not None and length.strip().isdigit() and int(length) > self._max_bytes:
+                raise RevocationFetchError(f"{self._where} answered more than {self._max_bytes} bytes")
+            body = self._read(response, deadline)
+            etag = headers.get("ETag")
+        sequence, entries = self._parse(body)
+        return (etag if etag and len(etag) <= 64 and etag.isprintable() else None), sequence, entries
+
+    def _read(self, response: HTTPResponse, deadline: float) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            if time.monotonic() > deadline:
+                raise RevocationFetchError(f"{self._where} took longer than {self._timeout:g}s to answer")
+            # read1: one socket read at most, so a server dripping bytes meets the deadline
+            chunk = response.read1(min(65536, self._max_bytes + 1 - size))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise RevocationFetchError(f"{self._where} answered more than {self._max_bytes} bytes")
+
+    def _parse(self, body: bytes) -> tuple[int, list[Revocation]]:
+        try:
+            document = json.loads(body.decode("utf-8"))
+        except ValueError as exc:
+            raise RevocationFetchError(f"{self._where} answered a body that is not JSON") from exc
+        sequence = document.get("sequence") if isinstance(document, dict) else None
+        items = document.get("revocations") if isinstance(document, dict) else None
+        if type(sequence) is not int or not 0 <= sequence < 2**63 or not isinstance(items, list):
+            raise RevocationFetchError(f"{self._where} answered JSON that is not a revocation list")
+        entries: list[Revocation] = []
+        for item in items:
+            try:
+                entries.append(revocation_of_json(item))
+            except ValueError as exc:
+                log.warning("ignoring a revocation entry from %s: %s", self._where, exc)
+        return sequence, entries
