@@ -27,6 +27,7 @@ from authsvc.verify import (
     GrpcJwksSource,
     GrpcRevocationSource,
     HttpJwksSource,
+    HttpRevocationSource,
     JwksCache,
     RevocationCache,
     TokenVerifier,
@@ -97,6 +98,10 @@ class PaymentsConfig:
     client_secret: str | None = field(default=None, repr=False)
     revocations_max_staleness: float = 60.0
     revocations_fail_closed: bool = False
+    # the list over HTTP (GET /oauth2/revocations) instead of WatchRevocations: given, or by
+    # default with jwks_url, at the jwks_uri's origin (see revocations_url())
+    revocations_url: str | None = None
+    revocations_poll_interval: float = 5.0
     max_message_bytes: int = 64 * 1024
     max_metadata_bytes: int = 16 * 1024
     # PostgreSQL (shared by several replicas) instead of SQLite in data_dir; may hold a password
@@ -142,8 +147,28 @@ class PaymentsConfig:
             )
         if (self.client_id is None) != (self.client_secret is None) or self.client_id == "":
             raise ConfigurationError("--client-id and --client-secret-file go together")
+        if self.revocations_url is not None and self.client_id is None:
+            raise ConfigurationError("--revocations-url needs the list's reader: give --client-id")
+        if (
+            not math.isfinite(self.revocations_poll_interval)
+            or not 0 < self.revocations_poll_interval <= 3600
+        ):
+            raise ConfigurationError("--revocations-poll-interval must be between 0 and 3600 seconds")
+        list_url = revocations_url(self)
+        if list_url is not None:
+            url = urlsplit(list_url)
+            plain_ok = self.insecure_token_service or is_loopback((url.hostname or "").strip("[]"))
+            if (
+                url.scheme not in ("https", "http")
+                or not url.hostname
+                or (url.scheme == "http" and not plain_ok)
+            ):
+                raise ConfigurationError(
+                    f"refusing to send the client secret to {list_url}: give an https:// URL "
+                    "(http only to loopback, or with --insecure-token-service inside a trusted mesh)"
+                )
         plaintext = self.token_service_ca is None and not self.insecure_token_service
-        if self.client_id is not None and plaintext and not is_loopback(host):
+        if self.client_id is not None and list_url is None and plaintext and not is_loopback(host):
             raise ConfigurationError(
                 f"refusing to send the client secret to {self.token_service} in plaintext: "
                 "give --token-service-ca, or --insecure-token-service inside a trusted mesh"
@@ -190,9 +215,24 @@ def key_source(config: PaymentsConfig) -> str:
     return config.jwks_url or config.token_service
 
 
+def revocations_url(config: PaymentsConfig) -> str | None:
+    """Where the revocation list is polled over HTTP: ``revocations_url`` if given; else, with a
+    client registration and keys from a ``jwks_url``, that URL's origin + ``/oauth2/revocations``;
+    None when the list comes from WatchRevocations on ``token_service`` (or not at all)."""
+    if config.client_id is None:
+        return None
+    if config.revocations_url is not None:
+        return config.revocations_url
+    if config.jwks_url is None:
+        return None
+    url = urlsplit(config.jwks_url)
+    return f"{url.scheme}://{url.netloc}/oauth2/revocations"
+
+
 def build_verifier(config: PaymentsConfig) -> TokenVerifier:
-    """Keys from the jwks_uri or the TokenService; the revocation list from the TokenService's
-    WatchRevocations when the config has the resource server's own client registration."""
+    """Keys from the jwks_uri or the TokenService; the revocation list, when the config has the
+    resource server's own client registration, polled over HTTP beside a jwks_uri (or at
+    ``revocations_url``), else from the TokenService's WatchRevocations."""
 
     def credentials() -> grpc.ChannelCredentials | None:
         if config.token_service_ca is None:
@@ -210,7 +250,21 @@ def build_verifier(config: PaymentsConfig) -> TokenVerifier:
         )
         cache = JwksCache(source, max_age=config.jwks_max_age, cooldown=config.jwks_cooldown)
     revocations = None
-    if config.client_id is not None and config.client_secret is not None:
+    list_url = revocations_url(config)
+    if list_url is not None and config.client_id is not None and config.client_secret is not None:
+        revocations = RevocationCache(
+            HttpRevocationSource(
+                list_url,
+                client_id=config.client_id,
+                client_secret=config.client_secret,
+                poll_interval=config.revocations_poll_interval,
+                ca_file=config.token_service_ca if list_url.startswith("https:") else None,
+                allow_plaintext=config.insecure_token_service,
+            ),
+            max_staleness=config.revocations_max_staleness,
+            fail_closed=config.revocations_fail_closed,
+        )
+    elif config.client_id is not None and config.client_secret is not None:
         revocations = RevocationCache(
             GrpcRevocationSource(
                 config.token_service,

@@ -82,7 +82,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "PAYMENTS_CLIENT_ID",
         None,
         "this resource server's own client at the TokenService (scope authsvc:revocations), used only to "
-        "read the revocation list (WatchRevocations on --token-service; TLS with --token-service-ca); "
+        "read the revocation list (WatchRevocations on --token-service, or over HTTP with --jwks-url: "
+        "see --revocations-url; TLS with --token-service-ca); "
         "without it tokens are verified without the list",
     )
     opt(
@@ -91,6 +92,20 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         None,
         "file holding that client's secret, read once at start-up",
         type=Path,
+    )
+    opt(
+        "--revocations-url",
+        "PAYMENTS_REVOCATIONS_URL",
+        None,
+        "poll the revocation list over HTTP here (https://…/oauth2/revocations; http only to loopback) "
+        "instead of WatchRevocations; default with --jwks-url: its origin + /oauth2/revocations",
+    )
+    opt(
+        "--revocations-poll-interval",
+        "PAYMENTS_REVOCATIONS_POLL_INTERVAL",
+        "5",
+        "seconds between two polls of --revocations-url",
+        type=float,
     )
     opt(
         "--revocations-max-staleness",
@@ -183,6 +198,8 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             client_secret=secret,
             revocations_max_staleness=args.revocations_max_staleness,
             revocations_fail_closed=args.revocations_fail_closed,
+            revocations_url=args.revocations_url,
+            revocations_poll_interval=args.revocations_poll_interval,
             limits=connection_limits_from(args),
         )
         asyncio.run(serve(config))

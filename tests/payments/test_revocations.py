@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,14 @@ import grpc
 import pytest
 
 from authsvc.core.errors import ConfigurationError
-from payments_svc.app import PaymentsConfig, RunningPayments, build_verifier, read_client_secret
+from authsvc.verify import HttpRevocationSource
+from payments_svc.app import (
+    PaymentsConfig,
+    RunningPayments,
+    build_verifier,
+    read_client_secret,
+    revocations_url,
+)
 from payments_svc.app import start_server as start_payments
 from payments_svc.cli import build_parser, main
 from payments_svc.v1 import payments_pb2, payments_pb2_grpc
@@ -184,12 +192,21 @@ def test_a_secret_file_that_is_a_directory_is_a_clean_error(tmp_path: Path) -> N
         {"revocations_fail_closed": True},
         {"client_id": RS_ID, "client_secret": RS_SECRET, "revocations_max_staleness": 0},
         {"client_id": RS_ID, "client_secret": RS_SECRET, "revocations_max_staleness": float("inf")},
-        # keys from an https jwks_uri, but the secret would go to the TokenService in plaintext
+        # keys from an https jwks_uri, but the secret would go to the list in plaintext
         {
             "client_id": RS_ID,
             "client_secret": RS_SECRET,
             "token_service": "auth.example.com:50051",
             "jwks_url": "https://auth.example.com/.well-known/jwks.json",
+            "revocations_url": "http://auth.example.com/oauth2/revocations",
+        },
+        {"revocations_url": "https://auth.example.com/oauth2/revocations"},
+        {"client_id": RS_ID, "client_secret": RS_SECRET, "revocations_poll_interval": 0},
+        {"client_id": RS_ID, "client_secret": RS_SECRET, "revocations_poll_interval": float("nan")},
+        {
+            "client_id": RS_ID,
+            "client_secret": RS_SECRET,
+            "revocations_url": "ftp://auth.example.com/oauth2/revocations",
         },
     ],
     ids=[
@@ -200,6 +217,10 @@ def test_a_secret_file_that_is_a_directory_is_a_clean_error(tmp_path: Path) -> N
         "zero-staleness",
         "inf-staleness",
         "plain",
+        "url-without-client",
+        "zero-poll",
+        "nan-poll",
+        "not-http",
     ],
 )
 def test_inconsistent_revocation_settings_are_refused(tmp_path: Path, kw: dict[str, Any]) -> None:
@@ -216,3 +237,59 @@ def test_the_secret_never_shows_in_the_config_repr() -> None:
 def test_cli_id_without_secret_file_is_a_clean_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--client-id", RS_ID], env={}) == 1
     assert "go together" in capsys.readouterr().err
+
+
+def test_with_a_jwks_url_the_list_is_polled_at_its_origin_over_http(tmp_path: Path) -> None:
+    """Keys from a jwks_uri: the list comes from the same origin's /oauth2/revocations over HTTPS,
+    so the secret never goes to --token-service (which may not even be reachable)."""
+    config = config_for(
+        tmp_path,
+        "127.0.0.1:9",
+        client_id=RS_ID,
+        client_secret=RS_SECRET,
+        jwks_url="https://auth.example.com:8443/tenant/.well-known/jwks.json",
+        revocations_poll_interval=2.5,
+    )
+    assert revocations_url(config) == "https://auth.example.com:8443/oauth2/revocations"
+    explicit = replace(config, revocations_url="https://lists.example.com/oauth2/revocations")
+    assert revocations_url(explicit) == "https://lists.example.com/oauth2/revocations"
+    assert revocations_url(replace(config, jwks_url=None)) is None  # WatchRevocations
+    assert revocations_url(replace(config, client_id=None, client_secret=None)) is None
+    source = _source_of(config)
+    assert isinstance(source, HttpRevocationSource)
+    assert source.url == "https://auth.example.com:8443/oauth2/revocations"
+    assert source.poll_interval == 2.5
+    assert RS_SECRET not in repr(source)
+
+
+def _source_of(config: PaymentsConfig) -> object:
+    verifier = build_verifier(config)
+    try:
+        assert verifier.revocations is not None
+        return verifier.revocations.source
+    finally:
+        verifier.close()
+
+
+def test_the_revocations_url_flags_and_environment_reach_the_config() -> None:
+    env = {
+        "PAYMENTS_REVOCATIONS_URL": "https://auth.example.com/oauth2/revocations",
+        "PAYMENTS_REVOCATIONS_POLL_INTERVAL": "1.5",
+    }
+    args = build_parser(env).parse_args(["serve"])
+    assert (args.revocations_url, args.revocations_poll_interval) == (env["PAYMENTS_REVOCATIONS_URL"], 1.5)
+    flags = build_parser({}).parse_args(
+        [
+            "serve",
+            "--revocations-url",
+            "https://a.example/list",
+            "--revocations-poll-interval",
+            "3",
+        ]
+    )
+    assert (flags.revocations_url, flags.revocations_poll_interval) == (
+        "https://a.example/list",
+        3.0,
+    )
+    defaults = build_parser({}).parse_args(["serve"])
+    assert (defaults.revocations_url, defaults.revocations_poll_interval) == (None, 5.0)
