@@ -15,11 +15,14 @@ import grpc
 import jwt
 import psycopg
 import pytest
+import requests
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from authsvc.core.errors import InvalidToken
 from authsvc.server.app import RunningServer, open_authority, start_server
 from authsvc.v1 import token_pb2, token_pb2_grpc
+from authsvc.verify import GrpcJwksSource, GrpcRevocationSource, RevocationCache, TokenVerifier
 from tests.conftest import KEK, serve_config
 from tests.helpers import Command, ServerThread, authsvc_cli, create_client
 from tests.pg import ADMIN_URL
@@ -66,6 +69,8 @@ def replicas(pg_url: str, tmp_path: Path) -> Iterator[tuple[Command, Command, st
         "serve",
         "--listen",
         "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
         "--key-publish-delay",
         "2",
         "--jwks-max-age",
@@ -79,6 +84,40 @@ def replicas(pg_url: str, tmp_path: Path) -> Iterator[tuple[Command, Command, st
         for replica in (a, b):
             if replica.proc.poll() is None:
                 replica.terminate()
+
+
+def test_a_revocation_through_one_replica_reaches_a_verifier_fed_by_the_other(
+    replicas: tuple[Command, Command, str, dict[str, str]],
+) -> None:
+    """RFC 7009 revoke at replica A; a verifier watching replica B's WatchRevocations refuses the
+    token: the list lives in the shared database, and B's feed reads it every second."""
+    a, b, secret, env = replicas
+    reader = create_client(env, "payments-rs", "authsvc:revocations", audience="authsvc")
+    revocations = RevocationCache(
+        GrpcRevocationSource(b.target, client_id="payments-rs", client_secret=reader), max_staleness=60
+    )
+    verifier = TokenVerifier(
+        issuer="https://authsvc.local", audience="a", jwks=GrpcJwksSource(b.target), revocations=revocations
+    )
+    try:
+        assert revocations.wait_for(timeout=10), "no snapshot of the list from replica B"
+        token, other = issue(a.target, secret), issue(a.target, secret)
+        assert verifier.verify(token).client_id == "shop"  # and now cached
+        answer = requests.post(
+            a.http_url + "/oauth2/revoke", data={"token": token}, auth=("shop", secret), timeout=10
+        )
+        assert answer.status_code == 200
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                verifier.verify(token)
+            except InvalidToken:
+                break
+            assert time.monotonic() < deadline, "replica B's watchers never heard of the revocation"
+            time.sleep(0.1)
+        assert verifier.verify(other).client_id == "shop", "another token of the client still verifies"
+    finally:
+        verifier.close()
 
 
 def test_two_replicas_share_key_jwks_and_rotation_and_survive_each_other(
