@@ -21,6 +21,7 @@ import requests
 
 from authsvc.server.app import RunningServer, open_authority, start_server
 from authsvc.v1 import token_pb2, token_pb2_grpc
+from authsvc.verify import HttpRevocationSource
 from payments_svc.app import PaymentsConfig, RunningPayments
 from payments_svc.app import start_server as start_payments
 from payments_svc.v1 import payments_pb2, payments_pb2_grpc
@@ -197,3 +198,70 @@ def test_watch_revocations_needs_a_client_with_the_scope(world: World) -> None:
     )
     reader = world.auth.register("reader", scopes=("authsvc:revocations",), audiences=("authsvc",))
     assert _watch(world, basic(reader.client_id, reader.secret)) == (grpc.StatusCode.OK, "")
+
+
+# -- the list polled over HTTP: keys from the jwks_uri, the list from /oauth2/revocations ------
+
+HTTP_POLL = 0.2  # the PaymentService's poll interval here: a revocation lands within a few of them
+
+
+@pytest.fixture
+def http_world(tmp_path: Path) -> Iterator[World]:
+    """A PaymentService that reaches the TokenService only over HTTP: ``jwks_url`` and its own
+    client, so it polls the list at the jwks_uri's origin (no ``revocations_url`` given); its
+    ``token_service`` points nowhere."""
+    data = tmp_path / "auth"
+    config = serve_config(data, http_listen="127.0.0.1:0")
+    auth_thread: ServerThread[RunningServer] = ServerThread(
+        lambda: start_server(config, authority=open_authority(config))
+    )
+    auth = TokenServer(auth_thread.start(), config, auth_thread)
+    verifier_client = auth.register("payments-rs", scopes=("authsvc:revocations",), audiences=("authsvc",))
+    pconfig = PaymentsConfig(
+        data_dir=tmp_path / "pay",
+        listen="127.0.0.1:0",
+        token_service="127.0.0.1:9",  # nothing there: keys and list both come over HTTP
+        jwks_url=auth.http_url + "/.well-known/jwks.json",
+        issuer=ISSUER,
+        client_id=verifier_client.client_id,
+        client_secret=verifier_client.secret,
+        revocations_poll_interval=HTTP_POLL,
+    )
+    pay_thread: ServerThread[RunningPayments] = ServerThread(lambda: start_payments(pconfig))
+    payments = pay_thread.start()
+    env = {**os.environ, "AUTHSVC_DATA_DIR": str(data), "AUTHSVC_KEK": KEK}
+    try:
+        yield World(auth, payments, env)
+    finally:
+        pay_thread.stop(grace=0)
+        auth_thread.stop(grace=0)
+
+
+def test_tokens_revoke_reaches_a_payment_service_polling_over_http(http_world: World) -> None:
+    revocations = http_world.payments.verifier.revocations
+    assert revocations is not None and revocations.has_list  # read before serving
+    assert isinstance(revocations.source, HttpRevocationSource)
+    client = shop(http_world)
+    stolen, other = http_world.token(client), http_world.token(client)
+    assert http_world.list_payments(stolen) == (grpc.StatusCode.OK, "")  # verified, and now cached
+    jti = jwt.decode(stolen, options={"verify_signature": False})["jti"]
+    authsvc_cli("tokens", "revoke", "--jti", jti, env=http_world.env)
+    took = http_world.refused_within(stolen)
+    assert http_world.list_payments(other) == (grpc.StatusCode.OK, ""), "another token still pays"
+    assert revocations.source.last_error is None
+    print(f"tokens revoke took {took:.2f} s to reach the PaymentService polling every {HTTP_POLL} s")
+
+
+def test_rfc7009_revoke_reaches_a_payment_service_polling_over_http(http_world: World) -> None:
+    client = shop(http_world)
+    token, other = http_world.token(client), http_world.token(client)
+    assert http_world.list_payments(token) == (grpc.StatusCode.OK, "")
+    answer = requests.post(
+        http_world.auth.http_url + "/oauth2/revoke",
+        data={"token": token},
+        auth=(client.client_id, client.secret),
+        timeout=TIMEOUT,
+    )
+    assert answer.status_code == 200
+    http_world.refused_within(token)
+    assert http_world.list_payments(other) == (grpc.StatusCode.OK, "")
