@@ -217,8 +217,10 @@ def key_source(config: PaymentsConfig) -> str:
 
 def revocations_url(config: PaymentsConfig) -> str | None:
     """Where the revocation list is polled over HTTP: ``revocations_url`` if given; else, with a
-    client registration and keys from a ``jwks_url``, that URL's origin + ``/oauth2/revocations``;
-    None when the list comes from WatchRevocations on ``token_service`` (or not at all)."""
+    client registration and keys from a ``jwks_url``, beside it: the jwks_uri's
+    ``/.well-known/jwks.json`` replaced by ``/oauth2/revocations`` (so an issuer with a path keeps
+    it), or the origin + ``/oauth2/revocations`` for another jwks path; None when the list comes
+    from WatchRevocations on ``token_service`` (or not at all)."""
     if config.client_id is None:
         return None
     if config.revocations_url is not None:
@@ -226,7 +228,10 @@ def revocations_url(config: PaymentsConfig) -> str | None:
     if config.jwks_url is None:
         return None
     url = urlsplit(config.jwks_url)
-    return f"{url.scheme}://{url.netloc}/oauth2/revocations"
+    prefix = (
+        url.path.removesuffix("/.well-known/jwks.json") if url.path.endswith("/.well-known/jwks.json") else ""
+    )
+    return f"{url.scheme}://{url.netloc}{prefix}/oauth2/revocations"
 
 
 def build_verifier(config: PaymentsConfig) -> TokenVerifier:

@@ -250,14 +250,17 @@ def test_with_a_jwks_url_the_list_is_polled_at_its_origin_over_http(tmp_path: Pa
         jwks_url="https://auth.example.com:8443/tenant/.well-known/jwks.json",
         revocations_poll_interval=2.5,
     )
-    assert revocations_url(config) == "https://auth.example.com:8443/oauth2/revocations"
+    # beside the jwks_uri: an issuer with a path (/tenant) serves both under it
+    assert revocations_url(config) == "https://auth.example.com:8443/tenant/oauth2/revocations"
+    elsewhere = replace(config, jwks_url="https://keys.example.com/jwks")
+    assert revocations_url(elsewhere) == "https://keys.example.com/oauth2/revocations"
     explicit = replace(config, revocations_url="https://lists.example.com/oauth2/revocations")
     assert revocations_url(explicit) == "https://lists.example.com/oauth2/revocations"
     assert revocations_url(replace(config, jwks_url=None)) is None  # WatchRevocations
     assert revocations_url(replace(config, client_id=None, client_secret=None)) is None
     source = _source_of(config)
     assert isinstance(source, HttpRevocationSource)
-    assert source.url == "https://auth.example.com:8443/oauth2/revocations"
+    assert source.url == "https://auth.example.com:8443/tenant/oauth2/revocations"
     assert source.poll_interval == 2.5
     assert RS_SECRET not in repr(source)
 
