@@ -98,7 +98,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "PAYMENTS_REVOCATIONS_URL",
         None,
         "poll the revocation list over HTTP here (https://…/oauth2/revocations; http only to loopback) "
-        "instead of WatchRevocations; default with --jwks-url: beside it (…/.well-known/jwks.json → …/oauth2/revocations)",
+        "instead of WatchRevocations; default with --jwks-url: beside it "
+        "(…/.well-known/jwks.json becomes …/oauth2/revocations)",
     )
     opt(
         "--revocations-poll-interval",
