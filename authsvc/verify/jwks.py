@@ -282,6 +282,45 @@ class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+def checked_url(
+    url: str,
+    *,
+    what: str,
+    ca_file: str | Path | None,
+    ssl_context: ssl.SSLContext | None,
+    allow_plaintext: bool,
+    refusal: str,
+) -> tuple[urllib.parse.SplitResult, ssl.SSLContext]:
+    """The parts of ``url`` and the TLS context to fetch it with, for every HTTP source of the
+    verifier: an absolute https:// URL without credentials or fragment, or http:// to a loopback
+    host (or anywhere with ``allow_plaintext``, inside a trusted mesh); a given ``ssl_context`` must
+    verify certificate and host name. ``refusal`` (with ``{origin}``) says why plaintext is refused."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{what} must be an absolute https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{what} must not carry credentials")
+    if parts.fragment:
+        raise ValueError(f"{what} must not have a fragment")
+    if ca_file is not None and ssl_context is not None:
+        raise ValueError("give ca_file or ssl_context, not both")
+    if parts.scheme == "http":
+        if ca_file is not None or ssl_context is not None:
+            raise ValueError(f"ca_file and ssl_context need an https:// URL for {what}")
+        if not allow_plaintext and not is_loopback(parts.hostname):
+            origin = f"{parts.scheme}://{parts.netloc}"
+            raise ValueError(
+                refusal.format(origin=origin)
+                + ": use https://, or allow_plaintext=True inside a trusted mesh"
+            )
+    if ssl_context is None:
+        ssl_context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
+        ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
+    elif ssl_context.verify_mode != ssl.CERT_REQUIRED or not ssl_context.check_hostname:
+        raise ValueError("ssl_context must verify the server's certificate and host name")
+    return parts, ssl_context
+
+
 class HttpJwksSource:
     """The issuer's keys from its ``jwks_uri`` (RFC 8414 §2, RFC 7517 §5) over HTTPS.
 
@@ -323,30 +362,16 @@ class HttpJwksSource:
         max_bytes: int = 512 * 1024,
         min_max_age: float = MIN_HTTP_MAX_AGE,
     ) -> None:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ValueError("the JWKS URL must be an absolute https:// URL")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("the JWKS URL must not carry credentials")
-        if parts.fragment:
-            raise ValueError("the JWKS URL must not have a fragment")
         if not 0 < timeout <= 300 or max_bytes < 1 or min_max_age < 0:
             raise ValueError("timeout, max_bytes or min_max_age is out of range")
-        if ca_file is not None and ssl_context is not None:
-            raise ValueError("give ca_file or ssl_context, not both")
-        if parts.scheme == "http":
-            if ca_file is not None or ssl_context is not None:
-                raise ValueError("ca_file and ssl_context need an https:// JWKS URL")
-            if not allow_plaintext and not is_loopback(parts.hostname):
-                raise ValueError(
-                    f"refusing to fetch signing keys from {parts.scheme}://{parts.netloc} without TLS: "
-                    "use https://, or allow_plaintext=True inside a trusted mesh"
-                )
-        if ssl_context is None:
-            ssl_context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
-            ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
-        elif ssl_context.verify_mode != ssl.CERT_REQUIRED or not ssl_context.check_hostname:
-            raise ValueError("ssl_context must verify the issuer's certificate and host name")
+        parts, ssl_context = checked_url(
+            url,
+            what="the JWKS URL",
+            ca_file=ca_file,
+            ssl_context=ssl_context,
+            allow_plaintext=allow_plaintext,
+            refusal="refusing to fetch signing keys from {origin} without TLS",
+        )
         self.url = url
         self._where = urllib.parse.urlunsplit(parts._replace(query=""))  # a query may hold a key
         self._origin = _origin(parts)

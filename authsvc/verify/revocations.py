@@ -44,9 +44,8 @@ from urllib.parse import quote
 from authsvc.core.errors import InvalidToken, TemporarilyUnavailable
 from authsvc.core.ports import Clock, SystemClock
 from authsvc.core.revocation import Revocation, RevocationSet
-from authsvc.listen import is_loopback
 from authsvc.logsafe import loggable
-from authsvc.verify.jwks import JwksFetchError, _is_local, _origin, _SameOriginRedirects
+from authsvc.verify.jwks import JwksFetchError, _is_local, _origin, _SameOriginRedirects, checked_url
 
 if TYPE_CHECKING:
     import grpc
@@ -510,34 +509,20 @@ class HttpRevocationSource:
     ) -> None:
         if not client_id or not client_secret:
             raise ValueError("client_id and client_secret are required to read the revocation list")
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ValueError("the revocation list URL must be an absolute https:// URL")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("the revocation list URL must not carry credentials")
-        if parts.fragment:
-            raise ValueError("the revocation list URL must not have a fragment")
         if not (math.isfinite(poll_interval) and 0 < poll_interval <= 3600):
             raise ValueError("poll_interval must be between 0 and 3600 seconds")
         if not (math.isfinite(max_backoff) and max_backoff > 0):
             raise ValueError("max_backoff must be a positive number of seconds")
         if not 0 < timeout <= 300 or max_bytes < 1:
             raise ValueError("timeout or max_bytes is out of range")
-        if ca_file is not None and ssl_context is not None:
-            raise ValueError("give ca_file or ssl_context, not both")
-        if parts.scheme == "http":
-            if ca_file is not None or ssl_context is not None:
-                raise ValueError("ca_file and ssl_context need an https:// revocation list URL")
-            if not allow_plaintext and not is_loopback(parts.hostname):
-                raise ValueError(
-                    f"refusing to send client credentials to {parts.scheme}://{parts.netloc} without "
-                    "TLS: use https://, or allow_plaintext=True inside a trusted mesh"
-                )
-        if ssl_context is None:
-            ssl_context = ssl.create_default_context(cafile=None if ca_file is None else str(ca_file))
-            ssl_context.minimum_version = ssl.TLSVersion.TLSv1_2
-        elif ssl_context.verify_mode != ssl.CERT_REQUIRED or not ssl_context.check_hostname:
-            raise ValueError("ssl_context must verify the TokenService's certificate and host name")
+        parts, ssl_context = checked_url(
+            url,
+            what="the revocation list URL",
+            ca_file=ca_file,
+            ssl_context=ssl_context,
+            allow_plaintext=allow_plaintext,
+            refusal="refusing to send client credentials to {origin} without TLS",
+        )
         self.url = url
         self.client_id = client_id
         self._authorization = basic_authorization(client_id, client_secret)
