@@ -110,6 +110,20 @@ class PaymentsConfig:
     # what an unauthenticated caller can hold: connections, handshakes, streams, RPCs
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
+    def _check_url(self, url: str, refusal: str) -> None:
+        """An https:// URL, or http:// to loopback (anywhere with --insecure-token-service)."""
+        parts = urlsplit(url)
+        plain_ok = self.insecure_token_service or is_loopback((parts.hostname or "").strip("[]"))
+        if (
+            parts.scheme not in ("https", "http")
+            or not parts.hostname
+            or (parts.scheme == "http" and not plain_ok)
+        ):
+            raise ConfigurationError(
+                f"{refusal} {url}: give an https:// URL "
+                "(http only to loopback, or with --insecure-token-service inside a trusted mesh)"
+            )
+
     def __post_init__(self) -> None:
         split_host_port(self.listen)
         if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
@@ -122,17 +136,7 @@ class PaymentsConfig:
         if self.http_listen is not None and not self.http_listen.startswith("unix:"):
             check_plaintext(self.http_listen, tls=self.tls_cert is not None, insecure=self.insecure)
         if self.jwks_url is not None:
-            url = urlsplit(self.jwks_url)
-            plain_ok = self.insecure_token_service or is_loopback((url.hostname or "").strip("[]"))
-            if (
-                url.scheme not in ("https", "http")
-                or not url.hostname
-                or (url.scheme == "http" and not plain_ok)
-            ):
-                raise ConfigurationError(
-                    f"refusing to fetch signing keys from {self.jwks_url}: give an https:// URL "
-                    "(http only to loopback, or with --insecure-token-service inside a trusted mesh)"
-                )
+            self._check_url(self.jwks_url, "refusing to fetch signing keys from")
         host, _ = split_host_port(self.token_service)
         if (
             self.jwks_url is None
@@ -156,17 +160,7 @@ class PaymentsConfig:
             raise ConfigurationError("--revocations-poll-interval must be between 0 and 3600 seconds")
         list_url = revocations_url(self)
         if list_url is not None:
-            url = urlsplit(list_url)
-            plain_ok = self.insecure_token_service or is_loopback((url.hostname or "").strip("[]"))
-            if (
-                url.scheme not in ("https", "http")
-                or not url.hostname
-                or (url.scheme == "http" and not plain_ok)
-            ):
-                raise ConfigurationError(
-                    f"refusing to send the client secret to {list_url}: give an https:// URL "
-                    "(http only to loopback, or with --insecure-token-service inside a trusted mesh)"
-                )
+            self._check_url(list_url, "refusing to send the client secret to")
         plaintext = self.token_service_ca is None and not self.insecure_token_service
         if self.client_id is not None and list_url is None and plaintext and not is_loopback(host):
             raise ConfigurationError(
