@@ -1,0 +1,334 @@
+"""The deployment files (deploy/): they parse, every flag and environment variable they use is
+one the commands accept, their security settings hold, and the image's start-up command lines
+run outside a container (no docker on this machine: the image itself is not built here)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import re
+import secrets
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from authsvc import cli as authsvc_cli
+from payments_svc import cli as payments_cli
+from tests.helpers import Command
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+IMAGE_DATA_DIR = "/var/lib/authsvc"
+ENV_NAME = re.compile(r"\b(?:AUTHSVC|PAYMENTS)_[A-Z0-9_]+\b")
+
+
+def _yaml() -> Any:
+    """PyYAML, loaded by name so that mypy needs no stubs; under CI its absence is a failure."""
+    try:
+        return importlib.import_module("yaml")
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("PyYAML is not installed: the deploy file tests need it (pyproject dev extra)")
+        pytest.skip("PyYAML is not installed (pip install pyyaml) : the deploy YAML files are not checked")
+
+
+def load_all(name: str) -> list[dict[str, Any]]:
+    docs = list(_yaml().safe_load_all((DEPLOY / name).read_text()))
+    assert docs and all(isinstance(d, dict) for d in docs), name
+    return docs
+
+
+def env_file(name: str) -> dict[str, str]:
+    values = {}
+    for line in (DEPLOY / name).read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, sep, value = line.partition("=")
+            assert sep, f"{name}: not KEY=VALUE: {line!r}"
+            values[key.strip()] = value.strip()
+    return values
+
+
+def compose() -> dict[str, Any]:
+    (doc,) = load_all("docker-compose.yml")
+    return doc
+
+
+def k8s(kind: str) -> dict[str, Any]:
+    (doc,) = [d for d in load_all("k8s/authsvc.yaml") if d["kind"] == kind]
+    return doc
+
+
+def deployment_container() -> dict[str, Any]:
+    (container,) = k8s("Deployment")["spec"]["template"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
+
+
+def dockerfile_final_stage() -> list[str]:
+    """The instructions of the Dockerfile's last stage, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    froms = [i for i, ln in enumerate(lines) if ln.upper().startswith("FROM ")]
+    assert len(froms) >= 2, "the Dockerfile is not multi-stage"
+    return lines[froms[-1] :]
+
+
+def parsers(env: Mapping[str, str]) -> dict[str, argparse.ArgumentParser]:
+    return {"authsvc": authsvc_cli.build_parser(env), "payments-svc": payments_cli.build_parser(env)}
+
+
+def help_texts(parser: argparse.ArgumentParser) -> Iterator[str]:
+    yield parser.format_help()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from help_texts(sub)
+
+
+def accepted_env(command: str) -> set[str]:
+    """The AUTHSVC_*/PAYMENTS_* variables a command's help names (each flag says its variable)."""
+    return {m for text in help_texts(parsers({})[command]) for m in ENV_NAME.findall(text)}
+
+
+def parse(command: str, argv: list[str], env: Mapping[str, str]) -> argparse.Namespace:
+    """Parse as the command would; an unknown flag or a bad value fails the test, not exits."""
+    try:
+        return parsers(env)[command].parse_args(argv)
+    except SystemExit as exc:
+        raise AssertionError(f"{command} refuses {argv!r} (exit {exc.code})") from None
+
+
+def job_command_lines() -> list[list[str]]:
+    """The `authsvc ...` command lines of the create-clients job's shell script."""
+    script = compose()["services"]["create-clients"]["command"][0]
+    lines = []
+    for raw in script.splitlines():
+        line = raw.strip()
+        if line.startswith("authsvc "):
+            lines.append(shlex.split(re.split(r"\s[|>]\s", line)[0]))
+    assert len(lines) == 2, script
+    return lines
+
+
+def compose_commands() -> list[tuple[str, list[str], dict[str, str]]]:
+    """(command, argv, environment) of every container running authsvc or payments-svc."""
+    services = compose()["services"]
+    out = []
+    for name in ("authsvc", "payments"):
+        service = services[name]
+        entry = service.get("entrypoint", ["authsvc"])
+        env = dict(service.get("environment", {}))
+        for f in [service["env_file"]] if "env_file" in service else []:
+            env.update(env_file(f + ".example"))
+        out.append((entry[0], [*entry[1:], *service["command"]], env))
+    for argv in job_command_lines():
+        out.append(("authsvc", argv[1:], env_file("authsvc.env.example")))
+    container = deployment_container()
+    out.append(("authsvc", container["args"], {e["name"]: e.get("value", "x") for e in container["env"]}))
+    return out
+
+
+# ---- the files parse, and use only what the commands accept -------------------------------
+
+
+def test_every_command_line_parses_with_the_commands_own_parsers() -> None:
+    seen = set()
+    for command, argv, env in compose_commands():
+        args = parse(command, argv, {k: v for k, v in env.items() if "KEK" not in k})
+        seen.add((command, args.command if hasattr(args, "command") else argv[0]))
+    assert {c for c, _ in seen} == {"authsvc", "payments-svc"}
+
+
+def test_every_environment_variable_is_one_the_commands_accept() -> None:
+    accepted = {"authsvc": accepted_env("authsvc"), "payments-svc": accepted_env("payments-svc")}
+    assert "AUTHSVC_KEK" in accepted["authsvc"] and "PAYMENTS_LISTEN" in accepted["payments-svc"]
+    used: list[tuple[str, str]] = []
+    for command, _argv, env in compose_commands():
+        used += [(command, name) for name in env if ENV_NAME.fullmatch(name)]
+    # and every AUTHSVC_*/PAYMENTS_* named anywhere in deploy/ (comments, the Dockerfile's ENV)
+    for path in DEPLOY.rglob("*"):
+        if path.is_file():
+            for name in ENV_NAME.findall(path.read_text()):
+                used.append(("authsvc" if name.startswith("AUTHSVC_") else "payments-svc", name))
+    unknown = sorted({(c, n) for c, n in used if n not in accepted[c]})
+    assert not unknown, f"variables the commands do not read: {unknown}"
+
+
+def test_the_env_values_are_read_as_given() -> None:
+    """The compose file's environment reaches the parsers (names and values both valid)."""
+    for command, argv, env in compose_commands():
+        if command == "payments-svc":
+            args = parse(command, argv, env)
+            assert args.issuer == env["PAYMENTS_ISSUER"]
+            assert args.audience == env["PAYMENTS_AUDIENCE"]
+            assert args.insecure and args.insecure_token_service
+    auth_env = compose()["services"]["authsvc"]["environment"]
+    assert auth_env["AUTHSVC_ISSUER"] == compose()["services"]["payments"]["environment"]["PAYMENTS_ISSUER"]
+
+
+def test_no_real_secret_is_shipped() -> None:
+    """The env file examples and the Secret hold placeholders that authsvc would refuse."""
+    kek_values = [env_file("authsvc.env.example")["AUTHSVC_KEK"], k8s_secret()["stringData"]["kek"]]
+    for value in kek_values:
+        assert not re.fullmatch(r"[0-9a-fA-F]{64}", value), "a usable KEK is committed"
+        assert "REPLACE" in value
+    assert "REPLACE" in env_file("postgres.env.example")["POSTGRES_PASSWORD"]
+    assert "REPLACE" in k8s_secret()["stringData"]["database-url"]
+    # the real env files never reach a build context
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+    assert next(ln for ln in ignore if not ln.startswith("#")) == "*", "the ignore file is not an allowlist"
+    assert "**/*.env" in ignore and "**/*.key" in ignore
+
+
+def k8s_secret() -> dict[str, Any]:
+    (doc,) = load_all("k8s/secret.example.yaml")
+    assert doc["kind"] == "Secret"
+    return doc
+
+
+# ---- the image and the manifests keep their promises --------------------------------------
+
+
+def test_the_final_image_is_slim_non_root_and_writes_only_its_volume() -> None:
+    stage = dockerfile_final_stage()
+    text = "\n".join(stage)
+    assert re.match(r"FROM \$\{PYTHON_IMAGE\}$", stage[0]), stage[0]
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.\d+-slim", (DEPLOY / "Dockerfile").read_text(), re.M)
+    (user,) = [ln for ln in stage if ln.startswith("USER ")]
+    assert user.split()[1].split(":")[0] not in ("0", "root"), user
+    assert 'ENTRYPOINT ["authsvc"]' in stage
+    assert f'VOLUME ["{IMAGE_DATA_DIR}"]' in stage
+    assert f"AUTHSVC_DATA_DIR={IMAGE_DATA_DIR}" in text and f"PAYMENTS_DATA_DIR={IMAGE_DATA_DIR}" in text
+    assert "PYTHONDONTWRITEBYTECODE=1" in text
+    # no build tools, package installs or source tree in the final stage
+    for tool in ("pip install", "apt-get", "gcc", "build-essential", "COPY . ", "COPY authsvc"):
+        assert tool not in text, tool
+    assert "COPY --from=builder /opt/authsvc /opt/authsvc" in stage
+
+
+def test_the_deployment_probes_grpc_health_and_outlasts_the_drain() -> None:
+    deployment = k8s("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    container = deployment_container()
+    args = parse("authsvc", container["args"], {})
+    port = int(args.listen.rpartition(":")[2])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"] == {"port": port}, probe
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] > args.grace_period + float(pre_stop[1])
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert [m["mountPath"] for m in container["volumeMounts"]] == [IMAGE_DATA_DIR]
+    secret_refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert set(secret_refs) == {"AUTHSVC_KEK", "AUTHSVC_DATABASE_URL"}
+    assert {r["key"] for r in secret_refs.values()} == set(k8s_secret()["stringData"])
+    assert {r["name"] for r in secret_refs.values()} == {k8s_secret()["metadata"]["name"]}
+
+
+def test_services_budget_and_policy_select_the_pods() -> None:
+    labels = k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
+    docs = load_all("k8s/authsvc.yaml")
+    services = [d for d in docs if d["kind"] == "Service"]
+    assert {s["spec"].get("clusterIP") for s in services} == {None, "None"}  # ClusterIP and headless
+    for doc in docs:
+        selector = {
+            "Service": lambda d: d["spec"]["selector"],
+            "PodDisruptionBudget": lambda d: d["spec"]["selector"]["matchLabels"],
+            "NetworkPolicy": lambda d: d["spec"]["podSelector"]["matchLabels"],
+            "Deployment": lambda d: d["spec"]["selector"]["matchLabels"],
+        }[doc["kind"]](doc)
+        assert selector.items() <= labels.items(), doc["kind"]
+    assert k8s("PodDisruptionBudget")["spec"]["minAvailable"] < k8s("Deployment")["spec"]["replicas"]
+    assert set(k8s("NetworkPolicy")["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+
+def test_compose_containers_are_read_only_and_wait_for_postgres() -> None:
+    services = compose()["services"]
+    assert services["postgres"]["healthcheck"]["test"][0] == "CMD-SHELL"
+    for name in ("create-clients", "authsvc", "payments"):
+        assert services[name]["read_only"] is True and services[name]["cap_drop"] == ["ALL"], name
+    for name in ("create-clients", "authsvc"):
+        assert services[name]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    job = services["payments"]["depends_on"]["create-clients"]
+    assert job["condition"] == "service_completed_successfully"
+    assert "postgres" not in services["payments"].get("env_file", ""), "payments needs no KEK"
+    for port in [p for s in services.values() for p in s.get("ports", [])]:
+        assert port.startswith("127.0.0.1:"), port
+
+
+# ---- the start-up command lines run --------------------------------------------------------
+
+
+def localised(argv: list[str], replacements: Mapping[str, str]) -> list[str]:
+    """The argv with the container's listen addresses on free loopback ports and paths moved."""
+    out = []
+    for given in argv:
+        arg = "127.0.0.1:0" if re.fullmatch(r"0\.0\.0\.0:\d+", given) else given
+        for old, new in replacements.items():
+            arg = arg.replace(old, new)
+        out.append(arg)
+    return out
+
+
+def run_script(script: str, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["/bin/sh", "-ec", script], env=dict(env), capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_the_compose_start_up_runs_outside_a_container(tmp_path: Path, pg_url: str) -> None:
+    """The compose file's own command lines and environment, on PostgreSQL: the job registers
+    both clients (secrets in files, not in its output), authsvc serves, payments-svc verifies
+    against it and reads its secret file, and both exit 0 on SIGTERM."""
+    services = compose()["services"]
+    bin_dir = str(Path(sys.executable).parent)
+    kek = secrets.token_hex(32)
+    base = {
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "HOME": str(tmp_path / "no-home"),  # never written: the data dir is the image's volume
+    }
+    if "PYTHONPATH" in os.environ:
+        base["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    auth_data, payments_data, client_files = tmp_path / "authsvc", tmp_path / "payments", tmp_path / "clients"
+    for d in (auth_data, payments_data, client_files):
+        d.mkdir()
+    auth_env = {**base, **env_file("authsvc.env.example"), **services["authsvc"]["environment"]}
+    auth_env |= {"AUTHSVC_KEK": kek, "AUTHSVC_DATABASE_URL": pg_url, "AUTHSVC_DATA_DIR": str(auth_data)}
+
+    script = services["create-clients"]["command"][0].replace(IMAGE_DATA_DIR, str(client_files))
+    job_env = {**base, **env_file("authsvc.env.example"), "AUTHSVC_KEK": kek, "AUTHSVC_DATABASE_URL": pg_url}
+    job = run_script(script, job_env)
+    assert job.returncode == 0, job.stderr
+    secret = (client_files / "payments-svc.secret").read_text().strip()
+    assert secret and secret not in job.stdout + job.stderr
+    assert (client_files / "payments-svc.secret").stat().st_mode & 0o077 == 0
+    assert (client_files / "shop.json").stat().st_mode & 0o077 == 0
+    # a second run (compose up again) registers nothing and succeeds
+    again = run_script(script, job_env)
+    assert again.returncode == 0, again.stderr
+
+    auth = Command(localised(["authsvc", *services["authsvc"]["command"]], {}), auth_env)
+    try:
+        assert auth.http_port is not None
+        payments_service = services["payments"]
+        payments_env = {**base, **payments_service["environment"], "PAYMENTS_DATA_DIR": str(payments_data)}
+        argv = localised(
+            [*payments_service["entrypoint"], *payments_service["command"]],
+            {"authsvc:50051": auth.target, "/run/authsvc-clients": str(client_files)},
+        )
+        payments = Command(argv, payments_env)
+        assert payments.terminate() == 0, payments.output()
+        assert secret not in payments.output()
+    finally:
+        code = auth.terminate()
+    assert code == 0, auth.output()
+    assert kek not in auth.output()
+    assert list((tmp_path / "no-home").glob("*")) == []
