@@ -26,6 +26,8 @@ from authsvc.core.lifecycle import DEFAULT_JWKS_MAX_AGE, DEFAULT_KEY_PUBLISH_DEL
 from authsvc.core.ports import SystemClock, SystemRandom
 from authsvc.core.scopes import parse_scope
 from authsvc.listen import add_connection_limit_flags, connection_limits_from, positive
+from authsvc.logsetup import configure as configure_logging
+from authsvc.logsetup import format_flag, level_flag
 from authsvc.store.base import StoreError
 
 __all__ = ["main"]
@@ -187,8 +189,18 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     serve.add_argument(
         "--log-level",
         default=env.get("AUTHSVC_LOG_LEVEL", "INFO"),
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="[env AUTHSVC_LOG_LEVEL; default INFO]",
+        type=level_flag,  # debug works as DEBUG does; a bad value is a usage error
+        metavar="LEVEL",
+        help="debug, info, warning or error, in any case [env AUTHSVC_LOG_LEVEL; default INFO]",
+    )
+    serve.add_argument(
+        "--log-format",
+        default=env.get("AUTHSVC_LOG_FORMAT", "text"),
+        type=format_flag,
+        metavar="FORMAT",
+        help="text, or json: one JSON object per line (time, level, logger, message and the event's "
+        "fields; the authsvc.audit logger has one event per token decision and admin action) "
+        "[env AUTHSVC_LOG_FORMAT; default text]",
     )
 
     clients = sub.add_parser("clients", help="manage OAuth clients").add_subparsers(
@@ -472,7 +484,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from authsvc.server.app import run  # noqa: PLC0415
     from authsvc.server.config import ServeConfig  # noqa: PLC0415
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_setup = configure_logging(level=args.log_level, log_format=args.log_format)
     config = ServeConfig(
         data_dir=args.data_dir,
         listen=args.listen,
@@ -495,7 +507,10 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         watch_streams_total=args.watch_streams_total,
         refusal_log_rate=args.refusal_log_rate,
     )
-    return run(config)
+    try:
+        return run(config)
+    finally:
+        log_setup.stop()  # every queued line is written before the process exits
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], int]] = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -13,6 +12,8 @@ from pathlib import Path
 
 from authsvc.core.errors import ConfigurationError
 from authsvc.listen import add_connection_limit_flags, connection_limits_from
+from authsvc.logsetup import configure as configure_logging
+from authsvc.logsetup import format_flag, level_flag
 from payments_svc.errors import DatabaseUnavailable
 
 __all__ = ["main"]
@@ -161,8 +162,17 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--log-level",
         "PAYMENTS_LOG_LEVEL",
         "INFO",
-        "log level",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        "debug, info, warning or error, in any case",
+        type=level_flag,
+        metavar="LEVEL",
+    )
+    opt(
+        "--log-format",
+        "PAYMENTS_LOG_FORMAT",
+        "text",
+        "text, or json: one JSON object per line",
+        type=format_flag,
+        metavar="FORMAT",
     )
     return parser
 
@@ -170,7 +180,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     args = build_parser(env).parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_setup = configure_logging(level=args.log_level, log_format=args.log_format)
+    try:
+        return _main(args)
+    finally:
+        log_setup.stop()  # every queued line is written before the process exits
+
+
+def _main(args: argparse.Namespace) -> int:
     from payments_svc.app import PaymentsConfig, read_client_secret, serve  # noqa: PLC0415 - keep --help fast
 
     try:

@@ -224,9 +224,15 @@ async def serve(config: ServeConfig, *, reuse_port: bool = False) -> None:
     log.info("stopped")
 
 
-def _worker(config: ServeConfig, log_level: int) -> None:
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s [worker] %(name)s: %(message)s")
-    asyncio.run(serve(config, reuse_port=True))
+def _worker(config: ServeConfig, log_level: int, log_format: str = "text") -> None:
+    # a spawned process starts with no logging: set it up as the command did in the parent
+    from authsvc.logsetup import configure  # noqa: PLC0415
+
+    log_setup = configure(level=log_level, log_format=log_format, tag="[worker]")
+    try:
+        asyncio.run(serve(config, reuse_port=True))
+    finally:
+        log_setup.stop()
 
 
 def run(config: ServeConfig) -> int:

@@ -1,0 +1,233 @@
+"""Process-wide logging for both commands: text or JSON lines, UTC timestamps, and a queue so that
+writing a line never blocks the event loop. Also the ``authsvc.audit`` logger's one helper.
+
+No grpc and nothing of the server here: ``payments_svc`` imports it too.
+
+- :func:`configure` installs a :class:`~logging.handlers.QueueHandler` on the root logger and a
+  :class:`~logging.handlers.QueueListener` thread that formats and writes each record; call
+  :meth:`LogSetup.stop` at exit (it drains the queue, so no line is lost).
+- ``json``: one JSON object per line, ``time`` (UTC ISO-8601, ``Z``), ``level``, ``logger``,
+  ``message``, ``pid``, the record's extra fields, and ``exc`` (the traceback as one string) when
+  the record carries an exception. ``text``: ``2024-05-01T12:00:00.123Z INFO name: message``.
+- :func:`audit`: one event on the ``authsvc.audit`` logger, its fields both in the line (escaped
+  with :func:`~authsvc.logsafe.loggable`) and as extra fields (truncated; JSON escapes the rest).
+  Fields must never hold a secret, an assertion or a whole token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime
+import json
+import logging
+import logging.handlers
+import queue
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Final, Literal, TextIO
+
+from authsvc.logsafe import DEFAULT_MAX_CHARS, loggable
+
+__all__ = [
+    "AUDIT_LOGGER",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "JsonFormatter",
+    "LogFormat",
+    "LogSetup",
+    "UtcTextFormatter",
+    "audit",
+    "configure",
+    "format_flag",
+    "formatter_for",
+    "level_flag",
+]
+
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: Final = ("text", "json")
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+AUDIT_LOGGER: Final = "authsvc.audit"
+
+# What every LogRecord holds: anything else in its __dict__ came from ``extra=``.
+_STANDARD_ATTRS: Final = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+_AUDIT_FIELD_MAX_CHARS: Final = 256
+
+
+def _utc_iso(created: float) -> str:
+    moment = datetime.datetime.fromtimestamp(created, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class UtcTextFormatter(logging.Formatter):
+    """``TIME LEVEL logger: message`` with a UTC ISO-8601 time; ``tag`` (e.g. ``[worker]``) goes
+    before the logger name."""
+
+    def __init__(self, tag: str = "") -> None:
+        super().__init__(f"%(asctime)s %(levelname)s {tag + ' ' if tag else ''}%(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return _utc_iso(record.created)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (``ensure_ascii``: control characters and
+    non-ASCII text are escaped, so a caller-supplied value can never break the line)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": _utc_iso(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and key not in entry:
+                entry[key] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=True)
+
+
+class _QueueHandler(logging.handlers.QueueHandler):
+    """Renders the message and the traceback in the caller's thread (the arguments may change
+    after the call), but leaves the layout to the listener's formatter: the stdlib's ``prepare``
+    would bake the traceback into ``message``, where a JSON line needs it as ``exc``."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        copy = logging.makeLogRecord(record.__dict__)
+        copy.msg = record.getMessage()
+        copy.args = None
+        if record.exc_info:
+            copy.exc_text = record.exc_text or logging.Formatter().formatException(record.exc_info)
+        copy.exc_info = None
+        return copy
+
+
+class LogSetup:
+    """What :func:`configure` installed; :meth:`stop` flushes it and puts back the root logger's
+    previous handlers and level (idempotent)."""
+
+    def __init__(
+        self,
+        listener: logging.handlers.QueueListener,
+        handler: logging.Handler,
+        previous: tuple[list[logging.Handler], int],
+    ) -> None:
+        self._listener = listener
+        self._handler = handler
+        self._previous = previous
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        atexit.unregister(self.stop)
+        root = logging.getLogger()
+        root.removeHandler(self._handler)
+        self._listener.stop()  # writes every queued record before it returns
+        for handler in self._listener.handlers:
+            handler.flush()
+        handlers, level = self._previous
+        for old in handlers:
+            root.addHandler(old)
+        root.setLevel(level)
+
+
+def level_flag(value: str) -> str:
+    """The argparse ``type`` of ``--log-level``: a level name in any case, as ``DEBUG`` etc.
+    argparse applies it to a default from the environment too (``choices`` are not checked
+    there), so a bad ``*_LOG_LEVEL`` is a usage error as well."""
+    name = value.strip().upper()
+    if name not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a log level (use {', '.join(n.lower() for n in LOG_LEVELS)})"
+        )
+    return name
+
+
+def format_flag(value: str) -> str:
+    """The argparse ``type`` of ``--log-format``: ``text`` or ``json``, in any case."""
+    name = value.strip().lower()
+    if name not in LOG_FORMATS:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a log format (use text or json)")
+    return name
+
+
+def formatter_for(log_format: str, *, tag: str = "") -> logging.Formatter:
+    if log_format == "json":
+        return JsonFormatter()
+    if log_format == "text":
+        return UtcTextFormatter(tag)
+    raise ValueError(f"unknown log format {log_format!r} (text or json)")
+
+
+def configure(
+    *, level: int | str, log_format: str = "text", stream: TextIO | None = None, tag: str = ""
+) -> LogSetup:
+    """Send every log record of this process through a queue to ``stream`` (stderr) in
+    ``log_format``, at ``level`` and above (a level name in any case, or a number). Replaces the
+    root logger's handlers until :meth:`LogSetup.stop`, which runs at interpreter exit too if the
+    caller does not call it."""
+    if isinstance(level, str):
+        name = level.upper()
+        if name not in LOG_LEVELS:
+            raise ValueError(f"unknown log level {level!r} ({', '.join(n.lower() for n in LOG_LEVELS)})")
+        level = logging.getLevelName(name)
+    output = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    output.setFormatter(formatter_for(log_format, tag=tag))
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handler = _QueueHandler(records)
+    listener = logging.handlers.QueueListener(records, output, respect_handler_level=False)
+    root = logging.getLogger()
+    previous = (list(root.handlers), root.level)
+    for old in previous[0]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    listener.start()
+    setup = LogSetup(listener, handler, previous)
+    atexit.register(setup.stop)
+    return setup
+
+
+def _field(value: object) -> object:
+    if isinstance(value, str):
+        return value[:_AUDIT_FIELD_MAX_CHARS] + ("…" if len(value) > _AUDIT_FIELD_MAX_CHARS else "")
+    if isinstance(value, tuple | list):
+        return [_field(v) for v in value[:16]]
+    return value
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, str):
+        return loggable(value, DEFAULT_MAX_CHARS)
+    if isinstance(value, tuple | list):
+        return "[" + ",".join(_shown(v) for v in value[:16]) + ("…" if len(value) > 16 else "") + "]"
+    return str(value)
+
+
+def audit(event: str, /, fields: Mapping[str, object], *, level: int = logging.INFO) -> None:
+    """Write one audit event (``event`` is a fixed name, such as ``"token.issued"``). ``None``
+    fields are left out. Values of ``fields`` are caller-supplied at worst, never secrets."""
+    logger = logging.getLogger(AUDIT_LOGGER)
+    if not logger.isEnabledFor(level):
+        return
+    present = {k: v for k, v in fields.items() if v is not None}
+    extra: dict[str, object] = {"event": event}
+    extra.update({k if k not in _STANDARD_ATTRS else f"{k}_": _field(v) for k, v in present.items()})
+    shown = " ".join(f"{k}={_shown(v)}" for k, v in present.items())
+    logger.log(level, "%s %s", event, shown, extra=extra)

@@ -1,0 +1,125 @@
+"""authsvc.logsetup: JSON and text lines, UTC times, the queue drained at stop, and the
+--log-level / --log-format flags of both commands."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+
+import pytest
+
+from authsvc import cli as authsvc_cli
+from authsvc.logsetup import AUDIT_LOGGER, audit, configure
+from payments_svc import cli as payments_cli
+
+
+def _lines(stream: io.StringIO) -> list[str]:
+    return stream.getvalue().splitlines()
+
+
+def test_json_lines_carry_utc_time_extras_and_the_exception() -> None:
+    out = io.StringIO()
+    setup = configure(level="debug", log_format="json", stream=out)
+    try:
+        log = logging.getLogger("authsvc.test")
+        log.debug("hello %s", "world", extra={"jti": "abc", "count": 3})
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            log.exception("it failed\nsecond line")
+    finally:
+        setup.stop()  # drains the queue: nothing is lost
+    first, second = (json.loads(line) for line in _lines(out))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["time"])
+    assert first["level"] == "DEBUG" and first["logger"] == "authsvc.test"
+    assert first["message"] == "hello world" and first["jti"] == "abc" and first["count"] == 3
+    assert second["message"] == "it failed\nsecond line"  # one line: JSON escapes the newline
+    assert "ValueError: boom" in second["exc"] and "Traceback" not in second["message"]
+
+
+def test_text_lines_have_utc_times_and_tracebacks() -> None:
+    out = io.StringIO()
+    setup = configure(level=logging.INFO, log_format="text", stream=out, tag="[worker]")
+    try:
+        logging.getLogger("authsvc.test").debug("not shown")
+        try:
+            raise KeyError("k")
+        except KeyError:
+            logging.getLogger("authsvc.test").error("failed", exc_info=True)
+    finally:
+        setup.stop()
+    text = out.getvalue()
+    assert "not shown" not in text
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ERROR \[worker\] authsvc.test: failed\n", text)
+    assert "KeyError: 'k'" in text
+
+
+def test_stop_restores_the_previous_handlers_and_is_idempotent() -> None:
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    setup = configure(level="warning", log_format="json", stream=io.StringIO())
+    assert root.handlers != before
+    setup.stop()
+    setup.stop()
+    assert root.handlers == before and root.level == level
+
+
+def test_every_line_parses_under_many_threads_of_records() -> None:
+    out = io.StringIO()
+    setup = configure(level="info", log_format="json", stream=out)
+    try:
+        for i in range(500):
+            logging.getLogger("authsvc.test").info('line %d with \x1b[31m and " quotes', i)
+    finally:
+        setup.stop()
+    assert [json.loads(line)["message"].split()[1] for line in _lines(out)] == [str(i) for i in range(500)]
+
+
+def test_audit_escapes_and_truncates_caller_text() -> None:
+    out = io.StringIO()
+    setup = configure(level="info", log_format="json", stream=out)
+    try:
+        audit("token.refused", {"scope": "x" * 1000 + "\n", "audience": ["a\nb"], "kid": None, "msg": "m"})
+    finally:
+        setup.stop()
+    (line,) = _lines(out)
+    event = json.loads(line)
+    assert event["logger"] == AUDIT_LOGGER and event["event"] == "token.refused"
+    assert len(event["scope"]) < 300 and event["scope"].endswith("…")
+    assert event["audience"] == ["a\nb"] and "kid" not in event
+    assert event["msg_"] == "m"  # a field named like a LogRecord attribute does not clobber it
+    assert "\n" not in event["message"]  # the text form is escaped too
+
+
+@pytest.mark.parametrize(
+    ("main", "prefix"), [(authsvc_cli.build_parser, "AUTHSVC"), (payments_cli.build_parser, "PAYMENTS")]
+)
+def test_levels_and_formats_in_any_case(main: object, prefix: str) -> None:
+    assert callable(main)
+    args = main({f"{prefix}_LOG_LEVEL": "debug", f"{prefix}_LOG_FORMAT": "JSON"}).parse_args(["serve"])
+    assert (args.log_level, args.log_format) == ("DEBUG", "json")
+    args = main({}).parse_args(["serve", "--log-level", "Warning"])
+    assert (args.log_level, args.log_format) == ("WARNING", "text")
+
+
+@pytest.mark.parametrize(
+    ("main", "argv", "env"),
+    [
+        (authsvc_cli.main, ["serve", "--log-level", "verbose"], {}),
+        (authsvc_cli.main, ["serve"], {"AUTHSVC_LOG_LEVEL": "loud"}),
+        (authsvc_cli.main, ["serve", "--log-format", "xml"], {}),
+        (payments_cli.main, ["serve", "--log-level", "verbose"], {}),
+        (payments_cli.main, ["serve"], {"PAYMENTS_LOG_FORMAT": "yaml"}),
+    ],
+)
+def test_a_bad_level_or_format_is_a_usage_error(
+    main: object, argv: list[str], env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert callable(main)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv, env)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert ("is not a log level" in err or "is not a log format" in err) and "Traceback" not in err
