@@ -6,6 +6,13 @@ thread, so that a slow or unreachable database never stalls the event loop; a ca
 served on the loop, where a token costs one RSA signature. Each issued token is logged by its
 ``jti``; refusals are logged at a bounded rate, with an unknown client id redacted
 (:func:`~authsvc.logsafe.client_id_for_log`).
+
+Each decision is also one event on the ``authsvc.audit`` logger (:func:`authsvc.logsetup.audit`):
+``token.issued`` or ``token.refused`` with the client id, grant, authentication method, scopes,
+audiences, kid, jti, the caller's address (``peer``), the outcome and, for a refusal, the precise
+internal reason (:func:`~authsvc.core.grants.refusal_detail`: unknown client, wrong secret, ...),
+which never reaches the wire. Never a secret, an assertion or a token. Refusal events share the
+refusal lines' rate limit.
 """
 
 from __future__ import annotations
@@ -15,13 +22,15 @@ import logging
 
 from authsvc.core.clients import Client
 from authsvc.core.errors import OAuthError
-from authsvc.core.grants import IssuedToken, TokenEndpoint, TokenRequest
+from authsvc.core.grants import IssuedToken, TokenEndpoint, TokenRequest, refusal_detail
 from authsvc.logsafe import LogRateLimiter, client_id_for_log
+from authsvc.logsetup import AUDIT_LOGGER, audit
 from authsvc.store.cache import CachedClientLookup
 
 __all__ = ["TokenIssuer"]
 
 log = logging.getLogger("authsvc.token")
+_AUDIT_REFUSED_KEY = "audit token.refused"  # its own bucket: the plain lines keep theirs
 
 
 class TokenIssuer:
@@ -39,7 +48,7 @@ class TokenIssuer:
         self.clients = clients
         self._refusals = refusal_log or LogRateLimiter(rate=10, burst=20)
 
-    async def issue(self, request: TokenRequest) -> IssuedToken:
+    async def issue(self, request: TokenRequest, *, peer: str | None = None) -> IssuedToken:
         """Run the grant from an event loop; raises an :class:`~authsvc.core.errors.OAuthError`
         (logged), or an unexpected error (logged with its traceback, at a bounded rate)."""
         try:
@@ -48,7 +57,7 @@ class TokenIssuer:
             else:
                 issued = await asyncio.to_thread(self.endpoint.issue, request)
         except OAuthError as exc:
-            self.refused(request.client_id, exc)
+            self.refused(request.client_id, exc, request=request, peer=peer)
             raise
         except Exception:
             self._refusals.log(
@@ -67,9 +76,24 @@ class TokenIssuer:
             issued.kid,
             issued.scope,
         )
+        audit(
+            "token.issued",
+            {
+                "outcome": "issued",
+                "client_id": issued.client_id,
+                "grant_type": request.grant_type,
+                "auth_method": request.auth_method.value,
+                "scope": issued.scope,
+                "audience": list(request.audience) or None,
+                "kid": issued.kid,
+                "jti": issued.jti,
+                "expires_in": issued.expires_in,
+                "peer": peer,
+            },
+        )
         return issued
 
-    async def authenticate(self, client_id: str, client_secret: str) -> Client:
+    async def authenticate(self, client_id: str, client_secret: str, *, peer: str | None = None) -> Client:
         """Authenticate a client that calls another endpoint (introspection, revocation) with
         the token endpoint's rules; raises InvalidClient (logged) as it would."""
         try:
@@ -77,11 +101,19 @@ class TokenIssuer:
                 return self.endpoint.authenticate(client_id, client_secret)
             return await asyncio.to_thread(self.endpoint.authenticate, client_id, client_secret)
         except OAuthError as exc:
-            self.refused(client_id, exc)
+            self.refused(client_id, exc, peer=peer)
             raise
 
-    def refused(self, client_id: str, exc: OAuthError) -> None:
-        """Log a refusal; an edge calls it too for a request it refused before building one."""
+    def refused(
+        self,
+        client_id: str,
+        exc: OAuthError,
+        *,
+        request: TokenRequest | None = None,
+        peer: str | None = None,
+    ) -> None:
+        """Log a refusal; an edge calls it too for a request it refused before building one.
+        ``request`` (when there is one) adds what was asked for to the audit event."""
         self._refusals.log(
             log,
             logging.INFO,
@@ -89,4 +121,32 @@ class TokenIssuer:
             "token refused: client_id=%s error=%s",
             client_id_for_log(client_id, known=exc.client_known),
             exc.error,
+        )
+        self._audit_refused(client_id, exc, request, peer)
+
+    def _audit_refused(
+        self, client_id: str, exc: OAuthError, request: TokenRequest | None, peer: str | None
+    ) -> None:
+        if not logging.getLogger(AUDIT_LOGGER).isEnabledFor(logging.INFO):
+            return
+        allowed, suppressed = self._refusals.acquire(_AUDIT_REFUSED_KEY)
+        if not allowed:
+            return
+        if suppressed:
+            audit("audit.suppressed", {"suppressed_event": "token.refused", "count": suppressed})
+        audit(
+            "token.refused",
+            {
+                "outcome": "refused",
+                # a caller may paste a secret into the id: in full only if the store knows it
+                "client_id": client_id if exc.client_known else client_id_for_log(client_id, known=False),
+                "client_known": exc.client_known,
+                "grant_type": None if request is None else request.grant_type,
+                "auth_method": None if request is None else request.auth_method.value,
+                "scope": None if request is None else request.scope or None,
+                "audience": None if request is None else list(request.audience) or None,
+                "peer": peer,
+                "error": exc.error,
+                "reason": refusal_detail(exc) or exc.description,
+            },
         )

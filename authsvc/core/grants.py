@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from authsvc.core.clients import (
     CLIENT_CREDENTIALS,
@@ -45,9 +45,27 @@ __all__ = [
     "IssuedToken",
     "TokenEndpoint",
     "TokenRequest",
+    "refusal_detail",
 ]
 
 _GRANT_TYPE_MAX = 128
+
+
+_E = TypeVar("_E", bound=OAuthError)
+
+
+def _detailed(exc: _E, detail: str) -> _E:
+    """``exc`` with its internal reason attached (:func:`refusal_detail`)."""
+    exc.detail = detail  # type: ignore[attr-defined]
+    return exc
+
+
+def refusal_detail(exc: OAuthError) -> str | None:
+    """The precise internal reason of a refusal the core raised, for the audit log only
+    (``unknown_client``, ``wrong_secret``, ``client_disabled``, ``scope_not_allowed``, ...); never
+    sent on the wire, where unknown client and wrong secret answer the same. None when unknown."""
+    detail = getattr(exc, "detail", None)
+    return detail if isinstance(detail, str) else None
 
 
 class ClientAuthMethod(StrEnum):
@@ -135,14 +153,19 @@ class ClientCredentialsGrant:
             # we refuse rather than silently narrow, so a caller never holds less than it asked for.
             allowed = set(client.allowed_scopes)
             if any(s not in allowed for s in requested):
-                raise InvalidScope("a requested scope is not allowed for this client")
+                raise _detailed(
+                    InvalidScope("a requested scope is not allowed for this client"), "scope_not_allowed"
+                )
             scopes = requested
         else:
             scopes = client.default_scopes
         if request.audience:
             allowed_auds = set(client.allowed_audiences)
             if any(a not in allowed_auds for a in request.audience):
-                raise InvalidTarget("a requested audience is not allowed for this client")
+                raise _detailed(
+                    InvalidTarget("a requested audience is not allowed for this client"),
+                    "audience_not_allowed",
+                )
             audiences = tuple(dict.fromkeys(request.audience))
         else:
             audiences = (client.default_audience,)
@@ -202,7 +225,10 @@ class TokenEndpoint:
         after it, so that timing does not tell an attacker which client ids exist.
         """
         if not client_id or not client_secret:
-            raise InvalidClient("client authentication is required")
+            raise _detailed(
+                InvalidClient("client authentication is required"),
+                "no_client_id" if not client_id else "no_client_secret",
+            )
         validate_client_id(client_id)
         if len(client_secret) > MAX_SECRET_LENGTH:
             raise InvalidRequest("client_secret is too long")
@@ -221,7 +247,10 @@ class TokenEndpoint:
         # `&`, not `and`: every term is evaluated whichever fails
         if not ((ok | (ok_previous & in_grace)) & client.enabled & (found is not None)):
             # client_known only tells the edge's log whether the id may be written in full
-            raise InvalidClient("client authentication failed", client_known=found is not None)
+            raise _detailed(
+                InvalidClient("client authentication failed", client_known=found is not None),
+                _authentication_failure(found, ok=ok, ok_previous=ok_previous, in_grace=in_grace),
+            )
         return client
 
     def issue(self, request: TokenRequest) -> IssuedToken:
@@ -241,7 +270,9 @@ class TokenEndpoint:
         client = self.authenticate(request.client_id, request.client_secret)
         try:
             if handler.grant_type not in client.grant_types:
-                raise UnauthorizedClient("this client may not use this grant type")
+                raise _detailed(
+                    UnauthorizedClient("this client may not use this grant type"), "grant_type_not_allowed"
+                )
             grant = handler.decide(request, client)
         except OAuthError as exc:
             exc.client_known = True  # an authenticated client: its id is no secret
@@ -271,6 +302,15 @@ class TokenEndpoint:
             client_id=client.client_id,
             kid=signer.key.kid,
         )
+
+
+def _authentication_failure(found: Client | None, *, ok: bool, ok_previous: bool, in_grace: bool) -> str:
+    """Why an authentication failed, worked out after the constant-work checks, for the audit log."""
+    if found is None:
+        return "unknown_client"
+    if not (ok or (ok_previous and in_grace)):
+        return "previous_secret_expired" if ok_previous else "wrong_secret"
+    return "client_disabled"
 
 
 def client_credentials_endpoint(

@@ -189,10 +189,10 @@ class OAuthHttp:
                 auth_method=method,
             )
         except OAuthError as exc:
-            self._issuer.refused(client_id, exc)
+            self._issuer.refused(client_id, exc, peer=request.remote)
             return _answer(token_error(exc, basic=basic))
         try:
-            issued = await self._issuer.issue(token_request)
+            issued = await self._issuer.issue(token_request, peer=request.remote)
         except Exception as exc:  # logged by the issuer
             return _answer(token_error(exc, basic=basic))
         return _ok(

@@ -172,11 +172,11 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
         try:
             token_request = token_request_from(request, context.invocation_metadata())
         except OAuthError as exc:
-            self._issuer.refused(request.client_id, exc)
+            self._issuer.refused(request.client_id, exc, peer=context.peer())
             await context.abort_with_status(status_for(exc))
             raise AssertionError("unreachable") from exc  # abort_with_status raises
         try:
-            issued = await self._issuer.issue(token_request)
+            issued = await self._issuer.issue(token_request, peer=context.peer())
         except Exception as exc:  # logged by the issuer
             await context.abort_with_status(status_for(exc))
             raise AssertionError("unreachable") from exc
