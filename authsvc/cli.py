@@ -17,15 +17,25 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+from authsvc import __version__
 from authsvc.authority import Authority, KeyInfo, open_authority
 from authsvc.authority.clients import MAX_SECRET_GRACE
+from authsvc.authority.deployment import DB_FILE, DEV_KEK_FILE, uses_dev_kek
 from authsvc.core.clients import DEFAULT_TOKEN_TTL, Client
 from authsvc.core.errors import ConfigurationError, OAuthError
 from authsvc.core.keys import KeyEncryptionKey
 from authsvc.core.lifecycle import DEFAULT_JWKS_MAX_AGE, DEFAULT_KEY_PUBLISH_DELAY
 from authsvc.core.ports import SystemClock, SystemRandom
 from authsvc.core.scopes import parse_scope
-from authsvc.listen import add_connection_limit_flags, connection_limits_from, positive
+from authsvc.listen import (
+    CommandParser,
+    add_connection_limit_flags,
+    check_data_dir,
+    check_readable_file,
+    connection_limits_from,
+    positive,
+    startup_failure,
+)
 from authsvc.logsetup import configure as configure_logging
 from authsvc.logsetup import format_flag, level_flag
 from authsvc.store.base import StoreError
@@ -97,9 +107,9 @@ def _add_output(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="authsvc", description="gRPC machine-to-machine authorization server"
-    )
+    # every subparser is a CommandParser too: no abbreviated flags, one-line mistakes
+    parser = CommandParser(prog="authsvc", description="gRPC machine-to-machine authorization server")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser(
@@ -147,42 +157,42 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=int,
-        default=int(env.get("AUTHSVC_WORKERS", "1")),
+        default=env.get("AUTHSVC_WORKERS") or "1",
         help="server processes sharing the port; set it to the number of cores to use them all "
         "[env AUTHSVC_WORKERS; default 1]",
     )
     serve.add_argument(
         "--key-publish-delay",
         type=int,
-        default=int(env.get("AUTHSVC_KEY_PUBLISH_DELAY", str(DEFAULT_KEY_PUBLISH_DELAY))),
+        default=env.get("AUTHSVC_KEY_PUBLISH_DELAY") or str(DEFAULT_KEY_PUBLISH_DELAY),
         help="seconds a new signing key is published before it signs; at least the JWKS max age "
         f"[env AUTHSVC_KEY_PUBLISH_DELAY; default {DEFAULT_KEY_PUBLISH_DELAY}]",
     )
     serve.add_argument(
         "--key-rotation-period",
         type=int,
-        default=int(env["AUTHSVC_KEY_ROTATION_PERIOD"]) if env.get("AUTHSVC_KEY_ROTATION_PERIOD") else None,
+        default=env.get("AUTHSVC_KEY_ROTATION_PERIOD") or None,
         help="rotate the signing key automatically this often, in seconds "
         "[env AUTHSVC_KEY_ROTATION_PERIOD; default: only with 'authsvc keys rotate']",
     )
     serve.add_argument(
         "--jwks-max-age",
         type=int,
-        default=int(env.get("AUTHSVC_JWKS_MAX_AGE", str(DEFAULT_JWKS_MAX_AGE))),
+        default=env.get("AUTHSVC_JWKS_MAX_AGE") or str(DEFAULT_JWKS_MAX_AGE),
         help="seconds verifiers may cache the JWKS "
         f"[env AUTHSVC_JWKS_MAX_AGE; default {DEFAULT_JWKS_MAX_AGE}]",
     )
     serve.add_argument(
         "--client-cache-ttl",
         type=float,
-        default=float(env.get("AUTHSVC_CLIENT_CACHE_TTL", "2")),
+        default=env.get("AUTHSVC_CLIENT_CACHE_TTL") or "2",
         help="seconds a client record is cached per process: how soon a disable or rotation takes effect "
         "(0 < ttl <= 5) [env AUTHSVC_CLIENT_CACHE_TTL; default 2]",
     )
     serve.add_argument(
         "--grace-period",
         type=float,
-        default=float(env.get("AUTHSVC_GRACE_PERIOD", "5")),
+        default=env.get("AUTHSVC_GRACE_PERIOD") or "5",
         help="seconds in-flight calls get at shutdown [env AUTHSVC_GRACE_PERIOD; default 5]",
     )
     _add_limit_flags(serve, env)
@@ -356,7 +366,34 @@ def _kek_files(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[Path, 
     return tuple(Path(p) for p in listed) or None
 
 
+_READ_ONLY = {("clients", "list"), ("clients", "show"), ("keys", "list")}
+
+
+def _check_files(args: argparse.Namespace, env: Mapping[str, str]) -> None:
+    """Refuse, on one line, what would fail later: an empty --database-url, an unreadable KEK file,
+    an unusable data dir. A read-only command never creates a data dir or a development KEK."""
+    if args.database_url is not None and not args.database_url.strip():
+        raise ConfigurationError(
+            "--database-url is empty: give a postgresql:// URL, or leave it out for SQLite in the data dir"
+        )
+    kek_files = _kek_files(args, env)
+    for path in kek_files or ():
+        check_readable_file(path, "--kek-file")
+    dev_kek = uses_dev_kek(kek=env.get("AUTHSVC_KEK") or None, kek_file=kek_files)
+    if not args.database_url or dev_kek:
+        if (args.command, getattr(args, "action", None)) in _READ_ONLY:
+            needed = [DEV_KEK_FILE] if dev_kek else []
+            for name in ([] if args.database_url else [DB_FILE]) + needed:
+                if not (args.data_dir / name).is_file():
+                    raise ConfigurationError(
+                        f"no {name} in {args.data_dir}: point --data-dir (or AUTHSVC_DATA_DIR) at the "
+                        "directory 'authsvc serve' uses"
+                    )
+        check_data_dir(args.data_dir, "--data-dir")
+
+
 def _authority(args: argparse.Namespace, env: Mapping[str, str]) -> Authority:
+    _check_files(args, env)
     return open_authority(
         args.data_dir,
         database_url=args.database_url,
@@ -484,6 +521,11 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from authsvc.server.app import run  # noqa: PLC0415
     from authsvc.server.config import ServeConfig  # noqa: PLC0415
 
+    _check_files(args, env)
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is not None:
+            check_readable_file(path, flag)
+
     log_setup = configure_logging(level=args.log_level, log_format=args.log_format)
     config = ServeConfig(
         data_dir=args.data_dir,
@@ -531,8 +573,11 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     except (OAuthError, ConfigurationError, StoreError) as exc:
         print(f"authsvc: error: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        print(f"authsvc: error: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+    except (OSError, RuntimeError) as exc:  # a listener that cannot start, a file that cannot be read
+        message = startup_failure(exc, grpc_flag="--listen", http_flag="--http-listen")
+        if message is None:
+            raise
+        print(f"authsvc: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -5,21 +5,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import ipaddress
+import os
+import re
 import signal
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
 
 from authsvc.core.errors import ConfigurationError
 
 __all__ = [
+    "CommandParser",
     "ConnectionLimits",
     "add_connection_limit_flags",
+    "check_data_dir",
+    "check_listen",
     "check_plaintext",
+    "check_readable_file",
     "connection_limits_from",
     "is_loopback",
+    "is_unix",
     "positive",
     "split_host_port",
+    "startup_failure",
     "wait_for_stop_signal",
 ]
 
@@ -128,6 +140,102 @@ def connection_limits_from(args: argparse.Namespace) -> ConnectionLimits:
     )
 
 
+class CommandParser(argparse.ArgumentParser):
+    """The parser of every command and subcommand: no abbreviated flags (``--client-ca`` must not
+    quietly mean ``--client-cache-ttl``), a mistake answered on one line, and a word that begins
+    with ``-`` but is no flag of the command (a key id can, ``keys revoke -abc``) taken as a
+    positional. Subparsers made with ``add_subparsers`` are of this class too."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+    if sys.version_info >= (3, 12):
+
+        def _parse_optional(
+            self, arg_string: str
+        ) -> list[tuple[argparse.Action | None, str, str | None, str | None]] | None:
+            found = super()._parse_optional(arg_string)
+            return None if found is not None and all(t[0] is None for t in found) else found
+
+    else:
+
+        def _parse_optional(self, arg_string: str) -> tuple[argparse.Action | None, str, str | None] | None:
+            found = super()._parse_optional(arg_string)
+            return None if found is not None and found[0] is None else found
+
+
+def is_unix(address: str) -> bool:
+    """``unix:PATH``: a Unix domain socket (grpc and the HTTP edge take it as is)."""
+    return address.startswith("unix:")
+
+
+def check_listen(address: str, flag: str) -> None:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``unix:PATH``, else a ConfigurationError naming ``flag``."""
+    if is_unix(address):
+        if not address.removeprefix("unix:").strip():
+            raise ConfigurationError(f"{flag} {address!r} names no socket path: give unix:PATH")
+        return
+    try:
+        split_host_port(address)
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"{flag} {address!r} is not HOST:PORT (or unix:PATH), e.g. 127.0.0.1:50051"
+        ) from None
+
+
+def check_readable_file(path: Path, flag: str) -> None:
+    """ConfigurationError naming ``flag`` unless ``path`` is a file this process can read."""
+    try:
+        with path.open("rb"):
+            pass
+    except IsADirectoryError:
+        raise ConfigurationError(f"{flag} {path} is a directory: give the file itself") from None
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read {flag} {path}: {exc.strerror or exc}; give a file this user can read"
+        ) from None
+
+
+def check_data_dir(path: Path, flag: str) -> None:
+    """ConfigurationError naming ``flag`` unless ``path`` is a writable directory or can be made
+    one (its nearest existing ancestor is a writable directory). Creates nothing."""
+    if path.exists() and not path.is_dir():
+        raise ConfigurationError(f"{flag} {path} is a file, not a directory: give a directory")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigurationError(f"cannot create {flag} {path}: {existing} is a file; give another directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = f"{flag} {path}" if existing == path else f"{existing}, where {flag} {path} would be created,"
+        raise ConfigurationError(f"{what} is not writable by this user: give a directory it can write")
+
+
+_GRPC_BIND = re.compile(r"Failed to bind to address (\S+?);")
+
+
+def startup_failure(exc: BaseException, *, grpc_flag: str, http_flag: str) -> str | None:
+    """One line saying what to do for a listener that could not start, or an OS error at start-up;
+    None for anything else. grpc reports a failed bind as a RuntimeError naming the address."""
+    if isinstance(exc, RuntimeError) and (m := _GRPC_BIND.search(str(exc))):
+        return (
+            f"cannot listen on {m.group(1)}: the address is in use or not available here; stop what "
+            f"holds it or choose another {grpc_flag}"
+        )
+    if not isinstance(exc, OSError):
+        return None
+    if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES) and exc.filename is None:
+        # aiohttp: "error while attempting to bind on address ('127.0.0.1', 8080): address already in use"
+        return f"cannot listen for HTTP: {exc.strerror or exc}; choose another {http_flag}"
+    if exc.filename is not None:
+        return f"cannot use {exc.filename}: {exc.strerror or exc}"
+    return f"{exc.strerror or exc}"
+
+
 def split_host_port(address: str) -> tuple[str, int]:
     """Split ``HOST:PORT`` or ``[IPv6]:PORT``."""
     host, sep, port = address.rpartition(":")
@@ -149,7 +257,9 @@ def is_loopback(host: str) -> bool:
 
 def check_plaintext(listen: str, *, tls: bool, insecure: bool) -> None:
     """Refuse plaintext on a non-loopback address unless ``insecure`` says a TLS-terminating proxy
-    is in front."""
+    is in front. A Unix domain socket (``unix:PATH``) never leaves the machine."""
+    if is_unix(listen):
+        return
     host, _ = split_host_port(listen)
     if not tls and not insecure and not is_loopback(host):
         raise ConfigurationError(

@@ -17,6 +17,7 @@ from authsvc.core.errors import ConfigurationError
 from authsvc.core.ports import SystemClock, SystemRandom
 from authsvc.listen import (
     ConnectionLimits,
+    check_listen,
     check_plaintext,
     is_loopback,
     split_host_port,
@@ -125,7 +126,14 @@ class PaymentsConfig:
             )
 
     def __post_init__(self) -> None:
-        split_host_port(self.listen)
+        check_listen(self.listen, "--listen")
+        if self.http_listen is not None:
+            check_listen(self.http_listen, "--http-listen")
+        if self.database_url is not None and not self.database_url.strip():
+            raise ConfigurationError(
+                "--database-url is empty: give a postgresql:// URL, or leave it out for SQLite in the "
+                "data dir"
+            )
         if self.database_url and not self.database_url.startswith(("postgresql://", "postgres://")):
             raise ConfigurationError("--database-url must be a postgresql:// URL")
         if self.database_timeout <= 0:
@@ -133,7 +141,7 @@ class PaymentsConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigurationError("--tls-cert and --tls-key go together")
         check_plaintext(self.listen, tls=self.tls_cert is not None, insecure=self.insecure)
-        if self.http_listen is not None and not self.http_listen.startswith("unix:"):
+        if self.http_listen is not None:
             check_plaintext(self.http_listen, tls=self.tls_cert is not None, insecure=self.insecure)
         if self.jwks_url is not None:
             self._check_url(self.jwks_url, "refusing to fetch signing keys from")

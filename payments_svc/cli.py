@@ -10,8 +10,16 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from authsvc import __version__
 from authsvc.core.errors import ConfigurationError
-from authsvc.listen import add_connection_limit_flags, connection_limits_from
+from authsvc.listen import (
+    CommandParser,
+    add_connection_limit_flags,
+    check_data_dir,
+    check_readable_file,
+    connection_limits_from,
+    startup_failure,
+)
 from authsvc.logsetup import configure as configure_logging
 from authsvc.logsetup import format_flag, level_flag
 from payments_svc.errors import DatabaseUnavailable
@@ -24,10 +32,12 @@ def _env_bool(value: str | None) -> bool:
 
 
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    # every subparser is a CommandParser too: no abbreviated flags, one-line mistakes
+    parser = CommandParser(
         prog="payments-svc",
         description="The PaymentService, a payment gateway that accepts authsvc access tokens",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the PaymentService")
     default_dir = Path(env.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "payments-svc"
@@ -177,6 +187,19 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _check_files(args: argparse.Namespace) -> None:
+    """Refuse, on one line, files that would fail later: TLS files, the CA, the data dir."""
+    for flag, path in (
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+        ("--token-service-ca", args.token_service_ca),
+    ):
+        if path is not None:
+            check_readable_file(path, flag)
+    if not args.database_url:  # an empty one is refused by PaymentsConfig
+        check_data_dir(args.data_dir, "--data-dir")
+
+
 def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     env = os.environ if env is None else env
     args = build_parser(env).parse_args(argv)
@@ -191,6 +214,7 @@ def _main(args: argparse.Namespace) -> int:
     from payments_svc.app import PaymentsConfig, read_client_secret, serve  # noqa: PLC0415 - keep --help fast
 
     try:
+        _check_files(args)
         if (args.client_id is None) != (args.client_secret_file is None):
             raise ConfigurationError("--client-id and --client-secret-file go together")
         secret = None if args.client_secret_file is None else read_client_secret(args.client_secret_file)
@@ -223,6 +247,12 @@ def _main(args: argparse.Namespace) -> int:
         asyncio.run(serve(config))
     except ConfigurationError as exc:
         print(f"payments-svc: error: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, RuntimeError) as exc:  # a listener that cannot start, a file that cannot be read
+        message = startup_failure(exc, grpc_flag="--listen", http_flag="--http-listen")
+        if message is None:
+            raise
+        print(f"payments-svc: error: {message}", file=sys.stderr)
         return 1
     except DatabaseUnavailable as exc:
         print(f"payments-svc: error: {exc.description}", file=sys.stderr)

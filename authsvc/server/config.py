@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from authsvc.core.clients import MAX_TOKEN_TTL
 from authsvc.core.errors import ConfigurationError
 from authsvc.core.lifecycle import DEFAULT_JWKS_MAX_AGE, DEFAULT_KEY_PUBLISH_DELAY, LifecyclePolicy
-from authsvc.listen import ConnectionLimits, check_plaintext, split_host_port
+from authsvc.listen import ConnectionLimits, check_listen, check_plaintext, is_unix, split_host_port
 
 __all__ = [
     "DEFAULT_ISSUER",
@@ -58,13 +58,18 @@ class ServeConfig:
     refusal_log_rate: float = 10.0  # "token refused" lines per second, bursts of twice that
 
     def __post_init__(self) -> None:
-        _, port = split_host_port(self.listen)
+        check_listen(self.listen, "--listen")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigurationError("--tls-cert and --tls-key go together")
         check_plaintext(self.listen, tls=self.tls_cert is not None, insecure=self.insecure)
-        if self.http_listen is not None and not self.http_listen.startswith("unix:"):
-            split_host_port(self.http_listen)
+        if self.http_listen is not None:
+            check_listen(self.http_listen, "--http-listen")
             check_plaintext(self.http_listen, tls=self.tls_cert is not None, insecure=self.insecure)
+        if self.database_url is not None and not self.database_url.strip():
+            raise ConfigurationError(
+                "--database-url is empty: give a postgresql:// URL, or leave it out for SQLite in the "
+                "data dir"
+            )
         if not self.issuer or any(c.isspace() for c in self.issuer):
             raise ConfigurationError("the issuer must be a URL without spaces")
         issuer = urlsplit(self.issuer)
@@ -73,7 +78,9 @@ class ServeConfig:
             raise ConfigurationError("the issuer must be an https:// URL without query or fragment")
         if self.workers < 1:
             raise ConfigurationError("--workers must be at least 1")
-        if self.workers > 1 and port == 0:
+        if self.workers > 1 and is_unix(self.listen):
+            raise ConfigurationError("several workers share a TCP port: give --listen HOST:PORT, not unix:")
+        if self.workers > 1 and split_host_port(self.listen)[1] == 0:
             raise ConfigurationError("several workers need a fixed port, not port 0")
         if self.jwks_max_age <= 0:
             raise ConfigurationError("the JWKS max age must be positive")
