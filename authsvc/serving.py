@@ -143,7 +143,9 @@ async def serving(health: HealthServicer, services: Sequence[str]) -> None:
 
 
 def describe(listen: str, port: int) -> str:
-    """``host:port`` for a log line (IPv6 hosts in brackets)."""
+    """``host:port`` for a log line (IPv6 hosts in brackets); a ``unix:PATH`` as it is."""
+    if listen.startswith("unix:"):
+        return listen
     host, _ = split_host_port(listen)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

@@ -76,8 +76,8 @@ class Command:
         self.log: list[str] = []
         for line in self.proc.stderr:
             self.log.append(line)
-            if m := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
-                self.port = int(m.group(1))
+            if m := re.search(r"listening on (?:127\.0\.0\.1:(\d+)|unix:)", line):
+                self.port = int(m.group(1)) if m.group(1) else 0  # 0: a unix: socket
                 h = re.search(r"HTTP on 127\.0\.0\.1:(\d+)", line)
                 self.http_port = int(h.group(1)) if h else None
                 break

@@ -161,10 +161,6 @@ def test_bad_listen_address(env: dict[str, str]) -> None:
     refused(authsvc_cmd(env, "serve", "--listen", "unix:"), "unix:PATH")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs authsvc.serving.describe to pass unix:PATH through (it splits HOST:PORT today)",
-)
 def test_listen_on_a_unix_socket(env: dict[str, str], tmp_path: Path) -> None:
     import grpc
 
