@@ -138,8 +138,12 @@ async def start_server(
         server,
     )
     health = serving.add_health_and_reflection(server, [TOKEN_SERVICE])
-    port = serving.bind(server, config.listen, tls_cert=config.tls_cert, tls_key=config.tls_key)
-    await server.start()
+    try:
+        port = serving.bind(server, config.listen, tls_cert=config.tls_cert, tls_key=config.tls_key)
+        await server.start()
+    except BaseException:
+        await server.stop(None)  # else its loop-bound parts complain at interpreter exit
+        raise
     http = None
     if config.http_listen is not None:
         try:
