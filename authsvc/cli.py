@@ -550,7 +550,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         refusal_log_rate=args.refusal_log_rate,
     )
     try:
-        return run(config)
+        return run(config, log_format=args.log_format)
     finally:
         log_setup.stop()  # every queued line is written before the process exits
 

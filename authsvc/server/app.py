@@ -239,7 +239,7 @@ def _worker(config: ServeConfig, log_level: int, log_format: str = "text") -> No
         log_setup.stop()
 
 
-def run(config: ServeConfig) -> int:
+def run(config: ServeConfig, *, log_format: str = "text") -> int:
     """Run the TokenService in this process, or in ``config.workers`` worker processes."""
     if config.workers == 1:
         asyncio.run(serve(config))
@@ -250,7 +250,7 @@ def run(config: ServeConfig) -> int:
     authority.close()
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker, args=(config, logging.getLogger().level), daemon=False)
+        ctx.Process(target=_worker, args=(config, logging.getLogger().level, log_format), daemon=False)
         for _ in range(config.workers)
     ]
     for p in procs:
