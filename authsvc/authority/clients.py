@@ -11,6 +11,7 @@ from authsvc.core.errors import InvalidRequest, NotFound
 from authsvc.core.keys import b64url
 from authsvc.core.ports import Clock, RandomSource
 from authsvc.core.secrets import SecretHasher, generate_client_secret
+from authsvc.logsetup import audit
 from authsvc.store.base import ClientStore
 
 __all__ = ["MAX_SECRET_GRACE", "ClientRegistry"]
@@ -60,6 +61,11 @@ class ClientRegistry:
             now=self._now(),
         )
         self.store.create_client(client)
+        audit(
+            "client.created",
+            {"client_id": client.client_id, "scope": " ".join(client.allowed_scopes),
+             "audience": list(client.allowed_audiences), "token_ttl": client.token_ttl},
+        )  # fmt: skip
         return client, secret
 
     def get_client(self, client_id: str) -> Client:
@@ -79,6 +85,7 @@ class ClientRegistry:
         )
         if client is None:
             raise NotFound(f"no client {client_id!r}")
+        audit("client.enabled" if enabled else "client.disabled", {"client_id": client.client_id})
         return client
 
     def rotate_secret(self, client_id: str, *, grace: int = 0, end_grace: bool = False) -> tuple[Client, str]:
@@ -117,4 +124,8 @@ class ClientRegistry:
             raise InvalidRequest(
                 f"client {client.client_id!r} was given another secret meanwhile; nothing changed, run again"
             )
+        audit(
+            "client.secret_rotated",
+            {"client_id": updated.client_id, "grace": grace, "ended_grace": end_grace or None},
+        )
         return updated, secret

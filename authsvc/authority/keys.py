@@ -35,6 +35,7 @@ from authsvc.core.lifecycle import (
     publication_time,
 )
 from authsvc.core.ports import Clock, RandomSource
+from authsvc.logsetup import audit
 from authsvc.store.base import AlreadyExists, KeyStore, StoredKey
 
 __all__ = ["KeyCustody", "KeyInfo", "KeyManager", "published", "published_jwks"]
@@ -171,6 +172,7 @@ class KeyManager:
             self._stored(key, state=KeyState.NEXT, now=now, origin="generated"), kek_ids=self.keks.kek_ids
         )
         log.info("generated next signing key kid=%s", key.kid)
+        audit("key.rotated", {"kid": key.kid, "state": "next", "origin": "generated"})
         return self._info(key.kid)
 
     def import_key(self, pem: bytes, *, password: bytes | None = None) -> KeyInfo:
@@ -197,6 +199,7 @@ class KeyManager:
         except AlreadyExists as exc:
             raise InvalidRequest(f"key {key.kid} is known already") from exc
         log.info("imported signing key kid=%s as next", key.kid)
+        audit("key.imported", {"kid": key.kid, "state": "next", "origin": "imported"})
         return self._info(key.kid)
 
     def revoke(self, kid: str) -> KeyInfo:
@@ -208,6 +211,7 @@ class KeyManager:
         if before is None:
             raise NotFound(f"no published or pending key {kid!r}")
         log.warning("revoked signing key kid=%s (was %s)", kid, before.state)
+        audit("key.revoked", {"kid": kid, "was": before.state}, level=logging.WARNING)
         if before.state == KeyState.ACTIVE:
             pending = sorted(
                 (k for k in self.store.list_keys() if k.state == KeyState.NEXT),

@@ -21,6 +21,7 @@ from authsvc.core.errors import InvalidRequest
 from authsvc.core.ports import Clock
 from authsvc.core.revocation import Revocation, RevocationSet
 from authsvc.logsafe import LogRateLimiter, loggable
+from authsvc.logsetup import audit
 from authsvc.store.base import RevocationStore, StoreError
 
 __all__ = ["LEEWAY_MARGIN", "MAX_JTI_LENGTH", "RevocationFeed", "RevocationRegistry", "validate_jti"]
@@ -73,6 +74,7 @@ class RevocationRegistry:
         entry = Revocation(expires_at=min(expires_at, latest), jti=jti)
         sequence = self.store.add_revocation(entry, now=now)
         log.info("token revoked: jti=%s expires_at=%d sequence=%d", loggable(jti), entry.expires_at, sequence)
+        audit("token.revoked", {"jti": jti, "expires_at": entry.expires_at, "sequence": sequence})
         return entry
 
     def revoke_client(self, client_id: str, *, also_next: int = 0) -> Revocation:
@@ -100,6 +102,9 @@ class RevocationRegistry:
             loggable(client_id),
             not_before,
             sequence,
+        )
+        audit(
+            "client.tokens_revoked", {"client_id": client_id, "not_before": not_before, "sequence": sequence}
         )
         return entry
 
