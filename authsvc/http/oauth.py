@@ -169,7 +169,7 @@ class OAuthHttp:
 
     async def _client(self, request: web.Request, form: _Form) -> Client:
         client_id, secret, _ = self._credentials(request, form)
-        return await self._issuer.authenticate(client_id, secret)
+        return await self._issuer.authenticate(client_id, secret, peer=request.remote)
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -321,15 +321,15 @@ class OAuthHttp:
                 request.headers.getall("Authorization", []), client_id="", client_secret=""
             )
         except OAuthError as exc:
-            self._issuer.refused(client_id, exc)
+            self._issuer.refused(client_id, exc, peer=request.remote)
             return _answer(token_error(exc, basic=basic))
         try:
-            client = await self._issuer.authenticate(client_id, secret)  # logs its refusals
+            client = await self._issuer.authenticate(client_id, secret, peer=request.remote)  # logs refusals
         except OAuthError as exc:
             return _answer(token_error(exc, basic=basic))
         if REVOCATIONS_SCOPE not in client.allowed_scopes:
             refusal = UnauthorizedClient(f"reading the revocation list needs the scope {REVOCATIONS_SCOPE}")
-            self._issuer.refused(client_id, refusal)
+            self._issuer.refused(client_id, refusal, peer=request.remote)
             answer = token_error(refusal, basic=basic)
             return _answer(HttpAnswer(403, answer.body, answer.headers))
         current = self._feed.set

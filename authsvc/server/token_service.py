@@ -228,13 +228,13 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
             client_id, secret, _ = client_credentials(
                 authorization_values(context.invocation_metadata()), client_id="", client_secret=""
             )
-            client = await self._issuer.authenticate(client_id, secret)
+            client = await self._issuer.authenticate(client_id, secret, peer=context.peer())
             if REVOCATIONS_SCOPE not in client.allowed_scopes:
                 raise UnauthorizedClient(f"reading the revocation list needs the scope {REVOCATIONS_SCOPE}")
             slot = self.watch_slots.acquire(context.peer())
         except (OAuthError, RateLimited) as exc:
             if isinstance(exc, OAuthError):
-                self._issuer.refused(client_id, exc)
+                self._issuer.refused(client_id, exc, peer=context.peer())
             await context.abort_with_status(status_for(exc))
             raise AssertionError("unreachable") from exc
         try:
