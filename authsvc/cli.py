@@ -129,6 +129,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "/.well-known/jwks.json, /.well-known/oauth-authorization-server, /oauth2/introspect, "
         "/oauth2/revoke; the TLS flags apply to it too [env AUTHSVC_HTTP_LISTEN; default off]",
     )
+    serve.add_argument(
+        "--metrics-listen",
+        default=env.get("AUTHSVC_METRICS_LISTEN") or None,
+        help="HOST:PORT (or unix:PATH) for the management port: GET /metrics (Prometheus), /livez, "
+        "/readyz. Always plaintext, on any address (probes and Prometheus scrape in plaintext; it "
+        "serves no secret); not with --workers above 1 yet [env AUTHSVC_METRICS_LISTEN; default off]",
+    )
     _add_common(serve, env)
     serve.add_argument(
         "--issuer",
@@ -531,6 +538,7 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         data_dir=args.data_dir,
         listen=args.listen,
         http_listen=args.http_listen,
+        metrics_listen=args.metrics_listen,
         issuer=args.issuer,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

@@ -8,15 +8,18 @@ metadata caps, no accidental port sharing, the connection limits of
 :func:`bind` adds the listening port, TLS when certificate and key are given; :func:`serving`
 reports SERVING; :func:`describe` renders the address for the start-up log line.
 :func:`start_http` serves an aiohttp application beside it, on the same event loop, with the same
-TLS files, and stops it gracefully.
+TLS files, and stops it gracefully. :func:`start_management` serves ``/metrics``, ``/livez`` and
+``/readyz`` on a plaintext management port (``--metrics-listen``); :func:`track_health` keeps the
+gRPC health service in agreement with ``/readyz``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from authsvc.listen import ConnectionLimits, split_host_port
 from authsvc.status import DecodeGuard
@@ -33,13 +37,17 @@ from authsvc.status import DecodeGuard
 __all__ = [
     "HEALTH_SERVICE",
     "HttpListener",
+    "Readiness",
     "add_health_and_reflection",
     "bind",
     "describe",
+    "management_app",
     "new_server",
     "server_ssl_context",
     "serving",
     "start_http",
+    "start_management",
+    "track_health",
 ]
 
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -214,3 +222,73 @@ async def start_http(
     addresses = runner.addresses
     bound = addresses[0][1] if addresses and isinstance(addresses[0], tuple) else 0
     return HttpListener(runner, int(bound))
+
+
+# -- management port: metrics and probes ------------------------------------------------------
+
+Readiness = Callable[[], str | None]
+"""Why the service cannot do its job now (a short reason), or None when it can."""
+
+
+def management_app(registry: CollectorRegistry, readiness: Readiness) -> web.Application:
+    """``GET /metrics`` (``registry`` in the Prometheus text format), ``GET /livez`` (200 while
+    the process runs) and ``GET /readyz`` (200 when ``readiness`` has no objection, else 503 with
+    ``{"status": "not ready", "reason": ...}``)."""
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def livez(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        reason = readiness()
+        if reason is None:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not ready", "reason": reason}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def start_management(
+    listen: str, registry: CollectorRegistry, readiness: Readiness, *, grace: float
+) -> HttpListener:
+    """The management port: :func:`management_app` on ``listen``, in plaintext (probes and
+    Prometheus scrape in plaintext; it serves no secret)."""
+    return await start_http(
+        management_app(registry, readiness), listen, tls_cert=None, tls_key=None, grace=grace
+    )
+
+
+async def track_health(
+    health: HealthServicer,
+    services: Sequence[str],
+    readiness: Readiness,
+    *,
+    interval: float = 0.5,
+    while_not_ready: Callable[[], None] | None = None,
+) -> None:
+    """Keep the gRPC health status of the server and of ``services`` SERVING while
+    ``readiness`` has no objection and NOT_SERVING otherwise, checked every ``interval`` seconds
+    until cancelled. ``while_not_ready`` is called on each check that finds the service not ready
+    (e.g. to try fetching keys again)."""
+    last: bool | None = None
+    while True:
+        ready = readiness() is None
+        if ready != last:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ready
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", *services):
+                await health.set(name, status)
+            last = ready
+        if not ready and while_not_ready is not None:
+            while_not_ready()
+        await asyncio.sleep(interval)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -23,6 +27,7 @@ from authsvc.listen import (
     split_host_port,
     wait_for_stop_signal,
 )
+from authsvc.metrics import ServerMetrics
 from authsvc.verify import (
     AioAuthInterceptor,
     GrpcJwksSource,
@@ -80,6 +85,8 @@ class PaymentsConfig:
     listen: str = "127.0.0.1:50052"
     # the HTTP/JSON API beside gRPC (payments_svc.http), same process, loop and TLS files
     http_listen: str | None = None
+    # /metrics, /livez, /readyz on a plaintext management port (authsvc.serving.start_management)
+    metrics_listen: str | None = None
     token_service: str = "127.0.0.1:50051"  # noqa: S105 - an address, not a secret
     issuer: str = "https://authsvc.local"
     audience: str = "payments"
@@ -129,6 +136,9 @@ class PaymentsConfig:
         check_listen(self.listen, "--listen")
         if self.http_listen is not None:
             check_listen(self.http_listen, "--http-listen")
+        if self.metrics_listen is not None:
+            # plaintext on any address: probes and Prometheus scrape in plaintext
+            check_listen(self.metrics_listen, "--metrics-listen")
         if self.database_url is not None and not self.database_url.strip():
             raise ConfigurationError(
                 "--database-url is empty: give a postgresql:// URL, or leave it out for SQLite in the "
@@ -193,6 +203,9 @@ class RunningPayments:
     store: SqlPaymentStore
     verifier: TokenVerifier
     http: serving.HttpListener | None = None
+    metrics: ServerMetrics | None = None  # what /metrics shows (--metrics-listen)
+    management: serving.HttpListener | None = None  # /metrics, /livez, /readyz
+    health_task: asyncio.Task[None] | None = None  # keeps gRPC health in step with /readyz
 
     @property
     def http_port(self) -> int:
@@ -200,14 +213,22 @@ class RunningPayments:
             raise LookupError("no HTTP listener: give --http-listen")
         return self.http.port
 
+    @property
+    def metrics_port(self) -> int:
+        if self.management is None:
+            raise LookupError("no management listener: give --metrics-listen")
+        return self.management.port
+
     async def stop(self, grace: float | None) -> None:
         """NOT_SERVING, then both listeners drain at once (HTTP within the grace period given at
         start-up), then the verifier and the store close."""
         await self.health.enter_graceful_shutdown()
-        if self.http is not None:
-            await asyncio.gather(self.server.stop(grace), self.http.stop())
-        else:
-            await self.server.stop(grace)
+        if self.health_task is not None:
+            self.health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.health_task
+        listeners = [h.stop() for h in (self.http, self.management) if h is not None]
+        await asyncio.gather(self.server.stop(grace), *listeners)
         self.verifier.close()
         self.store.close()
 
@@ -328,11 +349,13 @@ async def _start(
             "could not fetch signing keys from %s yet; requests fail with UNAVAILABLE until it answers",
             key_source(config),
         )
+    metrics = ServerMetrics() if config.metrics_listen is not None else None
     server = serving.new_server(
         limits=config.limits,
         max_message_bytes=config.max_message_bytes,
         max_metadata_bytes=config.max_metadata_bytes,
-        interceptors=[AioAuthInterceptor(verifier)],
+        # metrics first: the calls authentication refuses are counted with their codes
+        interceptors=[*([] if metrics is None else [metrics.interceptor]), AioAuthInterceptor(verifier)],
     )
     operations = PaymentOperations(store, clock=SystemClock(), random=SystemRandom())
     payments_pb2_grpc.add_PaymentServiceServicer_to_server(PaymentServicer(operations), server)
@@ -350,13 +373,38 @@ async def _start(
         except BaseException:
             await server.stop(0)
             raise
-    await serving.serving(health, [PAYMENT_SERVICE])
+    readiness = _readiness(verifier)
+    management = None
+    if metrics is not None and config.metrics_listen is not None:
+        try:
+            management = await serving.start_management(
+                config.metrics_listen, metrics.registry, readiness, grace=config.grace_period
+            )
+        except BaseException as exc:
+            await asyncio.gather(server.stop(0), *([http.stop()] if http is not None else []))
+            if isinstance(exc, OSError):
+                raise ConfigurationError(
+                    f"cannot listen on {config.metrics_listen}: {exc.strerror or exc}; choose another "
+                    "--metrics-listen"
+                ) from None
+            raise
+    if readiness() is None:  # else NOT_SERVING until the health task sees a key set
+        await serving.serving(health, [PAYMENT_SERVICE])
+    health_task = asyncio.get_running_loop().create_task(
+        serving.track_health(
+            health, [PAYMENT_SERVICE], readiness, while_not_ready=_refetch(verifier, config.jwks_cooldown)
+        ),
+        name="payments-health",
+    )
     log.info(
-        "PaymentService listening on %s (%s), issuer %s, audience %s",
+        "PaymentService listening on %s (%s), issuer %s, audience %s%s",
         serving.describe(config.listen, port),
         "TLS" if config.tls_cert else "plaintext",
         config.issuer,
         config.audience,
+        ""
+        if management is None
+        else f", metrics on {_address(config.metrics_listen or '', management.port)}",
     )
     if http is not None and config.http_listen is not None:
         log.info(
@@ -366,7 +414,35 @@ async def _start(
             else serving.describe(config.http_listen, http.port),
             "TLS" if config.tls_cert else "plaintext",
         )
-    return RunningPayments(server, port, health, store, verifier, http)
+    return RunningPayments(server, port, health, store, verifier, http, metrics, management, health_task)
+
+
+def _readiness(verifier: TokenVerifier) -> serving.Readiness:
+    """Ready while the verifier holds a key set: without one every call could only be refused."""
+
+    def reason() -> str | None:
+        return None if verifier.keys.has_keys else "no signing keys fetched from the issuer yet"
+
+    return reason
+
+
+def _address(listen: str, port: int) -> str:
+    return listen if listen.startswith("unix:") else serving.describe(listen, port)
+
+
+def _refetch(verifier: TokenVerifier, cooldown: float) -> Callable[[], None]:
+    """While no key set is held, try a fetch again at most once per ``cooldown`` (no request may
+    come to trigger one: a not-ready instance gets no traffic)."""
+    last = time.monotonic()
+
+    def again() -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= cooldown:
+            last = now
+            threading.Thread(target=verifier.keys.refresh, name="payments-jwks-retry", daemon=True).start()
+
+    return again
 
 
 async def _first_revocations(verifier: TokenVerifier) -> None:

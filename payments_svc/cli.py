@@ -55,6 +55,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "the TLS flags apply to it too",
     )
     opt(
+        "--metrics-listen",
+        "PAYMENTS_METRICS_LISTEN",
+        None,
+        "HOST:PORT (or unix:PATH) for the management port: GET /metrics (Prometheus), /livez, "
+        "/readyz (ready once a key set is held). Always plaintext, on any address (probes and "
+        "Prometheus scrape in plaintext; it serves no secret)",
+    )
+    opt(
         "--data-dir",
         "PAYMENTS_DATA_DIR",
         str(default_dir),
@@ -223,6 +231,7 @@ def _main(args: argparse.Namespace) -> int:
             database_url=args.database_url,
             listen=args.listen,
             http_listen=args.http_listen,
+            metrics_listen=args.metrics_listen,
             token_service=args.token_service,
             jwks_url=args.jwks_url,
             token_service_ca=args.token_service_ca,

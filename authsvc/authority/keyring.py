@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
+import time
+from collections.abc import AsyncGenerator, Callable
 
 from authsvc.authority.keys import KeyManager, published, published_jwks
 from authsvc.core.keys import KeyState, jwks_json
@@ -30,7 +31,14 @@ _TICK_ERRORS = LogRateLimiter(rate=1 / 30, burst=3)
 
 
 class Keyring:
-    def __init__(self, keys: KeyManager, policy: LifecyclePolicy, *, tick_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        keys: KeyManager,
+        policy: LifecyclePolicy,
+        *,
+        tick_interval: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._keys = keys
         self.policy = policy
         self.tick_interval = tick_interval
@@ -41,12 +49,23 @@ class Keyring:
         self.version = 0
         self._changed: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._now = monotonic
+        self._store_ok = False  # the store answered the last load or tick
+        self._answered_at: float | None = None  # when a load or tick last completed
 
     @property
     def signer(self) -> TokenSigner:
         if self._signer is None:
             raise RuntimeError("the keyring has not been loaded")
         return self._signer
+
+    @property
+    def healthy(self) -> bool:
+        """True while a signing key is loaded and the store answered the last key tick (recently:
+        a tick stuck on a store that never answers counts as not answering)."""
+        if self._signer is None or not self._store_ok or self._answered_at is None:
+            return False
+        return self._now() - self._answered_at <= 3 * self.tick_interval + 5.0
 
     def fetch(self) -> str:
         """The published set: a Keyring is a JWKS source (:class:`~authsvc.verify.JwksSource`) for
@@ -56,6 +75,7 @@ class Keyring:
     def load(self) -> bool:
         """Read the keys; swap the signer and the published set if they changed. True on change."""
         stored = self._keys.store.list_keys()
+        self._store_ok, self._answered_at = True, self._now()
         shown = published(stored)
         fingerprint = tuple(sorted((k.kid, k.state) for k in shown))
         if fingerprint == self._published and self._signer is not None:
@@ -104,6 +124,7 @@ class Keyring:
                     await asyncio.wait([tick])
                     raise
                 except StoreError as exc:  # an outage: say so, without a traceback every second
+                    self._store_ok = False
                     _TICK_ERRORS.log(
                         log,
                         logging.WARNING,
@@ -112,6 +133,7 @@ class Keyring:
                         exc,
                     )
                 except Exception:
+                    self._answered_at = self._now()  # the tick ended, and not for want of the store
                     _TICK_ERRORS.log(
                         log,
                         logging.ERROR,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Protocol
 
 from authsvc.core.clients import Client
 from authsvc.core.errors import OAuthError
@@ -27,15 +28,24 @@ from authsvc.logsafe import LogRateLimiter, client_id_for_log
 from authsvc.logsetup import AUDIT_LOGGER, audit
 from authsvc.store.cache import CachedClientLookup
 
-__all__ = ["TokenIssuer"]
+__all__ = ["IssuerMetrics", "TokenIssuer"]
 
 log = logging.getLogger("authsvc.token")
 _AUDIT_REFUSED_KEY = "audit token.refused"  # its own bucket: the plain lines keep theirs
 
 
+class IssuerMetrics(Protocol):
+    """What the issuer counts (``authsvc.metrics.TokenMetrics``; no prometheus import here)."""
+
+    def token_issued(self) -> None: ...
+
+    def token_refused(self, error: str) -> None: ...
+
+
 class TokenIssuer:
     """The token endpoint (:class:`~authsvc.core.grants.TokenEndpoint`) over a cached client
-    lookup. ``refusal_log`` bounds the lines refused requests write."""
+    lookup. ``refusal_log`` bounds the lines refused requests write; ``metrics``, when given,
+    counts tokens issued and refused (by OAuth error code)."""
 
     def __init__(
         self,
@@ -43,9 +53,11 @@ class TokenIssuer:
         clients: CachedClientLookup,
         *,
         refusal_log: LogRateLimiter | None = None,
+        metrics: IssuerMetrics | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.clients = clients
+        self.metrics = metrics
         self._refusals = refusal_log or LogRateLimiter(rate=10, burst=20)
 
     async def issue(self, request: TokenRequest, *, peer: str | None = None) -> IssuedToken:
@@ -60,6 +72,8 @@ class TokenIssuer:
             self.refused(request.client_id, exc, request=request, peer=peer)
             raise
         except Exception:
+            if self.metrics is not None:
+                self.metrics.token_refused("server_error")  # what the caller is answered
             self._refusals.log(
                 log,
                 logging.ERROR,
@@ -69,6 +83,8 @@ class TokenIssuer:
                 exc_info=True,
             )
             raise
+        if self.metrics is not None:
+            self.metrics.token_issued()
         log.info(
             "token issued: jti=%s client_id=%s kid=%s scope=%r",
             issued.jti,
@@ -101,7 +117,7 @@ class TokenIssuer:
                 return self.endpoint.authenticate(client_id, client_secret)
             return await asyncio.to_thread(self.endpoint.authenticate, client_id, client_secret)
         except OAuthError as exc:
-            self.refused(client_id, exc, peer=peer)
+            self._log_refused(client_id, exc, None, peer)  # not a token request: not counted
             raise
 
     def refused(
@@ -114,6 +130,13 @@ class TokenIssuer:
     ) -> None:
         """Log a refusal; an edge calls it too for a request it refused before building one.
         ``request`` (when there is one) adds what was asked for to the audit event."""
+        if self.metrics is not None:
+            self.metrics.token_refused(exc.error)
+        self._log_refused(client_id, exc, request, peer)
+
+    def _log_refused(
+        self, client_id: str, exc: OAuthError, request: TokenRequest | None, peer: str | None
+    ) -> None:
         self._refusals.log(
             log,
             logging.INFO,

@@ -26,10 +26,12 @@ from authsvc.authority import Authority
 from authsvc.authority.keyring import Keyring
 from authsvc.authority.revocations import RevocationFeed
 from authsvc.authority.tokens import TokenIssuer
+from authsvc.core.errors import ConfigurationError
 from authsvc.core.grants import client_credentials_endpoint
 from authsvc.core.ports import SystemClock, SystemRandom
 from authsvc.listen import wait_for_stop_signal
 from authsvc.logsafe import LogRateLimiter
+from authsvc.metrics import ServerMetrics
 from authsvc.server.config import ServeConfig
 from authsvc.server.token_service import StreamSlots, TokenServicer
 from authsvc.store.cache import CachedClientLookup
@@ -70,6 +72,9 @@ class RunningServer:
     http: serving.HttpListener | None = None  # the OAuth endpoints over HTTP (--http-listen)
     revocations: RevocationFeed | None = None  # the revocation list WatchRevocations streams
     revocations_task: asyncio.Task[None] | None = None
+    metrics: ServerMetrics | None = None  # what /metrics shows (--metrics-listen)
+    management: serving.HttpListener | None = None  # /metrics, /livez, /readyz
+    health_task: asyncio.Task[None] | None = None  # keeps gRPC health in step with /readyz
 
     @property
     def http_port(self) -> int:
@@ -77,14 +82,25 @@ class RunningServer:
             raise RuntimeError("the TokenService serves no HTTP (--http-listen)")
         return self.http.port
 
+    @property
+    def metrics_port(self) -> int:
+        if self.management is None:
+            raise RuntimeError("the TokenService serves no metrics (--metrics-listen)")
+        return self.management.port
+
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, let in-flight calls on both listeners finish within ``grace``
         seconds, stop."""
         await self.health.enter_graceful_shutdown()
+        if self.health_task is not None:
+            self.health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.health_task
         tasks = [t for t in (self.keyring_task, self.revocations_task) if t is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(self.server.stop(grace), *([self.http.stop()] if self.http else []))
+        listeners = [h.stop() for h in (self.http, self.management) if h is not None]
+        await asyncio.gather(self.server.stop(grace), *listeners)
         for task in tasks:  # each waits for its tick in flight: the store is closed next
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -118,11 +134,16 @@ async def start_server(
     refusal_log = LogRateLimiter(
         rate=config.refusal_log_rate, burst=max(1, round(2 * config.refusal_log_rate)), clock=monotonic
     )
-    issuer = TokenIssuer(endpoint, clients, refusal_log=refusal_log)
+    metrics = ServerMetrics() if config.metrics_listen is not None else None
+    issuer = TokenIssuer(
+        endpoint, clients, refusal_log=refusal_log, metrics=None if metrics is None else metrics.tokens()
+    )
     server = serving.new_server(
         limits=config.limits,
         max_message_bytes=config.max_message_bytes,
         max_metadata_bytes=config.max_metadata_bytes,
+        # first: calls the interceptors after it refuse are counted with their codes
+        interceptors=[] if metrics is None else [metrics.interceptor],
         reuse_port=reuse_port,
     )
     watch_slots = StreamSlots(per_peer=config.watch_streams_per_peer, total=config.watch_streams_total)
@@ -151,14 +172,40 @@ async def start_server(
         except BaseException:
             await server.stop(0)
             raise
+    readiness = _readiness(keyring)
+    management = None
+    if metrics is not None and config.metrics_listen is not None:
+        try:
+            management = await serving.start_management(
+                config.metrics_listen, metrics.registry, readiness, grace=config.grace_period
+            )
+        except OSError as exc:
+            await asyncio.gather(server.stop(0), *([http.stop()] if http is not None else []))
+            raise ConfigurationError(
+                f"cannot listen on {config.metrics_listen}: {exc.strerror or exc}; choose another "
+                "--metrics-listen"
+            ) from None
+        except BaseException:
+            await asyncio.gather(server.stop(0), *([http.stop()] if http is not None else []))
+            raise
     keyring_task = asyncio.get_running_loop().create_task(keyring.run(), name="authsvc-keyring")
     revocations_task = asyncio.get_running_loop().create_task(revocations.run(), name="authsvc-revocations")
-    await serving.serving(health, [TOKEN_SERVICE])
+    health_task = asyncio.get_running_loop().create_task(
+        serving.track_health(health, [TOKEN_SERVICE], readiness), name="authsvc-health"
+    )
+    metrics_note = (
+        ""
+        if management is None
+        else f", metrics on {_http_address(config.metrics_listen or '', management.port)}"
+    )
+    if keyring.healthy:  # else the health task reports NOT_SERVING until it is
+        await serving.serving(health, [TOKEN_SERVICE])
     log.info(
-        "TokenService listening on %s (%s)%s, issuer %s, signing key kid=%s",
+        "TokenService listening on %s (%s)%s%s, issuer %s, signing key kid=%s",
         serving.describe(config.listen, port),
         "TLS" if config.tls else "plaintext",
         "" if http is None else f", HTTP on {_http_address(config.http_listen or '', http.port)}",
+        metrics_note,
         config.issuer,
         keyring.signer.key.kid,
     )
@@ -173,7 +220,19 @@ async def start_server(
         http,
         revocations,
         revocations_task,
+        metrics,
+        management,
+        health_task,
     )
+
+
+def _readiness(keyring: Keyring) -> serving.Readiness:
+    """Ready while a signing key is loaded and the store answered the last key tick."""
+
+    def reason() -> str | None:
+        return None if keyring.healthy else "no signing key loaded, or the key store did not answer"
+
+    return reason
 
 
 def _http_address(listen: str, port: int) -> str:

@@ -35,6 +35,8 @@ class ServeConfig:
     data_dir: Path
     listen: str = DEFAULT_LISTEN
     http_listen: str | None = None  # the OAuth endpoints over HTTP, beside gRPC (authsvc.http)
+    # /metrics, /livez, /readyz on a plaintext management port (authsvc.serving.start_management)
+    metrics_listen: str | None = None
     issuer: str = DEFAULT_ISSUER
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -65,6 +67,10 @@ class ServeConfig:
         if self.http_listen is not None:
             check_listen(self.http_listen, "--http-listen")
             check_plaintext(self.http_listen, tls=self.tls_cert is not None, insecure=self.insecure)
+        if self.metrics_listen is not None:
+            # plaintext on any address: probes and Prometheus scrape in plaintext, and it serves
+            # no secret
+            check_listen(self.metrics_listen, "--metrics-listen")
         if self.database_url is not None and not self.database_url.strip():
             raise ConfigurationError(
                 "--database-url is empty: give a postgresql:// URL, or leave it out for SQLite in the "
@@ -78,6 +84,10 @@ class ServeConfig:
             raise ConfigurationError("the issuer must be an https:// URL without query or fragment")
         if self.workers < 1:
             raise ConfigurationError("--workers must be at least 1")
+        if self.workers > 1 and self.metrics_listen is not None:
+            raise ConfigurationError(
+                "--metrics-listen works with one process only for now: drop it or use --workers 1"
+            )
         if self.workers > 1 and is_unix(self.listen):
             raise ConfigurationError("several workers share a TCP port: give --listen HOST:PORT, not unix:")
         if self.workers > 1 and split_host_port(self.listen)[1] == 0:
