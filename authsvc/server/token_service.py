@@ -225,16 +225,20 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
         assert self._revocations is not None
         client_id = ""
         try:
-            client_id, secret, _ = client_credentials(
-                authorization_values(context.invocation_metadata()), client_id="", client_secret=""
-            )
-            client = await self._issuer.authenticate(client_id, secret, peer=context.peer())
+            try:
+                client_id, secret, _ = client_credentials(
+                    authorization_values(context.invocation_metadata()), client_id="", client_secret=""
+                )
+            except OAuthError as exc:
+                self._issuer.refused(client_id, exc, peer=context.peer())
+                raise
+            client = await self._issuer.authenticate(client_id, secret, peer=context.peer())  # logs refusals
             if REVOCATIONS_SCOPE not in client.allowed_scopes:
-                raise UnauthorizedClient(f"reading the revocation list needs the scope {REVOCATIONS_SCOPE}")
+                refusal = UnauthorizedClient(f"the revocation list needs the scope {REVOCATIONS_SCOPE}")
+                self._issuer.refused(client_id, refusal, peer=context.peer())
+                raise refusal
             slot = self.watch_slots.acquire(context.peer())
         except (OAuthError, RateLimited) as exc:
-            if isinstance(exc, OAuthError):
-                self._issuer.refused(client_id, exc, peer=context.peer())
             await context.abort_with_status(status_for(exc))
             raise AssertionError("unreachable") from exc
         try:
