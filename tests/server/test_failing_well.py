@@ -4,9 +4,11 @@ non-zero exit, never a traceback (issue 12, "failing well")."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,11 +123,43 @@ def test_data_dir_that_is_a_file(env: dict[str, str], tmp_path: Path) -> None:
                         "--scope", "a", "--audience", "b"), "--data-dir")  # fmt: skip
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any directory: not testable as root")
-def test_data_dir_not_writable(env: dict[str, str], tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    refused(authsvc_cmd(env, "serve", "--data-dir", str(locked)), "not writable")
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _as_nobody_possible() -> bool:
+    """Root writes into any directory, so as root the command runs as nobody, which needs to read
+    the interpreter and the package: true here, not in a checkout nobody may enter."""
+    if shutil.which("setpriv") is None:
+        return False
+    probe = subprocess.run(
+        [*NOBODY, sys.executable, "-c", "import authsvc.cli"], capture_output=True, cwd="/", check=False
+    )
+    return probe.returncode == 0
+
+
+def test_data_dir_not_writable(env: dict[str, str]) -> None:
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        if not _as_nobody_possible():
+            pytest.skip("running as root, and user nobody cannot import authsvc from this checkout")
+        prefix = NOBODY
+    home = Path(tempfile.mkdtemp(prefix="authsvc-locked-"))
+    try:
+        home.chmod(0o755)  # nobody may enter it, not write in it
+        locked = home / "locked"
+        locked.mkdir(mode=0o500)
+        result = subprocess.run(
+            [*prefix, sys.executable, "-m", "authsvc.cli", "serve", "--data-dir", str(locked)],
+            env={**env, "HOME": str(home), "XDG_DATA_HOME": str(home / "xdg")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=home,
+            check=False,
+        )
+        refused(result, "not writable")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_unreadable_tls_and_kek_files(env: dict[str, str], tmp_path: Path) -> None:
