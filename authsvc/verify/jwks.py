@@ -282,6 +282,31 @@ class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+def read_capped(
+    response: HTTPResponse,
+    *,
+    deadline: float,
+    max_bytes: int,
+    where: str,
+    timeout: float,
+    error: type[Exception],
+) -> bytes:
+    """The body of ``response``, refused (``error``) past ``max_bytes`` or the monotonic
+    ``deadline``: one socket read at a time (``read1``), so a server dripping bytes meets it."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        if time.monotonic() > deadline:
+            raise error(f"{where} took longer than {timeout:g}s to answer")
+        chunk = response.read1(min(65536, max_bytes + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            raise error(f"{where} answered more than {max_bytes} bytes")
+
+
 def checked_url(
     url: str,
     *,
@@ -424,7 +449,10 @@ class HttpJwksSource:
             length = headers.get("Content-Length")
             if length is not None and length.strip().isdigit() and int(length) > self._max_bytes:
                 raise JwksFetchError(f"{self._where} answered more than {self._max_bytes} bytes")
-            body = self._read(response, deadline)
+            body = read_capped(
+                response, deadline=deadline, max_bytes=self._max_bytes, where=self._where,
+                timeout=self._timeout, error=JwksFetchError,
+            )  # fmt: skip
         try:
             text = body.decode("utf-8")
             json.loads(text)
@@ -435,21 +463,6 @@ class HttpJwksSource:
         self._body = text
         self._freshness(headers)
         return text
-
-    def _read(self, response: HTTPResponse, deadline: float) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            if time.monotonic() > deadline:
-                raise JwksFetchError(f"{self._where} took longer than {self._timeout:g}s to answer")
-            # read1: one socket read at most, so a server dripping bytes meets the deadline
-            chunk = response.read1(min(65536, self._max_bytes + 1 - size))
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > self._max_bytes:
-                raise JwksFetchError(f"{self._where} answered more than {self._max_bytes} bytes")
 
     def _freshness(self, headers: Message) -> None:
         cache_control = headers.get("Cache-Control")

@@ -36,7 +36,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-from http.client import HTTPResponse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
@@ -45,7 +44,14 @@ from authsvc.core.errors import InvalidToken, TemporarilyUnavailable
 from authsvc.core.ports import Clock, SystemClock
 from authsvc.core.revocation import Revocation, RevocationSet
 from authsvc.logsafe import loggable
-from authsvc.verify.jwks import JwksFetchError, _is_local, _origin, _SameOriginRedirects, checked_url
+from authsvc.verify.jwks import (
+    JwksFetchError,
+    _is_local,
+    _origin,
+    _SameOriginRedirects,
+    checked_url,
+    read_capped,
+)
 
 if TYPE_CHECKING:
     import grpc
@@ -651,25 +657,13 @@ class HttpRevocationSource:
             length = headers.get("Content-Length")
             if length is not None and length.strip().isdigit() and int(length) > self._max_bytes:
                 raise RevocationFetchError(f"{self._where} answered more than {self._max_bytes} bytes")
-            body = self._read(response, deadline)
+            body = read_capped(
+                response, deadline=deadline, max_bytes=self._max_bytes, where=self._where,
+                timeout=self._timeout, error=RevocationFetchError,
+            )  # fmt: skip
             etag = headers.get("ETag")
         sequence, entries = self._parse(body)
         return (etag if etag and len(etag) <= 64 and etag.isprintable() else None), sequence, entries
-
-    def _read(self, response: HTTPResponse, deadline: float) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            if time.monotonic() > deadline:
-                raise RevocationFetchError(f"{self._where} took longer than {self._timeout:g}s to answer")
-            # read1: one socket read at most, so a server dripping bytes meets the deadline
-            chunk = response.read1(min(65536, self._max_bytes + 1 - size))
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > self._max_bytes:
-                raise RevocationFetchError(f"{self._where} answered more than {self._max_bytes} bytes")
 
     def _parse(self, body: bytes) -> tuple[int, list[Revocation]]:
         try:
