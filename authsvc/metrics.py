@@ -23,10 +23,14 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import values as _values
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from authsvc.core import errors as _errors
 
@@ -256,12 +260,35 @@ class TokenMetrics:
 
 class ServerMetrics:
     """Everything one server exposes on ``/metrics``: its own registry, the gRPC metrics and the
-    interceptor that fills them."""
+    interceptor that fills them.
 
-    def __init__(self) -> None:
+    ``registry`` is where this server's metrics are created; ``exposed`` is what ``/metrics``
+    serves. They are one registry, unless ``multiprocess_dir`` is given (``authsvc serve
+    --workers N``): then every worker's counters and histograms live in memory-mapped files in that
+    directory (prometheus_client's multiprocess mode, which the parent turned on for the workers
+    with ``PROMETHEUS_MULTIPROC_DIR`` before starting them), and ``exposed`` reads them all, so
+    that whichever worker answers a scrape shows the sums over the whole process group. Values
+    computed at scrape time (:meth:`add_collector`) come from the answering worker."""
+
+    def __init__(self, *, multiprocess_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        if multiprocess_dir is None:
+            self.exposed = self.registry
+        else:
+            if not getattr(_values.ValueClass, "_multiprocess", False):
+                # each worker would count alone, and a scrape would show one worker's share
+                raise RuntimeError(
+                    "prometheus_client is not in multiprocess mode: PROMETHEUS_MULTIPROC_DIR must be "
+                    "set before it is imported"
+                )
+            self.exposed = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(self.exposed, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
         self.grpc = GrpcMetrics(self.registry)
         self.interceptor = MetricsInterceptor(self.grpc)
+
+    def add_collector(self, collector: Collector) -> None:
+        """Serve what ``collector`` computes at each scrape (never stored in the shared files)."""
+        self.exposed.register(collector)
 
     def tokens(self) -> TokenMetrics:
         return TokenMetrics(self.registry)

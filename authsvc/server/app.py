@@ -2,7 +2,9 @@
 SIGTERM or SIGINT, shut down gracefully.
 
 One process serves on one event loop; ``workers > 1`` starts that many processes that share the
-listening port (SO_REUSEPORT), so that token signing uses every core.
+listening port (SO_REUSEPORT), so that token signing uses every core. With ``--metrics-listen``
+they share the management port too, and count into one private directory (prometheus_client's
+multiprocess mode), so that a scrape answered by any worker shows the whole group.
 """
 
 from __future__ import annotations
@@ -12,13 +14,18 @@ import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
+import shutil
 import signal
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1._async import HealthServicer
+from prometheus_client.multiprocess import mark_process_dead
 
 from authsvc import authority as application
 from authsvc import serving
@@ -44,6 +51,7 @@ __all__ = ["TOKEN_SERVICE", "RunningServer", "open_authority", "run", "serve", "
 log = logging.getLogger("authsvc.server")
 
 TOKEN_SERVICE = token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when a worker imports it
 
 
 def open_authority(config: ServeConfig) -> Authority:
@@ -113,9 +121,11 @@ async def start_server(
     authority: Authority | None = None,
     reuse_port: bool = False,
     monotonic: Callable[[], float] = time.monotonic,
+    metrics_dir: Path | None = None,
 ) -> RunningServer:
     """Build and start the TokenService; returns once it is SERVING. ``monotonic`` paces the
-    rate-limited refusal log (tests inject a fake)."""
+    rate-limited refusal log (tests inject a fake). ``metrics_dir`` is the process group's shared
+    metrics directory (a worker of ``--workers N``: :func:`run`)."""
     authority = authority or open_authority(config)
     authority.keys.ensure_signing_key()
     keyring = Keyring(authority.keys, config.lifecycle_policy(), tick_interval=config.key_tick_interval)
@@ -134,7 +144,7 @@ async def start_server(
     refusal_log = LogRateLimiter(
         rate=config.refusal_log_rate, burst=max(1, round(2 * config.refusal_log_rate)), clock=monotonic
     )
-    metrics = ServerMetrics() if config.metrics_listen is not None else None
+    metrics = ServerMetrics(multiprocess_dir=metrics_dir) if config.metrics_listen is not None else None
     issuer = TokenIssuer(
         endpoint, clients, refusal_log=refusal_log, metrics=None if metrics is None else metrics.tokens()
     )
@@ -177,7 +187,11 @@ async def start_server(
     if metrics is not None and config.metrics_listen is not None:
         try:
             management = await serving.start_management(
-                config.metrics_listen, metrics.registry, readiness, grace=config.grace_period
+                config.metrics_listen,
+                metrics.exposed,
+                readiness,
+                grace=config.grace_period,
+                reuse_port=reuse_port,
             )
         except OSError as exc:
             await asyncio.gather(server.stop(0), *([http.stop()] if http is not None else []))
@@ -278,24 +292,74 @@ async def _start_http(
     )
 
 
-async def serve(config: ServeConfig, *, reuse_port: bool = False) -> None:
+async def serve(config: ServeConfig, *, reuse_port: bool = False, metrics_dir: Path | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
-    running = await start_server(config, reuse_port=reuse_port)
+    running = await start_server(config, reuse_port=reuse_port, metrics_dir=metrics_dir)
     await wait_for_stop_signal()
     log.info("shutting down (grace %.1fs)", config.grace_period)
     await running.stop(config.grace_period)
     log.info("stopped")
 
 
-def _worker(config: ServeConfig, log_level: int, log_format: str = "text") -> None:
+def _worker(
+    config: ServeConfig, log_level: int, log_format: str = "text", metrics_dir: Path | None = None
+) -> None:
     # a spawned process starts with no logging: set it up as the command did in the parent
     from authsvc.logsetup import configure  # noqa: PLC0415
 
     log_setup = configure(level=log_level, log_format=log_format, tag="[worker]")
     try:
-        asyncio.run(serve(config, reuse_port=True))
+        asyncio.run(serve(config, reuse_port=True, metrics_dir=metrics_dir))
     finally:
         log_setup.stop()
+
+
+@contextlib.contextmanager
+def _group_metrics(config: ServeConfig) -> Iterator[Path | None]:
+    """With ``--metrics-listen``, the process group's private metrics directory (mode 0700, in
+    ``TMPDIR`` or the system's temporary directory), removed when the group is done; None without
+    metrics.
+
+    prometheus_client's multiprocess mode: each worker writes its counters and histograms to files
+    there, and the worker that answers a scrape reads them all (:class:`ServerMetrics`). The mode is
+    chosen when prometheus_client is imported, from ``PROMETHEUS_MULTIPROC_DIR``: the workers are
+    spawned, so they import it afresh with the variable this sets while they start (see
+    :func:`_worker_environment`)."""
+    if config.metrics_listen is None:
+        yield None
+        return
+    # TMPDIR as given: tempfile would fall back to /tmp, elsewhere than the operator asked for
+    parent = os.environ.get("TMPDIR") or None
+    try:
+        path = Path(tempfile.mkdtemp(prefix="authsvc-metrics-", dir=parent))  # 0700, ours alone
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create the workers' metrics directory in {parent or 'the temporary directory'}: "
+            f"{exc.strerror or exc}; set TMPDIR to a writable directory"
+        ) from None
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _worker_environment(metrics_dir: Path | None) -> Iterator[None]:
+    """``PROMETHEUS_MULTIPROC_DIR`` for the workers started within (they inherit the environment
+    at spawn), restored afterwards. This process imported prometheus_client long before and keeps
+    its own mode; it serves no metrics itself."""
+    if metrics_dir is None:
+        yield
+        return
+    previous = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = str(metrics_dir)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[MULTIPROC_ENV]
+        else:
+            os.environ[MULTIPROC_ENV] = previous
 
 
 def run(config: ServeConfig, *, log_format: str = "text") -> int:
@@ -307,13 +371,21 @@ def run(config: ServeConfig, *, log_format: str = "text") -> int:
     authority = open_authority(config)
     authority.keys.ensure_signing_key()
     authority.close()
+    with _group_metrics(config) as metrics_dir:
+        return _run_workers(config, log_format, metrics_dir)
+
+
+def _run_workers(config: ServeConfig, log_format: str, metrics_dir: Path | None) -> int:
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker, args=(config, logging.getLogger().level, log_format), daemon=False)
+        ctx.Process(
+            target=_worker, args=(config, logging.getLogger().level, log_format, metrics_dir), daemon=False
+        )
         for _ in range(config.workers)
     ]
-    for p in procs:
-        p.start()
+    with _worker_environment(metrics_dir):
+        for p in procs:
+            p.start()
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -331,6 +403,9 @@ def run(config: ServeConfig, *, log_format: str = "text") -> int:
         for sentinel in multiprocessing.connection.wait(list(alive)):
             proc = alive.pop(sentinel)  # type: ignore[arg-type]
             proc.join()
+            if metrics_dir is not None and proc.pid is not None:
+                # its live gauges go (it has none today); its counts stay in the sums
+                mark_process_dead(proc.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
             if proc.exitcode != 0 and not stopping:
                 log.error("worker %s exited with %s; stopping the others", proc.pid, proc.exitcode)
                 forward(signal.SIGTERM, None)
