@@ -22,19 +22,37 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client import values as _values
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from authsvc.core import errors as _errors
+from authsvc.verify import outcomes as _outcomes
 
-__all__ = ["GrpcMetrics", "MetricsInterceptor", "ServerMetrics", "TokenMetrics", "grpc_code_name"]
+if TYPE_CHECKING:
+    from authsvc.verify import JwksCache, TokenVerifier
+
+__all__ = [
+    "KEY_STATES",
+    "GrpcMetrics",
+    "JwksCollector",
+    "KeyStateCollector",
+    "KeyStates",
+    "MetricsInterceptor",
+    "RevocationEntries",
+    "RevocationListCollector",
+    "ServerMetrics",
+    "TokenMetrics",
+    "VerificationMetrics",
+    "grpc_code_name",
+]
 
 # grpc.StatusCode -> the Go spelling (codes.Code.String()) that go-grpc-prometheus uses
 _GO_CODES = {
@@ -290,5 +308,187 @@ class ServerMetrics:
         """Serve what ``collector`` computes at each scrape (never stored in the shared files)."""
         self.exposed.register(collector)
 
+    def watch_verifier(self, verifier: TokenVerifier) -> None:
+        """A resource server's verifier: count its verifications (:class:`VerificationMetrics`,
+        set as ``verifier.metrics``) and show its key set and revocation list at each scrape."""
+        verifier.metrics = VerificationMetrics(self.registry)
+        self.add_collector(JwksCollector(verifier.keys))
+        revocations = verifier.revocations
+        if revocations is not None:
+            self.add_collector(
+                RevocationListCollector(lambda: revocations.revocations, lambda: revocations.seconds_behind)
+            )
+
+    def watch_keys(
+        self, keyring: KeyStates, revocations: Callable[[], RevocationEntries] | None = None
+    ) -> None:
+        """The TokenService's signing keys by state (:class:`KeyStateCollector`) and the revocation
+        list it serves (``revocations()``: the list now), at each scrape."""
+        self.add_collector(KeyStateCollector(keyring))
+        if revocations is not None:
+            self.add_collector(RevocationListCollector(revocations))
+
     def tokens(self) -> TokenMetrics:
         return TokenMetrics(self.registry)
+
+
+# -- domain metrics: verification, keys, revocation list --------------------------------------
+
+
+class VerificationMetrics:
+    """``authsvc_token_verifications_total{outcome,cache}``: what a
+    :class:`~authsvc.verify.TokenVerifier` calls once per verification
+    (:class:`~authsvc.verify.outcomes.VerifierMetrics`; the verifier imports no prometheus code).
+    ``outcome`` is ``accepted`` or one of :data:`~authsvc.verify.outcomes.REFUSALS`; ``cache`` is
+    ``hit`` when the verified-token cache answered (no signature checked), else ``miss``. The
+    children are resolved once: a call costs a branch and one counter increment."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        counter = Counter(
+            "authsvc_token_verifications_total",
+            "Access-token verifications, by outcome (accepted, or the check that refused) and whether "
+            "the verified-token cache answered.",
+            ("outcome", "cache"),
+            registry=registry,
+        )
+        self._counter = counter
+        self._hit = counter.labels(_outcomes.ACCEPTED, "hit")
+        self._miss = counter.labels(_outcomes.ACCEPTED, "miss")
+        self._known = frozenset(_outcomes.REFUSALS)
+        # every refusal exists from the start at zero; the list is checked on cached acceptances too
+        self._refused: dict[tuple[str, bool], Any] = {
+            (outcome, False): counter.labels(outcome, "miss") for outcome in _outcomes.REFUSALS
+        }
+        for outcome in (_outcomes.REVOKED, _outcomes.REVOCATIONS_UNAVAILABLE):
+            self._refused[(outcome, True)] = counter.labels(outcome, "hit")
+
+    def accepted(self, cached: bool) -> None:
+        (self._hit if cached else self._miss).inc()
+
+    def refused(self, outcome: str, cached: bool) -> None:
+        key = (outcome if outcome in self._known else _outcomes.ERROR, cached)
+        child = self._refused.get(key)
+        if child is None:  # at most len(REFUSALS) more: the set is fixed
+            child = self._refused[key] = self._counter.labels(key[0], "hit" if cached else "miss")
+        child.inc()
+
+
+class JwksCollector:
+    """A verifier's key set, computed at scrape time from its
+    :class:`~authsvc.verify.jwks.JwksCache` (nothing is updated per call):
+    ``authsvc_jwks_keys``, ``authsvc_jwks_age_seconds`` (since the set was last fetched or pushed;
+    absent before the first), ``authsvc_jwks_fetches_total``, ``authsvc_jwks_fetch_failures_total``
+    and ``authsvc_jwks_unknown_kid_refreshes_total``."""
+
+    def __init__(self, cache: JwksCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self._cache
+        yield GaugeMetricFamily("authsvc_jwks_keys", "Keys in the key set held.", len(cache.key_set.keys))
+        age = cache.age
+        if age is not None:
+            yield GaugeMetricFamily(
+                "authsvc_jwks_age_seconds", "Seconds since the key set was last fetched or pushed.", age
+            )
+        yield CounterMetricFamily("authsvc_jwks_fetches", "Key set fetches started.", cache.fetches)
+        yield CounterMetricFamily(
+            "authsvc_jwks_fetch_failures",
+            "Key set fetches that brought no usable set (the last good set was kept).",
+            cache.fetch_failures,
+        )
+        yield CounterMetricFamily(
+            "authsvc_jwks_unknown_kid_refreshes",
+            "Key set fetches started because a token named an unknown kid (throttled by the cooldown).",
+            cache.unknown_kid_refreshes,
+        )
+
+
+class RevocationEntries(Protocol):
+    """What :class:`RevocationListCollector` reads: a
+    :class:`~authsvc.core.revocation.RevocationSet`."""
+
+    @property
+    def sequence(self) -> int: ...
+
+    @property
+    def by_jti(self) -> Mapping[str, int]: ...
+
+    @property
+    def by_client(self) -> Mapping[str, tuple[int, int]]: ...
+
+
+class RevocationListCollector:
+    """A revocation list, computed at scrape time from ``current()`` (the list held now):
+    ``authsvc_revocation_list_entries{subject}`` (``jti`` or ``client``),
+    ``authsvc_revocation_list_sequence`` and, given ``seconds_behind`` (a verifier's
+    :attr:`~authsvc.verify.RevocationCache.seconds_behind`),
+    ``authsvc_revocation_list_seconds_behind``: 0 while its source works, else seconds since it
+    stopped."""
+
+    def __init__(
+        self, current: Callable[[], RevocationEntries], seconds_behind: Callable[[], float] | None = None
+    ) -> None:
+        self._current = current
+        self._behind = seconds_behind
+
+    def collect(self) -> Iterator[Metric]:
+        held = self._current()
+        entries = GaugeMetricFamily(
+            "authsvc_revocation_list_entries",
+            "Entries in the revocation list held, by subject.",
+            labels=["subject"],
+        )
+        entries.add_metric(["jti"], len(held.by_jti))
+        entries.add_metric(["client"], len(held.by_client))
+        yield entries
+        yield GaugeMetricFamily(
+            "authsvc_revocation_list_sequence",
+            "The last sequence of the revocation list applied.",
+            held.sequence,
+        )
+        if self._behind is not None:
+            yield GaugeMetricFamily(
+                "authsvc_revocation_list_seconds_behind",
+                "Seconds since the revocation list was last known current (0 while its source works).",
+                self._behind(),
+            )
+
+
+class KeyStates(Protocol):
+    """What :class:`KeyStateCollector` reads (the TokenService's ``Keyring``)."""
+
+    @property
+    def states(self) -> Mapping[str, int]: ...
+
+    @property
+    def active_since(self) -> int | None: ...
+
+
+KEY_STATES = ("next", "active", "retiring", "retired", "revoked")
+
+
+class KeyStateCollector:
+    """The TokenService's signing keys, computed at scrape time from what its keyring loaded at
+    its last tick (no store query per scrape): ``authsvc_signing_keys{state}`` for each life-cycle
+    state and ``authsvc_signing_key_age_seconds``, since the active key became active."""
+
+    def __init__(self, keys: KeyStates, *, clock: Callable[[], float] = time.time) -> None:
+        self._keys = keys
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        states = self._keys.states
+        family = GaugeMetricFamily(
+            "authsvc_signing_keys", "Stored signing keys, by life-cycle state.", labels=["state"]
+        )
+        for state in KEY_STATES:
+            family.add_metric([state], states.get(state, 0))
+        yield family
+        since = self._keys.active_since
+        if since is not None:
+            yield GaugeMetricFamily(
+                "authsvc_signing_key_age_seconds",
+                "Seconds since the active signing key became active.",
+                max(0.0, self._clock() - since),
+            )

@@ -350,6 +350,8 @@ async def _start(
             key_source(config),
         )
     metrics = ServerMetrics() if config.metrics_listen is not None else None
+    if metrics is not None:  # verifications, key set and revocation list on /metrics
+        metrics.watch_verifier(verifier)
     server = serving.new_server(
         limits=config.limits,
         max_message_bytes=config.max_message_bytes,

@@ -145,6 +145,8 @@ async def start_server(
         rate=config.refusal_log_rate, burst=max(1, round(2 * config.refusal_log_rate)), clock=monotonic
     )
     metrics = ServerMetrics(multiprocess_dir=metrics_dir) if config.metrics_listen is not None else None
+    if metrics is not None:  # keys by state and the revocation list, read at each scrape
+        metrics.watch_keys(keyring, lambda: revocations.set)
     issuer = TokenIssuer(
         endpoint, clients, refusal_log=refusal_log, metrics=None if metrics is None else metrics.tokens()
     )
