@@ -371,7 +371,7 @@ async def _start(
     http = None
     if config.http_listen is not None:
         try:
-            http = await _start_http(config, operations, verifier)
+            http = await _start_http(config, operations, verifier, metrics)
         except BaseException:
             await server.stop(0)
             raise
@@ -473,7 +473,10 @@ async def _first_revocations(verifier: TokenVerifier) -> None:
 
 
 async def _start_http(
-    config: PaymentsConfig, operations: PaymentOperations, verifier: TokenVerifier
+    config: PaymentsConfig,
+    operations: PaymentOperations,
+    verifier: TokenVerifier,
+    metrics: ServerMetrics | None = None,
 ) -> serving.HttpListener:
     assert config.http_listen is not None
     app = build_http_app(
@@ -482,6 +485,8 @@ async def _start_http(
         verifier,
         max_body_bytes=config.max_message_bytes,
     )
+    if metrics is not None:
+        metrics.instrument_http(app)
     return await serving.start_http(
         app, config.http_listen, tls_cert=config.tls_cert, tls_key=config.tls_key, grace=config.grace_period
     )

@@ -64,6 +64,7 @@ from authsvc.core.errors import (
 )
 from authsvc.httpstatus import NO_STORE, HttpAnswer, bearer_error, service_error
 from authsvc.logsafe import LogRateLimiter
+from authsvc.metrics import HTTP_ROUTE, UNMATCHED
 from authsvc.verify import MethodPolicy, Principal, TokenVerifier
 from authsvc.verify.policy import Public
 from authsvc.verify.principal import bound_principal, http_bearer_token, verify_on_event_loop
@@ -426,6 +427,7 @@ class PaymentsHttpApi:
         self._max_body_bytes = max_body_bytes
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        request[HTTP_ROUTE] = UNMATCHED  # the one aiohttp route matches everything: say what did
         segments = _path_segments(request.raw_path)
         found = None
         if segments is not None:
@@ -437,6 +439,7 @@ class PaymentsHttpApi:
         if found is None:
             return _send(service_error(NotFound("no such resource")))
         route, variables = found
+        request[HTTP_ROUTE] = route.template
         try:
             principal = await self._authenticate(request, route)
         except OAuthError as exc:

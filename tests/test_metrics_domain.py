@@ -1,13 +1,16 @@
-"""Domain metrics on real servers, each driven by what it counts: verifications by outcome on a
-PaymentService (an expired token, a forged kid, a bad signature, another audience, a revoked
-token, cache hits), its key set (fetches, failures, unknown-kid refreshes, age) and revocation
-list (entries, sequence, seconds behind); the TokenService's signing keys by state through a
-rotation and a revocation, and its revocation list. None of them ever carries a client id or a
-jti as a label."""
+"""Domain and HTTP metrics on real servers, each driven by what it counts: verifications by
+outcome on a PaymentService (an expired token, a forged kid, a bad signature, another audience, a
+revoked token, cache hits), its key set (fetches, failures, unknown-kid refreshes, age) and
+revocation list (entries, sequence, seconds behind); the TokenService's signing keys by state
+through a rotation and a revocation, and its revocation list; both HTTP edges by route template
+and status. None of them ever carries a client id, a jti or a path as a label."""
 
 from __future__ import annotations
 
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,6 +86,7 @@ def gateway(tmp_path: Path) -> Iterator[Gateway]:
         config = PaymentsConfig(
             data_dir=tmp_path / "pay",
             listen="127.0.0.1:0",
+            http_listen="127.0.0.1:0",
             metrics_listen="127.0.0.1:0",
             token_service=target,
             issuer=ISSUER,
@@ -183,7 +187,7 @@ def test_an_unusable_key_set_is_a_fetch_failure_and_the_old_set_stays(gateway: G
 
 @pytest.fixture
 def metered(tmp_path: Path) -> Iterator[TokenServer]:
-    config = serve_config(tmp_path / "data", metrics_listen="127.0.0.1:0")
+    config = serve_config(tmp_path / "data", metrics_listen="127.0.0.1:0", http_listen="127.0.0.1:0")
     thread: ServerThread[RunningServer] = ServerThread(
         lambda: start_server(config, authority=open_authority(config))
     )
@@ -238,3 +242,74 @@ def assert_no_id_labels(samples: Samples, ids: set[str]) -> None:
         for key, label_value in labels:
             assert key not in {"client_id", "jti", "sub", "kid"}, (name, key)
             assert not any(i in label_value for i in ids), (name, key, label_value)
+
+
+# -- the HTTP edges -----------------------------------------------------------------------------
+
+HTTP_DURATION = "http_server_request_duration_seconds_count"
+
+
+def http(method: str, url: str, *, body: bytes | None = None, headers: dict[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - a test URL
+            answer.read()
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return exc.code
+
+
+def requests_of(samples: Samples, **labels: str) -> float:
+    return value(samples, HTTP_DURATION, **labels)
+
+
+def test_token_service_http_requests_are_counted_by_route_and_status(metered: TokenServer) -> None:
+    base = f"http://127.0.0.1:{metered.running.metrics_port}"
+    client = metered.register(client_id="http-shop-client")
+    form = {"grant_type": "client_credentials", "client_id": client.client_id}
+    form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+    before = scrape(base)
+    token_url = f"{metered.http_url}/oauth2/token"
+    for _ in range(3):
+        body = urllib.parse.urlencode({**form, "client_secret": client.secret}).encode()
+        assert http("POST", token_url, body=body, headers=form_type) == 200
+    wrong = urllib.parse.urlencode({**form, "client_secret": "wrong"}).encode()
+    assert http("POST", token_url, body=wrong, headers=form_type) == 401
+    assert http("GET", f"{metered.http_url}/.well-known/jwks.json") == 200
+    assert http("GET", f"{metered.http_url}/no/such/path/txn_1234567890") == 404
+    assert http("GET", token_url) == 405
+    after = scrape(base)
+
+    def moved(method: str, route: str, code: str) -> float:
+        labels = {"http_request_method": method, "http_route": route, "http_response_status_code": code}
+        return requests_of(after, **labels) - requests_of(before, **labels)
+
+    assert moved("POST", "/oauth2/token", "200") == 3
+    assert moved("POST", "/oauth2/token", "401") == 1
+    assert moved("GET", "/.well-known/jwks.json", "200") == 1
+    assert moved("GET", "unmatched", "404") == 1
+    assert moved("GET", "unmatched", "405") == 1
+    assert value(after, "authsvc_tokens_issued_total") - value(before, "authsvc_tokens_issued_total") == 3
+    assert_no_id_labels(after, ids={client.client_id, "txn_1234567890", "/no/such"})
+
+
+def test_payments_http_requests_are_counted_by_route_template(gateway: Gateway) -> None:
+    api = f"http://127.0.0.1:{gateway.running.http_port}/api/v1/payments"
+    bearer = {"Authorization": f"Bearer {read_token()}"}
+    before = gateway.scrape()
+    assert http("GET", api, headers=bearer) == 200
+    assert http("GET", f"{api}/txn_0123456789abcdef", headers=bearer) == 404  # no such payment
+    assert http("GET", f"{api}/txn_fedcba9876543210") == 401  # no token
+    assert http("GET", f"{api.removesuffix('/payments')}/refunds/txn_0123456789abcdef", headers=bearer) == 404
+    after = gateway.scrape()
+
+    def moved(route: str, code: str) -> float:
+        labels = {"http_request_method": "GET", "http_route": route, "http_response_status_code": code}
+        return requests_of(after, **labels) - requests_of(before, **labels)
+
+    assert moved("/api/v1/payments", "200") == 1
+    assert moved("/api/v1/payments/{transaction_id}", "404") == 1
+    assert moved("/api/v1/payments/{transaction_id}", "401") == 1
+    assert moved("unmatched", "404") == 1
+    assert_no_id_labels(after, ids={"txn_0123456789abcdef", "txn_fedcba9876543210", CLIENT_ID, "refunds"})

@@ -180,7 +180,9 @@ async def start_server(
     http = None
     if config.http_listen is not None:
         try:
-            http = await _start_http(config, issuer, keyring, authority, revocations, reuse_port=reuse_port)
+            http = await _start_http(
+                config, issuer, keyring, authority, revocations, reuse_port=reuse_port, metrics=metrics
+            )
         except BaseException:
             await server.stop(0)
             raise
@@ -263,6 +265,7 @@ async def _start_http(
     revocations: RevocationFeed,
     *,
     reuse_port: bool,
+    metrics: ServerMetrics | None = None,
 ) -> serving.HttpListener:
     """The OAuth endpoints over HTTP on the same loop and application layer (authsvc.http)."""
     from authsvc.http.oauth import OAuthHttp  # noqa: PLC0415 - aiohttp only when HTTP is served
@@ -284,8 +287,11 @@ async def _start_http(
         revocation_feed=revocations,
     )
     assert config.http_listen is not None
+    app = oauth.app()
+    if metrics is not None:
+        metrics.instrument_http(app)
     return await serving.start_http(
-        oauth.app(),
+        app,
         config.http_listen,
         tls_cert=config.tls_cert,
         tls_key=config.tls_key,
