@@ -1,4 +1,5 @@
-"""``authsvc serve --workers 2 --metrics-listen``: one scrape shows the whole process group.
+"""``authsvc serve --workers 2 --metrics-listen``: one scrape shows the whole process group, gRPC
+and HTTP calls alike.
 
 The workers count into one private directory (prometheus_client's multiprocess mode) and share
 the management port; whichever worker answers a scrape reads every worker's files. Run as an
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -27,7 +30,13 @@ from tests.helpers import create_client
 from tests.test_metrics import scrape, value
 
 ISSUE = {"grpc_type": "unary", "grpc_service": "authsvc.v1.TokenService", "grpc_method": "IssueToken"}
+HTTP_TOKEN = {
+    "http_request_method": "POST",
+    "http_route": "/oauth2/token",
+    "http_response_status_code": "200",
+}
 CALLS = 40
+HTTP_CALLS = 20
 
 
 def free_port() -> int:
@@ -67,12 +76,13 @@ def test_one_scrape_shows_every_workers_calls(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUTHSVC_", "PROMETHEUS_"))}
     env.update({"AUTHSVC_KEK": KEK, "AUTHSVC_DATA_DIR": str(tmp_path / "data"), "TMPDIR": str(tmp)})
     secret = create_client(env, "shop", "payments:read")
-    port, metrics_port = free_port(), free_port()
+    port, http_port, metrics_port = free_port(), free_port(), free_port()
     log = tmp_path / "serve.log"
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "authsvc.cli", "serve", "--workers", "2",
             "--listen", f"127.0.0.1:{port}", "--metrics-listen", f"127.0.0.1:{metrics_port}",
+            "--http-listen", f"127.0.0.1:{http_port}",
         ],
         env=env,
         stderr=log.open("w"),
@@ -90,15 +100,24 @@ def test_one_scrape_shows_every_workers_calls(tmp_path: Path) -> None:
         for _ in range(CALLS):
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 token_pb2_grpc.TokenServiceStub(channel).IssueToken(request, timeout=10)
+        form = {"grant_type": "client_credentials", "client_id": "shop", "client_secret": secret}
+        for _ in range(HTTP_CALLS):  # urllib: one connection per request
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{http_port}/oauth2/token",
+                urllib.parse.urlencode(form).encode(),
+                timeout=10,
+            ) as answer:
+                assert answer.status == 200
         shares = per_worker(metrics_dir, "authsvc_tokens_issued_total")
-        assert len(shares) == 2 and sum(shares) == CALLS
+        assert len(shares) == 2 and sum(shares) == CALLS + HTTP_CALLS
         assert all(share > 0 for share in shares), f"one worker served every call: {shares}"
         for _ in range(6):  # each scrape may reach either worker: every one shows the whole group
             samples = scrape(base)
             assert value(samples, "grpc_server_handled_total", **ISSUE, grpc_code="OK") == CALLS
             assert value(samples, "grpc_server_started_total", **ISSUE) == CALLS
             assert value(samples, "grpc_server_handling_seconds_count", **ISSUE) == CALLS
-            assert value(samples, "authsvc_tokens_issued_total") == CALLS
+            assert value(samples, "authsvc_tokens_issued_total") == CALLS + HTTP_CALLS
+            assert value(samples, "http_server_request_duration_seconds_count", **HTTP_TOKEN) == HTTP_CALLS
     finally:
         proc.terminate()
         proc.wait(timeout=30)
