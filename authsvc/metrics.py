@@ -167,6 +167,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: GrpcMetrics) -> None:
         self._metrics = metrics
         self._methods: dict[tuple[str, str], _Method] = {}
+        # the handler each method got last, and its wrapper: reused while continuation returns the
+        # same handler (the registered one, or what a caching interceptor after this one made of it)
+        self._wrapped: dict[str, tuple[object, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
@@ -176,12 +179,18 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:  # no such method: not counted under a name the caller chose
             return None
+        name = handler_call_details.method
+        cached = self._wrapped.get(name)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         rpc_type = _rpc_type(handler)
-        key = (rpc_type, handler_call_details.method)
+        key = (rpc_type, name)
         method = self._methods.get(key)
         if method is None:  # only registered methods get here: a bounded set
-            method = self._methods[key] = _Method(self._metrics, rpc_type, handler_call_details.method)
-        return _wrap(handler, method)
+            method = self._methods[key] = _Method(self._metrics, rpc_type, name)
+        wrapped = _wrap(handler, method)
+        self._wrapped[name] = (handler, wrapped)  # registered methods only: bounded too
+        return wrapped
 
 
 def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: _Method) -> grpc.RpcMethodHandler[Any, Any]:
