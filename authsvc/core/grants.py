@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol, TypeVar
 
+from authsvc.core.certs import ClientCertificate, confirmation
 from authsvc.core.clients import (
     CLIENT_CREDENTIALS,
     MAX_AUDIENCES,
@@ -91,6 +92,9 @@ class TokenRequest:
     scope: str
     audience: tuple[str, ...]
     auth_method: ClientAuthMethod
+    # the certificate of a mutual-TLS connection (RFC 8705), verified by the TLS stack: the
+    # token issued is bound to it (cnf.x5t#S256, §3.1); None over plain TLS
+    client_certificate: ClientCertificate | None = None
 
     def __repr__(self) -> str:  # never show the secret
         return (
@@ -293,6 +297,9 @@ class TokenEndpoint:
             client_id=client.client_id,
             scope=scope,
         )
+        if request.client_certificate is not None:
+            # RFC 8705 §3: a token issued over mutual TLS is bound to the client's certificate
+            claims["cnf"] = confirmation(request.client_certificate)
         return IssuedToken(
             access_token=signer.sign(claims),
             token_type="Bearer",  # noqa: S106 - the token type name, not a secret

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import jwt
 import pytest
 
+from authsvc.core.certs import ClientCertificate
 from authsvc.core.clients import Client, new_client
 from authsvc.core.errors import (
     InvalidClient,
@@ -31,6 +33,7 @@ from authsvc.core.secrets import SecretHasher
 from authsvc.core.tokens import TokenSigner
 from authsvc.store.memory import MemoryStore
 from tests.core.fakes import CountingRandom, FrozenClock
+from tests.pki import Pki
 
 ISSUER = "https://auth.test"
 CLIENT_ID = "shop"
@@ -460,3 +463,16 @@ def test_authentication_does_the_same_work_with_or_without_a_previous_secret(env
         shapes.append(list(hasher.shapes))
     assert len(shapes[0]) == 2
     assert shapes[0] == shapes[1]
+
+
+# -- certificate-bound tokens (RFC 8705 §3) ---------------------------------------------------
+
+
+def test_token_issued_over_mutual_tls_is_bound_to_the_certificate(env: Env, pki: Pki) -> None:
+    req = dataclasses.replace(request(), client_certificate=ClientCertificate.from_der(pki.client.der))
+    claims = decode(env, env.endpoint.issue(req), "payments")
+    assert claims["cnf"] == {"x5t#S256": pki.client.thumbprint}
+
+
+def test_token_issued_without_a_certificate_has_no_cnf(env: Env) -> None:
+    assert "cnf" not in decode(env, env.endpoint.issue(request()), "payments")
