@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import binascii
 import hashlib
-import ipaddress
 from dataclasses import dataclass
 from typing import Final, TypedDict
 
@@ -88,7 +87,7 @@ class ClientCertificate:
                 names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
             except x509.ExtensionNotFound:
                 names = x509.SubjectAlternativeName([])
-            san_ip = tuple(str(ipaddress.ip_address(a)) for a in names.get_values_for_type(x509.IPAddress))
+            san_ip = tuple(str(a) for a in names.get_values_for_type(x509.IPAddress))
             return cls(
                 der=der,
                 thumbprint=certificate_thumbprint(der),
