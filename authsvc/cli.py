@@ -30,6 +30,7 @@ from authsvc.core.scopes import parse_scope
 from authsvc.listen import (
     CommandParser,
     add_connection_limit_flags,
+    check_client_ca,
     check_data_dir,
     check_readable_file,
     connection_limits_from,
@@ -153,6 +154,33 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=Path,
         default=env.get("AUTHSVC_TLS_KEY") or None,
         help="PEM private key for TLS [env AUTHSVC_TLS_KEY]",
+    )
+    serve.add_argument(
+        "--mtls-listen",
+        default=env.get("AUTHSVC_MTLS_LISTEN") or None,
+        help="HOST:PORT for a second gRPC port that requires a client certificate issued by --client-ca "
+        "(RFC 8705 mutual TLS): tokens issued there are bound to the certificate (cnf.x5t#S256); needs "
+        "--tls-cert/--tls-key [env AUTHSVC_MTLS_LISTEN; default off]",
+    )
+    serve.add_argument(
+        "--mtls-http-listen",
+        default=env.get("AUTHSVC_MTLS_HTTP_LISTEN") or None,
+        help="HOST:PORT for the OAuth HTTP endpoints over mutual TLS (a client certificate issued by "
+        "--client-ca required), named in the metadata's mtls_endpoint_aliases "
+        "[env AUTHSVC_MTLS_HTTP_LISTEN; default off]",
+    )
+    serve.add_argument(
+        "--client-ca",
+        type=Path,
+        default=env.get("AUTHSVC_CLIENT_CA") or None,
+        help="PEM file of the CA certificate(s) whose client certificates the mutual-TLS listeners "
+        "accept [env AUTHSVC_CLIENT_CA]",
+    )
+    serve.add_argument(
+        "--mtls-base-url",
+        default=env.get("AUTHSVC_MTLS_BASE_URL") or None,
+        help="the public https:// origin at which --mtls-http-listen is reached, for "
+        "mtls_endpoint_aliases [env AUTHSVC_MTLS_BASE_URL; default: the issuer's host, that port]",
     )
     serve.add_argument(
         "--insecure",
@@ -532,6 +560,8 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
         if path is not None:
             check_readable_file(path, flag)
+    if args.client_ca is not None:
+        check_client_ca(args.client_ca)
 
     log_setup = configure_logging(level=args.log_level, log_format=args.log_format)
     config = ServeConfig(
@@ -542,6 +572,10 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         issuer=args.issuer,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        mtls_listen=args.mtls_listen,
+        mtls_http_listen=args.mtls_http_listen,
+        client_ca=args.client_ca,
+        mtls_base_url=args.mtls_base_url,
         insecure=args.insecure,
         kek=env.get("AUTHSVC_KEK") or None,
         kek_file=_kek_files(args, env),
@@ -582,7 +616,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"authsvc: error: {exc}", file=sys.stderr)
         return 1
     except (OSError, RuntimeError) as exc:  # a listener that cannot start, a file that cannot be read
-        message = startup_failure(exc, grpc_flag="--listen", http_flag="--http-listen")
+        mtls = getattr(args, "mtls_listen", None) or getattr(args, "mtls_http_listen", None)
+        message = startup_failure(
+            exc,
+            grpc_flag="--listen (or --mtls-listen)" if mtls else "--listen",
+            http_flag="--http-listen (or --mtls-http-listen)" if mtls else "--http-listen",
+        )
         if message is None:
             raise
         print(f"authsvc: error: {message}", file=sys.stderr)

@@ -18,6 +18,12 @@ verifier speaks, translated to the same application layer as gRPC.
   sequence and 304 for ``If-None-Match``. Not standard: named in the metadata as
   ``revocation_list_endpoint``.
 
+Over mutual TLS (``authsvc serve --mtls-http-listen``, RFC 8705) the same endpoints run on a
+listener that requires a client certificate: a token issued there is bound to it
+(``cnf.x5t#S256``), the metadata says so (``tls_client_certificate_bound_access_tokens``) and
+names those endpoints in ``mtls_endpoint_aliases`` (§5), and introspection reports a token's
+``cnf`` (§3.2).
+
 Routes live under the issuer's path, if it has one (``https://auth.example/tenant`` serves
 ``/tenant/oauth2/token``); the metadata document is also served where RFC 8414 §3 puts it
 (``/.well-known/oauth-authorization-server/tenant``).
@@ -38,6 +44,7 @@ from aiohttp import web
 from authsvc.authority.keyring import Keyring
 from authsvc.authority.revocations import RevocationFeed, RevocationRegistry
 from authsvc.authority.tokens import TokenIssuer
+from authsvc.core.certs import ClientCertificate
 from authsvc.core.client_auth import client_credentials
 from authsvc.core.clients import Client
 from authsvc.core.errors import InvalidRequest, InvalidToken, OAuthError, UnauthorizedClient
@@ -45,7 +52,9 @@ from authsvc.core.grants import ClientAuthMethod, TokenRequest
 from authsvc.core.revocation import REVOCATIONS_SCOPE, Revocation
 from authsvc.httpstatus import NO_STORE, HttpAnswer, token_error
 from authsvc.logsafe import loggable
+from authsvc.serving import peer_certificate
 from authsvc.verify import Principal, TokenVerifier, verify_on_event_loop
+from authsvc.verify.binding import DEFER_BINDING
 
 __all__ = ["INTROSPECT_SCOPE", "MAX_FORM_BYTES", "OAuthHttp"]
 
@@ -127,8 +136,13 @@ class OAuthHttp:
         jwks_max_age: int,
         revocations: RevocationRegistry | None = None,
         revocation_feed: RevocationFeed | None = None,
+        certificate_bound: bool = False,
     ) -> None:
         self.issuer_url = issuer_url.rstrip("/")
+        # RFC 8705: some listener (gRPC or HTTP) issues certificate-bound tokens; and the public
+        # origin of the HTTP one, for mtls_endpoint_aliases (set once it is bound)
+        self.certificate_bound = certificate_bound
+        self.mtls_base_url: str | None = None
         self._issuer = issuer
         self._keyring = keyring
         self._introspection = introspection
@@ -187,6 +201,7 @@ class OAuthHttp:
                 scope=form.get("scope"),
                 audience=tuple(form.repeated.get("audience", ())) + tuple(form.repeated.get("resource", ())),
                 auth_method=method,
+                client_certificate=_client_certificate(request),
             )
         except OAuthError as exc:
             self._issuer.refused(client_id, exc, peer=request.remote)
@@ -234,6 +249,15 @@ class OAuthHttp:
         }
         if self._feed is not None:  # not RFC 8414: authsvc's list for verifiers that poll
             document["revocation_list_endpoint"] = self.url("/oauth2/revocations")
+        if self.certificate_bound:  # RFC 8705 §3.3
+            document["tls_client_certificate_bound_access_tokens"] = True
+        if self.mtls_base_url is not None:  # RFC 8705 §5: where a client doing mutual TLS goes
+            base = self.mtls_base_url.rstrip("/") + self._prefix
+            document["mtls_endpoint_aliases"] = {
+                "token_endpoint": base + "/oauth2/token",
+                "introspection_endpoint": base + "/oauth2/introspect",
+                "revocation_endpoint": base + "/oauth2/revoke",
+            }
         return web.json_response(document, headers={"Cache-Control": f"public, max-age={self._jwks_max_age}"})
 
     async def introspect(self, request: web.Request) -> web.Response:
@@ -257,8 +281,10 @@ class OAuthHttp:
         if self._revoked(principal):  # RFC 7662 §2.2: a revoked token is not active
             return _ok({"active": False})
         claims = principal.claims
+        bound = {} if principal.certificate_thumbprint is None else {"cnf": claims["cnf"]}  # RFC 8705 §3.2
         return _ok(
             {
+                **bound,
                 "active": True,
                 "scope": claims["scope"],
                 "client_id": principal.client_id,
@@ -348,8 +374,19 @@ class OAuthHttp:
 
     async def _verify(self, token: str) -> Principal:
         """The token's principal, never blocking the loop (the keys come from the keyring's memory;
-        the rare fetch runs in the key cache's thread)."""
-        return await verify_on_event_loop(self._introspection, token, where="introspection")
+        the rare fetch runs in the key cache's thread). A certificate-bound token's binding is
+        reported (introspection) or irrelevant (revocation), not enforced: the caller is a client
+        asking about a token, not its bearer using it."""
+        return await verify_on_event_loop(
+            self._introspection, token, where="introspection", peer_certificate=DEFER_BINDING
+        )
+
+
+def _client_certificate(request: web.Request) -> ClientCertificate | None:
+    """The client's certificate on a mutual-TLS listener (RFC 8705), None elsewhere: only the
+    listener started with a client CA asks for one. InvalidClient if it does not parse."""
+    der = peer_certificate(request)
+    return None if der is None else ClientCertificate.from_der(der)
 
 
 def _entry(entry: Revocation) -> dict[str, object]:

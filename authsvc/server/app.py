@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import grpc
 from grpc_health.v1._async import HealthServicer
@@ -75,6 +76,8 @@ class RunningServer:
     metrics: ServerMetrics | None = None  # what /metrics shows (--metrics-listen)
     management: serving.HttpListener | None = None  # /metrics, /livez, /readyz
     health_task: asyncio.Task[None] | None = None  # keeps gRPC health in step with /readyz
+    mtls_port: int | None = None  # the gRPC port that requires client certificates (--mtls-listen)
+    mtls_http: serving.HttpListener | None = None  # the OAuth endpoints over mutual TLS
 
     @property
     def http_port(self) -> int:
@@ -88,6 +91,12 @@ class RunningServer:
             raise RuntimeError("the TokenService serves no metrics (--metrics-listen)")
         return self.management.port
 
+    @property
+    def mtls_http_port(self) -> int:
+        if self.mtls_http is None:
+            raise RuntimeError("the TokenService serves no HTTP over mutual TLS (--mtls-http-listen)")
+        return self.mtls_http.port
+
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, let in-flight calls on both listeners finish within ``grace``
         seconds, stop."""
@@ -99,7 +108,7 @@ class RunningServer:
         tasks = [t for t in (self.keyring_task, self.revocations_task) if t is not None]
         for task in tasks:
             task.cancel()
-        listeners = [h.stop() for h in (self.http, self.management) if h is not None]
+        listeners = [h.stop() for h in (self.http, self.mtls_http, self.management) if h is not None]
         await asyncio.gather(self.server.stop(grace), *listeners)
         for task in tasks:  # each waits for its tick in flight: the store is closed next
             with contextlib.suppress(asyncio.CancelledError):
@@ -161,17 +170,31 @@ async def start_server(
     health = serving.add_health_and_reflection(server, [TOKEN_SERVICE])
     try:
         port = serving.bind(server, config.listen, tls_cert=config.tls_cert, tls_key=config.tls_key)
+        mtls_port = None
+        if config.mtls_listen is not None:
+            # RFC 8705: the same services, on a port whose every caller presents a certificate
+            # issued by the client CA; IssueToken binds the tokens it issues there to it
+            mtls_port = serving.bind(
+                server,
+                config.mtls_listen,
+                tls_cert=config.tls_cert,
+                tls_key=config.tls_key,
+                client_ca=config.client_ca,
+            )
         await server.start()
     except BaseException:
         await server.stop(None)  # else its loop-bound parts complain at interpreter exit
         raise
-    http = None
-    if config.http_listen is not None:
+    http = mtls_http = None
+    if config.http_listen is not None or config.mtls_http_listen is not None:
         try:
-            http = await _start_http(config, issuer, keyring, authority, revocations, reuse_port=reuse_port)
+            http, mtls_http = await _start_http(
+                config, issuer, keyring, authority, revocations, reuse_port=reuse_port
+            )
         except BaseException:
             await server.stop(0)
             raise
+    web_listeners = [h for h in (http, mtls_http) if h is not None]
     readiness = _readiness(keyring)
     management = None
     if metrics is not None and config.metrics_listen is not None:
@@ -180,13 +203,13 @@ async def start_server(
                 config.metrics_listen, metrics.registry, readiness, grace=config.grace_period
             )
         except OSError as exc:
-            await asyncio.gather(server.stop(0), *([http.stop()] if http is not None else []))
+            await asyncio.gather(server.stop(0), *[h.stop() for h in web_listeners])
             raise ConfigurationError(
                 f"cannot listen on {config.metrics_listen}: {exc.strerror or exc}; choose another "
                 "--metrics-listen"
             ) from None
         except BaseException:
-            await asyncio.gather(server.stop(0), *([http.stop()] if http is not None else []))
+            await asyncio.gather(server.stop(0), *[h.stop() for h in web_listeners])
             raise
     keyring_task = asyncio.get_running_loop().create_task(keyring.run(), name="authsvc-keyring")
     revocations_task = asyncio.get_running_loop().create_task(revocations.run(), name="authsvc-revocations")
@@ -200,11 +223,17 @@ async def start_server(
     )
     if keyring.healthy:  # else the health task reports NOT_SERVING until it is
         await serving.serving(health, [TOKEN_SERVICE])
+    mtls_note = (
+        "" if mtls_port is None else f", mutual TLS on {_http_address(config.mtls_listen or '', mtls_port)}"
+    )
+    if mtls_http is not None:
+        mtls_note += f", HTTP mutual TLS on {_http_address(config.mtls_http_listen or '', mtls_http.port)}"
     log.info(
-        "TokenService listening on %s (%s)%s%s, issuer %s, signing key kid=%s",
+        "TokenService listening on %s (%s)%s%s%s, issuer %s, signing key kid=%s",
         serving.describe(config.listen, port),
         "TLS" if config.tls else "plaintext",
         "" if http is None else f", HTTP on {_http_address(config.http_listen or '', http.port)}",
+        mtls_note,
         metrics_note,
         config.issuer,
         keyring.signer.key.kid,
@@ -223,6 +252,8 @@ async def start_server(
         metrics,
         management,
         health_task,
+        mtls_port,
+        mtls_http,
     )
 
 
@@ -247,8 +278,11 @@ async def _start_http(
     revocations: RevocationFeed,
     *,
     reuse_port: bool,
-) -> serving.HttpListener:
-    """The OAuth endpoints over HTTP on the same loop and application layer (authsvc.http)."""
+) -> tuple[serving.HttpListener | None, serving.HttpListener | None]:
+    """The OAuth endpoints over HTTP on the same loop and application layer (authsvc.http): on
+    ``--http-listen``, and over mutual TLS on ``--mtls-http-listen`` (RFC 8705: the same
+    endpoints, for clients that present a certificate; the metadata names them in
+    ``mtls_endpoint_aliases``)."""
     from authsvc.http.oauth import OAuthHttp  # noqa: PLC0415 - aiohttp only when HTTP is served
 
     introspection = TokenVerifier(
@@ -266,16 +300,42 @@ async def _start_http(
         jwks_max_age=config.jwks_max_age,
         revocations=authority.revocations,
         revocation_feed=revocations,
+        certificate_bound=config.mtls,
     )
-    assert config.http_listen is not None
-    return await serving.start_http(
-        oauth.app(),
-        config.http_listen,
-        tls_cert=config.tls_cert,
-        tls_key=config.tls_key,
-        grace=config.grace_period,
-        reuse_port=reuse_port,
-    )
+    http = mtls_http = None
+    if config.http_listen is not None:
+        http = await serving.start_http(
+            oauth.app(),
+            config.http_listen,
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
+            grace=config.grace_period,
+            reuse_port=reuse_port,
+        )
+    if config.mtls_http_listen is not None:
+        try:
+            mtls_http = await serving.start_http(
+                oauth.app(),
+                config.mtls_http_listen,
+                tls_cert=config.tls_cert,
+                tls_key=config.tls_key,
+                grace=config.grace_period,
+                reuse_port=reuse_port,
+                client_ca=config.client_ca,
+            )
+        except BaseException:
+            if http is not None:
+                await http.stop()
+            raise
+        oauth.mtls_base_url = config.mtls_base_url or _default_mtls_base_url(config.issuer, mtls_http.port)
+    return http, mtls_http
+
+
+def _default_mtls_base_url(issuer: str, port: int) -> str:
+    """Where the mutual-TLS HTTP listener is reached when ``--mtls-base-url`` does not say: the
+    issuer's host on that listener's port, over https."""
+    host = urlsplit(issuer).hostname or "localhost"
+    return f"https://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 async def serve(config: ServeConfig, *, reuse_port: bool = False) -> None:

@@ -41,6 +41,13 @@ class ServeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     insecure: bool = False
+    # RFC 8705 mutual TLS: listeners that require a client certificate issued by client_ca (grpc
+    # asks for one only when it requires it, so each is its own port); tokens issued there are
+    # bound to the certificate
+    mtls_listen: str | None = None
+    mtls_http_listen: str | None = None
+    client_ca: Path | None = None
+    mtls_base_url: str | None = None  # the public origin of mtls_http_listen (mtls_endpoint_aliases)
     kek: str | None = field(default=None, repr=False)  # one KEK, or several comma-separated
     kek_file: Path | tuple[Path, ...] | None = None  # one KEK file, or several: the first encrypts
     workers: int = 1
@@ -67,6 +74,7 @@ class ServeConfig:
         if self.http_listen is not None:
             check_listen(self.http_listen, "--http-listen")
             check_plaintext(self.http_listen, tls=self.tls_cert is not None, insecure=self.insecure)
+        self._check_mtls()
         if self.metrics_listen is not None:
             # plaintext on any address: probes and Prometheus scrape in plaintext, and it serves
             # no secret
@@ -113,6 +121,53 @@ class ServeConfig:
         if not 0 < self.refusal_log_rate <= 10_000:
             raise ConfigurationError("--refusal-log-rate must be between 0 and 10000 lines per second")
 
+    def _check_mtls(self) -> None:
+        listeners = [
+            (flag, address)
+            for flag, address in (
+                ("--mtls-listen", self.mtls_listen),
+                ("--mtls-http-listen", self.mtls_http_listen),
+            )
+            if address is not None
+        ]
+        if self.client_ca is not None and not listeners:
+            raise ConfigurationError(
+                "--client-ca is used by --mtls-listen (or --mtls-http-listen) only: give one of them, or "
+                "leave --client-ca out"
+            )
+        if self.mtls_base_url is not None and self.mtls_http_listen is None:
+            raise ConfigurationError("--mtls-base-url names where --mtls-http-listen is reached: give both")
+        taken = {self.listen: "--listen", **({self.http_listen: "--http-listen"} if self.http_listen else {})}
+        for flag, address in listeners:
+            check_listen(address, flag)
+            if self.client_ca is None:
+                raise ConfigurationError(
+                    f"{flag} needs --client-ca FILE: the CA whose client certificates it accepts"
+                )
+            if self.tls_cert is None:
+                raise ConfigurationError(
+                    f"{flag} needs --tls-cert and --tls-key: mutual TLS is TLS with a certificate on "
+                    "both sides"
+                )
+            if address in taken and _port(address) != 0:
+                raise ConfigurationError(f"{flag} {address} is also {taken[address]}: give each its own port")
+            taken[address] = flag
+            if self.workers > 1 and (is_unix(address) or split_host_port(address)[1] == 0):
+                raise ConfigurationError(f"several workers share each port: give {flag} a fixed HOST:PORT")
+        if self.mtls_base_url is not None:
+            url = urlsplit(self.mtls_base_url)
+            if (
+                url.scheme != "https"
+                or not url.netloc
+                or url.path not in ("", "/")
+                or url.query
+                or url.fragment
+            ):
+                raise ConfigurationError(
+                    "--mtls-base-url must be an https:// origin without path, query or fragment, e.g. "
+                    "https://mtls.auth.example:8443 (the issuer's path is added to it)"
+                )
+
     def lifecycle_policy(self) -> LifecyclePolicy:
         # every server publishes what it read at its last key tick: a key stored now is in every
         # replica's JWKS within one tick, so it signs one tick later to be published the full delay
@@ -125,3 +180,13 @@ class ServeConfig:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+
+    @property
+    def mtls(self) -> bool:
+        """Some listener accepts client certificates: tokens issued there are certificate-bound."""
+        return self.mtls_listen is not None or self.mtls_http_listen is not None
+
+
+def _port(address: str) -> int | None:
+    """The port of ``HOST:PORT``; None for ``unix:PATH``."""
+    return None if is_unix(address) else split_host_port(address)[1]
