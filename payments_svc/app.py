@@ -92,6 +92,9 @@ class PaymentsConfig:
     audience: str = "payments"
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # RFC 8705: ask callers for a certificate issued by this CA, so that certificate-bound tokens
+    # can be checked (gRPC: required, grpcio cannot ask without requiring; HTTP: optional)
+    client_ca: Path | None = None
     insecure: bool = False
     jwks_url: str | None = None  # keys from a jwks_uri instead of the TokenService's GetJwks/WatchJwks
     token_service_ca: Path | None = None
@@ -153,6 +156,11 @@ class PaymentsConfig:
         check_plaintext(self.listen, tls=self.tls_cert is not None, insecure=self.insecure)
         if self.http_listen is not None:
             check_plaintext(self.http_listen, tls=self.tls_cert is not None, insecure=self.insecure)
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ConfigurationError(
+                "--client-ca needs --tls-cert and --tls-key: client certificates are asked for in the "
+                "TLS handshake"
+            )
         if self.jwks_url is not None:
             self._check_url(self.jwks_url, "refusing to fetch signing keys from")
         host, _ = split_host_port(self.token_service)
@@ -361,7 +369,13 @@ async def _start(
     payments_pb2_grpc.add_PaymentServiceServicer_to_server(PaymentServicer(operations), server)
     health = serving.add_health_and_reflection(server, [PAYMENT_SERVICE])
     try:
-        port = serving.bind(server, config.listen, tls_cert=config.tls_cert, tls_key=config.tls_key)
+        port = serving.bind(
+            server,
+            config.listen,
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
+            client_ca=config.client_ca,
+        )
         await server.start()
     except BaseException:
         await server.stop(None)  # else its loop-bound parts complain at interpreter exit
@@ -399,7 +413,7 @@ async def _start(
     log.info(
         "PaymentService listening on %s (%s), issuer %s, audience %s%s",
         serving.describe(config.listen, port),
-        "TLS" if config.tls_cert else "plaintext",
+        _transport(config, required=True),
         config.issuer,
         config.audience,
         ""
@@ -412,9 +426,18 @@ async def _start(
             config.http_listen
             if config.http_listen.startswith("unix:")
             else serving.describe(config.http_listen, http.port),
-            "TLS" if config.tls_cert else "plaintext",
+            _transport(config, required=False),
         )
     return RunningPayments(server, port, health, store, verifier, http, metrics, management, health_task)
+
+
+def _transport(config: PaymentsConfig, *, required: bool) -> str:
+    """How a listener is secured, for the start-up log line."""
+    if config.tls_cert is None:
+        return "plaintext"
+    if config.client_ca is None:
+        return "TLS"
+    return "mutual TLS, client certificate " + ("required" if required else "requested")
 
 
 def _readiness(verifier: TokenVerifier) -> serving.Readiness:
@@ -481,7 +504,14 @@ async def _start_http(
         max_body_bytes=config.max_message_bytes,
     )
     return await serving.start_http(
-        app, config.http_listen, tls_cert=config.tls_cert, tls_key=config.tls_key, grace=config.grace_period
+        app,
+        config.http_listen,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        grace=config.grace_period,
+        # aiohttp can ask without requiring: callers without a certificate keep unbound tokens
+        client_ca=config.client_ca,
+        require_client_cert=False,
     )
 
 

@@ -9,7 +9,8 @@ served on the loop, where a token costs one RSA signature. Each issued token is 
 
 Each decision is also one event on the ``authsvc.audit`` logger (:func:`authsvc.logsetup.audit`):
 ``token.issued`` or ``token.refused`` with the client id, grant, authentication method, scopes,
-audiences, kid, jti, the caller's address (``peer``), the outcome and, for a refusal, the precise
+audiences, kid, jti, the caller's address (``peer``), the certificate a token is bound to
+(``x5t#S256``, over mutual TLS), the outcome and, for a refusal, the precise
 internal reason (:func:`~authsvc.core.grants.refusal_detail`: unknown client, wrong secret, ...),
 which never reaches the wire. Never a secret, an assertion or a token. Refusal events share the
 refusal lines' rate limit.
@@ -105,6 +106,10 @@ class TokenIssuer:
                 "jti": issued.jti,
                 "expires_in": issued.expires_in,
                 "peer": peer,
+                # RFC 8705: the token is bound to this certificate (the thumbprint is no secret)
+                "x5t#S256": None
+                if request.client_certificate is None
+                else request.client_certificate.thumbprint,
             },
         )
         return issued
