@@ -22,6 +22,7 @@ from authsvc.client.credentials import (
     token_request,
 )
 from authsvc.client.transport import (
+    PemSource,
     aio_token_service_channel,
     check_secret_transport,
     is_local_target,
@@ -116,9 +117,9 @@ class AsyncClientCredentials(_Base):
         client_secret: str,
         scopes: Sequence[str] = (),
         audience: Sequence[str] = (),
-        root_certificates: bytes | None = None,
-        private_key: bytes | None = None,
-        certificate_chain: bytes | None = None,
+        root_certificates: PemSource | None = None,
+        private_key: PemSource | None = None,
+        certificate_chain: PemSource | None = None,
         channel_credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         timeout: float = 5.0,

@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 import grpc
 
-from authsvc.client.transport import check_secret_transport, token_service_channel
+from authsvc.client.transport import PemSource, check_secret_transport, token_service_channel
 
 __all__ = [
     "AccessToken",
@@ -362,9 +362,9 @@ class ClientCredentials(_Base):
         client_secret: str,
         scopes: Sequence[str] = (),
         audience: Sequence[str] = (),
-        root_certificates: bytes | None = None,
-        private_key: bytes | None = None,
-        certificate_chain: bytes | None = None,
+        root_certificates: PemSource | None = None,
+        private_key: PemSource | None = None,
+        certificate_chain: PemSource | None = None,
         channel_credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         timeout: float = 5.0,
@@ -373,7 +373,13 @@ class ClientCredentials(_Base):
         """Credentials on a TokenService channel the SDK builds itself: TLS to every host but a
         loopback or ``unix:`` target (the system's roots unless ``root_certificates``; add
         ``private_key``/``certificate_chain`` for mutual TLS, or pass ``channel_credentials``),
-        plaintext only there. :meth:`close` closes that channel."""
+        plaintext only there. :meth:`close` closes that channel.
+
+        The TLS material is PEM bytes or the path of a file holding it. With a client certificate
+        on a mutual-TLS port (``authsvc serve --mtls-listen``, RFC 8705) every token is bound to
+        that certificate: call the resource server with the same one
+        (``authorized_channel(..., private_key=..., certificate_chain=...)``), or it refuses the
+        token."""
         channel, _ = token_service_channel(
             target,
             root_certificates=root_certificates,

@@ -61,23 +61,66 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "unix: always gets TLS (the system's roots without --ca); plaintext only to loopback and "
         "unix:, and only without --ca",
     )
+    p.add_argument(
+        "--cert",
+        default=env.get("AUTHSVC_CLIENT_CERT"),
+        help="PEM client certificate (chain) for mutual TLS to both services [env AUTHSVC_CLIENT_CERT]. "
+        "With --token-service on an 'authsvc serve --mtls-listen' port, the tokens are bound to it "
+        "(RFC 8705): the PaymentService then accepts them only over a connection with this certificate",
+    )
+    p.add_argument(
+        "--key",
+        default=env.get("AUTHSVC_CLIENT_KEY"),
+        help="PEM private key of --cert [env AUTHSVC_CLIENT_KEY]",
+    )
     p.add_argument("--amount", default="42.00", help="amount to pay (default 42.00)")
     p.add_argument("--currency", default="USD", help="ISO 4217 currency (default USD)")
     p.add_argument("--refund", default="10.00", help="amount to refund (default 10.00)")
     return p.parse_args(argv)
 
 
-def uses_tls(target: str, ca: bytes | None) -> bool:
-    """TLS with a CA bundle, and to any host but loopback and unix: whatever the flags."""
-    return ca is not None or not is_local_target(target)
+class ClientTls:
+    """The client certificate for mutual TLS (``--cert``/``--key``), as PEM bytes."""
+
+    __slots__ = ("certificate_chain", "private_key")
+
+    def __init__(self, certificate_chain: bytes, private_key: bytes) -> None:
+        self.certificate_chain = certificate_chain
+        self.private_key = private_key
+
+    def __repr__(self) -> str:  # never the private key
+        return "ClientTls(certificate_chain=..., private_key=<redacted>)"
 
 
-def payments_channel(target: str, creds: ClientCredentials, ca: bytes | None) -> grpc.Channel:
-    """The PaymentService channel: TLS (``ca``, else the system's roots) unless the target is
-    loopback or unix: and no CA was given."""
-    if uses_tls(target, ca):
-        return authorized_channel(target, creds, root_certificates=ca)
+def uses_tls(target: str, ca: bytes | None, client_tls: ClientTls | None = None) -> bool:
+    """TLS with a CA bundle or a client certificate, and to any host but loopback and unix:
+    whatever the flags."""
+    return ca is not None or client_tls is not None or not is_local_target(target)
+
+
+def payments_channel(
+    target: str, creds: ClientCredentials, ca: bytes | None, client_tls: ClientTls | None = None
+) -> grpc.Channel:
+    """The PaymentService channel: TLS (``ca``, else the system's roots; mutual TLS with the
+    client certificate) unless the target is loopback or unix: and neither was given."""
+    if uses_tls(target, ca, client_tls):
+        return authorized_channel(
+            target,
+            creds,
+            root_certificates=ca,
+            private_key=None if client_tls is None else client_tls.private_key,
+            certificate_chain=None if client_tls is None else client_tls.certificate_chain,
+        )
     return insecure_loopback_channel(target, creds)
+
+
+def read_client_tls(cert: str | None, key: str | None) -> ClientTls | None:
+    """The ``--cert``/``--key`` files, read once; ValueError unless both or neither are given."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError("--cert and --key go together (AUTHSVC_CLIENT_CERT, AUTHSVC_CLIENT_KEY)")
+    return ClientTls(Path(cert).read_bytes(), Path(key).read_bytes())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,6 +135,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"merchant: cannot read the CA bundle {args.ca}: {exc.strerror}", file=sys.stderr)
         return 2
+    try:
+        client_tls = read_client_tls(args.cert, args.key)
+    except ValueError as exc:
+        print(f"merchant: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"merchant: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     # the SDK dials the TokenService itself: TLS to any host but loopback and unix:, so the
     # client secret never crosses a network in plaintext
     creds = ClientCredentials.for_target(
@@ -101,8 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         scopes=SCOPES,
         audience=["payments"],
         root_certificates=ca,
+        private_key=None if client_tls is None else client_tls.private_key,
+        certificate_chain=None if client_tls is None else client_tls.certificate_chain,
     )
-    channel = payments_channel(args.payments, creds, ca)
+    channel = payments_channel(args.payments, creds, ca, client_tls)
     payments = payments_pb2_grpc.PaymentServiceStub(channel)
     key = f"order-{uuid.uuid4()}"
     try:
