@@ -20,6 +20,7 @@ on any other port every bound token is refused. Unbound tokens work on both.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -302,8 +303,9 @@ def _bound_behavior(
                 await refuse(context, exc)
                 return
             _PRINCIPAL.set(principal)
-            async for item in behavior(request, context):
-                yield item
+            async with contextlib.aclosing(behavior(request, context)) as items:
+                async for item in items:
+                    yield item
 
         return stream
     if inspect.iscoroutinefunction(behavior):
