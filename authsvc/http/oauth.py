@@ -32,6 +32,7 @@ Routes live under the issuer's path, if it has one (``https://auth.example/tenan
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import math
@@ -386,7 +387,13 @@ def _client_certificate(request: web.Request) -> ClientCertificate | None:
     """The client's certificate on a mutual-TLS listener (RFC 8705), None elsewhere: only the
     listener started with a client CA asks for one. InvalidClient if it does not parse."""
     der = peer_certificate(request)
-    return None if der is None else ClientCertificate.from_der(der)
+    return None if der is None else _parse_certificate(der)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_certificate(der: bytes) -> ClientCertificate:
+    # the same certificate on every request of a client: parsed once (a failure is not remembered)
+    return ClientCertificate.from_der(der)
 
 
 def _entry(entry: Revocation) -> dict[str, object]:

@@ -25,6 +25,7 @@ unknown members to the application; deny by default).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
@@ -40,6 +41,7 @@ __all__ = [
     "DeferBinding",
     "bound_thumbprint",
     "check_binding",
+    "check_grpc_binding",
     "grpc_peer_certificate",
     "pem_to_der",
 ]
@@ -96,6 +98,30 @@ def check_binding(thumbprint: str, peer_certificate: bytes | None) -> None:
     presented = b64url(hashlib.sha256(peer_certificate).digest())
     if not hmac.compare_digest(presented.encode("ascii"), thumbprint.encode("ascii")):
         raise InvalidToken("the token is bound to another client certificate")
+
+
+def check_grpc_binding(thumbprint: str, auth_context: Mapping[str, Iterable[bytes]]) -> None:
+    """:func:`check_binding` against the certificate of a gRPC call's connection
+    (``context.auth_context()``, see :func:`grpc_peer_certificate`). A connection's certificate
+    is the same on every call over it: its thumbprint is remembered by its PEM text (bounded), so
+    a bound token costs a dict lookup per call rather than a PEM decode and a SHA-256."""
+    pems = list(auth_context.get("x509_pem_cert") or ())
+    if not pems:
+        check_binding(thumbprint, None)
+        return
+    presented = _pem_thumbprint(bytes(pems[0]))
+    if not hmac.compare_digest(presented.encode("ascii"), thumbprint.encode("ascii")):
+        raise InvalidToken("the token is bound to another client certificate")
+
+
+@functools.lru_cache(maxsize=1024)
+def _pem_thumbprint(pem: bytes) -> str:
+    """The x5t#S256 of a PEM certificate; InvalidToken (not remembered) if it does not decode."""
+    try:
+        der = pem_to_der(pem)
+    except InvalidClient as exc:  # grpc's own PEM: never in practice; refuse rather than guess
+        raise InvalidToken("the client certificate of this connection could not be read") from exc
+    return b64url(hashlib.sha256(der).digest())
 
 
 def grpc_peer_certificate(auth_context: Mapping[str, Iterable[bytes]]) -> bytes | None:

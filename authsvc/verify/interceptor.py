@@ -32,7 +32,7 @@ import grpc
 from authsvc.core.errors import AccessDenied, OAuthError
 from authsvc.logsafe import LogRateLimiter
 from authsvc.status import status_for
-from authsvc.verify.binding import DEFER_BINDING, check_binding, grpc_peer_certificate
+from authsvc.verify.binding import DEFER_BINDING, check_grpc_binding
 from authsvc.verify.policy import MethodPolicy, Public
 from authsvc.verify.principal import (
     _PRINCIPAL,
@@ -106,7 +106,7 @@ def _authorize_bound(principal: Principal, required: Sequence[str], context: Any
     stolen token is INVALID_TOKEN whatever it holds); raises OAuthError. ``context`` is the
     call's servicer context (sync or ``grpc.aio``): only it knows the peer's certificate."""
     assert principal.certificate_thumbprint is not None
-    check_binding(principal.certificate_thumbprint, grpc_peer_certificate(context.auth_context()))
+    check_grpc_binding(principal.certificate_thumbprint, context.auth_context())
     return _scoped(principal, required)
 
 

@@ -22,7 +22,13 @@ from authsvc.core.errors import InvalidToken
 from authsvc.core.keys import jwks_json, public_jwk, rfc7638_thumbprint
 from authsvc.verify import BearerAuthMiddleware, StaticJwksSource, TokenVerifier, current_principal
 from authsvc.verify.asgi import asgi_peer_certificate
-from authsvc.verify.binding import DEFER_BINDING, bound_thumbprint, check_binding, grpc_peer_certificate
+from authsvc.verify.binding import (
+    DEFER_BINDING,
+    bound_thumbprint,
+    check_binding,
+    check_grpc_binding,
+    grpc_peer_certificate,
+)
 from tests.conftest import ISSUER
 from tests.pki import Pki
 from tests.security.test_token_verification_attacks import AUDIENCE, CLIENT_ID, Forge
@@ -166,6 +172,20 @@ def test_grpc_peer_certificate_from_the_auth_context(pki: Pki) -> None:
         grpc_peer_certificate(
             {"x509_pem_cert": [b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----"]}
         )
+
+
+def test_check_grpc_binding(pki: Pki) -> None:
+    right = {"x509_pem_cert": [pki.client.cert_pem]}
+    for _ in range(2):  # the second time from the remembered thumbprint
+        check_grpc_binding(pki.client.thumbprint, right)
+        with pytest.raises(InvalidToken, match="another client certificate"):
+            check_grpc_binding(pki.client.thumbprint, {"x509_pem_cert": [pki.other_client.cert_pem]})
+    with pytest.raises(InvalidToken, match="mutual TLS"):
+        check_grpc_binding(pki.client.thumbprint, {"transport_security_type": [b"ssl"]})
+    garbage = {"x509_pem_cert": [b"-----BEGIN CERTIFICATE-----\n!!\n-----END CERTIFICATE-----"]}
+    for _ in range(2):
+        with pytest.raises(InvalidToken):
+            check_grpc_binding(pki.client.thumbprint, garbage)
 
 
 def _scope(tls: object = None, headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
