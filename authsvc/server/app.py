@@ -23,9 +23,11 @@ from grpc_health.v1._async import HealthServicer
 from authsvc import authority as application
 from authsvc import serving
 from authsvc.authority import Authority
+from authsvc.authority.deployment import DB_FILE
 from authsvc.authority.keyring import Keyring
 from authsvc.authority.revocations import RevocationFeed
 from authsvc.authority.tokens import TokenIssuer
+from authsvc.core.dburl import redact_database_url
 from authsvc.core.errors import ConfigurationError
 from authsvc.core.grants import client_credentials_endpoint
 from authsvc.core.ports import SystemClock, SystemRandom
@@ -298,8 +300,18 @@ def _worker(config: ServeConfig, log_level: int, log_format: str = "text") -> No
         log_setup.stop()
 
 
+def database_location(config: ServeConfig) -> str:
+    """Where the clients and keys are kept, for the start-up log: the SQLite file, or the
+    PostgreSQL URL with every secret in it redacted (authsvc.core.dburl)."""
+    if config.database_url:
+        return f"PostgreSQL at {redact_database_url(config.database_url)}"
+    return f"SQLite at {config.data_dir / DB_FILE}"
+
+
 def run(config: ServeConfig, *, log_format: str = "text") -> int:
     """Run the TokenService in this process, or in ``config.workers`` worker processes."""
+    # once, before the workers: an operator reading the log knows which database this is
+    log.info("clients and keys in %s", database_location(config))
     if config.workers == 1:
         asyncio.run(serve(config))
         return 0

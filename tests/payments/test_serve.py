@@ -87,3 +87,29 @@ def test_plaintext_on_a_public_address_is_refused(tmp_path: Path) -> None:
     ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 1 and "without TLS" in out.stderr
+
+
+def test_serve_logs_where_its_database_is_and_never_a_password(tmp_path: Path, pg_url: str) -> None:
+    """SQLite: the file. PostgreSQL: the URL with both forms of password redacted."""
+    from tests.server.test_serve import PG_PASSWORDS, with_passwords  # noqa: PLC0415
+
+    env = {
+        **os.environ,
+        "PAYMENTS_DATA_DIR": str(tmp_path / "pay"),
+        "PAYMENTS_LISTEN": "127.0.0.1:0",
+        "PAYMENTS_TOKEN_SERVICE": "127.0.0.1:9",  # none: it starts without keys, NOT_SERVING
+    }
+    sqlite = Command([sys.executable, "-m", "payments_svc.cli", "serve"], env)
+    sqlite.terminate()
+    assert f"payments in SQLite at {tmp_path / 'pay' / 'payments.db'}" in sqlite.output()
+
+    postgres = Command(
+        [sys.executable, "-m", "payments_svc.cli", "serve"],
+        {**env, "PAYMENTS_DATABASE_URL": with_passwords(pg_url)},
+    )
+    postgres.terminate()
+    output = postgres.output()
+    host_and_db = pg_url.partition("@")[2]
+    assert f"payments in PostgreSQL at postgresql://postgres:***@{host_and_db}?password=***" in output
+    for password in PG_PASSWORDS:
+        assert password not in output
