@@ -14,6 +14,7 @@ from payments_svc.v1 import payments_pb2 as pb
 from payments_svc.v1 import payments_pb2_grpc
 from tests.conftest import KEK
 from tests.helpers import Command, create_client
+from tests.server.test_serve import PG_PASSWORDS, with_passwords
 
 
 def test_payment_survives_sigkill_and_sigterm_is_graceful(tmp_path: Path) -> None:
@@ -91,8 +92,6 @@ def test_plaintext_on_a_public_address_is_refused(tmp_path: Path) -> None:
 
 def test_serve_logs_where_its_database_is_and_never_a_password(tmp_path: Path, pg_url: str) -> None:
     """SQLite: the file. PostgreSQL: the URL with both forms of password redacted."""
-    from tests.server.test_serve import PG_PASSWORDS, with_passwords  # noqa: PLC0415
-
     env = {
         **os.environ,
         "PAYMENTS_DATA_DIR": str(tmp_path / "pay"),

@@ -24,7 +24,7 @@ from authsvc.server.app import RunningServer, open_authority, start_server
 from authsvc.server.config import ServeConfig
 from authsvc.v1 import token_pb2, token_pb2_grpc
 from tests.conftest import KEK, serve_config
-from tests.helpers import ServerThread
+from tests.helpers import Command, ServerThread
 
 
 def self_signed(tmp: Path) -> tuple[Path, Path]:
@@ -366,8 +366,6 @@ def with_passwords(url: str) -> str:
 
 
 def test_serve_logs_where_its_sqlite_database_is(tmp_path: Path) -> None:
-    from tests.helpers import Command  # noqa: PLC0415
-
     env = {**os.environ, "AUTHSVC_DATA_DIR": str(tmp_path / "d"), "AUTHSVC_KEK": KEK}
     server = Command([sys.executable, "-m", "authsvc.cli", "serve", "--listen", "127.0.0.1:0"], env)
     server.terminate()  # (its exit code is not the point here)
@@ -375,8 +373,6 @@ def test_serve_logs_where_its_sqlite_database_is(tmp_path: Path) -> None:
 
 
 def test_serve_logs_its_postgres_url_without_the_password(tmp_path: Path, pg_url: str) -> None:
-    from tests.helpers import Command  # noqa: PLC0415
-
     url = with_passwords(pg_url)
     env = {
         **os.environ,
