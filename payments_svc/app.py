@@ -25,7 +25,7 @@ from authsvc.listen import (
     check_plaintext,
     is_loopback,
     split_host_port,
-    wait_for_stop_signal,
+    stop_signal,
 )
 from authsvc.metrics import ServerMetrics
 from authsvc.verify import (
@@ -535,8 +535,9 @@ async def _start_http(
 
 
 async def serve(config: PaymentsConfig) -> None:
+    stopping = stop_signal()  # before start-up: a SIGTERM during it stops gracefully after it
     running = await start_server(config)
-    await wait_for_stop_signal()
+    await stopping.wait()
     log.info("shutting down (grace %.1fs)", config.grace_period)
     await running.stop(config.grace_period)
     log.info("stopped")

@@ -31,7 +31,7 @@ from authsvc.core.dburl import redact_database_url
 from authsvc.core.errors import ConfigurationError
 from authsvc.core.grants import client_credentials_endpoint
 from authsvc.core.ports import SystemClock, SystemRandom
-from authsvc.listen import wait_for_stop_signal
+from authsvc.listen import stop_signal
 from authsvc.logsafe import LogRateLimiter
 from authsvc.metrics import ServerMetrics
 from authsvc.server.config import ServeConfig
@@ -282,8 +282,9 @@ async def _start_http(
 
 async def serve(config: ServeConfig, *, reuse_port: bool = False) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    stopping = stop_signal()  # before start-up: a SIGTERM during it stops gracefully after it
     running = await start_server(config, reuse_port=reuse_port)
-    await wait_for_stop_signal()
+    await stopping.wait()
     log.info("shutting down (grace %.1fs)", config.grace_period)
     await running.stop(config.grace_period)
     log.info("stopped")

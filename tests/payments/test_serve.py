@@ -99,14 +99,14 @@ def test_serve_logs_where_its_database_is_and_never_a_password(tmp_path: Path, p
         "PAYMENTS_TOKEN_SERVICE": "127.0.0.1:9",  # none: it starts without keys, NOT_SERVING
     }
     sqlite = Command([sys.executable, "-m", "payments_svc.cli", "serve"], env)
-    sqlite.terminate()
+    assert sqlite.terminate() == 0, sqlite.output()
     assert f"payments in SQLite at {tmp_path / 'pay' / 'payments.db'}" in sqlite.output()
 
     postgres = Command(
         [sys.executable, "-m", "payments_svc.cli", "serve"],
         {**env, "PAYMENTS_DATABASE_URL": with_passwords(pg_url)},
     )
-    postgres.terminate()
+    assert postgres.terminate() == 0, postgres.output()
     output = postgres.output()
     host_and_db = pg_url.partition("@")[2]
     assert f"payments in PostgreSQL at postgresql://postgres:***@{host_and_db}?password=***" in output
