@@ -25,6 +25,7 @@ from authsvc import serving
 from authsvc.authority import Authority
 from authsvc.authority.deployment import DB_FILE
 from authsvc.authority.keyring import Keyring
+from authsvc.authority.ratelimit import RateLimits, RedisBuckets
 from authsvc.authority.revocations import RevocationFeed
 from authsvc.authority.tokens import TokenIssuer
 from authsvc.core.dburl import redact_database_url
@@ -77,6 +78,7 @@ class RunningServer:
     metrics: ServerMetrics | None = None  # what /metrics shows (--metrics-listen)
     management: serving.HttpListener | None = None  # /metrics, /livez, /readyz
     health_task: asyncio.Task[None] | None = None  # keeps gRPC health in step with /readyz
+    rate_limits: RateLimits | None = None  # --client-rate-limit, --peer-rate-limit, ...
 
     @property
     def http_port(self) -> int:
@@ -106,6 +108,8 @@ class RunningServer:
         for task in tasks:  # each waits for its tick in flight: the store is closed next
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.rate_limits is not None:
+            await self.rate_limits.close()
         self.authority.close()
 
 
@@ -137,8 +141,13 @@ async def start_server(
         rate=config.refusal_log_rate, burst=max(1, round(2 * config.refusal_log_rate)), clock=monotonic
     )
     metrics = ServerMetrics() if config.metrics_listen is not None else None
+    rate_limits = _rate_limits(config, metrics)
     issuer = TokenIssuer(
-        endpoint, clients, refusal_log=refusal_log, metrics=None if metrics is None else metrics.tokens()
+        endpoint,
+        clients,
+        refusal_log=refusal_log,
+        metrics=None if metrics is None else metrics.tokens(),
+        limits=rate_limits,
     )
     server = serving.new_server(
         limits=config.limits,
@@ -211,6 +220,7 @@ async def start_server(
         config.issuer,
         keyring.signer.key.kid,
     )
+    log.info("%s", rate_limits.describe())
     return RunningServer(
         server,
         port,
@@ -225,6 +235,21 @@ async def start_server(
         metrics,
         management,
         health_task,
+        rate_limits,
+    )
+
+
+def _rate_limits(config: ServeConfig, metrics: ServerMetrics | None) -> RateLimits:
+    """The configured limits, on Redis buckets with --redis-url (local ones during an outage)."""
+    shared = None
+    if config.redis_url is not None:
+        shared = RedisBuckets(config.redis_url, prefix=config.redis_key_prefix)
+    return RateLimits(
+        client=config.client_rate_limit,
+        peer=config.peer_rate_limit,
+        failed_auth=config.failed_auth_limit,
+        shared=shared,
+        metrics=None if metrics is None else metrics.rate_limits(),
     )
 
 
