@@ -227,3 +227,36 @@ def test_cli_refuses_a_bad_client_ca(tmp_path: Path, pki: Pki) -> None:
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("payments-svc: error: --client-ca")
+
+
+def test_python_merchant_over_mutual_tls(gateway: Gateway, pki: Pki) -> None:
+    """clients/python/merchant.py with --cert/--key: bound tokens from the TokenService's
+    mutual-TLS port, accepted by the PaymentService over the same certificate (its wait for
+    SERVING goes over mutual TLS too); without them, the PaymentService's handshake refuses it."""
+    merchant = gateway.token_server.register(
+        "merchant-shop", scopes=("payments:read", "payments:write", "payments:refund")
+    )
+    root = Path(__file__).resolve().parents[2]
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AUTHSVC_", "PAYMENTS_"))},
+        "AUTHSVC_CLIENT_ID": merchant.client_id,
+        "AUTHSVC_CLIENT_SECRET": merchant.secret,
+        "AUTHSVC_TARGET": f"localhost:{gateway.token_server.running.mtls_port}",
+        "PAYMENTS_TARGET": f"localhost:{gateway.running.port}",
+        "AUTHSVC_CA": str(pki.ca.cert_path),
+    }
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(root / "clients" / "python" / "merchant.py"), *args],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    done = run("--cert", str(pki.client.cert_path), "--key", str(pki.client.key_path))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["ok"] is True and result["token_fetches"] == 1
+    refused = run("--wait", "2")  # no certificate: neither mutual-TLS port completes a handshake
+    assert refused.returncode != 0
+    half = run("--cert", str(pki.client.cert_path))
+    assert half.returncode == 2 and "--cert and --key go together" in half.stderr
