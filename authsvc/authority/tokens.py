@@ -1,9 +1,11 @@
 """Issuing tokens, transport-free: what the gRPC ``IssueToken`` and the HTTP token endpoint both
 call, with the same checks and the same log lines.
 
-A request whose client must be read from the store (not in the client cache) runs in a worker
-thread, so that a slow or unreachable database never stalls the event loop; a cached client is
-served on the loop, where a token costs one RSA signature. Each issued token is logged by its
+A request whose client must be read from the store (not in the client cache), or whose
+authentication method waits on I/O (private_key_jwt records each assertion's ``jti`` in the
+store), runs in a worker thread, so that a slow or unreachable database never stalls the event
+loop; a cached client presenting a secret is served on the loop, where a token costs one RSA
+signature. Each issued token is logged by its
 ``jti``; refusals are logged at a bounded rate, with an unknown client id redacted
 (:func:`~authsvc.logsafe.client_id_for_log`).
 
@@ -21,6 +23,7 @@ import asyncio
 import logging
 from typing import Protocol
 
+from authsvc.core.client_auth import PresentedCredentials
 from authsvc.core.clients import Client
 from authsvc.core.errors import OAuthError
 from authsvc.core.grants import IssuedToken, TokenEndpoint, TokenRequest, refusal_detail
@@ -64,7 +67,7 @@ class TokenIssuer:
         """Run the grant from an event loop; raises an :class:`~authsvc.core.errors.OAuthError`
         (logged), or an unexpected error (logged with its traceback, at a bounded rate)."""
         try:
-            if self.clients.is_cached(request.client_id):
+            if self._inline(request.credentials):
                 issued = self.endpoint.issue(request)
             else:
                 issued = await asyncio.to_thread(self.endpoint.issue, request)
@@ -109,15 +112,19 @@ class TokenIssuer:
         )
         return issued
 
-    async def authenticate(self, client_id: str, client_secret: str, *, peer: str | None = None) -> Client:
+    def _inline(self, presented: PresentedCredentials) -> bool:
+        """Whether authenticating ``presented`` can run on the event loop: no store read, no I/O."""
+        return self.clients.is_cached(presented.client_id) and not self.endpoint.may_block(presented)
+
+    async def authenticate(self, presented: PresentedCredentials, *, peer: str | None = None) -> Client:
         """Authenticate a client that calls another endpoint (introspection, revocation) with
         the token endpoint's rules; raises InvalidClient (logged) as it would."""
         try:
-            if self.clients.is_cached(client_id):
-                return self.endpoint.authenticate(client_id, client_secret)
-            return await asyncio.to_thread(self.endpoint.authenticate, client_id, client_secret)
+            if self._inline(presented):
+                return self.endpoint.authenticate(presented)
+            return await asyncio.to_thread(self.endpoint.authenticate, presented)
         except OAuthError as exc:
-            self._log_refused(client_id, exc, None, peer)  # not a token request: not counted
+            self._log_refused(presented.client_id, exc, None, peer)  # not a token request: not counted
             raise
 
     def refused(

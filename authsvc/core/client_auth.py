@@ -1,8 +1,9 @@
 """Which client credentials a token request carries (RFC 6749 §2.3), whatever the transport.
 
 Both edges hand over what they found: the values of the ``authorization`` header (or metadata
-entry) and the ``client_id``/``client_secret`` of the body. :func:`client_credentials` decides,
-with the same rules for gRPC and HTTP:
+entry) and the ``client_id``/``client_secret`` of the body. :func:`presented_credentials`
+decides, with the same rules for gRPC and HTTP, and returns the :class:`PresentedCredentials`
+that the registered method handlers (:mod:`authsvc.core.auth_methods`) check:
 
 - ``Authorization: Basic base64(id ":" secret)``, where id and secret are first
   ``application/x-www-form-urlencoded`` (§2.3.1), is ``client_secret_basic``;
@@ -17,14 +18,25 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
+from authsvc.core.clients import ClientAuthMethod
 from authsvc.core.errors import InvalidClient, InvalidRequest
-from authsvc.core.grants import ClientAuthMethod
 
-__all__ = ["MAX_AUTHORIZATION_LENGTH", "basic_credentials", "client_credentials"]
+__all__ = ["MAX_AUTHORIZATION_LENGTH", "PresentedCredentials", "basic_credentials", "presented_credentials"]
 
 MAX_AUTHORIZATION_LENGTH = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class PresentedCredentials:
+    """What a request presented to authenticate its client, as the edge read it: the method and
+    its material. Never shown by ``repr``: only the method and the id are."""
+
+    method: ClientAuthMethod
+    client_id: str
+    client_secret: str = field(default="", repr=False)
 
 
 def basic_credentials(values: Sequence[str | bytes]) -> tuple[str, str] | None:
@@ -50,16 +62,16 @@ def basic_credentials(values: Sequence[str | bytes]) -> tuple[str, str] | None:
     return unquote_plus(client_id), unquote_plus(secret)
 
 
-def client_credentials(
-    authorization: Sequence[str | bytes], *, client_id: str, client_secret: str
-) -> tuple[str, str, ClientAuthMethod]:
-    """``(client_id, client_secret, method)`` from the authorization values and the body's
-    parameters; raises as the module docstring says."""
+def presented_credentials(
+    authorization: Sequence[str | bytes], *, client_id: str = "", client_secret: str = ""
+) -> PresentedCredentials:
+    """The credentials of a request, from its authorization values and its body's parameters;
+    raises as the module docstring says."""
     basic = basic_credentials(authorization)
     if basic is None:
-        return client_id, client_secret, ClientAuthMethod.CLIENT_SECRET_POST
+        return PresentedCredentials(ClientAuthMethod.CLIENT_SECRET_POST, client_id, client_secret)
     if client_secret:
         raise InvalidRequest("use either Basic authentication or client_secret, not both")
     if client_id and client_id != basic[0]:
         raise InvalidRequest("client_id differs from the Basic credentials")
-    return basic[0], basic[1], ClientAuthMethod.CLIENT_SECRET_BASIC
+    return PresentedCredentials(ClientAuthMethod.CLIENT_SECRET_BASIC, basic[0], basic[1])

@@ -1,8 +1,9 @@
 """Registered OAuth clients (RFC 6749 §2) and the rules for registering them.
 
-A client is a confidential client (§2.1) that authenticates with a service-generated secret
-(§2.3.1) and may use the client credentials grant (§4.4). It is allowed a fixed set of scopes
-and audiences; a token request may ask for a subset of them.
+A client is a confidential client (§2.1) registered with exactly one client authentication
+method (:class:`ClientAuthMethod`, RFC 7591 §2 ``token_endpoint_auth_method``); by default a
+service-generated secret (§2.3.1). It may use the client credentials grant (§4.4), and is allowed
+a fixed set of scopes and audiences; a token request may ask for a subset of them.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from authsvc.core.errors import InvalidRequest
 from authsvc.core.scopes import validate_scope_token
@@ -21,7 +23,9 @@ __all__ = [
     "MAX_AUDIENCES",
     "MAX_TOKEN_TTL",
     "MIN_TOKEN_TTL",
+    "SECRET_METHODS",
     "Client",
+    "ClientAuthMethod",
     "new_client",
     "validate_audience",
     "validate_client_id",
@@ -34,6 +38,21 @@ DEFAULT_TOKEN_TTL = 300
 MIN_TOKEN_TTL = 30
 MAX_TOKEN_TTL = 86_400
 MAX_AUDIENCES = 16
+
+
+class ClientAuthMethod(StrEnum):
+    """How a client authenticates at the token endpoint (RFC 7591 §2 ``token_endpoint_auth_method``
+    names): what a client is registered with, and what a request presents."""
+
+    CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105 - a method name, not a secret
+    """RFC 6749 §2.3.1, the secret in an ``Authorization: Basic`` header. A client registered with
+    it also accepts ``client_secret_post``, as every client did before methods were registered."""
+    CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105 - a method name, not a secret
+    """RFC 6749 §2.3.1, the secret in the request body."""
+
+
+SECRET_METHODS = frozenset({ClientAuthMethod.CLIENT_SECRET_BASIC, ClientAuthMethod.CLIENT_SECRET_POST})
+"""The registered methods that hold a client secret."""
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,127}")
 _AUDIENCE = re.compile(r"[\x21-\x7e]{1,256}")
@@ -57,7 +76,8 @@ def validate_audience(audience: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Client:
-    """A registered client. ``secret_hash`` is the keyed hash of its secret, never the secret."""
+    """A registered client. ``secret_hash`` is the keyed hash of its secret, never the secret;
+    ``auth_method`` the one way it authenticates."""
 
     client_id: str
     secret_hash: str
@@ -74,6 +94,7 @@ class Client:
     """The keyed hash of the secret a rotation replaced, accepted until ``previous_secret_expires_at``
     (the grace period); None when there is none."""
     previous_secret_expires_at: int | None = None
+    auth_method: ClientAuthMethod = ClientAuthMethod.CLIENT_SECRET_BASIC
 
     def previous_secret_valid(self, now: float) -> bool:
         """True while the previous secret's grace period lasts (it ends at, not after, its time)."""

@@ -38,10 +38,10 @@ from aiohttp import web
 from authsvc.authority.keyring import Keyring
 from authsvc.authority.revocations import RevocationFeed, RevocationRegistry
 from authsvc.authority.tokens import TokenIssuer
-from authsvc.core.client_auth import client_credentials
+from authsvc.core.client_auth import PresentedCredentials, presented_credentials
 from authsvc.core.clients import Client
 from authsvc.core.errors import InvalidRequest, InvalidToken, OAuthError, UnauthorizedClient
-from authsvc.core.grants import ClientAuthMethod, TokenRequest
+from authsvc.core.grants import TokenRequest
 from authsvc.core.revocation import REVOCATIONS_SCOPE, Revocation
 from authsvc.httpstatus import NO_STORE, HttpAnswer, token_error
 from authsvc.logsafe import loggable
@@ -160,16 +160,15 @@ class OAuthHttp:
     # -- client authentication -------------------------------------------------------------
 
     @staticmethod
-    def _credentials(request: web.Request, form: _Form) -> tuple[str, str, ClientAuthMethod]:
-        return client_credentials(
+    def _credentials(request: web.Request, form: _Form) -> PresentedCredentials:
+        return presented_credentials(
             request.headers.getall("Authorization", []),
             client_id=form.get("client_id"),
             client_secret=form.get("client_secret"),
         )
 
     async def _client(self, request: web.Request, form: _Form) -> Client:
-        client_id, secret, _ = self._credentials(request, form)
-        return await self._issuer.authenticate(client_id, secret, peer=request.remote)
+        return await self._issuer.authenticate(self._credentials(request, form), peer=request.remote)
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -179,14 +178,15 @@ class OAuthHttp:
         client_id = ""
         try:
             form = await _form(request)
-            client_id, secret, method = self._credentials(request, form)
+            presented = self._credentials(request, form)
+            client_id = presented.client_id
             token_request = TokenRequest(
                 grant_type=form.get("grant_type"),
-                client_id=client_id,
-                client_secret=secret,
+                client_id=presented.client_id,
+                client_secret=presented.client_secret,
                 scope=form.get("scope"),
                 audience=tuple(form.repeated.get("audience", ())) + tuple(form.repeated.get("resource", ())),
-                auth_method=method,
+                auth_method=presented.method,
             )
         except OAuthError as exc:
             self._issuer.refused(client_id, exc, peer=request.remote)
@@ -219,7 +219,7 @@ class OAuthHttp:
 
     async def metadata(self, request: web.Request) -> web.Response:
         """RFC 8414 §2 authorization server metadata."""
-        methods = [ClientAuthMethod.CLIENT_SECRET_BASIC.value, ClientAuthMethod.CLIENT_SECRET_POST.value]
+        methods = [m.value for m in self._issuer.endpoint.auth_methods]
         document: dict[str, object] = {
             "issuer": self.issuer_url,
             "token_endpoint": self.url("/oauth2/token"),
@@ -317,14 +317,13 @@ class OAuthHttp:
         basic = "Authorization" in request.headers
         client_id = ""
         try:
-            client_id, secret, _ = client_credentials(
-                request.headers.getall("Authorization", []), client_id="", client_secret=""
-            )
+            presented = presented_credentials(request.headers.getall("Authorization", []))
         except OAuthError as exc:
             self._issuer.refused(client_id, exc, peer=request.remote)
             return _answer(token_error(exc, basic=basic))
+        client_id = presented.client_id
         try:
-            client = await self._issuer.authenticate(client_id, secret, peer=request.remote)  # logs refusals
+            client = await self._issuer.authenticate(presented, peer=request.remote)  # logs refusals
         except OAuthError as exc:
             return _answer(token_error(exc, basic=basic))
         if REVOCATIONS_SCOPE not in client.allowed_scopes:

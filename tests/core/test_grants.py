@@ -9,6 +9,8 @@ from typing import Any
 import jwt
 import pytest
 
+from authsvc.core.auth_methods import ClientSecretBasic
+from authsvc.core.client_auth import PresentedCredentials
 from authsvc.core.clients import Client, new_client
 from authsvc.core.errors import (
     InvalidClient,
@@ -450,13 +452,17 @@ def test_authentication_does_the_same_work_with_or_without_a_previous_secret(env
         clock=env.clock,
         random=CountingRandom(),
     )
+    endpoint.register_auth_method(ClientSecretBasic(hasher, env.clock))
     if rotated:
         _rotate(env, grace=60)
     shapes = []
     for client_id in (CLIENT_ID, "nobody"):
         hasher.shapes.clear()
+        presented = PresentedCredentials(
+            ClientAuthMethod.CLIENT_SECRET_BASIC, client_id, "authsvc_cs_" + "W" * 43
+        )
         with pytest.raises(InvalidClient):
-            endpoint.authenticate(client_id, "authsvc_cs_" + "W" * 43)
+            endpoint.authenticate(presented)
         shapes.append(list(hasher.shapes))
     assert len(shapes[0]) == 2
     assert shapes[0] == shapes[1]
