@@ -17,15 +17,32 @@ certificate) and compares it with what the client registered.
 
 from __future__ import annotations
 
-from typing import Protocol
+import math
+from typing import Any, Protocol
 
+from authsvc.core.client_assertion import (
+    CLIENT_ASSERTION_TYPE,
+    HEADER_MEMBERS,
+    MAX_ASSERTION_LENGTH,
+    MAX_JTI_LENGTH,
+    MAX_KID_LENGTH,
+    TYPES,
+    AssertionPolicy,
+    AssertionReplayGuard,
+    ClientKeyLookup,
+    ClientKeysUnavailable,
+    ParsedAssertion,
+    assertion_number,
+    parse_assertion,
+)
 from authsvc.core.client_auth import PresentedCredentials
+from authsvc.core.client_keys import SUPPORTED_ALGS, decoy_key, verify_signature
 from authsvc.core.clients import Client, ClientAuthMethod
 from authsvc.core.errors import InvalidClient, InvalidRequest, with_detail
 from authsvc.core.ports import Clock
 from authsvc.core.secrets import MAX_SECRET_LENGTH, SecretHasher
 
-__all__ = ["ClientAuthHandler", "ClientSecretBasic", "ClientSecretPost"]
+__all__ = ["ClientAuthHandler", "ClientSecretBasic", "ClientSecretPost", "PrivateKeyJwt"]
 
 
 class ClientAuthHandler(Protocol):
@@ -105,3 +122,122 @@ class ClientSecretPost(_ClientSecret):
     accepted_registrations = frozenset(
         {ClientAuthMethod.CLIENT_SECRET_BASIC, ClientAuthMethod.CLIENT_SECRET_POST}
     )
+
+
+class PrivateKeyJwt:
+    """``private_key_jwt`` (RFC 7523 §2.2, §3), checked as :mod:`authsvc.core.client_assertion`
+    says. ``keys`` gives a client's keys, ``replay`` records the ``jti`` of every accepted
+    assertion; authenticating writes to the store, so it never runs on an event loop
+    (:attr:`blocking`)."""
+
+    method = ClientAuthMethod.PRIVATE_KEY_JWT
+    accepted_registrations = frozenset({ClientAuthMethod.PRIVATE_KEY_JWT})
+    signing_algs: tuple[str, ...] = SUPPORTED_ALGS
+    blocking = True
+
+    def __init__(
+        self, *, keys: ClientKeyLookup, replay: AssertionReplayGuard, policy: AssertionPolicy, clock: Clock
+    ) -> None:
+        self._keys = keys
+        self._replay = replay
+        self.policy = policy
+        self._clock = clock
+
+    def precheck(self, presented: PresentedCredentials) -> None:
+        if presented.client_assertion_type != CLIENT_ASSERTION_TYPE:
+            raise with_detail(
+                InvalidClient(f"client_assertion_type must be {CLIENT_ASSERTION_TYPE}"),
+                "assertion_type_unsupported",
+            )
+        if not presented.client_assertion:
+            raise with_detail(InvalidClient("client authentication is required"), "no_client_assertion")
+        if len(presented.client_assertion) > MAX_ASSERTION_LENGTH:
+            raise InvalidRequest("client_assertion is too long")
+
+    def check(self, presented: PresentedCredentials, client: Client, *, registered: bool) -> str | None:
+        try:
+            parsed = parse_assertion(presented.client_assertion)
+        except InvalidClient:
+            return "assertion_malformed"
+        alg = parsed.alg
+        if alg not in SUPPORTED_ALGS:
+            return "alg_not_supported"  # none, HS256, ...: no key is ever tried with it
+        now = self._clock.now()
+        failure = self._header_failure(parsed) or self._claims_failure(
+            parsed.claims, presented.client_id, now
+        )
+        pinned = registered and alg in client.signing_algs
+        key = None
+        if pinned:
+            try:
+                key = self._keys.keys_for(client, parsed.kid).select(parsed.kid, alg)
+            except ClientKeysUnavailable:
+                failure = failure or "client_keys_unavailable"
+            if key is None:
+                failure = failure or "unknown_kid"
+        # the signature is checked whatever failed before, against a decoy key when there is no
+        # real one, so that the time a refusal takes tells nothing of the client
+        signature_ok = verify_signature(key or decoy_key(alg), alg, parsed.signing_input, parsed.signature)
+        if not registered:
+            return "unknown_client"
+        if not pinned:
+            return "alg_not_allowed"
+        if failure is not None:
+            return failure
+        if not signature_ok:
+            return "bad_signature"
+        expires_at = math.ceil(float(parsed.claims["exp"])) + self.policy.leeway
+        if not self._replay.use_assertion_jti(
+            client.client_id, parsed.claims["jti"], expires_at=expires_at, now=int(now)
+        ):
+            return "jti_replayed"
+        return None
+
+    @staticmethod
+    def _header_failure(parsed: ParsedAssertion) -> str | None:
+        header = parsed.header
+        if set(header) - HEADER_MEMBERS:
+            return "header_member_not_allowed"
+        typ = header.get("typ")
+        if typ is not None and (
+            not isinstance(typ, str) or typ.lower().removeprefix("application/") not in TYPES
+        ):
+            return "typ_not_allowed"
+        kid = header.get("kid")
+        if kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= MAX_KID_LENGTH):
+            return "kid_malformed"
+        return None
+
+    def _claims_failure(self, claims: dict[str, Any], client_id: str, now: float) -> str | None:
+        policy = self.policy
+        for name in ("sub", "iss"):  # sub names the client (a client_id parameter must agree), iss too
+            value = claims.get(name)
+            if value is None:
+                return f"missing_{name}"
+            if value != client_id:
+                return f"{name}_mismatch"
+        audience = policy.audience_failure(claims.get("aud"))
+        if audience is not None:
+            return audience
+        if "exp" not in claims:
+            return "missing_exp"
+        exp = assertion_number(claims["exp"])
+        if exp is None:
+            return "exp_malformed"
+        if now >= exp + policy.leeway:
+            return "expired"
+        if exp > now + policy.max_lifetime + policy.leeway:
+            return "exp_too_far_ahead"
+        for name, reason in (("nbf", "not_yet_valid"), ("iat", "issued_in_the_future")):
+            if name in claims:
+                value = assertion_number(claims[name])
+                if value is None:
+                    return f"{name}_malformed"
+                if value > now + policy.leeway:
+                    return reason
+        jti = claims.get("jti")
+        if jti is None:
+            return "missing_jti"
+        if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH or not jti.isprintable():
+            return "jti_malformed"
+        return None

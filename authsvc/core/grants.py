@@ -72,18 +72,42 @@ class TokenRequest:
     scope: str
     audience: tuple[str, ...]
     auth_method: ClientAuthMethod
+    client_assertion: str = ""
+    client_assertion_type: str = ""
 
-    def __repr__(self) -> str:  # never show the secret
+    def __repr__(self) -> str:  # never show the secret or the assertion
         return (
             f"TokenRequest(grant_type={self.grant_type!r}, client_id={self.client_id!r}, "
             f"client_secret=<redacted>, scope={self.scope!r}, audience={self.audience!r}, "
-            f"auth_method={self.auth_method.value!r})"
+            f"auth_method={self.auth_method.value!r}, client_assertion=<redacted>)"
+        )
+
+    @classmethod
+    def of(
+        cls, credentials: PresentedCredentials, *, grant_type: str, scope: str, audience: tuple[str, ...]
+    ) -> TokenRequest:
+        """The request of a grant with the credentials an edge read."""
+        return cls(
+            grant_type=grant_type,
+            client_id=credentials.client_id,
+            client_secret=credentials.client_secret,
+            scope=scope,
+            audience=audience,
+            auth_method=credentials.method,
+            client_assertion=credentials.client_assertion,
+            client_assertion_type=credentials.client_assertion_type,
         )
 
     @property
     def credentials(self) -> PresentedCredentials:
         """What the request presented to authenticate its client."""
-        return PresentedCredentials(self.auth_method, self.client_id, self.client_secret)
+        return PresentedCredentials(
+            self.auth_method,
+            self.client_id,
+            self.client_secret,
+            client_assertion=self.client_assertion,
+            client_assertion_type=self.client_assertion_type,
+        )
 
 
 @dataclass(frozen=True, slots=True)
