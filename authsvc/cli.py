@@ -21,6 +21,7 @@ from authsvc import __version__
 from authsvc.authority import Authority, KeyInfo, open_authority
 from authsvc.authority.clients import MAX_SECRET_GRACE
 from authsvc.authority.deployment import DB_FILE, DEV_KEK_FILE, uses_dev_kek
+from authsvc.core.client_assertion import DEFAULT_ASSERTION_MAX_LIFETIME
 from authsvc.core.client_keys import MAX_JWKS_BYTES, SUPPORTED_ALGS
 from authsvc.core.clients import DEFAULT_TOKEN_TTL, AuthRegistration, Client, ClientAuthMethod
 from authsvc.core.errors import ConfigurationError, OAuthError
@@ -101,6 +102,42 @@ def _add_limit_flags(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> 
             default=env.get(var) or default,
             help=f"{text} [env {var}; default {default}]",
         )
+
+
+def _add_assertion_flags(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """private_key_jwt clients (RFC 7523): their assertions and where their keys are fetched."""
+    serve.add_argument(
+        "--client-assertion-max-lifetime",
+        type=positive(int),
+        default=env.get("AUTHSVC_CLIENT_ASSERTION_MAX_LIFETIME") or str(DEFAULT_ASSERTION_MAX_LIFETIME),
+        metavar="SECONDS",
+        help="how far ahead a private_key_jwt assertion's exp may be (10 to 3600; Authlib signs for 3600 "
+        "unless told otherwise) [env AUTHSVC_CLIENT_ASSERTION_MAX_LIFETIME; default "
+        f"{DEFAULT_ASSERTION_MAX_LIFETIME}]",
+    )
+    serve.add_argument(
+        "--accept-token-endpoint-audience",
+        action="store_true",
+        default=_env_bool(env.get("AUTHSVC_ACCEPT_TOKEN_ENDPOINT_AUDIENCE")),
+        help="also accept assertions whose aud is the token endpoint URL (ISSUER/oauth2/token), as many "
+        "client libraries send; off, only the issuer is, as draft-ietf-oauth-rfc7523bis requires "
+        "[env AUTHSVC_ACCEPT_TOKEN_ENDPOINT_AUDIENCE=1]",
+    )
+    serve.add_argument(
+        "--client-jwks-allow-internal",
+        action="store_true",
+        default=_env_bool(env.get("AUTHSVC_CLIENT_JWKS_ALLOW_INTERNAL")),
+        help="let clients' --jwks-uri hosts resolve to loopback, private or link-local addresses (off: the "
+        "server fetches client keys from public addresses only) [env AUTHSVC_CLIENT_JWKS_ALLOW_INTERNAL=1]",
+    )
+    serve.add_argument(
+        "--client-jwks-ca-file",
+        type=Path,
+        default=env.get("AUTHSVC_CLIENT_JWKS_CA_FILE") or None,
+        metavar="FILE",
+        help="PEM CA bundle to check clients' jwks_uri servers against [env AUTHSVC_CLIENT_JWKS_CA_FILE; "
+        "default: the system's trust store]",
+    )
 
 
 def _add_output(p: argparse.ArgumentParser) -> None:
@@ -204,6 +241,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="seconds in-flight calls get at shutdown [env AUTHSVC_GRACE_PERIOD; default 5]",
     )
     _add_limit_flags(serve, env)
+    _add_assertion_flags(serve, env)
     serve.add_argument(
         "--log-level",
         default=env.get("AUTHSVC_LOG_LEVEL", "INFO"),
@@ -633,7 +671,11 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from authsvc.server.config import ServeConfig  # noqa: PLC0415
 
     _check_files(args, env)
-    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+    for flag, path in (
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+        ("--client-jwks-ca-file", args.client_jwks_ca_file),
+    ):
         if path is not None:
             check_readable_file(path, flag)
 
@@ -660,6 +702,10 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         watch_streams_per_peer=args.watch_streams_per_peer,
         watch_streams_total=args.watch_streams_total,
         refusal_log_rate=args.refusal_log_rate,
+        client_assertion_max_lifetime=args.client_assertion_max_lifetime,
+        accept_token_endpoint_audience=args.accept_token_endpoint_audience,
+        client_jwks_allow_internal=args.client_jwks_allow_internal,
+        client_jwks_ca_file=args.client_jwks_ca_file,
     )
     try:
         return run(config, log_format=args.log_format)

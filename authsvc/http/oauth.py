@@ -2,7 +2,8 @@
 verifier speaks, translated to the same application layer as gRPC.
 
 - ``POST /oauth2/token``: RFC 6749 §4.4.2, a form body; ``client_secret_basic`` (§2.3.1
-  form-urlencoded id and secret) or ``client_secret_post``; §5.1 answers, §5.2 errors
+  form-urlencoded id and secret), ``client_secret_post`` or ``private_key_jwt`` (RFC 7523 §2.2,
+  ``client_assertion_type`` and ``client_assertion``); §5.1 answers, §5.2 errors
   (:func:`authsvc.httpstatus.token_error`). ``audience`` (or RFC 8707 ``resource``) may repeat;
   no other parameter may (§3.2).
 - ``GET /.well-known/jwks.json``: the keyring's published set, ``Cache-Control: max-age`` =
@@ -165,6 +166,8 @@ class OAuthHttp:
             request.headers.getall("Authorization", []),
             client_id=form.get("client_id"),
             client_secret=form.get("client_secret"),
+            client_assertion=form.get("client_assertion"),
+            client_assertion_type=form.get("client_assertion_type"),
         )
 
     async def _client(self, request: web.Request, form: _Form) -> Client:
@@ -180,13 +183,11 @@ class OAuthHttp:
             form = await _form(request)
             presented = self._credentials(request, form)
             client_id = presented.client_id
-            token_request = TokenRequest(
+            token_request = TokenRequest.of(
+                presented,
                 grant_type=form.get("grant_type"),
-                client_id=presented.client_id,
-                client_secret=presented.client_secret,
                 scope=form.get("scope"),
                 audience=tuple(form.repeated.get("audience", ())) + tuple(form.repeated.get("resource", ())),
-                auth_method=presented.method,
             )
         except OAuthError as exc:
             self._issuer.refused(client_id, exc, peer=request.remote)
@@ -232,6 +233,10 @@ class OAuthHttp:
             "introspection_endpoint_auth_methods_supported": methods,
             "revocation_endpoint_auth_methods_supported": methods,
         }
+        algs = list(self._issuer.endpoint.auth_signing_algs)
+        if algs:  # RFC 8414 §2: for private_key_jwt (and client_secret_jwt, not offered)
+            for endpoint in ("token", "introspection", "revocation"):
+                document[f"{endpoint}_endpoint_auth_signing_alg_values_supported"] = algs
         if self._feed is not None:  # not RFC 8414: authsvc's list for verifiers that poll
             document["revocation_list_endpoint"] = self.url("/oauth2/revocations")
         return web.json_response(document, headers={"Cache-Control": f"public, max-age={self._jwks_max_age}"})

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from authsvc.core.client_assertion import DEFAULT_ASSERTION_MAX_LIFETIME
 from authsvc.core.clients import MAX_TOKEN_TTL
 from authsvc.core.errors import ConfigurationError
 from authsvc.core.lifecycle import DEFAULT_JWKS_MAX_AGE, DEFAULT_KEY_PUBLISH_DELAY, LifecyclePolicy
@@ -58,6 +59,12 @@ class ServeConfig:
     watch_streams_per_peer: int = 8
     watch_streams_total: int = 256
     refusal_log_rate: float = 10.0  # "token refused" lines per second, bursts of twice that
+    # private_key_jwt (RFC 7523): how far ahead an assertion's exp may be; whether its aud may be the
+    # token endpoint URL rather than the issuer; where the keys of jwks_uri clients may be fetched
+    client_assertion_max_lifetime: int = DEFAULT_ASSERTION_MAX_LIFETIME
+    accept_token_endpoint_audience: bool = False
+    client_jwks_allow_internal: bool = False
+    client_jwks_ca_file: Path | None = None
 
     def __post_init__(self) -> None:
         check_listen(self.listen, "--listen")
@@ -112,6 +119,8 @@ class ServeConfig:
             )
         if not 0 < self.refusal_log_rate <= 10_000:
             raise ConfigurationError("--refusal-log-rate must be between 0 and 10000 lines per second")
+        if not 10 <= self.client_assertion_max_lifetime <= 3600:
+            raise ConfigurationError("--client-assertion-max-lifetime must be between 10 and 3600 seconds")
 
     def lifecycle_policy(self) -> LifecyclePolicy:
         # every server publishes what it read at its last key tick: a key stored now is in every
@@ -125,3 +134,9 @@ class ServeConfig:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+
+    @property
+    def token_endpoint(self) -> str:
+        """The token endpoint's URL as the HTTP edge serves it and the metadata names it
+        (``authsvc.http.oauth``): the issuer's URL and ``/oauth2/token``."""
+        return self.issuer.rstrip("/") + "/oauth2/token"

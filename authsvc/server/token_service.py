@@ -123,15 +123,14 @@ def token_request_from(
 ) -> TokenRequest:
     """Build the core's request (RFC 6749 §2.3: one authentication method per request)."""
     presented = presented_credentials(
-        authorization_values(metadata), client_id=request.client_id, client_secret=request.client_secret
+        authorization_values(metadata),
+        client_id=request.client_id,
+        client_secret=request.client_secret,
+        client_assertion=request.client_assertion,
+        client_assertion_type=request.client_assertion_type,
     )
-    return TokenRequest(
-        grant_type=request.grant_type,
-        client_id=presented.client_id,
-        client_secret=presented.client_secret,
-        scope=request.scope,
-        audience=tuple(request.audience),
-        auth_method=presented.method,
+    return TokenRequest.of(
+        presented, grant_type=request.grant_type, scope=request.scope, audience=tuple(request.audience)
     )
 
 
