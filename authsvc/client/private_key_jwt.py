@@ -18,26 +18,51 @@ and the ``kid`` of the registered key when given (needed when the client registe
                                          private_key_jwt=key, scopes=["payments:write"])
 
 Signing uses PyJWT; the key is loaded once and never shown by ``repr``.
+
+On the command line, the client side of the registration and a one-off assertion (for curl)::
+
+    python -m authsvc.client.private_key_jwt jwks shop-key.pem --kid shop-2026-01 > shop-jwks.json
+    python -m authsvc.client.private_key_jwt assertion shop-key.pem --client-id shop \
+        --issuer https://auth.example --kid shop-2026-01
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
+import json
 import secrets
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-__all__ = ["CLIENT_ASSERTION_TYPE", "PrivateKeyJwtCredentials"]
+__all__ = ["CLIENT_ASSERTION_TYPE", "PrivateKeyJwtCredentials", "load_private_key", "main"]
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _ALGS = {"RSA": ("RS256", "PS256"), "EC": ("ES256",)}
 _MIN_RSA_BITS = 2048
 _TYP = "client-authentication+jwt"
+
+
+def load_private_key(
+    path: Path | str, password: bytes | None = None
+) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    """An RSA or EC private key from a PEM file; ``ValueError`` for anything else."""
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=password)
+    except (TypeError, ValueError) as exc:  # keep the cause, never the file's contents
+        raise ValueError(
+            f"{path} is not a PEM private key this SDK can use (or its password is wrong)"
+        ) from exc
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{path} holds neither an RSA nor an EC private key")
+    return key
 
 
 class PrivateKeyJwtCredentials:
@@ -94,15 +119,7 @@ class PrivateKeyJwtCredentials:
     ) -> PrivateKeyJwtCredentials:
         """Load the private key from a PEM file (PKCS#8 or the traditional formats; ``password``
         if it is encrypted). ``options`` as for the constructor (``kid``, ``alg``, ``lifetime``)."""
-        try:
-            key = serialization.load_pem_private_key(Path(path).read_bytes(), password=password)
-        except (TypeError, ValueError) as exc:  # keep the cause, never the file's contents
-            raise ValueError(
-                f"{path} is not a PEM private key this SDK can use (or its password is wrong)"
-            ) from exc
-        if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{path} holds neither an RSA nor an EC private key")
-        return cls(key, issuer=issuer, **options)  # type: ignore[arg-type]
+        return cls(load_private_key(path, password), issuer=issuer, **options)  # type: ignore[arg-type]
 
     def assertion(self, client_id: str) -> str:
         """A fresh signed assertion for ``client_id``: a new ``jti``, ``exp`` ``lifetime`` from now."""
@@ -120,8 +137,58 @@ class PrivateKeyJwtCredentials:
             headers["kid"] = self.kid
         return jwt.encode(claims, self._key, algorithm=self.alg, headers=headers)
 
+    def public_jwks(self) -> str:
+        """The public half as a JWK Set (RFC 7517 §5), with the ``kid``, ``use`` and ``alg``: what to
+        register with ``authsvc clients create --jwks-file`` or to publish at the ``--jwks-uri``."""
+        public = self._key.public_key()
+        if isinstance(public, rsa.RSAPublicKey):
+            jwk = json.loads(RSAAlgorithm.to_jwk(public))
+        else:
+            jwk = json.loads(ECAlgorithm.to_jwk(public))
+        jwk.pop("key_ops", None)
+        jwk.update({"use": "sig", "alg": self.alg})
+        if self.kid is not None:
+            jwk["kid"] = self.kid
+        return json.dumps({"keys": [jwk]}, indent=2)
+
     def __repr__(self) -> str:
         return (
             f"PrivateKeyJwtCredentials(issuer={self.issuer!r}, kid={self.kid!r}, alg={self.alg!r}, "
             f"lifetime={self.lifetime}, private_key=<redacted>)"
         )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m authsvc.client``: ``jwks KEY [--kid K]`` prints the public JWK Set of a PEM
+    private key; ``assertion KEY --client-id ID --issuer URL`` prints one fresh client assertion."""
+    parser = argparse.ArgumentParser(prog="python -m authsvc.client", allow_abbrev=False)
+    sub = parser.add_subparsers(dest="command", required=True)
+    jwks = sub.add_parser(
+        "jwks", help="print the public JWK Set of a PEM private key, to register or publish"
+    )
+    assertion = sub.add_parser("assertion", help="print one fresh client assertion (RFC 7523 §2.2)")
+    for p in (jwks, assertion):
+        p.add_argument(
+            "key", type=Path, metavar="KEY", help="PEM private key file (RSA >= 2048 bits or EC P-256)"
+        )
+        p.add_argument("--kid", help="the key's id in the JWK Set (needed when a client has several keys)")
+        p.add_argument("--alg", choices=["RS256", "PS256", "ES256"], help="default RS256 (RSA) or ES256 (EC)")
+    assertion.add_argument("--client-id", required=True)
+    assertion.add_argument("--issuer", required=True, help="the authorization server's issuer identifier")
+    assertion.add_argument(
+        "--lifetime", type=int, default=60, help="seconds the assertion is valid (default 60)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        private_key = load_private_key(args.key)
+        if args.command == "jwks":
+            print(PrivateKeyJwtCredentials(private_key, issuer="-", kid=args.kid, alg=args.alg).public_jwks())
+        else:
+            signer = PrivateKeyJwtCredentials(
+                private_key, issuer=args.issuer, kid=args.kid, alg=args.alg, lifetime=args.lifetime
+            )
+            print(signer.assertion(args.client_id))
+    except (OSError, ValueError) as exc:
+        print(f"authsvc.client: error: {exc}", file=sys.stderr)
+        return 1
+    return 0

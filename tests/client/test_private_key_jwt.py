@@ -4,6 +4,7 @@ tokens from a real TokenService, sync and asyncio, one fresh assertion per fetch
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import grpc
@@ -21,6 +22,8 @@ from authsvc.client import (
     TokenFetchError,
 )
 from authsvc.client.credentials import TokenRequests
+from authsvc.client.private_key_jwt import main
+from authsvc.core.client_keys import validate_client_jwks
 from authsvc.core.clients import AuthRegistration, ClientAuthMethod
 from tests.assertions import ASSERTION_TYPE, ClientKeyPair, ec_key, jwks_json, rsa_key
 from tests.conftest import ISSUER, TokenServer
@@ -229,3 +232,25 @@ def test_a_key_the_server_does_not_know_is_refused_at_once(token_server: TokenSe
         assert creds.fetches == 1  # not retried
     finally:
         creds.close()
+
+
+@pytest.mark.parametrize(
+    ("key", "alg"), [(RSA, "RS256"), (RSA, "PS256"), (EC, "ES256")], ids=["rs256", "ps256", "es256"]
+)
+def test_the_public_jwks_is_what_registration_accepts(key: ClientKeyPair, alg: str) -> None:
+    jwks = PrivateKeyJwtCredentials(key.private_key, issuer=ISSUER, kid=key.kid, alg=alg).public_jwks()
+    [jwk] = json.loads(validate_client_jwks(jwks, [alg]))["keys"]
+    assert (jwk["kid"], jwk["alg"], jwk["use"]) == (key.kid, alg, "sig")
+    assert not {"d", "p", "q", "dp", "dq", "qi"} & set(jwk)
+
+
+def test_the_command_line_prints_a_jwks_and_an_assertion(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pem = EC.write_pem(tmp_path / "key.pem")
+    assert main(["jwks", str(pem), "--kid", "cli-1"]) == 0
+    assert json.loads(capsys.readouterr().out)["keys"][0]["kid"] == "cli-1"
+    assert main(["assertion", str(pem), "--client-id", "shop", "--issuer", ISSUER, "--kid", "cli-1"]) == 0
+    claims = _decode(capsys.readouterr().out.strip(), EC, "ES256")
+    assert claims["sub"] == "shop" and int(str(claims["exp"])) - int(str(claims["iat"])) == 60
+    assert main(["jwks", str(tmp_path / "missing.pem")]) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -273,3 +274,43 @@ def test_serve_refuses_an_out_of_range_assertion_lifetime(tmp_path: Path) -> Non
         "serve", "--listen", "127.0.0.1:0", "--client-assertion-max-lifetime", "7200", env=env, check=False
     )
     assert result.returncode != 0 and "--client-assertion-max-lifetime" in result.stderr
+
+
+def test_the_readme_private_key_jwt_commands_get_a_token(tmp_path: Path) -> None:
+    # the copy-paste block of the README, run as written (paths and the port put in)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("**private_key_jwt**, copy-paste", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    venv_bin = Path(sys.executable).parent
+    env = {
+        "AUTHSVC_KEK": KEK,
+        "AUTHSVC_DATA_DIR": str(tmp_path / "data"),
+        "PATH": f"{venv_bin}:/usr/bin:/bin",
+    }
+    serve = [
+        sys.executable,
+        "-m",
+        "authsvc.cli",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]
+    server = Command(serve, env)
+    try:
+        script = block.replace(".venv/bin/", f"{venv_bin}/").replace("http://127.0.0.1:8080", server.http_url)
+        ran = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script],
+            check=False,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ran.returncode == 0, ran.stderr
+        answer = json.loads(ran.stdout.strip().splitlines()[-1])
+        assert answer["token_type"] == "Bearer" and answer["scope"] == "payments:write"
+    finally:
+        assert server.terminate() == 0
+    assert not (tmp_path / "shop-jwks.json").read_text().count('"d"')  # the public half only
