@@ -12,6 +12,7 @@ from authsvc.core.clients import AuthRegistration, ClientAuthMethod
 from authsvc.core.keys import KeyState
 from authsvc.core.revocation import Revocation
 from authsvc.store.base import AlreadyExists, Store, StoreError
+from authsvc.store.sql import JTI_PURGE_INTERVAL, SqlStore
 from tests.assertions import jwks_json, rsa_key
 from tests.helpers import run_at_once
 from tests.store.contract import STORE_KINDS, make_client, make_key, open_store
@@ -342,3 +343,26 @@ def test_concurrent_uses_of_one_jti_accept_exactly_one(store: Store) -> None:
     )
     assert errors == []
     assert sorted(results) == [False] * 7 + [True]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_expired_jtis_are_purged_once_a_minute(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    store = open_store(kind, tmp_path, request)
+    assert isinstance(store, SqlStore)
+
+    def rows() -> list[str]:
+        return sorted(str(r[0]) for r in store._query("SELECT jti FROM client_assertion_jtis"))
+
+    try:
+        assert store.use_assertion_jti("c", "a", expires_at=NOW + 10, now=NOW)  # purges (nothing yet)
+        assert store.use_assertion_jti("c", "b", expires_at=NOW + 20, now=NOW + 5)
+        assert store.use_assertion_jti(
+            "c", "c", expires_at=NOW + 200, now=NOW + 30
+        )  # a expired, no purge due
+        assert rows() == ["a", "b", "c"]
+        assert store.use_assertion_jti("c", "d", expires_at=NOW + 200, now=NOW + JTI_PURGE_INTERVAL)
+        assert rows() == ["c", "d"]  # a and b purged, c and d still refuse replays
+    finally:
+        store.close()
