@@ -21,6 +21,7 @@ from authsvc import __version__
 from authsvc.authority import Authority, KeyInfo, open_authority
 from authsvc.authority.clients import MAX_SECRET_GRACE
 from authsvc.authority.deployment import DB_FILE, DEV_KEK_FILE, uses_dev_kek
+from authsvc.authority.ratelimit import DEFAULT_FAILED_AUTH_LIMIT_TEXT, DEFAULT_REDIS_PREFIX
 from authsvc.core.client_assertion import DEFAULT_ASSERTION_MAX_LIFETIME
 from authsvc.core.client_keys import MAX_JWKS_BYTES, SUPPORTED_ALGS
 from authsvc.core.clients import DEFAULT_TOKEN_TTL, AuthRegistration, Client, ClientAuthMethod
@@ -28,6 +29,7 @@ from authsvc.core.errors import ConfigurationError, OAuthError
 from authsvc.core.keys import KeyEncryptionKey
 from authsvc.core.lifecycle import DEFAULT_JWKS_MAX_AGE, DEFAULT_KEY_PUBLISH_DELAY
 from authsvc.core.ports import SystemClock, SystemRandom
+from authsvc.core.ratelimit import RateLimit, parse_rate_limit
 from authsvc.core.scopes import parse_scope
 from authsvc.listen import (
     CommandParser,
@@ -140,6 +142,51 @@ def _add_assertion_flags(serve: argparse.ArgumentParser, env: Mapping[str, str])
     )
 
 
+def _rate_limit(text: str) -> RateLimit | None:
+    try:
+        return parse_rate_limit(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_rate_limit.__name__ = "rate limit"  # argparse names the type in its messages
+
+
+def _add_rate_limit_flags(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """The rate limits (README "Rate limits") and the Redis that shares them across replicas."""
+    failed_default = DEFAULT_FAILED_AUTH_LIMIT_TEXT
+    for flag, var, default, text in (
+        ("--client-rate-limit", "AUTHSVC_CLIENT_RATE_LIMIT", "off",
+         "requests per authenticated client, e.g. 100/s or 600/m,burst=50; more get RESOURCE_EXHAUSTED "
+         "(HTTP 429) with a retry delay"),
+        ("--peer-rate-limit", "AUTHSVC_PEER_RATE_LIMIT", "off",
+         "requests per source address (an IPv6 /64), counted before authentication"),
+        ("--failed-auth-limit", "AUTHSVC_FAILED_AUTH_LIMIT", failed_default,
+         "failed client authentications per (client id, source address); past it that pair is "
+         "refused without its secret being checked"),
+    ):  # fmt: skip
+        serve.add_argument(
+            flag,
+            type=_rate_limit,
+            default=env.get(var) or default,
+            metavar="RATE/UNIT[,burst=N]|off",
+            help=f"{text} [env {var}; default {default}]",
+        )
+    serve.add_argument(
+        "--redis-url",
+        default=env.get("AUTHSVC_REDIS_URL") or None,
+        help="redis://HOST:PORT/DB (rediss:// for TLS) to share the rate-limit buckets across replicas; "
+        "while it does not answer each process limits on its own [env AUTHSVC_REDIS_URL; default: "
+        "per process]",
+    )
+    serve.add_argument(
+        "--redis-key-prefix",
+        default=env.get("AUTHSVC_REDIS_KEY_PREFIX") or DEFAULT_REDIS_PREFIX,
+        help="prefix of the rate-limit keys in Redis, to keep deployments sharing one Redis apart "
+        f"[env AUTHSVC_REDIS_KEY_PREFIX; default {DEFAULT_REDIS_PREFIX}]",
+    )
+
+
 def _add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", choices=["table", "json"], default="table", help="output format")
 
@@ -242,6 +289,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     _add_limit_flags(serve, env)
     _add_assertion_flags(serve, env)
+    _add_rate_limit_flags(serve, env)
     serve.add_argument(
         "--log-level",
         default=env.get("AUTHSVC_LOG_LEVEL", "INFO"),
@@ -706,6 +754,11 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         accept_token_endpoint_audience=args.accept_token_endpoint_audience,
         client_jwks_allow_internal=args.client_jwks_allow_internal,
         client_jwks_ca_file=args.client_jwks_ca_file,
+        client_rate_limit=args.client_rate_limit,
+        peer_rate_limit=args.peer_rate_limit,
+        failed_auth_limit=args.failed_auth_limit,
+        redis_url=args.redis_url,
+        redis_key_prefix=args.redis_key_prefix,
     )
     try:
         return run(config, log_format=args.log_format)

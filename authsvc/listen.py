@@ -32,6 +32,7 @@ __all__ = [
     "positive",
     "split_host_port",
     "startup_failure",
+    "stop_signal",
     "wait_for_stop_signal",
 ]
 
@@ -268,10 +269,18 @@ def check_plaintext(listen: str, *, tls: bool, insecure: bool) -> None:
         )
 
 
-async def wait_for_stop_signal() -> None:
-    """Return when the process receives SIGTERM or SIGINT (graceful shutdown follows)."""
+def stop_signal() -> asyncio.Event:
+    """An event set when the process receives SIGTERM or SIGINT, the handlers installed now, on
+    the running loop. Call it before start-up: a signal that arrives while the server starts (once
+    it has logged where it listens, a supervisor may send one) then means a graceful shutdown
+    right after, instead of the default action, which kills the process mid-start."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def wait_for_stop_signal() -> None:
+    """Return when the process receives SIGTERM or SIGINT (graceful shutdown follows)."""
+    await stop_signal().wait()

@@ -15,6 +15,8 @@ client id, a jti or anything else a caller controls beyond the registered method
 
 Domain metrics (:class:`TokenMetrics`): ``authsvc_tokens_issued_total`` and
 ``authsvc_tokens_refused_total{error}``, the error being the OAuth error code (a bounded set).
+:class:`RateLimitMetrics`: ``authsvc_rate_limited_total{limit}``, requests refused by a rate
+limit, ``limit`` being ``client``, ``peer`` or ``failed_auth`` (never the client or the address).
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from authsvc.core import errors as _errors
 
-__all__ = ["GrpcMetrics", "MetricsInterceptor", "ServerMetrics", "TokenMetrics", "grpc_code_name"]
+__all__ = [
+    "GrpcMetrics",
+    "MetricsInterceptor",
+    "RateLimitMetrics",
+    "ServerMetrics",
+    "TokenMetrics",
+    "grpc_code_name",
+]
 
 # grpc.StatusCode -> the Go spelling (codes.Code.String()) that go-grpc-prometheus uses
 _GO_CODES = {
@@ -254,6 +263,27 @@ class TokenMetrics:
         self._refused.labels(error if error in self._codes else "other").inc()
 
 
+class RateLimitMetrics:
+    """``authsvc_rate_limited_total{limit}``: what :class:`~authsvc.authority.ratelimit.RateLimits`
+    calls for each refusal."""
+
+    LIMITS = ("client", "peer", "failed_auth")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._refused = Counter(
+            "authsvc_rate_limited_total",
+            "Requests refused by a rate limit, by limit (client, peer, failed_auth).",
+            ("limit",),
+            registry=registry,
+        )
+        self._children = {limit: self._refused.labels(limit) for limit in self.LIMITS}  # from zero
+
+    def rate_limited(self, limit: str) -> None:
+        child = self._children.get(limit)  # the limits are the code's own: never a new series
+        if child is not None:
+            child.inc()
+
+
 class ServerMetrics:
     """Everything one server exposes on ``/metrics``: its own registry, the gRPC metrics and the
     interceptor that fills them."""
@@ -265,3 +295,6 @@ class ServerMetrics:
 
     def tokens(self) -> TokenMetrics:
         return TokenMetrics(self.registry)
+
+    def rate_limits(self) -> RateLimitMetrics:
+        return RateLimitMetrics(self.registry)

@@ -272,11 +272,13 @@ async def track_health(
     *,
     interval: float = 0.5,
     while_not_ready: Callable[[], None] | None = None,
+    while_ready: Callable[[], None] | None = None,
 ) -> None:
     """Keep the gRPC health status of the server and of ``services`` SERVING while
     ``readiness`` has no objection and NOT_SERVING otherwise, checked every ``interval`` seconds
     until cancelled. ``while_not_ready`` is called on each check that finds the service not ready
-    (e.g. to try fetching keys again)."""
+    (e.g. to try fetching keys again), ``while_ready`` on each other one (e.g. to keep keys
+    fresh while no request comes); both must return at once."""
     last: bool | None = None
     while True:
         ready = readiness() is None
@@ -291,4 +293,6 @@ async def track_health(
             last = ready
         if not ready and while_not_ready is not None:
             while_not_ready()
+        elif ready and while_ready is not None:
+            while_ready()
         await asyncio.sleep(interval)

@@ -25,7 +25,7 @@ from authsvc.listen import (
     check_plaintext,
     is_loopback,
     split_host_port,
-    wait_for_stop_signal,
+    stop_signal,
 )
 from authsvc.metrics import ServerMetrics
 from authsvc.verify import (
@@ -99,6 +99,9 @@ class PaymentsConfig:
     leeway: float = 30.0
     jwks_max_age: float = 60.0
     jwks_cooldown: float = 5.0
+    # not ready once the keys were last known current longer ago than this (None: twice
+    # jwks_max_age; 0: never, ready whenever a key set is held); see jwks_staleness_bound
+    jwks_max_staleness: float | None = None
     grace_period: float = 5.0
     # this resource server's own registration, used only to read the revocation list
     # (WatchRevocations on token_service); without it tokens are verified without the list
@@ -131,6 +134,16 @@ class PaymentsConfig:
                 f"{refusal} {url}: give an https:// URL "
                 "(http only to loopback, or with --insecure-token-service inside a trusted mesh)"
             )
+
+    @property
+    def jwks_staleness_bound(self) -> float | None:
+        """Seconds after which keys not known to be current make the service not ready; None:
+        never. By default twice ``jwks_max_age`` (120 s), which is also the TokenService's default
+        ``--key-publish-delay``: keys older than that may lack a key that signs by now, while a
+        poll or two that fail on the way (an issuer restarting) do not take the service out."""
+        if self.jwks_max_staleness is None:
+            return 2 * self.jwks_max_age
+        return self.jwks_max_staleness or None
 
     def __post_init__(self) -> None:
         check_listen(self.listen, "--listen")
@@ -189,6 +202,16 @@ class PaymentsConfig:
             raise ConfigurationError("--revocations-fail-closed needs the list: give --client-id")
         if not math.isfinite(self.revocations_max_staleness) or self.revocations_max_staleness <= 0:
             raise ConfigurationError("--revocations-max-staleness must be a positive number of seconds")
+        if not math.isfinite(self.jwks_max_age) or self.jwks_max_age <= 0:
+            raise ConfigurationError("--jwks-max-age must be a positive number of seconds")
+        staleness = self.jwks_max_staleness
+        if staleness is not None and (
+            not math.isfinite(staleness) or staleness < 0 or 0 < staleness <= self.jwks_max_age
+        ):
+            raise ConfigurationError(
+                f"--jwks-max-staleness must be more than --jwks-max-age ({self.jwks_max_age:g}s), "
+                "or 0 to stay ready with keys of any age"
+            )
         if not 0 <= self.leeway <= 300:
             raise ConfigurationError("--leeway must be between 0 and 300 seconds")
         if not self.issuer or not self.audience:
@@ -373,7 +396,7 @@ async def _start(
         except BaseException:
             await server.stop(0)
             raise
-    readiness = _readiness(verifier)
+    readiness = _readiness(verifier, config.jwks_staleness_bound)
     management = None
     if metrics is not None and config.metrics_listen is not None:
         try:
@@ -392,7 +415,11 @@ async def _start(
         await serving.serving(health, [PAYMENT_SERVICE])
     health_task = asyncio.get_running_loop().create_task(
         serving.track_health(
-            health, [PAYMENT_SERVICE], readiness, while_not_ready=_refetch(verifier, config.jwks_cooldown)
+            health,
+            [PAYMENT_SERVICE],
+            readiness,
+            while_not_ready=_refetch(verifier, config.jwks_cooldown),
+            while_ready=verifier.keys.refresh_if_due,
         ),
         name="payments-health",
     )
@@ -417,11 +444,33 @@ async def _start(
     return RunningPayments(server, port, health, store, verifier, http, metrics, management, health_task)
 
 
-def _readiness(verifier: TokenVerifier) -> serving.Readiness:
-    """Ready while the verifier holds a key set: without one every call could only be refused."""
+def _readiness(verifier: TokenVerifier, max_staleness: float | None) -> serving.Readiness:
+    """Ready while the verifier holds a key set (without one every call could only be refused)
+    that was known to be the issuer's current one at most ``max_staleness`` seconds ago (older,
+    it may lack a key that signs by now: traffic is better sent to a replica that can reach the
+    issuer). Stale keys still verify: readiness steers traffic, it refuses nothing."""
+    stale = False
 
     def reason() -> str | None:
-        return None if verifier.keys.has_keys else "no signing keys fetched from the issuer yet"
+        nonlocal stale
+        age = verifier.keys.age()
+        if age is None:
+            return "no signing keys fetched from the issuer yet"
+        now_stale = max_staleness is not None and age > max_staleness
+        if now_stale != stale:
+            stale = now_stale
+            if stale:
+                log.warning(
+                    "signing keys not refreshed for over %gs: not ready (still verifying with the "
+                    "%d cached keys) until the issuer answers",
+                    max_staleness,
+                    len(verifier.keys.kids),
+                )
+            else:
+                log.info("signing keys refreshed from the issuer: ready again")
+        if now_stale:
+            return f"signing keys not refreshed from the issuer for {age:.0f}s (bound {max_staleness:g}s)"
+        return None
 
     return reason
 
@@ -431,8 +480,8 @@ def _address(listen: str, port: int) -> str:
 
 
 def _refetch(verifier: TokenVerifier, cooldown: float) -> Callable[[], None]:
-    """While no key set is held, try a fetch again at most once per ``cooldown`` (no request may
-    come to trigger one: a not-ready instance gets no traffic)."""
+    """While no key set is held, or it is stale, try a fetch again at most once per ``cooldown``
+    (no request may come to trigger one: a not-ready instance gets no traffic)."""
     last = time.monotonic()
 
     def again() -> None:
@@ -486,8 +535,9 @@ async def _start_http(
 
 
 async def serve(config: PaymentsConfig) -> None:
+    stopping = stop_signal()  # before start-up: a SIGTERM during it stops gracefully after it
     running = await start_server(config)
-    await wait_for_stop_signal()
+    await stopping.wait()
     log.info("shutting down (grace %.1fs)", config.grace_period)
     await running.stop(config.grace_period)
     log.info("stopped")

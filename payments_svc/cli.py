@@ -59,8 +59,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "PAYMENTS_METRICS_LISTEN",
         None,
         "HOST:PORT (or unix:PATH) for the management port: GET /metrics (Prometheus), /livez, "
-        "/readyz (ready once a key set is held). Always plaintext, on any address (probes and "
-        "Prometheus scrape in plaintext; it serves no secret)",
+        "/readyz (ready while it holds a key set that is not stale: see --jwks-max-staleness). "
+        "Always plaintext, on any address (probes and Prometheus scrape in plaintext; it serves "
+        "no secret)",
     )
     opt(
         "--data-dir",
@@ -175,6 +176,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "least seconds between fetches for unknown kids",
         type=float,
     )
+    opt(
+        "--jwks-max-staleness",
+        "PAYMENTS_JWKS_MAX_STALENESS",
+        None,
+        "seconds after the signing keys were last known current (a fetch, or an open WatchJwks "
+        "stream) after which /readyz and gRPC health say NOT_SERVING; tokens are still verified "
+        "with the cached keys. Default: twice --jwks-max-age (120 s); 0: never",
+        type=float,
+    )
     add_connection_limit_flags(serve, env, "PAYMENTS_")
     opt(
         "--log-level",
@@ -245,6 +255,7 @@ def _main(args: argparse.Namespace) -> int:
             grace_period=args.grace_period,
             jwks_max_age=args.jwks_max_age,
             jwks_cooldown=args.jwks_cooldown,
+            jwks_max_staleness=args.jwks_max_staleness,
             client_id=args.client_id,
             client_secret=secret,
             revocations_max_staleness=args.revocations_max_staleness,

@@ -13,6 +13,7 @@ from authsvc.server.config import ServeConfig
 from authsvc.v1 import token_pb2_grpc
 from tests.helpers import ServerThread
 from tests.pg import pg_database, pg_url  # noqa: F401 - fixtures for every test module
+from tests.redisdb import redis_prefix, redis_url  # noqa: F401 - fixtures for every test module
 
 ISSUER = "https://auth.test"
 KEK = "11" * 32

@@ -216,15 +216,20 @@ class AsyncClientCredentials(_Base):
 
     async def _fetch_with_retries(self) -> AccessToken:
         delays = self.retry.delays(self._jitter)
+        began = self._clock()
+        wait = self._pushback(began)
+        if wait:
+            await self._async_sleep(wait)
         for attempt in range(self.retry.max_attempts):
-            started = self._clock()
+            started = began if attempt == 0 and not wait else self._clock()  # one clock read when calm
             self.fetches += 1
             try:
                 return self._accept(started, await self._fetcher())
             except TokenFetchError as exc:
-                if not exc.retryable or attempt == len(delays):
+                delay = self._retry_delay(exc, attempt, delays, began)
+                if delay is None:
                     raise
-                await self._async_sleep(delays[attempt])
+                await self._async_sleep(delay)
         raise AssertionError("unreachable")
 
     def __repr__(self) -> str:

@@ -10,6 +10,12 @@ However many threads ask, one refresh is in flight (single-flight). Transient fa
 (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) are retried with exponential backoff and full
 jitter; everything else (INVALID_CLIENT, INVALID_SCOPE, ...) fails at once. Errors are never
 cached: the next call tries again. Secrets and tokens never reach a log line or a ``repr``.
+
+A refusal that says when to retry (the TokenService's rate limits: the ``grpc-retry-pushback-ms``
+trailer, or a ``google.rpc.RetryInfo`` detail) is honoured: the next attempt, and any refresh
+started before that time, waits at least that long, unless the wait is longer than
+``RetryPolicy.max_retry_after`` or would end after ``RetryPolicy.deadline``; then it fails at once
+with :class:`TokenFetchError` (``retry_after`` says how long is left) without asking again.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
+import math
 import os
 import random
 import threading
@@ -71,12 +78,16 @@ class AccessToken:
 
 class TokenFetchError(Exception):
     """The TokenService refused or could not be reached. ``reason`` is the ErrorInfo reason
-    (e.g. ``INVALID_CLIENT``) when the service sent one."""
+    (e.g. ``INVALID_CLIENT``) when the service sent one; ``retry_after`` the seconds it asked the
+    caller to wait before trying again (``RATE_LIMITED``), when it said (``math.inf``: never)."""
 
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, reason: str, message: str, *, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{code.name} {reason}: {message}" if reason else f"{code.name}: {message}")
         self.code = code
         self.reason = reason
+        self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:
@@ -109,6 +120,36 @@ def error_info_reason(trailing_metadata: Any) -> str:
     return ""
 
 
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+def retry_delay(trailing_metadata: Any) -> float | None:
+    """The seconds a refused call was asked to wait before a retry: the ``grpc-retry-pushback-ms``
+    trailer (gRPC A6; a negative or malformed value means "do not retry": ``math.inf``), else the
+    ``retry_delay`` of a ``google.rpc.RetryInfo`` detail; None when the server said nothing."""
+    details: bytes | None = None
+    for key, value in trailing_metadata or ():
+        if key == RETRY_PUSHBACK_KEY:
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+            millis = int(text) if text.strip().isdigit() else -1
+            return millis / 1000 if millis >= 0 else math.inf
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            details = value
+    if details is None:
+        return None
+    try:
+        from google.rpc import error_details_pb2, status_pb2  # noqa: PLC0415
+
+        for detail in status_pb2.Status.FromString(details).details:
+            info = error_details_pb2.RetryInfo()
+            if detail.Unpack(info):
+                delay = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+                return delay if delay >= 0 else math.inf
+    except Exception:  # noqa: S110 - a malformed detail says nothing we can act on
+        pass
+    return None
+
+
 def is_token_refusal(code: object, trailing_metadata: Any) -> bool:
     """UNAUTHENTICATED with ErrorInfo reason INVALID_TOKEN: the resource server refused the
     access token itself (RFC 6750 §3.1 ``invalid_token``), before its handler ran."""
@@ -133,7 +174,11 @@ def _reason(err: grpc.RpcError) -> str:
 def fetch_error(err: grpc.RpcError) -> TokenFetchError:
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
-    return TokenFetchError(code, _reason(err), details or "")
+    try:
+        retry_after = retry_delay(err.trailing_metadata()) if hasattr(err, "trailing_metadata") else None
+    except Exception:  # a call that cannot say its trailers asked for no delay
+        retry_after = None
+    return TokenFetchError(code, _reason(err), details or "", retry_after=retry_after)
 
 
 def token_request(
@@ -245,16 +290,26 @@ class GrpcTokenFetcher:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter for transient failures."""
+    """Exponential backoff with full jitter for transient failures.
+
+    A refusal with a retry delay (rate limits) is waited out instead of the backoff when it is
+    longer, up to ``max_retry_after`` seconds: a server asking for more is not retried (the error
+    is raised, with its ``retry_after``). ``deadline``, when set, bounds one refresh, its waits
+    included: a wait that would end after it is not begun.
+    """
 
     max_attempts: int = 4
     initial_backoff: float = 0.2
     max_backoff: float = 5.0
     multiplier: float = 2.0
+    max_retry_after: float = 30.0
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1 or self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
             raise ValueError("a retry policy needs max_attempts >= 1, backoffs >= 0 and multiplier >= 1")
+        if self.max_retry_after < 0 or (self.deadline is not None and self.deadline <= 0):
+            raise ValueError("a retry policy needs max_retry_after >= 0 and a positive deadline")
 
     def delays(self, rng: Callable[[], float]) -> list[float]:
         """The sleeps between attempts: uniform in [0, min(max, initial * multiplier**n)]."""
@@ -312,6 +367,7 @@ class _Base:
         # guards every change of _token, so compare-and-drop never drops a token it did not compare
         self._swap_lock = threading.Lock()
         self._dropped_at = float("-inf")
+        self._not_before = float("-inf")  # the TokenService asked for no request before then
         self.fetches = 0
         self.refusals_dropped = 0
 
@@ -360,6 +416,42 @@ class _Base:
             self.refusals_dropped += 1
         log.warning("the resource server refused the access token (INVALID_TOKEN); fetching a new one")
         return True
+
+    def _pushback(self, began: float) -> float:
+        """Seconds to wait before the first attempt of a refresh that begins at ``began``: what
+        is left of a delay the TokenService asked for. Raises TokenFetchError, asking nothing,
+        when that is more than the policy waits."""
+        left = self._not_before - began
+        if left <= 0:
+            return 0.0
+        if left > self.retry.max_retry_after or (
+            self.retry.deadline is not None and left > self.retry.deadline
+        ):
+            raise TokenFetchError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "RATE_LIMITED",
+                f"the TokenService asked for no request in the next {left:.1f} s",
+                retry_after=left,
+            )
+        return left
+
+    def _retry_delay(
+        self, exc: TokenFetchError, attempt: int, delays: list[float], began: float
+    ) -> float | None:
+        """The sleep before attempt ``attempt + 1`` after ``exc``, or None to raise it: the
+        backoff, or the server's retry delay when longer (recorded for later refreshes too)."""
+        if exc.retry_after is not None and math.isfinite(exc.retry_after):
+            self._not_before = max(self._not_before, self._clock() + exc.retry_after)
+        if not exc.retryable or attempt >= len(delays):
+            return None
+        delay = delays[attempt]
+        if exc.retry_after is not None:
+            if exc.retry_after > self.retry.max_retry_after:
+                return None
+            delay = max(delay, exc.retry_after)
+        if self.retry.deadline is not None and self._clock() + delay - began > self.retry.deadline:
+            return None
+        return delay
 
     def _accept(self, started: float, result: tuple[str, float, str]) -> AccessToken:
         token, expires_in, scope = result
@@ -576,16 +668,21 @@ class ClientCredentials(_Base):
 
     def _fetch_with_retries(self) -> AccessToken:
         delays = self.retry.delays(self._jitter)
+        began = self._clock()
+        wait = self._pushback(began)
+        if wait:
+            self._sleep(wait)
         for attempt in range(self.retry.max_attempts):
-            started = self._clock()
+            started = began if attempt == 0 and not wait else self._clock()  # one clock read when calm
             self.fetches += 1
             try:
                 return self._accept(started, self._fetcher())
             except TokenFetchError as exc:
-                if not exc.retryable or attempt == len(delays):
+                delay = self._retry_delay(exc, attempt, delays, began)
+                if delay is None:
                     raise
                 log.info("token fetch attempt %d failed (%s); retrying", attempt + 1, exc.code.name)
-                self._sleep(delays[attempt])
+                self._sleep(delay)
         raise AssertionError("unreachable")
 
     def __repr__(self) -> str:

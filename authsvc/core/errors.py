@@ -167,9 +167,27 @@ class NotFound(OAuthError):
 class RateLimited(ServiceError):
     """The caller holds or asks for more than a limit allows (too many concurrent streams, too many
     requests); RESOURCE_EXHAUSTED with reason ``RATE_LIMITED`` (DESIGN.md §2). Not an OAuth error:
-    no RFC defines it."""
+    no RFC defines it.
+
+    ``retry_after`` (seconds), when known, is when the caller may try again: a
+    ``google.rpc.RetryInfo`` detail and the ``grpc-retry-pushback-ms`` trailer on gRPC,
+    ``Retry-After`` over HTTP. ``limit`` names the limit that refused (``client``, ``peer``,
+    ``failed_auth``; None for a cap on streams), for the audit log and the metrics.
+    """
 
     error = "rate_limited"
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        retry_after: float | None = None,
+        limit: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(description, metadata=metadata)
+        self.retry_after = retry_after if retry_after is not None and retry_after > 0 else None
+        self.limit = limit
 
 
 _E = TypeVar("_E", bound=OAuthError)

@@ -4,8 +4,8 @@ verifier speaks, translated to the same application layer as gRPC.
 - ``POST /oauth2/token``: RFC 6749 §4.4.2, a form body; ``client_secret_basic`` (§2.3.1
   form-urlencoded id and secret), ``client_secret_post`` or ``private_key_jwt`` (RFC 7523 §2.2,
   ``client_assertion_type`` and ``client_assertion``); §5.1 answers, §5.2 errors
-  (:func:`authsvc.httpstatus.token_error`). ``audience`` (or RFC 8707 ``resource``) may repeat;
-  no other parameter may (§3.2).
+  (:func:`authsvc.httpstatus.token_error`; a rate limit is 429 with ``Retry-After``).
+  ``audience`` (or RFC 8707 ``resource``) may repeat; no other parameter may (§3.2).
 - ``GET /.well-known/jwks.json``: the keyring's published set, ``Cache-Control: max-age`` =
   the JWKS max age, an ``ETag``, and 304 for ``If-None-Match``.
 - ``GET /.well-known/oauth-authorization-server``: RFC 8414 metadata, URLs built from the issuer.
@@ -41,7 +41,7 @@ from authsvc.authority.revocations import RevocationFeed, RevocationRegistry
 from authsvc.authority.tokens import TokenIssuer
 from authsvc.core.client_auth import PresentedCredentials, presented_credentials
 from authsvc.core.clients import Client
-from authsvc.core.errors import InvalidRequest, InvalidToken, OAuthError, UnauthorizedClient
+from authsvc.core.errors import InvalidRequest, InvalidToken, OAuthError, RateLimited, UnauthorizedClient
 from authsvc.core.grants import TokenRequest
 from authsvc.core.revocation import REVOCATIONS_SCOPE, Revocation
 from authsvc.httpstatus import NO_STORE, HttpAnswer, token_error
@@ -251,7 +251,7 @@ class OAuthHttp:
             token = form.get("token")
             if not token:
                 raise InvalidRequest("the token parameter is required")
-        except OAuthError as exc:
+        except (OAuthError, RateLimited) as exc:
             return _answer(token_error(exc, basic=basic))
         try:
             principal = await self._verify(token)
@@ -295,7 +295,7 @@ class OAuthHttp:
                 return web.Response(status=200, headers=dict(NO_STORE))
             if principal.client_id != caller.client_id:
                 raise UnauthorizedClient("a client may revoke only its own tokens")
-        except OAuthError as exc:
+        except (OAuthError, RateLimited) as exc:
             return _answer(token_error(exc, basic=basic))
         if self._revocations is None:
             log.warning(
@@ -329,7 +329,7 @@ class OAuthHttp:
         client_id = presented.client_id
         try:
             client = await self._issuer.authenticate(presented, peer=request.remote)  # logs refusals
-        except OAuthError as exc:
+        except (OAuthError, RateLimited) as exc:
             return _answer(token_error(exc, basic=basic))
         if REVOCATIONS_SCOPE not in client.allowed_scopes:
             refusal = UnauthorizedClient(f"reading the revocation list needs the scope {REVOCATIONS_SCOPE}")

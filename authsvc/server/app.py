@@ -24,15 +24,18 @@ from authsvc import authority as application
 from authsvc import serving
 from authsvc.authority import Authority
 from authsvc.authority.client_keys import ClientKeys
+from authsvc.authority.deployment import DB_FILE
 from authsvc.authority.keyring import Keyring
+from authsvc.authority.ratelimit import RateLimits, RedisBuckets
 from authsvc.authority.revocations import RevocationFeed
 from authsvc.authority.tokens import TokenIssuer
 from authsvc.core.auth_methods import PrivateKeyJwt
 from authsvc.core.client_assertion import AssertionPolicy
+from authsvc.core.dburl import redact_database_url
 from authsvc.core.errors import ConfigurationError
 from authsvc.core.grants import TokenEndpoint, client_credentials_endpoint
 from authsvc.core.ports import SystemClock, SystemRandom
-from authsvc.listen import wait_for_stop_signal
+from authsvc.listen import stop_signal
 from authsvc.logsafe import LogRateLimiter
 from authsvc.metrics import ServerMetrics
 from authsvc.server.config import ServeConfig
@@ -78,6 +81,7 @@ class RunningServer:
     metrics: ServerMetrics | None = None  # what /metrics shows (--metrics-listen)
     management: serving.HttpListener | None = None  # /metrics, /livez, /readyz
     health_task: asyncio.Task[None] | None = None  # keeps gRPC health in step with /readyz
+    rate_limits: RateLimits | None = None  # --client-rate-limit, --peer-rate-limit, ...
 
     @property
     def http_port(self) -> int:
@@ -107,6 +111,8 @@ class RunningServer:
         for task in tasks:  # each waits for its tick in flight: the store is closed next
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.rate_limits is not None:
+            await self.rate_limits.close()
         self.authority.close()
 
 
@@ -139,8 +145,13 @@ async def start_server(
         rate=config.refusal_log_rate, burst=max(1, round(2 * config.refusal_log_rate)), clock=monotonic
     )
     metrics = ServerMetrics() if config.metrics_listen is not None else None
+    rate_limits = _rate_limits(config, metrics)
     issuer = TokenIssuer(
-        endpoint, clients, refusal_log=refusal_log, metrics=None if metrics is None else metrics.tokens()
+        endpoint,
+        clients,
+        refusal_log=refusal_log,
+        metrics=None if metrics is None else metrics.tokens(),
+        limits=rate_limits,
     )
     server = serving.new_server(
         limits=config.limits,
@@ -213,6 +224,7 @@ async def start_server(
         config.issuer,
         keyring.signer.key.kid,
     )
+    log.info("%s", rate_limits.describe())
     return RunningServer(
         server,
         port,
@@ -227,6 +239,21 @@ async def start_server(
         metrics,
         management,
         health_task,
+        rate_limits,
+    )
+
+
+def _rate_limits(config: ServeConfig, metrics: ServerMetrics | None) -> RateLimits:
+    """The configured limits, on Redis buckets with --redis-url (local ones during an outage)."""
+    shared = None
+    if config.redis_url is not None:
+        shared = RedisBuckets(config.redis_url, prefix=config.redis_key_prefix)
+    return RateLimits(
+        client=config.client_rate_limit,
+        peer=config.peer_rate_limit,
+        failed_auth=config.failed_auth_limit,
+        shared=shared,
+        metrics=None if metrics is None else metrics.rate_limits(),
     )
 
 
@@ -304,8 +331,9 @@ async def _start_http(
 
 async def serve(config: ServeConfig, *, reuse_port: bool = False) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    stopping = stop_signal()  # before start-up: a SIGTERM during it stops gracefully after it
     running = await start_server(config, reuse_port=reuse_port)
-    await wait_for_stop_signal()
+    await stopping.wait()
     log.info("shutting down (grace %.1fs)", config.grace_period)
     await running.stop(config.grace_period)
     log.info("stopped")
@@ -322,8 +350,18 @@ def _worker(config: ServeConfig, log_level: int, log_format: str = "text") -> No
         log_setup.stop()
 
 
+def database_location(config: ServeConfig) -> str:
+    """Where the clients and keys are kept, for the start-up log: the SQLite file, or the
+    PostgreSQL URL with every secret in it redacted (authsvc.core.dburl)."""
+    if config.database_url:
+        return f"PostgreSQL at {redact_database_url(config.database_url)}"
+    return f"SQLite at {config.data_dir / DB_FILE}"
+
+
 def run(config: ServeConfig, *, log_format: str = "text") -> int:
     """Run the TokenService in this process, or in ``config.workers`` worker processes."""
+    # once, before the workers: an operator reading the log knows which database this is
+    log.info("clients and keys in %s", database_location(config))
     if config.workers == 1:
         asyncio.run(serve(config))
         return 0

@@ -7,14 +7,17 @@ variables; nothing below it reads the environment.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from authsvc.authority.ratelimit import DEFAULT_FAILED_AUTH_LIMIT, DEFAULT_REDIS_PREFIX, check_redis_url
 from authsvc.core.client_assertion import DEFAULT_ASSERTION_MAX_LIFETIME
 from authsvc.core.clients import MAX_TOKEN_TTL
 from authsvc.core.errors import ConfigurationError
 from authsvc.core.lifecycle import DEFAULT_JWKS_MAX_AGE, DEFAULT_KEY_PUBLISH_DELAY, LifecyclePolicy
+from authsvc.core.ratelimit import RateLimit
 from authsvc.listen import ConnectionLimits, check_listen, check_plaintext, is_unix, split_host_port
 
 __all__ = [
@@ -65,6 +68,12 @@ class ServeConfig:
     accept_token_endpoint_audience: bool = False
     client_jwks_allow_internal: bool = False
     client_jwks_ca_file: Path | None = None
+    # rate limits (README "Rate limits"); None is off
+    client_rate_limit: RateLimit | None = None
+    peer_rate_limit: RateLimit | None = None
+    failed_auth_limit: RateLimit | None = DEFAULT_FAILED_AUTH_LIMIT
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
+    redis_key_prefix: str = DEFAULT_REDIS_PREFIX
 
     def __post_init__(self) -> None:
         check_listen(self.listen, "--listen")
@@ -121,6 +130,12 @@ class ServeConfig:
             raise ConfigurationError("--refusal-log-rate must be between 0 and 10000 lines per second")
         if not 10 <= self.client_assertion_max_lifetime <= 3600:
             raise ConfigurationError("--client-assertion-max-lifetime must be between 10 and 3600 seconds")
+        if self.redis_url is not None:
+            check_redis_url(self.redis_url)
+        if not re.fullmatch(r"[!-~]{1,64}", self.redis_key_prefix):
+            raise ConfigurationError(
+                "--redis-key-prefix must be 1 to 64 printable ASCII characters, no space"
+            )
 
     def lifecycle_policy(self) -> LifecyclePolicy:
         # every server publishes what it read at its last key tick: a key stored now is in every

@@ -3,6 +3,11 @@
 The SDK fetches the access token, caches it, refreshes it before it expires and attaches it to
 every call; this program never touches a token. Configuration comes from flags or the
 environment, the secret from the environment or a file, never from the command line or code.
+
+Before its first call it waits (``--wait``, 30 s by default) until the TokenService and the
+PaymentService both report SERVING on the standard gRPC health service, so that it can be started
+together with them: a PaymentService that has just started is not ready until it holds its
+issuer's keys.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ import argparse
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authsvc.client import (
     ClientCredentials,
@@ -25,10 +32,14 @@ from authsvc.client import (
     read_secret,
 )
 from authsvc.client.transport import is_local_target
+from authsvc.v1 import token_pb2
 from payments_svc.v1 import payments_pb2 as pb
 from payments_svc.v1 import payments_pb2_grpc
 
 SCOPES = ("payments:read", "payments:write", "payments:refund")
+# the names each service reports its health under (grpc.health.v1)
+TOKEN_SERVICE = token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name
+PAYMENT_SERVICE = pb.DESCRIPTOR.services_by_name["PaymentService"].full_name
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -61,6 +72,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "unix: always gets TLS (the system's roots without --ca); plaintext only to loopback and "
         "unix:, and only without --ca",
     )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=env.get("MERCHANT_WAIT") or "30",  # a string: argparse checks it as it checks a flag
+        metavar="SECONDS",
+        help="wait at most this long for both services to report SERVING (gRPC health) before the "
+        "first call; 0: do not wait [env MERCHANT_WAIT; default 30]",
+    )
     p.add_argument("--amount", default="42.00", help="amount to pay (default 42.00)")
     p.add_argument("--currency", default="USD", help="ISO 4217 currency (default USD)")
     p.add_argument("--refund", default="10.00", help="amount to refund (default 10.00)")
@@ -80,6 +99,61 @@ def payments_channel(target: str, creds: ClientCredentials, ca: bytes | None) ->
     return insecure_loopback_channel(target, creds)
 
 
+def health_channel(target: str, ca: bytes | None) -> grpc.Channel:
+    """A channel without credentials for the health checks (public methods), with the same TLS
+    rule as the calls; it retries a refused connection at most every second."""
+    options = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
+    if uses_tls(target, ca):
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca)
+        return grpc.secure_channel(target, credentials, options=options)
+    return grpc.insecure_channel(target, options=options)
+
+
+def wait_until_serving(target: str, service: str, ca: bytes | None, deadline: float) -> str | None:
+    """None once ``target``'s health service says ``service`` is SERVING (or it has no health
+    service, so there is nothing to wait for); else, at the monotonic ``deadline``, what it said
+    last."""
+    last = "no answer"
+    said_so = False
+    with health_channel(target, ca) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return last
+            try:
+                # wait_for_ready: a server not listening yet is waited for, not a failure
+                answer = health.Check(
+                    health_pb2.HealthCheckRequest(service=service),
+                    timeout=min(remaining, 1.0),
+                    wait_for_ready=True,
+                )
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return None
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    return None
+                last = err.code().name
+            if not said_so:
+                print(f"waiting for {service} at {target} ({last})", file=sys.stderr)
+                said_so = True
+            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+
+
+def wait_for_services(args: argparse.Namespace, ca: bytes | None) -> str | None:
+    """Wait, at most ``args.wait`` seconds in all, for the TokenService and then the
+    PaymentService; None when both serve, else a line saying which one does not."""
+    if args.wait <= 0:
+        return None
+    deadline = time.monotonic() + args.wait
+    for target, service in ((args.token_service, TOKEN_SERVICE), (args.payments, PAYMENT_SERVICE)):
+        last = wait_until_serving(target, service, ca, deadline)
+        if last is not None:
+            return f"{service} at {target} is not serving after {args.wait:g}s (last: {last}); see --wait"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -92,6 +166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"merchant: cannot read the CA bundle {args.ca}: {exc.strerror}", file=sys.stderr)
         return 2
+    not_ready = wait_for_services(args, ca)
+    if not_ready is not None:
+        print(f"merchant: {not_ready}", file=sys.stderr)
+        return 1
     # the SDK dials the TokenService itself: TLS to any host but loopback and unix:, so the
     # client secret never crosses a network in plaintext
     creds = ClientCredentials.for_target(
