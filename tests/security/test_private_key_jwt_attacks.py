@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from authsvc.core.client_assertion import MAX_ASSERTION_LENGTH
 from authsvc.core.clients import AuthRegistration, ClientAuthMethod
+from authsvc.core.ratelimit import RateLimit
 from authsvc.server.app import RunningServer, open_authority, start_server
 from authsvc.v1 import token_pb2, token_pb2_grpc
 from tests.assertions import ASSERTION_TYPE, ClientKeyPair, assertion, ec_key, jwks_json, rsa_key
@@ -54,8 +55,10 @@ class World:
 
 
 def _start(config_dir: Path, **overrides: object) -> tuple[ServerThread[RunningServer], TokenServer]:
-    # refusals are many and fast here: a high log rate, so that no audit event is dropped
-    config = serve_config(config_dir, http_listen="127.0.0.1:0", refusal_log_rate=10_000, **overrides)
+    # refusals are many and fast here: a high log rate, so that no audit event is dropped, and no
+    # failed-authentication throttle (its own test is below), so that each refusal says its reason
+    settings: dict[str, object] = {"refusal_log_rate": 10_000, "failed_auth_limit": None, **overrides}
+    config = serve_config(config_dir, http_listen="127.0.0.1:0", **settings)
     thread: ServerThread[RunningServer] = ServerThread(
         lambda: start_server(config, authority=open_authority(config))
     )
@@ -581,6 +584,24 @@ def test_the_token_endpoint_audience_is_accepted_only_behind_the_switch(tmp_path
                 compat, assertion(SIGNER_KEY, client_id="signer", audience=["https://other.example"])
             )
             assert (other.code, other.reason) == (UNAUTHENTICATED, INVALID_CLIENT)
+    finally:
+        thread.stop(grace=0)
+
+
+def test_forged_assertions_are_throttled_like_wrong_secrets(tmp_path: Path) -> None:
+    # three bad assertions naming signer from one address, then that (client, address) is refused
+    # RATE_LIMITED without its assertion being checked, a valid one included
+    thread, server = _start(tmp_path / "data", failed_auth_limit=RateLimit(rate=1 / 3600, burst=3))
+    try:
+        _register_signers(server)
+        with grpc.insecure_channel(server.target) as channel:
+            throttled = World(server, token_pb2_grpc.TokenServiceStub(channel), RegisteredClient("-", "-"))
+            forged = [
+                issue(throttled, signed(ATTACKER_KEY, headers={"kid": SIGNER_KEY.kid})) for _ in range(5)
+            ]
+            assert [r.reason for r in forged] == [INVALID_CLIENT] * 3 + ["RATE_LIMITED"] * 2
+            assert issue(throttled, signed()).reason == "RATE_LIMITED"
+            assert issue(throttled, signed(EC_KEY, "es-signer", alg="ES256")).code == grpc.StatusCode.OK
     finally:
         thread.stop(grace=0)
 
