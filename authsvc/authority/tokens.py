@@ -1,9 +1,11 @@
 """Issuing tokens, transport-free: what the gRPC ``IssueToken`` and the HTTP token endpoint both
 call, with the same checks and the same log lines.
 
-A request whose client must be read from the store (not in the client cache) runs in a worker
-thread, so that a slow or unreachable database never stalls the event loop; a cached client is
-served on the loop, where a token costs one RSA signature. Each issued token is logged by its
+A request whose client must be read from the store (not in the client cache), or whose
+authentication method waits on I/O (private_key_jwt records each assertion's ``jti`` in the
+store), runs in a worker thread, so that a slow or unreachable database never stalls the event
+loop; a cached client presenting a secret is served on the loop, where a token costs one RSA
+signature. Each issued token is logged by its
 ``jti``; refusals are logged at a bounded rate, with an unknown client id redacted
 (:func:`~authsvc.logsafe.client_id_for_log`).
 
@@ -31,6 +33,7 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from authsvc.authority.ratelimit import Admission, RateLimits
+from authsvc.core.client_auth import PresentedCredentials
 from authsvc.core.clients import Client
 from authsvc.core.errors import InvalidClient, OAuthError, RateLimited, ServiceError
 from authsvc.core.grants import IssuedToken, TokenEndpoint, TokenRequest, refusal_detail
@@ -74,22 +77,27 @@ class TokenIssuer:
         self.limits = limits if limits is not None and limits.enabled else None
         self._refusals = refusal_log or LogRateLimiter(rate=10, burst=20)
 
-    async def _run(self, client_id: str, call: Callable[..., _R], *args: object) -> _R:
-        """``call(*args)`` on the loop when the client is cached, else in a worker thread."""
-        if self.clients.is_cached(client_id):
+    def _inline(self, presented: PresentedCredentials) -> bool:
+        """Whether authenticating ``presented`` can run on the event loop: no store read, no I/O."""
+        return self.clients.is_cached(presented.client_id) and not self.endpoint.may_block(presented)
+
+    async def _run(self, presented: PresentedCredentials, call: Callable[..., _R], *args: object) -> _R:
+        """``call(*args)`` on the loop when authenticating ``presented`` needs neither a store read
+        nor other I/O, else in a worker thread."""
+        if self._inline(presented):
             return call(*args)
         return await asyncio.to_thread(call, *args)
 
-    async def _admit(self, client_id: str, client_secret: str, peer: str | None) -> Admission | None:
+    async def _admit(self, presented: PresentedCredentials, peer: str | None) -> Admission | None:
         """The limits before authentication; for a client over its own limit, authenticate it
-        (a wrong secret is refused as always) and refuse it RATE_LIMITED. Raises RateLimited."""
+        (wrong credentials are refused as always) and refuse it RATE_LIMITED. Raises RateLimited."""
         if self.limits is None:
             return None
-        admission = await self.limits.admit(client_id, peer)
+        admission = await self.limits.admit(presented.client_id, peer)
         refusal = self.limits.client_refusal(admission)
         if refusal is not None:
             try:
-                await self._run(client_id, self.endpoint.authenticate, client_id, client_secret)
+                await self._run(presented, self.endpoint.authenticate, presented)
             except InvalidClient:
                 await self.limits.failed(admission)
                 raise
@@ -110,9 +118,10 @@ class TokenIssuer:
         or :class:`~authsvc.core.errors.RateLimited` (logged), or an unexpected error (logged
         with its traceback, at a bounded rate)."""
         try:
-            admission = await self._admit(request.client_id, request.client_secret, peer)
+            credentials = request.credentials
+            admission = await self._admit(credentials, peer)
             try:
-                issued = await self._run(request.client_id, self.endpoint.issue, request)
+                issued = await self._run(credentials, self.endpoint.issue, request)
             except OAuthError as exc:
                 await self._settle(admission, exc)
                 raise
@@ -162,21 +171,21 @@ class TokenIssuer:
         )
         return issued
 
-    async def authenticate(self, client_id: str, client_secret: str, *, peer: str | None = None) -> Client:
+    async def authenticate(self, presented: PresentedCredentials, *, peer: str | None = None) -> Client:
         """Authenticate a client that calls another endpoint (introspection, revocation) with
         the token endpoint's rules and rate limits; raises InvalidClient or RateLimited (logged)
         as it would."""
         try:
-            admission = await self._admit(client_id, client_secret, peer)
+            admission = await self._admit(presented, peer)
             try:
-                client = await self._run(client_id, self.endpoint.authenticate, client_id, client_secret)
+                client = await self._run(presented, self.endpoint.authenticate, presented)
             except OAuthError as exc:
                 await self._settle(admission, exc)
                 raise
             await self._settle(admission, None)
             return client
         except (OAuthError, RateLimited) as exc:
-            self._log_refused(client_id, exc, None, peer)  # not a token request: not counted
+            self._log_refused(presented.client_id, exc, None, peer)  # not a token request: not counted
             raise
 
     def refused(

@@ -38,6 +38,7 @@ from urllib.parse import quote
 
 import grpc
 
+from authsvc.client.private_key_jwt import CLIENT_ASSERTION_TYPE, PrivateKeyJwtCredentials
 from authsvc.client.transport import PemSource, check_secret_transport, token_service_channel
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "RetryPolicy",
     "TokenFetchError",
     "TokenFetcher",
+    "TokenRequests",
     "TokenState",
     "read_secret",
 ]
@@ -193,12 +195,58 @@ def token_request(
     return (("authorization", f"Basic {basic}"),), request
 
 
+class TokenRequests:
+    """What each IssueToken call sends: the same Basic metadata and request every time for a
+    secret, a request with a freshly signed assertion every time for ``private_key_jwt``
+    (RFC 7523 §2.2: a new ``jti`` per request, so a retry is never refused as a replay)."""
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: str | None,
+        private_key_jwt: PrivateKeyJwtCredentials | None,
+        scopes: Sequence[str],
+        audience: Sequence[str],
+    ) -> None:
+        if (client_secret is None) == (private_key_jwt is None):
+            raise ValueError("give the client's secret or its private_key_jwt credentials, one of them")
+        self.client_id = client_id
+        self._key = private_key_jwt
+        self._scopes = list(scopes)
+        self._audience = list(audience)
+        self._fixed = (
+            None if client_secret is None else token_request(client_id, client_secret, scopes, audience)
+        )
+
+    @property
+    def method(self) -> str:
+        return "client_secret_basic" if self._key is None else "private_key_jwt"
+
+    def __call__(self) -> tuple[tuple[tuple[str, str], ...], Any]:
+        if self._fixed is not None:
+            return self._fixed
+        from authsvc.v1 import token_pb2  # noqa: PLC0415
+
+        assert self._key is not None
+        return (), token_pb2.IssueTokenRequest(
+            grant_type="client_credentials",
+            scope=" ".join(self._scopes),
+            audience=self._audience,
+            client_assertion_type=CLIENT_ASSERTION_TYPE,
+            client_assertion=self._key.assertion(self.client_id),
+        )
+
+
 class GrpcTokenFetcher:
-    """Calls ``authsvc.v1.TokenService/IssueToken`` with client_secret_basic authentication.
+    """Calls ``authsvc.v1.TokenService/IssueToken`` with client_secret_basic authentication, or
+    with ``private_key_jwt`` (a fresh assertion per call) when given those credentials instead.
 
     Refuses (``ValueError``, before anything is sent) a channel that may be plaintext to another
-    host: see :func:`~authsvc.client.transport.check_secret_transport`. ``secure=True`` is the
-    caller's word that ``channel`` uses TLS; never pass it for ``grpc.insecure_channel``.
+    host: see :func:`~authsvc.client.transport.check_secret_transport` (an assertion is a
+    credential too, for its lifetime, and the token that comes back is one for longer).
+    ``secure=True`` is the caller's word that ``channel`` uses TLS; never pass it for
+    ``grpc.insecure_channel``.
     """
 
     def __init__(
@@ -206,7 +254,8 @@ class GrpcTokenFetcher:
         channel: grpc.Channel,
         *,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None = None,
+        private_key_jwt: PrivateKeyJwtCredentials | None = None,
         scopes: Sequence[str] = (),
         audience: Sequence[str] = (),
         timeout: float = 5.0,
@@ -216,20 +265,27 @@ class GrpcTokenFetcher:
 
         check_secret_transport(channel, secure=secure)
 
-        self._metadata, self._request = token_request(client_id, client_secret, scopes, audience)
+        self._requests = TokenRequests(
+            client_id=client_id,
+            client_secret=client_secret,
+            private_key_jwt=private_key_jwt,
+            scopes=scopes,
+            audience=audience,
+        )
         self._call = token_pb2_grpc.TokenServiceStub(channel).IssueToken
         self._timeout = timeout
         self.client_id = client_id
 
     def __call__(self) -> tuple[str, float, str]:
+        metadata, request = self._requests()
         try:
-            response = self._call(self._request, metadata=self._metadata, timeout=self._timeout)
+            response = self._call(request, metadata=metadata, timeout=self._timeout)
         except grpc.RpcError as err:
             raise fetch_error(err) from None
         return response.access_token, float(response.expires_in), response.scope
 
     def __repr__(self) -> str:
-        return f"GrpcTokenFetcher(client_id={self.client_id!r}, client_secret=<redacted>)"
+        return f"GrpcTokenFetcher(client_id={self.client_id!r}, {self._requests.method}=<redacted>)"
 
 
 @dataclass(frozen=True)
@@ -451,7 +507,8 @@ class ClientCredentials(_Base):
         target: str,
         *,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None = None,
+        private_key_jwt: PrivateKeyJwtCredentials | None = None,
         scopes: Sequence[str] = (),
         audience: Sequence[str] = (),
         root_certificates: PemSource | None = None,
@@ -465,7 +522,9 @@ class ClientCredentials(_Base):
         """Credentials on a TokenService channel the SDK builds itself: TLS to every host but a
         loopback or ``unix:`` target (the system's roots unless ``root_certificates``; add
         ``private_key``/``certificate_chain`` for mutual TLS, or pass ``channel_credentials``),
-        plaintext only there. :meth:`close` closes that channel.
+        plaintext only there. :meth:`close` closes that channel. The client authenticates with
+        ``client_secret``, or with ``private_key_jwt`` (:class:`PrivateKeyJwtCredentials`: a
+        fresh signed assertion per token request).
 
         The TLS material is PEM bytes or the path of a file holding it. With a client certificate
         on a mutual-TLS port (``authsvc serve --mtls-listen``, RFC 8705) every token is bound to
@@ -485,6 +544,7 @@ class ClientCredentials(_Base):
                 channel,
                 client_id=client_id,
                 client_secret=client_secret,
+                private_key_jwt=private_key_jwt,
                 scopes=scopes,
                 audience=audience,
                 timeout=timeout,
@@ -503,7 +563,8 @@ class ClientCredentials(_Base):
         channel: grpc.Channel,
         *,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None = None,
+        private_key_jwt: PrivateKeyJwtCredentials | None = None,
         scopes: Sequence[str] = (),
         audience: Sequence[str] = (),
         secure: bool = False,
@@ -516,6 +577,7 @@ class ClientCredentials(_Base):
             channel,
             client_id=client_id,
             client_secret=client_secret,
+            private_key_jwt=private_key_jwt,
             scopes=scopes,
             audience=audience,
             secure=secure,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import TypeVar
 
 __all__ = [
     "AccessDenied",
@@ -31,6 +32,8 @@ __all__ = [
     "TemporarilyUnavailable",
     "UnauthorizedClient",
     "UnsupportedGrantType",
+    "refusal_detail",
+    "with_detail",
 ]
 
 
@@ -185,6 +188,23 @@ class RateLimited(ServiceError):
         super().__init__(description, metadata=metadata)
         self.retry_after = retry_after if retry_after is not None and retry_after > 0 else None
         self.limit = limit
+
+
+_E = TypeVar("_E", bound=OAuthError)
+
+
+def with_detail(exc: _E, detail: str) -> _E:
+    """``exc`` with its precise internal reason attached (:func:`refusal_detail`)."""
+    exc.detail = detail  # type: ignore[attr-defined]
+    return exc
+
+
+def refusal_detail(exc: OAuthError) -> str | None:
+    """The precise internal reason of a refusal the core raised, for the audit log only
+    (``unknown_client``, ``wrong_secret``, ``client_disabled``, ``scope_not_allowed``, ...); never
+    sent on the wire, where unknown client and wrong secret answer the same. None when unknown."""
+    detail = getattr(exc, "detail", None)
+    return detail if isinstance(detail, str) else None
 
 
 class ConfigurationError(Exception):

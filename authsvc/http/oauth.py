@@ -2,7 +2,8 @@
 verifier speaks, translated to the same application layer as gRPC.
 
 - ``POST /oauth2/token``: RFC 6749 §4.4.2, a form body; ``client_secret_basic`` (§2.3.1
-  form-urlencoded id and secret) or ``client_secret_post``; §5.1 answers, §5.2 errors
+  form-urlencoded id and secret), ``client_secret_post`` or ``private_key_jwt`` (RFC 7523 §2.2,
+  ``client_assertion_type`` and ``client_assertion``); §5.1 answers, §5.2 errors
   (:func:`authsvc.httpstatus.token_error`; a rate limit is 429 with ``Retry-After``).
   ``audience`` (or RFC 8707 ``resource``) may repeat; no other parameter may (§3.2).
 - ``GET /.well-known/jwks.json``: the keyring's published set, ``Cache-Control: max-age`` =
@@ -46,10 +47,10 @@ from authsvc.authority.keyring import Keyring
 from authsvc.authority.revocations import RevocationFeed, RevocationRegistry
 from authsvc.authority.tokens import TokenIssuer
 from authsvc.core.certs import ClientCertificate
-from authsvc.core.client_auth import client_credentials
+from authsvc.core.client_auth import PresentedCredentials, presented_credentials
 from authsvc.core.clients import Client
 from authsvc.core.errors import InvalidRequest, InvalidToken, OAuthError, RateLimited, UnauthorizedClient
-from authsvc.core.grants import ClientAuthMethod, TokenRequest
+from authsvc.core.grants import TokenRequest
 from authsvc.core.revocation import REVOCATIONS_SCOPE, Revocation
 from authsvc.httpstatus import NO_STORE, HttpAnswer, token_error
 from authsvc.logsafe import loggable
@@ -175,16 +176,17 @@ class OAuthHttp:
     # -- client authentication -------------------------------------------------------------
 
     @staticmethod
-    def _credentials(request: web.Request, form: _Form) -> tuple[str, str, ClientAuthMethod]:
-        return client_credentials(
+    def _credentials(request: web.Request, form: _Form) -> PresentedCredentials:
+        return presented_credentials(
             request.headers.getall("Authorization", []),
             client_id=form.get("client_id"),
             client_secret=form.get("client_secret"),
+            client_assertion=form.get("client_assertion"),
+            client_assertion_type=form.get("client_assertion_type"),
         )
 
     async def _client(self, request: web.Request, form: _Form) -> Client:
-        client_id, secret, _ = self._credentials(request, form)
-        return await self._issuer.authenticate(client_id, secret, peer=request.remote)
+        return await self._issuer.authenticate(self._credentials(request, form), peer=request.remote)
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -194,14 +196,13 @@ class OAuthHttp:
         client_id = ""
         try:
             form = await _form(request)
-            client_id, secret, method = self._credentials(request, form)
-            token_request = TokenRequest(
+            presented = self._credentials(request, form)
+            client_id = presented.client_id
+            token_request = TokenRequest.of(
+                presented,
                 grant_type=form.get("grant_type"),
-                client_id=client_id,
-                client_secret=secret,
                 scope=form.get("scope"),
                 audience=tuple(form.repeated.get("audience", ())) + tuple(form.repeated.get("resource", ())),
-                auth_method=method,
                 client_certificate=_client_certificate(request),
             )
         except OAuthError as exc:
@@ -235,7 +236,7 @@ class OAuthHttp:
 
     async def metadata(self, request: web.Request) -> web.Response:
         """RFC 8414 §2 authorization server metadata."""
-        methods = [ClientAuthMethod.CLIENT_SECRET_BASIC.value, ClientAuthMethod.CLIENT_SECRET_POST.value]
+        methods = [m.value for m in self._issuer.endpoint.auth_methods]
         document: dict[str, object] = {
             "issuer": self.issuer_url,
             "token_endpoint": self.url("/oauth2/token"),
@@ -248,6 +249,10 @@ class OAuthHttp:
             "introspection_endpoint_auth_methods_supported": methods,
             "revocation_endpoint_auth_methods_supported": methods,
         }
+        algs = list(self._issuer.endpoint.auth_signing_algs)
+        if algs:  # RFC 8414 §2: for private_key_jwt (and client_secret_jwt, not offered)
+            for endpoint in ("token", "introspection", "revocation"):
+                document[f"{endpoint}_endpoint_auth_signing_alg_values_supported"] = algs
         if self._feed is not None:  # not RFC 8414: authsvc's list for verifiers that poll
             document["revocation_list_endpoint"] = self.url("/oauth2/revocations")
         if self.certificate_bound:  # RFC 8705 §3.3
@@ -344,14 +349,13 @@ class OAuthHttp:
         basic = "Authorization" in request.headers
         client_id = ""
         try:
-            client_id, secret, _ = client_credentials(
-                request.headers.getall("Authorization", []), client_id="", client_secret=""
-            )
+            presented = presented_credentials(request.headers.getall("Authorization", []))
         except OAuthError as exc:
             self._issuer.refused(client_id, exc, peer=request.remote)
             return _answer(token_error(exc, basic=basic))
+        client_id = presented.client_id
         try:
-            client = await self._issuer.authenticate(client_id, secret, peer=request.remote)  # logs refusals
+            client = await self._issuer.authenticate(presented, peer=request.remote)  # logs refusals
         except (OAuthError, RateLimited) as exc:
             return _answer(token_error(exc, basic=basic))
         if REVOCATIONS_SCOPE not in client.allowed_scopes:

@@ -24,14 +24,17 @@ from grpc_health.v1._async import HealthServicer
 from authsvc import authority as application
 from authsvc import serving
 from authsvc.authority import Authority
+from authsvc.authority.client_keys import ClientKeys
 from authsvc.authority.deployment import DB_FILE
 from authsvc.authority.keyring import Keyring
 from authsvc.authority.ratelimit import RateLimits, RedisBuckets
 from authsvc.authority.revocations import RevocationFeed
 from authsvc.authority.tokens import TokenIssuer
+from authsvc.core.auth_methods import PrivateKeyJwt
+from authsvc.core.client_assertion import AssertionPolicy
 from authsvc.core.dburl import redact_database_url
 from authsvc.core.errors import ConfigurationError
-from authsvc.core.grants import client_credentials_endpoint
+from authsvc.core.grants import TokenEndpoint, client_credentials_endpoint
 from authsvc.core.ports import SystemClock, SystemRandom
 from authsvc.listen import stop_signal
 from authsvc.logsafe import LogRateLimiter
@@ -146,6 +149,7 @@ async def start_server(
         clock=authority.clock,
         random=authority.random,
     )
+    _register_private_key_jwt(endpoint, config, authority)
     refusal_log = LogRateLimiter(
         rate=config.refusal_log_rate, burst=max(1, round(2 * config.refusal_log_rate)), clock=monotonic
     )
@@ -281,6 +285,26 @@ def _rate_limits(config: ServeConfig, metrics: ServerMetrics | None) -> RateLimi
         failed_auth=config.failed_auth_limit,
         shared=shared,
         metrics=None if metrics is None else metrics.rate_limits(),
+    )
+
+
+def _register_private_key_jwt(endpoint: TokenEndpoint, config: ServeConfig, authority: Authority) -> None:
+    """private_key_jwt (RFC 7523): the clients' keys from their records or their jwks_uri, the
+    assertions' jti in the store shared by every replica."""
+    endpoint.register_auth_method(
+        PrivateKeyJwt(
+            keys=ClientKeys(
+                allow_internal=config.client_jwks_allow_internal, ca_file=config.client_jwks_ca_file
+            ),
+            replay=authority.store,
+            policy=AssertionPolicy(
+                issuer=config.issuer,
+                token_endpoint=config.token_endpoint,
+                accept_token_endpoint_audience=config.accept_token_endpoint_audience,
+                max_lifetime=config.client_assertion_max_lifetime,
+            ),
+            clock=authority.clock,
+        )
     )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from authsvc.authority.ratelimit import DEFAULT_FAILED_AUTH_LIMIT, DEFAULT_REDIS_PREFIX, check_redis_url
+from authsvc.core.client_assertion import DEFAULT_ASSERTION_MAX_LIFETIME
 from authsvc.core.clients import MAX_TOKEN_TTL
 from authsvc.core.errors import ConfigurationError
 from authsvc.core.lifecycle import DEFAULT_JWKS_MAX_AGE, DEFAULT_KEY_PUBLISH_DELAY, LifecyclePolicy
@@ -68,6 +69,12 @@ class ServeConfig:
     watch_streams_per_peer: int = 8
     watch_streams_total: int = 256
     refusal_log_rate: float = 10.0  # "token refused" lines per second, bursts of twice that
+    # private_key_jwt (RFC 7523): how far ahead an assertion's exp may be; whether its aud may be the
+    # token endpoint URL rather than the issuer; where the keys of jwks_uri clients may be fetched
+    client_assertion_max_lifetime: int = DEFAULT_ASSERTION_MAX_LIFETIME
+    accept_token_endpoint_audience: bool = False
+    client_jwks_allow_internal: bool = False
+    client_jwks_ca_file: Path | None = None
     # rate limits (README "Rate limits"); None is off
     client_rate_limit: RateLimit | None = None
     peer_rate_limit: RateLimit | None = None
@@ -129,6 +136,8 @@ class ServeConfig:
             )
         if not 0 < self.refusal_log_rate <= 10_000:
             raise ConfigurationError("--refusal-log-rate must be between 0 and 10000 lines per second")
+        if not 10 <= self.client_assertion_max_lifetime <= 3600:
+            raise ConfigurationError("--client-assertion-max-lifetime must be between 10 and 3600 seconds")
         if self.redis_url is not None:
             check_redis_url(self.redis_url)
         if not re.fullmatch(r"[!-~]{1,64}", self.redis_key_prefix):
@@ -200,6 +209,12 @@ class ServeConfig:
     def mtls(self) -> bool:
         """Some listener accepts client certificates: tokens issued there are certificate-bound."""
         return self.mtls_listen is not None or self.mtls_http_listen is not None
+
+    @property
+    def token_endpoint(self) -> str:
+        """The token endpoint's URL as the HTTP edge serves it and the metadata names it
+        (``authsvc.http.oauth``): the issuer's URL and ``/oauth2/token``."""
+        return self.issuer.rstrip("/") + "/oauth2/token"
 
 
 def _port(address: str) -> int | None:

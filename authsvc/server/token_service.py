@@ -26,7 +26,7 @@ import grpc
 from authsvc.authority.keyring import Keyring
 from authsvc.authority.tokens import TokenIssuer
 from authsvc.core.certs import ClientCertificate
-from authsvc.core.client_auth import client_credentials
+from authsvc.core.client_auth import presented_credentials
 from authsvc.core.errors import OAuthError, RateLimited, UnauthorizedClient
 from authsvc.core.grants import TokenRequest
 from authsvc.core.revocation import REVOCATIONS_SCOPE, Revocation
@@ -127,16 +127,18 @@ def token_request_from(
 ) -> TokenRequest:
     """Build the core's request (RFC 6749 §2.3: one authentication method per request).
     ``certificate`` is the client's, on a mutual-TLS port: the token will be bound to it."""
-    client_id, secret, method = client_credentials(
-        authorization_values(metadata), client_id=request.client_id, client_secret=request.client_secret
+    presented = presented_credentials(
+        authorization_values(metadata),
+        client_id=request.client_id,
+        client_secret=request.client_secret,
+        client_assertion=request.client_assertion,
+        client_assertion_type=request.client_assertion_type,
     )
-    return TokenRequest(
+    return TokenRequest.of(
+        presented,
         grant_type=request.grant_type,
-        client_id=client_id,
-        client_secret=secret,
         scope=request.scope,
         audience=tuple(request.audience),
-        auth_method=method,
         client_certificate=certificate,
     )
 
@@ -234,13 +236,12 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
         client_id = ""
         try:
             try:
-                client_id, secret, _ = client_credentials(
-                    authorization_values(context.invocation_metadata()), client_id="", client_secret=""
-                )
+                presented = presented_credentials(authorization_values(context.invocation_metadata()))
             except OAuthError as exc:
                 self._issuer.refused(client_id, exc, peer=context.peer())
                 raise
-            client = await self._issuer.authenticate(client_id, secret, peer=context.peer())  # logs refusals
+            client_id = presented.client_id
+            client = await self._issuer.authenticate(presented, peer=context.peer())  # logs refusals
             if REVOCATIONS_SCOPE not in client.allowed_scopes:
                 refusal = UnauthorizedClient(f"the revocation list needs the scope {REVOCATIONS_SCOPE}")
                 self._issuer.refused(client_id, refusal, peer=context.peer())

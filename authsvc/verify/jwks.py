@@ -28,6 +28,7 @@ verification is only ever cached under the epoch of the set whose key checked it
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import logging
 import random
@@ -366,6 +367,48 @@ def checked_url(
     return parts, ssl_context
 
 
+CreateConnection = Callable[..., Any]
+"""``socket.create_connection(address, timeout, source_address)``, or a replacement for it."""
+
+
+class _HttpVia(urllib.request.HTTPHandler):
+    """Plain HTTP whose connections are opened by ``connect`` (http.client's own seam for it)."""
+
+    def __init__(self, connect: CreateConnection) -> None:
+        super().__init__()
+        self._connect = connect
+
+    def http_open(self, req: urllib.request.Request) -> HTTPResponse:
+        connect = self._connect
+
+        def connection(host: str, **kwargs: Any) -> http.client.HTTPConnection:
+            conn = http.client.HTTPConnection(host, **kwargs)
+            conn._create_connection = connect  # type: ignore[attr-defined]
+            return conn
+
+        return self.do_open(connection, req)
+
+
+class _HttpsVia(urllib.request.HTTPSHandler):
+    """HTTPS, as ``HTTPSHandler(context=...)`` does, whose TCP connections ``connect`` opens; the
+    TLS handshake (certificate, host name) is the standard library's, unchanged."""
+
+    def __init__(self, connect: CreateConnection, context: ssl.SSLContext) -> None:
+        super().__init__(context=context)
+        self._connect = connect
+        self._ssl_context = context
+
+    def https_open(self, req: urllib.request.Request) -> HTTPResponse:
+        connect = self._connect
+
+        def connection(host: str, **kwargs: Any) -> http.client.HTTPSConnection:
+            conn = http.client.HTTPSConnection(host, **kwargs)
+            conn._create_connection = connect  # type: ignore[attr-defined]
+            return conn
+
+        return self.do_open(connection, req, context=self._ssl_context)
+
+
 class HttpJwksSource:
     """The issuer's keys from its ``jwks_uri`` (RFC 8414 §2, RFC 7517 §5) over HTTPS.
 
@@ -387,6 +430,8 @@ class HttpJwksSource:
     Anything else raises :class:`JwksFetchError`: the cache keeps its last good set and logs why.
     ``timeout`` bounds each socket operation (connecting, the status line and headers) and the
     reading of the whole body, however slowly a server drips it; name resolution is not covered.
+    ``create_connection`` (``socket.create_connection``'s signature) opens the TCP connection
+    instead of the standard library, e.g. to connect only to addresses a guard has checked.
 
     Freshness: ``Cache-Control: max-age`` (less ``Age``) sets :attr:`max_age`, which the cache
     takes as an upper bound on its own ``max_age``. ``no-store``, ``no-cache`` and ``max-age=0``
@@ -406,6 +451,7 @@ class HttpJwksSource:
         allow_plaintext: bool = False,
         max_bytes: int = 512 * 1024,
         min_max_age: float = MIN_HTTP_MAX_AGE,
+        create_connection: CreateConnection | None = None,
     ) -> None:
         if not 0 < timeout <= 300 or max_bytes < 1 or min_max_age < 0:
             raise ValueError("timeout, max_bytes or min_max_age is out of range")
@@ -426,8 +472,10 @@ class HttpJwksSource:
         self._opener = urllib.request.OpenerDirector()
         for handler in (
             urllib.request.ProxyHandler({}),  # never the environment's proxies
-            urllib.request.HTTPHandler(),
-            urllib.request.HTTPSHandler(context=ssl_context),
+            urllib.request.HTTPHandler() if create_connection is None else _HttpVia(create_connection),
+            urllib.request.HTTPSHandler(context=ssl_context)
+            if create_connection is None
+            else _HttpsVia(create_connection, ssl_context),
             _SameOriginRedirects(self._origin, self._where),
             urllib.request.HTTPDefaultErrorHandler(),  # any other non-2xx answer raises HTTPError
             urllib.request.HTTPErrorProcessor(),
