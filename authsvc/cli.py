@@ -647,8 +647,8 @@ def _clients(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         _print_client(client, args.output, now, secret)
         if client.auth_method is ClientAuthMethod.TLS_CLIENT_AUTH:
             print(
-                "\nNote: this authsvc has no mutual-TLS listener yet, so a tls_client_auth client cannot "
-                "authenticate: its requests are refused (invalid_client) until one is served.",
+                "\nNote: a tls_client_auth client authenticates only on a mutual-TLS listener "
+                "(authsvc serve --mtls-listen/--mtls-http-listen --client-ca), with its certificate.",
                 file=sys.stderr,
             )
     elif args.action == "list":

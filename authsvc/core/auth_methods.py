@@ -10,9 +10,9 @@ from the handler's :attr:`~ClientAuthHandler.accepted_registrations`; a request 
 another method than the registered one is ``invalid_client`` (audit reason
 ``auth_method_not_allowed``).
 
-Adding a method (``tls_client_auth``, RFC 8705 §2) is adding a class here: a handler whose
-``check`` reads what the edge put into the presented credentials (for mTLS, the peer
-certificate) and compares it with what the client registered.
+Adding a method is adding a class here: :class:`TlsClientAuth` (RFC 8705 §2) is one, a handler
+whose ``check`` reads what the edge put into the presented credentials (the peer certificate of a
+mutual-TLS connection) and compares it with what the client registered.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from authsvc.core.errors import InvalidClient, InvalidRequest, with_detail
 from authsvc.core.ports import Clock
 from authsvc.core.secrets import MAX_SECRET_LENGTH, SecretHasher
 
-__all__ = ["ClientAuthHandler", "ClientSecretBasic", "ClientSecretPost", "PrivateKeyJwt"]
+__all__ = ["ClientAuthHandler", "ClientSecretBasic", "ClientSecretPost", "PrivateKeyJwt", "TlsClientAuth"]
 
 
 class ClientAuthHandler(Protocol):
@@ -241,3 +241,36 @@ class PrivateKeyJwt:
         if not isinstance(jti, str) or not 0 < len(jti) <= MAX_JTI_LENGTH or not jti.isprintable():
             return "jti_malformed"
         return None
+
+
+class TlsClientAuth:
+    """``tls_client_auth`` (RFC 8705 §2.1): the client proves itself with the certificate of the
+    mutual-TLS connection, which the TLS stack has already verified against ``--client-ca``. The
+    certificate must carry what the client registered (§2.1.2): its ``tls_client_auth_san_dns``
+    as one of its dNSName entries, matched exactly (DNS names compare case-insensitively; no
+    wildcards), or its ``tls_client_auth_subject_dn`` as its subject, the RFC 4514 string
+    compared exactly. A request without a certificate (a plain port) never gets here as this
+    method (:func:`~authsvc.core.client_auth.presented_credentials`), and is refused if it does."""
+
+    method = ClientAuthMethod.TLS_CLIENT_AUTH
+    accepted_registrations = frozenset({ClientAuthMethod.TLS_CLIENT_AUTH})
+    signing_algs: tuple[str, ...] = ()
+    blocking = False
+
+    def precheck(self, presented: PresentedCredentials) -> None:
+        if presented.client_certificate is None:
+            raise with_detail(
+                InvalidClient("tls_client_auth needs a client certificate (the mutual-TLS port)"),
+                "no_client_certificate",
+            )
+
+    def check(self, presented: PresentedCredentials, client: Client, *, registered: bool) -> str | None:
+        certificate = presented.client_certificate
+        if certificate is None:
+            return "no_client_certificate"
+        # the decoy registers neither: the same comparisons run, and fail
+        san_dns = client.tls_san_dns if registered else None
+        subject_dn = client.tls_subject_dn if registered else None
+        dns_ok = san_dns is not None and any(name.lower() == san_dns.lower() for name in certificate.san_dns)
+        dn_ok = subject_dn is not None and certificate.subject_dn == subject_dn
+        return None if dns_ok or dn_ok else "certificate_mismatch"

@@ -24,9 +24,10 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import unquote_plus
 
+from authsvc.core.certs import ClientCertificate
 from authsvc.core.client_assertion import CLIENT_ASSERTION_TYPE, MAX_ASSERTION_LENGTH, peek_subject
 from authsvc.core.clients import ClientAuthMethod
 from authsvc.core.errors import InvalidClient, InvalidRequest, with_detail
@@ -46,7 +47,9 @@ class PresentedCredentials:
     client_secret: str = field(default="", repr=False)
     client_assertion: str = field(default="", repr=False)
     client_assertion_type: str = ""
-    # tls_client_auth (RFC 8705 §2) adds the peer certificate of the connection here
+    # the verified peer certificate of a mutual-TLS connection (RFC 8705): what tls_client_auth
+    # authenticates with, and what any token issued on that connection is bound to
+    client_certificate: ClientCertificate | None = field(default=None, repr=False)
 
 
 def basic_credentials(values: Sequence[str | bytes]) -> tuple[str, str] | None:
@@ -79,9 +82,37 @@ def presented_credentials(
     client_secret: str = "",
     client_assertion: str = "",
     client_assertion_type: str = "",
+    client_certificate: ClientCertificate | None = None,
 ) -> PresentedCredentials:
-    """The credentials of a request, from its authorization values and its body's parameters;
-    raises as the module docstring says."""
+    """The credentials of a request, from its authorization values, its body's parameters and
+    the peer certificate of a mutual-TLS connection; raises as the module docstring says. A
+    request on a mutual-TLS connection with a ``client_id`` and no other credentials is
+    ``tls_client_auth`` (RFC 8705 §2); with a secret or an assertion it is that method, and its
+    certificate only binds the token."""
+    presented = _presented(
+        authorization,
+        client_id=client_id,
+        client_secret=client_secret,
+        client_assertion=client_assertion,
+        client_assertion_type=client_assertion_type,
+    )
+    if client_certificate is None:
+        return presented
+    if presented.method is ClientAuthMethod.CLIENT_SECRET_POST and not presented.client_secret:
+        return PresentedCredentials(
+            ClientAuthMethod.TLS_CLIENT_AUTH, presented.client_id, client_certificate=client_certificate
+        )
+    return replace(presented, client_certificate=client_certificate)
+
+
+def _presented(
+    authorization: Sequence[str | bytes],
+    *,
+    client_id: str,
+    client_secret: str,
+    client_assertion: str,
+    client_assertion_type: str,
+) -> PresentedCredentials:
     basic = basic_credentials(authorization)
     if client_assertion or client_assertion_type:
         if basic is not None or client_secret:

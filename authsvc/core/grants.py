@@ -94,10 +94,9 @@ class TokenRequest:
         grant_type: str,
         scope: str,
         audience: tuple[str, ...],
-        client_certificate: ClientCertificate | None = None,
     ) -> TokenRequest:
-        """The request of a grant with the credentials an edge read, and the client's
-        certificate on a mutual-TLS connection (the token will be bound to it)."""
+        """The request of a grant with the credentials an edge read (with the client's
+        certificate on a mutual-TLS connection: the token will be bound to it)."""
         return cls(
             grant_type=grant_type,
             client_id=credentials.client_id,
@@ -107,7 +106,7 @@ class TokenRequest:
             auth_method=credentials.method,
             client_assertion=credentials.client_assertion,
             client_assertion_type=credentials.client_assertion_type,
-            client_certificate=client_certificate,
+            client_certificate=credentials.client_certificate,
         )
 
     @property
@@ -119,6 +118,7 @@ class TokenRequest:
             self.client_secret,
             client_assertion=self.client_assertion,
             client_assertion_type=self.client_assertion_type,
+            client_certificate=self.client_certificate,
         )
 
 

@@ -183,6 +183,7 @@ class OAuthHttp:
             client_secret=form.get("client_secret"),
             client_assertion=form.get("client_assertion"),
             client_assertion_type=form.get("client_assertion_type"),
+            client_certificate=_client_certificate(request),
         )
 
     async def _client(self, request: web.Request, form: _Form) -> Client:
@@ -203,7 +204,6 @@ class OAuthHttp:
                 grant_type=form.get("grant_type"),
                 scope=form.get("scope"),
                 audience=tuple(form.repeated.get("audience", ())) + tuple(form.repeated.get("resource", ())),
-                client_certificate=_client_certificate(request),
             )
         except OAuthError as exc:
             self._issuer.refused(client_id, exc, peer=request.remote)

@@ -30,7 +30,7 @@ from authsvc.authority.keyring import Keyring
 from authsvc.authority.ratelimit import RateLimits, RedisBuckets
 from authsvc.authority.revocations import RevocationFeed
 from authsvc.authority.tokens import TokenIssuer
-from authsvc.core.auth_methods import PrivateKeyJwt
+from authsvc.core.auth_methods import PrivateKeyJwt, TlsClientAuth
 from authsvc.core.client_assertion import AssertionPolicy
 from authsvc.core.dburl import redact_database_url
 from authsvc.core.errors import ConfigurationError
@@ -150,6 +150,8 @@ async def start_server(
         random=authority.random,
     )
     _register_private_key_jwt(endpoint, config, authority)
+    if config.mtls:  # a client certificate can reach the endpoint only on a mutual-TLS listener
+        endpoint.register_auth_method(TlsClientAuth())
     refusal_log = LogRateLimiter(
         rate=config.refusal_log_rate, burst=max(1, round(2 * config.refusal_log_rate)), clock=monotonic
     )

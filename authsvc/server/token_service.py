@@ -133,13 +133,13 @@ def token_request_from(
         client_secret=request.client_secret,
         client_assertion=request.client_assertion,
         client_assertion_type=request.client_assertion_type,
+        client_certificate=certificate,
     )
     return TokenRequest.of(
         presented,
         grant_type=request.grant_type,
         scope=request.scope,
         audience=tuple(request.audience),
-        client_certificate=certificate,
     )
 
 

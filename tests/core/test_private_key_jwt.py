@@ -270,7 +270,7 @@ def test_the_client_is_the_one_the_assertion_names() -> None:
     ids=["with-a-secret", "with-basic", "no-type", "no-assertion", "too-long"],
 )
 def test_malformed_assertion_requests_are_invalid_request(
-    fields: dict[str, str], authorization: list[str]
+    fields: dict[str, Any], authorization: list[str]
 ) -> None:
     with pytest.raises(InvalidRequest):
         presented_credentials(authorization, **fields)
@@ -284,7 +284,7 @@ def test_malformed_assertion_requests_are_invalid_request(
     ],
     ids=["other-type", "unparseable-without-client-id"],
 )
-def test_an_assertion_naming_no_client_is_invalid_client(fields: dict[str, str], reason: str) -> None:
+def test_an_assertion_naming_no_client_is_invalid_client(fields: dict[str, Any], reason: str) -> None:
     with pytest.raises(InvalidClient) as refused:
         presented_credentials([], **fields)
     assert refusal_detail(refused.value) == reason
