@@ -220,7 +220,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=env.get("AUTHSVC_METRICS_LISTEN") or None,
         help="HOST:PORT (or unix:PATH) for the management port: GET /metrics (Prometheus), /livez, "
         "/readyz. Always plaintext, on any address (probes and Prometheus scrape in plaintext; it "
-        "serves no secret); not with --workers above 1 yet [env AUTHSVC_METRICS_LISTEN; default off]",
+        "serves no secret); with --workers above 1 the workers share it and each scrape shows the "
+        "whole group [env AUTHSVC_METRICS_LISTEN; default off]",
     )
     _add_common(serve, env)
     serve.add_argument(

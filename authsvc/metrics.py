@@ -24,20 +24,40 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import values as _values
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from authsvc.core import errors as _errors
+from authsvc.verify import outcomes as _outcomes
+
+if TYPE_CHECKING:
+    from authsvc.verify import JwksCache, TokenVerifier
 
 __all__ = [
+    "HTTP_ROUTE",
+    "KEY_STATES",
+    "UNMATCHED",
     "GrpcMetrics",
+    "HttpMetrics",
+    "JwksCollector",
+    "KeyStateCollector",
+    "KeyStates",
     "MetricsInterceptor",
     "RateLimitMetrics",
+    "RevocationEntries",
+    "RevocationListCollector",
     "ServerMetrics",
     "TokenMetrics",
+    "VerificationMetrics",
     "grpc_code_name",
 ]
 
@@ -150,6 +170,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: GrpcMetrics) -> None:
         self._metrics = metrics
         self._methods: dict[tuple[str, str], _Method] = {}
+        # the handler each method got last, and its wrapper: reused while continuation returns the
+        # same handler (the registered one, or what a caching interceptor after this one made of it)
+        self._wrapped: dict[str, tuple[object, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
@@ -159,12 +182,18 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:  # no such method: not counted under a name the caller chose
             return None
+        name = handler_call_details.method
+        cached = self._wrapped.get(name)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         rpc_type = _rpc_type(handler)
-        key = (rpc_type, handler_call_details.method)
+        key = (rpc_type, name)
         method = self._methods.get(key)
         if method is None:  # only registered methods get here: a bounded set
-            method = self._methods[key] = _Method(self._metrics, rpc_type, handler_call_details.method)
-        return _wrap(handler, method)
+            method = self._methods[key] = _Method(self._metrics, rpc_type, name)
+        wrapped = _wrap(handler, method)
+        self._wrapped[name] = (handler, wrapped)  # registered methods only: bounded too
+        return wrapped
 
 
 def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: _Method) -> grpc.RpcMethodHandler[Any, Any]:
@@ -286,15 +315,287 @@ class RateLimitMetrics:
 
 class ServerMetrics:
     """Everything one server exposes on ``/metrics``: its own registry, the gRPC metrics and the
-    interceptor that fills them."""
+    interceptor that fills them.
 
-    def __init__(self) -> None:
+    ``registry`` is where this server's metrics are created; ``exposed`` is what ``/metrics``
+    serves. They are one registry, unless ``multiprocess_dir`` is given (``authsvc serve
+    --workers N``): then every worker's counters and histograms live in memory-mapped files in that
+    directory (prometheus_client's multiprocess mode, which the parent turned on for the workers
+    with ``PROMETHEUS_MULTIPROC_DIR`` before starting them), and ``exposed`` reads them all, so
+    that whichever worker answers a scrape shows the sums over the whole process group. Values
+    computed at scrape time (:meth:`add_collector`) come from the answering worker."""
+
+    def __init__(self, *, multiprocess_dir: Path | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        if multiprocess_dir is None:
+            self.exposed = self.registry
+        else:
+            if not getattr(_values.ValueClass, "_multiprocess", False):
+                # each worker would count alone, and a scrape would show one worker's share
+                raise RuntimeError(
+                    "prometheus_client is not in multiprocess mode: PROMETHEUS_MULTIPROC_DIR must be "
+                    "set before it is imported"
+                )
+            self.exposed = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(self.exposed, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
         self.grpc = GrpcMetrics(self.registry)
         self.interceptor = MetricsInterceptor(self.grpc)
+        self._http: HttpMetrics | None = None
+
+    def add_collector(self, collector: Collector) -> None:
+        """Serve what ``collector`` computes at each scrape (never stored in the shared files)."""
+        self.exposed.register(collector)
+
+    def instrument_http(self, app: web.Application) -> None:
+        """Count every request of ``app`` (:class:`HttpMetrics`), outermost middleware first, so
+        that requests the others refuse are counted with their status. Call before it starts."""
+        if self._http is None:
+            self._http = HttpMetrics(self.registry)
+        app.middlewares.insert(0, self._http.middleware)
+
+    def watch_verifier(self, verifier: TokenVerifier) -> None:
+        """A resource server's verifier: count its verifications (:class:`VerificationMetrics`,
+        set as ``verifier.metrics``) and show its key set and revocation list at each scrape."""
+        verifier.metrics = VerificationMetrics(self.registry)
+        self.add_collector(JwksCollector(verifier.keys))
+        revocations = verifier.revocations
+        if revocations is not None:
+            self.add_collector(
+                RevocationListCollector(lambda: revocations.revocations, lambda: revocations.seconds_behind)
+            )
+
+    def watch_keys(
+        self, keyring: KeyStates, revocations: Callable[[], RevocationEntries] | None = None
+    ) -> None:
+        """The TokenService's signing keys by state (:class:`KeyStateCollector`) and the revocation
+        list it serves (``revocations()``: the list now), at each scrape."""
+        self.add_collector(KeyStateCollector(keyring))
+        if revocations is not None:
+            self.add_collector(RevocationListCollector(revocations))
 
     def tokens(self) -> TokenMetrics:
         return TokenMetrics(self.registry)
 
     def rate_limits(self) -> RateLimitMetrics:
         return RateLimitMetrics(self.registry)
+
+
+# -- domain metrics: verification, keys, revocation list --------------------------------------
+
+
+class VerificationMetrics:
+    """``authsvc_token_verifications_total{outcome,cache}``: what a
+    :class:`~authsvc.verify.TokenVerifier` calls once per verification
+    (:class:`~authsvc.verify.outcomes.VerifierMetrics`; the verifier imports no prometheus code).
+    ``outcome`` is ``accepted`` or one of :data:`~authsvc.verify.outcomes.REFUSALS`; ``cache`` is
+    ``hit`` when the verified-token cache answered (no signature checked), else ``miss``. The
+    children are resolved once: a call costs a branch and one counter increment."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        counter = Counter(
+            "authsvc_token_verifications_total",
+            "Access-token verifications, by outcome (accepted, or the check that refused) and whether "
+            "the verified-token cache answered.",
+            ("outcome", "cache"),
+            registry=registry,
+        )
+        self._counter = counter
+        self._hit = counter.labels(_outcomes.ACCEPTED, "hit")
+        self._miss = counter.labels(_outcomes.ACCEPTED, "miss")
+        self._known = frozenset(_outcomes.REFUSALS)
+        # every refusal exists from the start at zero; the list is checked on cached acceptances too
+        self._refused: dict[tuple[str, bool], Any] = {
+            (outcome, False): counter.labels(outcome, "miss") for outcome in _outcomes.REFUSALS
+        }
+        for outcome in (_outcomes.REVOKED, _outcomes.REVOCATIONS_UNAVAILABLE, _outcomes.CERTIFICATE_MISMATCH):
+            self._refused[(outcome, True)] = counter.labels(outcome, "hit")
+
+    def accepted(self, cached: bool) -> None:
+        (self._hit if cached else self._miss).inc()
+
+    def refused(self, outcome: str, cached: bool) -> None:
+        key = (outcome if outcome in self._known else _outcomes.ERROR, cached)
+        child = self._refused.get(key)
+        if child is None:  # at most len(REFUSALS) more: the set is fixed
+            child = self._refused[key] = self._counter.labels(key[0], "hit" if cached else "miss")
+        child.inc()
+
+
+class JwksCollector:
+    """A verifier's key set, computed at scrape time from its
+    :class:`~authsvc.verify.jwks.JwksCache` (nothing is updated per call):
+    ``authsvc_jwks_keys``, ``authsvc_jwks_age_seconds`` (since the set was last fetched or pushed;
+    absent before the first), ``authsvc_jwks_fetches_total``, ``authsvc_jwks_fetch_failures_total``
+    and ``authsvc_jwks_unknown_kid_refreshes_total``."""
+
+    def __init__(self, cache: JwksCache) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self._cache
+        yield GaugeMetricFamily("authsvc_jwks_keys", "Keys in the key set held.", len(cache.key_set.keys))
+        age = cache.age()
+        if age is not None:
+            yield GaugeMetricFamily(
+                "authsvc_jwks_age_seconds", "Seconds since the key set was last fetched or pushed.", age
+            )
+        yield CounterMetricFamily("authsvc_jwks_fetches", "Key set fetches started.", cache.fetches)
+        yield CounterMetricFamily(
+            "authsvc_jwks_fetch_failures",
+            "Key set fetches that brought no usable set (the last good set was kept).",
+            cache.fetch_failures,
+        )
+        yield CounterMetricFamily(
+            "authsvc_jwks_unknown_kid_refreshes",
+            "Key set fetches started because a token named an unknown kid (throttled by the cooldown).",
+            cache.unknown_kid_refreshes,
+        )
+
+
+class RevocationEntries(Protocol):
+    """What :class:`RevocationListCollector` reads: a
+    :class:`~authsvc.core.revocation.RevocationSet`."""
+
+    @property
+    def sequence(self) -> int: ...
+
+    @property
+    def by_jti(self) -> Mapping[str, int]: ...
+
+    @property
+    def by_client(self) -> Mapping[str, tuple[int, int]]: ...
+
+
+class RevocationListCollector:
+    """A revocation list, computed at scrape time from ``current()`` (the list held now):
+    ``authsvc_revocation_list_entries{subject}`` (``jti`` or ``client``),
+    ``authsvc_revocation_list_sequence`` and, given ``seconds_behind`` (a verifier's
+    :attr:`~authsvc.verify.RevocationCache.seconds_behind`),
+    ``authsvc_revocation_list_seconds_behind``: 0 while its source works, else seconds since it
+    stopped."""
+
+    def __init__(
+        self, current: Callable[[], RevocationEntries], seconds_behind: Callable[[], float] | None = None
+    ) -> None:
+        self._current = current
+        self._behind = seconds_behind
+
+    def collect(self) -> Iterator[Metric]:
+        held = self._current()
+        entries = GaugeMetricFamily(
+            "authsvc_revocation_list_entries",
+            "Entries in the revocation list held, by subject.",
+            labels=["subject"],
+        )
+        entries.add_metric(["jti"], len(held.by_jti))
+        entries.add_metric(["client"], len(held.by_client))
+        yield entries
+        yield GaugeMetricFamily(
+            "authsvc_revocation_list_sequence",
+            "The last sequence of the revocation list applied.",
+            held.sequence,
+        )
+        if self._behind is not None:
+            yield GaugeMetricFamily(
+                "authsvc_revocation_list_seconds_behind",
+                "Seconds since the revocation list was last known current (0 while its source works).",
+                self._behind(),
+            )
+
+
+class KeyStates(Protocol):
+    """What :class:`KeyStateCollector` reads (the TokenService's ``Keyring``)."""
+
+    @property
+    def states(self) -> Mapping[str, int]: ...
+
+    @property
+    def active_since(self) -> int | None: ...
+
+
+KEY_STATES = ("next", "active", "retiring", "retired", "revoked")
+
+
+class KeyStateCollector:
+    """The TokenService's signing keys, computed at scrape time from what its keyring loaded at
+    its last tick (no store query per scrape): ``authsvc_signing_keys{state}`` for each life-cycle
+    state and ``authsvc_signing_key_age_seconds``, since the active key became active."""
+
+    def __init__(self, keys: KeyStates, *, clock: Callable[[], float] = time.time) -> None:
+        self._keys = keys
+        self._clock = clock
+
+    def collect(self) -> Iterator[Metric]:
+        states = self._keys.states
+        family = GaugeMetricFamily(
+            "authsvc_signing_keys", "Stored signing keys, by life-cycle state.", labels=["state"]
+        )
+        for state in KEY_STATES:
+            family.add_metric([state], states.get(state, 0))
+        yield family
+        since = self._keys.active_since
+        if since is not None:
+            yield GaugeMetricFamily(
+                "authsvc_signing_key_age_seconds",
+                "Seconds since the active signing key became active.",
+                max(0.0, self._clock() - since),
+            )
+
+
+# -- the HTTP edge ------------------------------------------------------------------------------
+
+HTTP_ROUTE = web.RequestKey("authsvc_http_route", str)
+"""Where a handler that does its own routing (the PaymentService's HTTP API) puts the template of
+the route it matched, for :class:`HttpMetrics`; without it, aiohttp's own route template."""
+
+UNMATCHED = "unmatched"
+"""The ``http_route`` of a request that matched no route: never the raw path, which the caller
+chooses (and which may hold a transaction id)."""
+
+_HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+
+class HttpMetrics:
+    """HTTP server metrics in the OpenTelemetry semantic conventions, as its Prometheus exporter
+    names them: the ``http_server_request_duration_seconds`` histogram (seconds, the default
+    buckets) labelled ``http_request_method`` (the method, or ``_OTHER`` for one not in RFC 9110
+    and RFC 5789), ``http_route`` (the route template, e.g. ``/api/v1/payments/{transaction_id}``;
+    ``unmatched`` for none) and ``http_response_status_code``. Its ``_count`` is the number of
+    requests. A request cancelled before it was answered (the client left) is not counted."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._duration = Histogram(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests.",
+            ("http_request_method", "http_route", "http_response_status_code"),
+            registry=registry,
+        )
+        self._children: dict[tuple[str, str, int], Any] = {}
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            self._observe(request, exc.status, started)
+            raise
+        except Exception:
+            self._observe(request, 500, started)
+            raise
+        self._observe(request, response.status, started)
+        return response
+
+    def _observe(self, request: web.Request, status: int, started: float) -> None:
+        method = request.method if request.method in _HTTP_METHODS else "_OTHER"
+        route = request.get(HTTP_ROUTE)
+        if route is None:
+            resource = request.match_info.route.resource
+            route = UNMATCHED if resource is None else resource.canonical
+        key = (method, route, status)
+        child = self._children.get(key)
+        if child is None:  # bounded: methods x registered routes x status codes
+            child = self._children[key] = self._duration.labels(method, route, str(status))
+        child.observe(time.perf_counter() - started)

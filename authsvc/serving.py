@@ -308,12 +308,18 @@ def management_app(registry: CollectorRegistry, readiness: Readiness) -> web.App
 
 
 async def start_management(
-    listen: str, registry: CollectorRegistry, readiness: Readiness, *, grace: float
+    listen: str, registry: CollectorRegistry, readiness: Readiness, *, grace: float, reuse_port: bool = False
 ) -> HttpListener:
     """The management port: :func:`management_app` on ``listen``, in plaintext (probes and
-    Prometheus scrape in plaintext; it serves no secret)."""
+    Prometheus scrape in plaintext; it serves no secret). ``reuse_port`` lets ``--workers`` share
+    it: each answers with the metrics of the whole group (``ServerMetrics(multiprocess_dir=...)``)."""
     return await start_http(
-        management_app(registry, readiness), listen, tls_cert=None, tls_key=None, grace=grace
+        management_app(registry, readiness),
+        listen,
+        tls_cert=None,
+        tls_key=None,
+        grace=grace,
+        reuse_port=reuse_port,
     )
 
 

@@ -381,6 +381,8 @@ async def _start(
             key_source(config),
         )
     metrics = ServerMetrics() if config.metrics_listen is not None else None
+    if metrics is not None:  # verifications, key set and revocation list on /metrics
+        metrics.watch_verifier(verifier)
     server = serving.new_server(
         limits=config.limits,
         max_message_bytes=config.max_message_bytes,
@@ -406,7 +408,7 @@ async def _start(
     http = None
     if config.http_listen is not None:
         try:
-            http = await _start_http(config, operations, verifier)
+            http = await _start_http(config, operations, verifier, metrics)
         except BaseException:
             await server.stop(0)
             raise
@@ -543,7 +545,10 @@ async def _first_revocations(verifier: TokenVerifier) -> None:
 
 
 async def _start_http(
-    config: PaymentsConfig, operations: PaymentOperations, verifier: TokenVerifier
+    config: PaymentsConfig,
+    operations: PaymentOperations,
+    verifier: TokenVerifier,
+    metrics: ServerMetrics | None = None,
 ) -> serving.HttpListener:
     assert config.http_listen is not None
     app = build_http_app(
@@ -552,6 +557,8 @@ async def _start_http(
         verifier,
         max_body_bytes=config.max_message_bytes,
     )
+    if metrics is not None:
+        metrics.instrument_http(app)
     return await serving.start_http(
         app,
         config.http_listen,

@@ -66,6 +66,7 @@ from authsvc.core.errors import (
 )
 from authsvc.httpstatus import NO_STORE, HttpAnswer, bearer_error, service_error
 from authsvc.logsafe import LogRateLimiter
+from authsvc.metrics import HTTP_ROUTE, UNMATCHED
 from authsvc.serving import peer_certificate
 from authsvc.verify import MethodPolicy, Principal, TokenVerifier
 from authsvc.verify.policy import Public
@@ -429,6 +430,7 @@ class PaymentsHttpApi:
         self._max_body_bytes = max_body_bytes
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        request[HTTP_ROUTE] = UNMATCHED  # the one aiohttp route matches everything: say what did
         segments = _path_segments(request.raw_path)
         found = None
         if segments is not None:
@@ -440,6 +442,7 @@ class PaymentsHttpApi:
         if found is None:
             return _send(service_error(NotFound("no such resource")))
         route, variables = found
+        request[HTTP_ROUTE] = route.template
         try:
             principal = await self._authenticate(request, route)
         except OAuthError as exc:

@@ -15,7 +15,6 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from authsvc.authority.keyring import Keyring
-from authsvc.core.errors import ConfigurationError
 from authsvc.metrics import grpc_code_name
 from authsvc.server.app import RunningServer, open_authority, start_server
 from authsvc.v1 import token_pb2, token_pb2_grpc
@@ -127,11 +126,6 @@ def test_keyring_is_unhealthy_when_its_store_has_not_answered_lately(metered: To
     assert not keyring.healthy
     keyring.load()
     assert keyring.healthy
-
-
-def test_metrics_refused_with_several_workers(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="--metrics-listen"):
-        serve_config(tmp_path, listen="127.0.0.1:50999", workers=2, metrics_listen="127.0.0.1:0")
 
 
 def test_code_names_are_go_spellings() -> None:

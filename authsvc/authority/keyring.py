@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections import Counter
+from collections.abc import AsyncGenerator, Callable, Mapping
+from types import MappingProxyType
 
 from authsvc.authority.keys import KeyManager, published, published_jwks
 from authsvc.core.keys import KeyState, jwks_json
@@ -52,6 +54,11 @@ class Keyring:
         self._now = monotonic
         self._store_ok = False  # the store answered the last load or tick
         self._answered_at: float | None = None  # when a load or tick last completed
+        self.states: Mapping[str, int] = MappingProxyType({})
+        """How many stored keys are in each state (``next``, ``active``, ...), as of the last load:
+        what ``/metrics`` shows, without asking the store."""
+        self.active_since: int | None = None
+        """When (Unix time) the active key became active, as of the last load."""
 
     @property
     def signer(self) -> TokenSigner:
@@ -76,6 +83,9 @@ class Keyring:
         """Read the keys; swap the signer and the published set if they changed. True on change."""
         stored = self._keys.store.list_keys()
         self._store_ok, self._answered_at = True, self._now()
+        self.states = MappingProxyType(dict(Counter(k.state for k in stored)))
+        signing = [k for k in stored if k.state == KeyState.ACTIVE]
+        self.active_since = (signing[0].activated_at or signing[0].created_at) if signing else None
         shown = published(stored)
         fingerprint = tuple(sorted((k.kid, k.state) for k in shown))
         if fingerprint == self._published and self._signer is not None:

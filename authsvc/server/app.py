@@ -2,7 +2,9 @@
 SIGTERM or SIGINT, shut down gracefully.
 
 One process serves on one event loop; ``workers > 1`` starts that many processes that share the
-listening port (SO_REUSEPORT), so that token signing uses every core.
+listening port (SO_REUSEPORT), so that token signing uses every core. With ``--metrics-listen``
+they share the management port too, and count into one private directory (prometheus_client's
+multiprocess mode), so that a scrape answered by any worker shows the whole group.
 """
 
 from __future__ import annotations
@@ -12,14 +14,19 @@ import contextlib
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
+import shutil
 import signal
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import grpc
 from grpc_health.v1._async import HealthServicer
+from prometheus_client.multiprocess import mark_process_dead
 
 from authsvc import authority as application
 from authsvc import serving
@@ -51,6 +58,7 @@ __all__ = ["TOKEN_SERVICE", "RunningServer", "open_authority", "run", "serve", "
 log = logging.getLogger("authsvc.server")
 
 TOKEN_SERVICE = token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when a worker imports it
 
 
 def open_authority(config: ServeConfig) -> Authority:
@@ -131,9 +139,11 @@ async def start_server(
     authority: Authority | None = None,
     reuse_port: bool = False,
     monotonic: Callable[[], float] = time.monotonic,
+    metrics_dir: Path | None = None,
 ) -> RunningServer:
     """Build and start the TokenService; returns once it is SERVING. ``monotonic`` paces the
-    rate-limited refusal log (tests inject a fake)."""
+    rate-limited refusal log (tests inject a fake). ``metrics_dir`` is the process group's shared
+    metrics directory (a worker of ``--workers N``: :func:`run`)."""
     authority = authority or open_authority(config)
     authority.keys.ensure_signing_key()
     keyring = Keyring(authority.keys, config.lifecycle_policy(), tick_interval=config.key_tick_interval)
@@ -155,7 +165,9 @@ async def start_server(
     refusal_log = LogRateLimiter(
         rate=config.refusal_log_rate, burst=max(1, round(2 * config.refusal_log_rate)), clock=monotonic
     )
-    metrics = ServerMetrics() if config.metrics_listen is not None else None
+    metrics = ServerMetrics(multiprocess_dir=metrics_dir) if config.metrics_listen is not None else None
+    if metrics is not None:  # keys by state and the revocation list, read at each scrape
+        metrics.watch_keys(keyring, lambda: revocations.set)
     rate_limits = _rate_limits(config, metrics)
     issuer = TokenIssuer(
         endpoint,
@@ -206,7 +218,7 @@ async def start_server(
     if config.http_listen is not None or config.mtls_http_listen is not None:
         try:
             http, mtls_http = await _start_http(
-                config, issuer, keyring, authority, revocations, reuse_port=reuse_port
+                config, issuer, keyring, authority, revocations, reuse_port=reuse_port, metrics=metrics
             )
         except BaseException:
             await server.stop(0)
@@ -217,7 +229,11 @@ async def start_server(
     if metrics is not None and config.metrics_listen is not None:
         try:
             management = await serving.start_management(
-                config.metrics_listen, metrics.registry, readiness, grace=config.grace_period
+                config.metrics_listen,
+                metrics.exposed,
+                readiness,
+                grace=config.grace_period,
+                reuse_port=reuse_port,
             )
         except OSError as exc:
             await asyncio.gather(server.stop(0), *[h.stop() for h in web_listeners])
@@ -331,12 +347,15 @@ async def _start_http(
     revocations: RevocationFeed,
     *,
     reuse_port: bool,
+    metrics: ServerMetrics | None = None,
 ) -> tuple[serving.HttpListener | None, serving.HttpListener | None]:
     """The OAuth endpoints over HTTP on the same loop and application layer (authsvc.http): on
     ``--http-listen``, and over mutual TLS on ``--mtls-http-listen`` (RFC 8705: the same
     endpoints, for clients that present a certificate; the metadata names them in
     ``mtls_endpoint_aliases``)."""
-    from authsvc.http.oauth import OAuthHttp  # noqa: PLC0415 - aiohttp only when HTTP is served
+    from aiohttp import web  # noqa: PLC0415 - aiohttp only when HTTP is served
+
+    from authsvc.http.oauth import OAuthHttp  # noqa: PLC0415
 
     introspection = TokenVerifier(
         issuer=config.issuer,
@@ -355,10 +374,17 @@ async def _start_http(
         revocation_feed=revocations,
         certificate_bound=config.mtls,
     )
+
+    def app() -> web.Application:
+        built = oauth.app()
+        if metrics is not None:
+            metrics.instrument_http(built)
+        return built
+
     http = mtls_http = None
     if config.http_listen is not None:
         http = await serving.start_http(
-            oauth.app(),
+            app(),
             config.http_listen,
             tls_cert=config.tls_cert,
             tls_key=config.tls_key,
@@ -368,7 +394,7 @@ async def _start_http(
     if config.mtls_http_listen is not None:
         try:
             mtls_http = await serving.start_http(
-                oauth.app(),
+                app(),
                 config.mtls_http_listen,
                 tls_cert=config.tls_cert,
                 tls_key=config.tls_key,
@@ -391,23 +417,25 @@ def _default_mtls_base_url(issuer: str, port: int) -> str:
     return f"https://{f'[{host}]' if ':' in host else host}:{port}"
 
 
-async def serve(config: ServeConfig, *, reuse_port: bool = False) -> None:
+async def serve(config: ServeConfig, *, reuse_port: bool = False, metrics_dir: Path | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     stopping = stop_signal()  # before start-up: a SIGTERM during it stops gracefully after it
-    running = await start_server(config, reuse_port=reuse_port)
+    running = await start_server(config, reuse_port=reuse_port, metrics_dir=metrics_dir)
     await stopping.wait()
     log.info("shutting down (grace %.1fs)", config.grace_period)
     await running.stop(config.grace_period)
     log.info("stopped")
 
 
-def _worker(config: ServeConfig, log_level: int, log_format: str = "text") -> None:
+def _worker(
+    config: ServeConfig, log_level: int, log_format: str = "text", metrics_dir: Path | None = None
+) -> None:
     # a spawned process starts with no logging: set it up as the command did in the parent
     from authsvc.logsetup import configure  # noqa: PLC0415
 
     log_setup = configure(level=log_level, log_format=log_format, tag="[worker]")
     try:
-        asyncio.run(serve(config, reuse_port=True))
+        asyncio.run(serve(config, reuse_port=True, metrics_dir=metrics_dir))
     finally:
         log_setup.stop()
 
@@ -418,6 +446,54 @@ def database_location(config: ServeConfig) -> str:
     if config.database_url:
         return f"PostgreSQL at {redact_database_url(config.database_url)}"
     return f"SQLite at {config.data_dir / DB_FILE}"
+
+
+@contextlib.contextmanager
+def _group_metrics(config: ServeConfig) -> Iterator[Path | None]:
+    """With ``--metrics-listen``, the process group's private metrics directory (mode 0700, in
+    ``TMPDIR`` or the system's temporary directory), removed when the group is done; None without
+    metrics.
+
+    prometheus_client's multiprocess mode: each worker writes its counters and histograms to files
+    there, and the worker that answers a scrape reads them all (:class:`ServerMetrics`). The mode is
+    chosen when prometheus_client is imported, from ``PROMETHEUS_MULTIPROC_DIR``: the workers are
+    spawned, so they import it afresh with the variable this sets while they start (see
+    :func:`_worker_environment`)."""
+    if config.metrics_listen is None:
+        yield None
+        return
+    # TMPDIR as given: tempfile would fall back to /tmp, elsewhere than the operator asked for
+    parent = os.environ.get("TMPDIR") or None
+    try:
+        path = Path(tempfile.mkdtemp(prefix="authsvc-metrics-", dir=parent))  # 0700, ours alone
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot create the workers' metrics directory in {parent or 'the temporary directory'}: "
+            f"{exc.strerror or exc}; set TMPDIR to a writable directory"
+        ) from None
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _worker_environment(metrics_dir: Path | None) -> Iterator[None]:
+    """``PROMETHEUS_MULTIPROC_DIR`` for the workers started within (they inherit the environment
+    at spawn), restored afterwards. This process imported prometheus_client long before and keeps
+    its own mode; it serves no metrics itself."""
+    if metrics_dir is None:
+        yield
+        return
+    previous = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = str(metrics_dir)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[MULTIPROC_ENV]
+        else:
+            os.environ[MULTIPROC_ENV] = previous
 
 
 def run(config: ServeConfig, *, log_format: str = "text") -> int:
@@ -431,13 +507,21 @@ def run(config: ServeConfig, *, log_format: str = "text") -> int:
     authority = open_authority(config)
     authority.keys.ensure_signing_key()
     authority.close()
+    with _group_metrics(config) as metrics_dir:
+        return _run_workers(config, log_format, metrics_dir)
+
+
+def _run_workers(config: ServeConfig, log_format: str, metrics_dir: Path | None) -> int:
     ctx = multiprocessing.get_context("spawn")
     procs = [
-        ctx.Process(target=_worker, args=(config, logging.getLogger().level, log_format), daemon=False)
+        ctx.Process(
+            target=_worker, args=(config, logging.getLogger().level, log_format, metrics_dir), daemon=False
+        )
         for _ in range(config.workers)
     ]
-    for p in procs:
-        p.start()
+    with _worker_environment(metrics_dir):
+        for p in procs:
+            p.start()
     stopping = False
 
     def forward(signum: int, _frame: object) -> None:
@@ -455,6 +539,9 @@ def run(config: ServeConfig, *, log_format: str = "text") -> int:
         for sentinel in multiprocessing.connection.wait(list(alive)):
             proc = alive.pop(sentinel)  # type: ignore[arg-type]
             proc.join()
+            if metrics_dir is not None and proc.pid is not None:
+                # its live gauges go (it has none today); its counts stay in the sums
+                mark_process_dead(proc.pid, str(metrics_dir))  # type: ignore[no-untyped-call]
             if proc.exitcode != 0 and not stopping:
                 log.error("worker %s exited with %s; stopping the others", proc.pid, proc.exitcode)
                 forward(signal.SIGTERM, None)

@@ -109,9 +109,13 @@ class ServeConfig:
         if self.workers < 1:
             raise ConfigurationError("--workers must be at least 1")
         if self.workers > 1 and self.metrics_listen is not None:
-            raise ConfigurationError(
-                "--metrics-listen works with one process only for now: drop it or use --workers 1"
-            )
+            # the workers share the management port as they share --listen
+            if is_unix(self.metrics_listen):
+                raise ConfigurationError(
+                    "several workers share the metrics port: give --metrics-listen HOST:PORT, not unix:"
+                )
+            if split_host_port(self.metrics_listen)[1] == 0:
+                raise ConfigurationError("several workers need a fixed --metrics-listen port, not port 0")
         if self.workers > 1 and is_unix(self.listen):
             raise ConfigurationError("several workers share a TCP port: give --listen HOST:PORT, not unix:")
         if self.workers > 1 and split_host_port(self.listen)[1] == 0:

@@ -35,6 +35,7 @@ from authsvc.core.certs import X5T_S256, pem_to_der
 from authsvc.core.errors import InvalidClient, InvalidToken
 from authsvc.core.keys import b64url
 from authsvc.verify.jose import b64url_decode_strict
+from authsvc.verify.outcomes import CERTIFICATE_MISMATCH, Refused
 
 __all__ = [
     "DEFER_BINDING",
@@ -92,12 +93,13 @@ def check_binding(thumbprint: str, peer_certificate: bytes | None) -> None:
     presented on this call's connection) has the SHA-256 ``thumbprint`` the token is bound to.
     Compared in constant time."""
     if peer_certificate is None:
-        raise InvalidToken(
-            "the token is bound to a client certificate: call over mutual TLS with that certificate"
+        raise Refused(
+            CERTIFICATE_MISMATCH,
+            "the token is bound to a client certificate: call over mutual TLS with that certificate",
         )
     presented = b64url(hashlib.sha256(peer_certificate).digest())
     if not hmac.compare_digest(presented.encode("ascii"), thumbprint.encode("ascii")):
-        raise InvalidToken("the token is bound to another client certificate")
+        raise Refused(CERTIFICATE_MISMATCH, "the token is bound to another client certificate")
 
 
 def check_grpc_binding(thumbprint: str, auth_context: Mapping[str, Iterable[bytes]]) -> None:
@@ -111,7 +113,7 @@ def check_grpc_binding(thumbprint: str, auth_context: Mapping[str, Iterable[byte
         return
     presented = _pem_thumbprint(bytes(pems[0]))
     if not hmac.compare_digest(presented.encode("ascii"), thumbprint.encode("ascii")):
-        raise InvalidToken("the token is bound to another client certificate")
+        raise Refused(CERTIFICATE_MISMATCH, "the token is bound to another client certificate")
 
 
 @functools.lru_cache(maxsize=1024)

@@ -51,10 +51,10 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from authsvc.core.errors import TemporarilyUnavailable
 from authsvc.listen import is_loopback
 from authsvc.logsafe import loggable
 from authsvc.verify.jose import parse_rsa_jwk
+from authsvc.verify.outcomes import KEYS_UNAVAILABLE, Unavailable
 
 if TYPE_CHECKING:
     import grpc
@@ -606,6 +606,11 @@ class JwksCache:
         self._inflight_waiters = 0
         self._pushes = 0  # sets installed by push: a fetch older than a push must not undo it
         self.fetches = 0
+        """Fetches started (for ``/metrics``; each counter below is written by one thread at a time)."""
+        self.fetch_failures = 0
+        """Fetches that brought no usable set: the source failed or answered something unusable."""
+        self.unknown_kid_refreshes = 0
+        """Fetches started because a token named a kid the set held did not have."""
         subscribe = getattr(source, "subscribe", None)
         if callable(subscribe):
             subscribe(self._pushed)
@@ -703,7 +708,7 @@ class JwksCache:
         """After waiting (or declining to wait) for a fetch: the key for ``kid`` if the set now
         has it; else None, and the kid is remembered as unknown for one cooldown."""
         if self._fetched_at is None:
-            raise TemporarilyUnavailable("the issuer's keys are unreachable and none are cached")
+            raise Unavailable(KEYS_UNAVAILABLE, "the issuer's keys are unreachable and none are cached")
         current = self._set
         key = current.keys.get(kid)
         if key is not None:
@@ -722,6 +727,8 @@ class JwksCache:
             if self._inflight is None:
                 if self._attempted_at is not None and now - self._attempted_at < self.cooldown:
                     return None
+                if self._fetched_at is not None:  # else the very first fetch, for any kid
+                    self.unknown_kid_refreshes += 1
                 self._launch(now)
             # before the first set arrives no request can succeed without it: all may wait
             if self._fetched_at is not None and self._inflight_waiters >= self.max_waiters:
@@ -774,6 +781,8 @@ class JwksCache:
         finally:
             with self._lock:
                 self._inflight = None
+                if not ok:
+                    self.fetch_failures += 1
             future.set_result(ok)
 
     def _fetch(self, started: float, pushes: int) -> bool:

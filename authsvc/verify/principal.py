@@ -19,10 +19,11 @@ import contextvars
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 
-from authsvc.core.errors import InvalidRequest, InvalidToken, OAuthError, TemporarilyUnavailable
+from authsvc.core.errors import InvalidRequest, InvalidToken, OAuthError
 from authsvc.logsafe import loggable
 from authsvc.verify.binding import DeferBinding
 from authsvc.verify.jwks import WouldBlock
+from authsvc.verify.outcomes import KEYS_UNAVAILABLE, UNKNOWN_KID, Refused, Unavailable, outcome_of
 from authsvc.verify.verifier import MAX_TOKEN_BYTES, Principal, TokenVerifier
 
 __all__ = [
@@ -181,6 +182,11 @@ async def verify_on_event_loop(
         return verify_token(verifier, token, block=False, where=where, peer_certificate=peer_certificate)
     except WouldBlock as exc:
         # the fetch waited for did not bring the kid, and another one started: never wait twice
-        if verifier.keys.has_keys:
-            raise InvalidToken("the token is signed with an unknown key") from exc
-        raise TemporarilyUnavailable("the issuer's keys are unreachable and none are cached") from exc
+        refusal: OAuthError = (
+            Refused(UNKNOWN_KID, "the token is signed with an unknown key")
+            if verifier.keys.has_keys
+            else Unavailable(KEYS_UNAVAILABLE, "the issuer's keys are unreachable and none are cached")
+        )
+        if verifier.metrics is not None:  # decided here, not by the verifier: counted here
+            verifier.metrics.refused(outcome_of(refusal), False)
+        raise refusal from exc

@@ -40,7 +40,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
-from authsvc.core.errors import InvalidToken, TemporarilyUnavailable
 from authsvc.core.ports import Clock, SystemClock
 from authsvc.core.revocation import Revocation, RevocationSet
 from authsvc.logsafe import loggable
@@ -52,6 +51,7 @@ from authsvc.verify.jwks import (
     checked_url,
     read_capped,
 )
+from authsvc.verify.outcomes import REVOCATIONS_UNAVAILABLE, REVOKED, Refused, Unavailable
 
 if TYPE_CHECKING:
     import grpc
@@ -161,6 +161,13 @@ class RevocationCache:
         return self._down_since
 
     @property
+    def seconds_behind(self) -> float:
+        """Seconds since the list was last known current: 0 while its source works, else since it
+        stopped working (or since creation, before the first snapshot)."""
+        down = self._down_since
+        return 0.0 if down is None else max(0.0, self._monotonic() - down)
+
+    @property
     def stale(self) -> bool:
         """True when no stream has worked for more than ``max_staleness`` seconds: the list may
         lack the newest revocations."""
@@ -177,7 +184,7 @@ class RevocationCache:
         if now >= self._next_expiry:
             current = self._drop_expired(now)
         if current.refuses(jti=jti, client_id=client_id, issued_at=issued_at):
-            raise InvalidToken(REVOKED_MESSAGE)
+            raise Refused(REVOKED, REVOKED_MESSAGE)
         if self._down_since is not None and (self.fail_closed or not self._stale_logged):
             self._check_staleness()
 
@@ -193,7 +200,7 @@ class RevocationCache:
                 else "verifying without the newest revocations (fail open)",
             )
         if self.fail_closed and (stale or not self._has_list):
-            raise TemporarilyUnavailable("the revocation list is unavailable")
+            raise Unavailable(REVOCATIONS_UNAVAILABLE, "the revocation list is unavailable")
 
     # -- what the source feeds -------------------------------------------------------------------
 

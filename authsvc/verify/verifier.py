@@ -41,13 +41,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from authsvc.core.errors import InsufficientScope, InvalidScope, InvalidToken
+from authsvc.core.errors import InsufficientScope, InvalidScope
 from authsvc.core.keys import ALGORITHM
 from authsvc.core.ports import Clock, SystemClock
 from authsvc.core.scopes import parse_scope
+from authsvc.verify import outcomes as o
 from authsvc.verify.binding import DeferBinding, bound_thumbprint, check_binding
 from authsvc.verify.jose import b64url_decode_strict, split_compact, strict_json_object
-from authsvc.verify.jwks import JwksCache, JwksSource
+from authsvc.verify.jwks import JwksCache, JwksSource, WouldBlock
+from authsvc.verify.outcomes import Refused, VerifierMetrics, outcome_of
 from authsvc.verify.revocations import RevocationCache
 
 __all__ = ["ACCEPTED_TYPS", "ANY_AUDIENCE", "MAX_TOKEN_BYTES", "AnyAudience", "Principal", "TokenVerifier"]
@@ -83,23 +85,23 @@ def _check_header(header_b64: str) -> str:
     """The kid of an acceptable header segment; raises InvalidToken otherwise."""
     header = strict_json_object(b64url_decode_strict(header_b64))
     if not set(header) <= _HEADER_MEMBERS:
-        raise InvalidToken("the token's header has members other than alg, kid and typ")
+        raise Refused(o.MALFORMED, "the token's header has members other than alg, kid and typ")
     if header.get("alg") != ALGORITHM:
-        raise InvalidToken("the token is not signed with RS256")
+        raise Refused(o.WRONG_ALGORITHM, "the token is not signed with RS256")
     typ = header.get("typ")
     # RFC 7515 §4.1.9: media types compare case-insensitively, "application/" may be omitted
     if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYPS:
-        raise InvalidToken("the token is not an at+jwt access token")
+        raise Refused(o.WRONG_TYPE, "the token is not an at+jwt access token")
     kid = header.get("kid")
     if not isinstance(kid, str) or not 0 < len(kid) <= 128:
-        raise InvalidToken("the token's kid is missing or malformed")
+        raise Refused(o.MALFORMED, "the token's kid is missing or malformed")
     return kid
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float:
     value = claims.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidToken(f"the token's {name} claim is missing or not a number")
+        raise Refused(o.INVALID_CLAIMS, f"the token's {name} claim is missing or not a number")
     return float(value)
 
 
@@ -132,6 +134,11 @@ class TokenVerifier:
     :class:`~authsvc.verify.revocations.GrpcRevocationSource`): a token it refuses is
     InvalidToken ("the token has been revoked"); its staleness policy (fail open or closed) is
     the cache's. Without it, a revoked token is accepted until it expires.
+
+    ``metrics`` (settable later, before serving) counts each verification once, by outcome
+    (:mod:`authsvc.verify.outcomes`), and whether the verified-token cache answered; a
+    verification that must wait for a key fetch (:class:`~authsvc.verify.jwks.WouldBlock`) is
+    counted when it is asked again.
     """
 
     def __init__(
@@ -145,6 +152,7 @@ class TokenVerifier:
         cache_size: int = 10_000,
         clock: Clock | None = None,
         revocations: RevocationCache | None = None,
+        metrics: VerifierMetrics | None = None,
     ) -> None:
         if not issuer or not audience:
             raise ValueError("issuer and audience are required")
@@ -155,6 +163,7 @@ class TokenVerifier:
         self.keys = jwks if isinstance(jwks, JwksCache) else JwksCache(jwks)
         self.leeway = leeway
         self.revocations = revocations
+        self.metrics = metrics
         self.max_lifetime = max_lifetime
         self._clock = clock or SystemClock()
         self._cache_size = cache_size
@@ -183,16 +192,40 @@ class TokenVerifier:
         With ``block=False`` it never waits on the network: where the key set must be fetched
         first it raises :class:`~authsvc.verify.jwks.WouldBlock`, whose ``future`` an event loop
         awaits before it calls again."""
-        if len(token) > MAX_TOKEN_BYTES:
-            raise InvalidToken(f"the token is longer than {MAX_TOKEN_BYTES} bytes")
-        now = self._clock.now()
-        digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-        hit = self._verified.get(digest)
-        if hit is not None and now < hit[0] and hit[1] == self.keys.epoch:
-            if self.revocations is not None:
-                self._check_revoked(self.revocations, hit[2])
-            _check_bound(hit[2], peer_certificate)
-            return hit[2]
+        metrics = self.metrics
+        cached = False
+        try:
+            if len(token) > MAX_TOKEN_BYTES:
+                raise Refused(o.MALFORMED, f"the token is longer than {MAX_TOKEN_BYTES} bytes")
+            now = self._clock.now()
+            digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+            hit = self._verified.get(digest)
+            if hit is not None and now < hit[0] and hit[1] == self.keys.epoch:
+                cached = True
+                if self.revocations is not None:
+                    self._check_revoked(self.revocations, hit[2])
+                _check_bound(hit[2], peer_certificate)
+                principal = hit[2]
+            else:
+                principal = self._verify_and_remember(token, digest, now, block, peer_certificate)
+        except WouldBlock:
+            raise  # not decided yet: counted when it is asked again
+        except Exception as exc:
+            if metrics is not None:
+                metrics.refused(outcome_of(exc), cached)
+            raise
+        if metrics is not None:
+            metrics.accepted(cached)
+        return principal
+
+    def _verify_and_remember(
+        self,
+        token: str,
+        digest: bytes,
+        now: float,
+        block: bool,
+        peer_certificate: bytes | DeferBinding | None,
+    ) -> Principal:
         principal, epoch = self._verify_fully(token, now, block)
         if self.revocations is not None:
             self._check_revoked(self.revocations, principal)
@@ -217,7 +250,7 @@ class TokenVerifier:
 
     def _verify_fully(self, token: str, now: float, block: bool) -> tuple[Principal, int]:
         if not token.isascii():
-            raise InvalidToken("the token is not ASCII")
+            raise Refused(o.MALFORMED, "the token is not ASCII")
         header_b64, payload_b64, signature_b64 = split_compact(token)
         kid = self._headers.get(header_b64)
         if kid is None:
@@ -231,47 +264,47 @@ class TokenVerifier:
 
         found = self.keys.find(kid, block=block)
         if found is None:
-            raise InvalidToken("the token is signed with an unknown key")
+            raise Refused(o.UNKNOWN_KID, "the token is signed with an unknown key")
         key, epoch = found
         if len(signature) != (key.key_size + 7) // 8:
-            raise InvalidToken("the token's signature has the wrong length")
+            raise Refused(o.BAD_SIGNATURE, "the token's signature has the wrong length")
         try:
             key.verify(
                 signature, f"{header_b64}.{payload_b64}".encode("ascii"), padding.PKCS1v15(), hashes.SHA256()
             )
         except InvalidSignature as exc:
-            raise InvalidToken("the token's signature is invalid") from exc
+            raise Refused(o.BAD_SIGNATURE, "the token's signature is invalid") from exc
         return principal, epoch
 
     def _check_claims(self, claims: Mapping[str, Any], now: float) -> Principal:
         if claims.get("iss") != self.issuer:
-            raise InvalidToken("the token is from another issuer")
+            raise Refused(o.WRONG_ISSUER, "the token is from another issuer")
         aud = claims.get("aud")
         audiences = (aud,) if isinstance(aud, str) else tuple(aud) if isinstance(aud, list) else None
         if not audiences or not all(isinstance(a, str) for a in audiences):
-            raise InvalidToken("the token's aud claim is missing or malformed")
+            raise Refused(o.INVALID_CLAIMS, "the token's aud claim is missing or malformed")
         if self.audience is not ANY_AUDIENCE and self.audience not in audiences:
-            raise InvalidToken("the token is meant for another audience")
+            raise Refused(o.WRONG_AUDIENCE, "the token is meant for another audience")
         exp, iat, nbf = (_number(claims, name) for name in _TIME_CLAIMS)
         if now >= exp + self.leeway:
-            raise InvalidToken("the token has expired")
+            raise Refused(o.EXPIRED, "the token has expired")
         if nbf > now + self.leeway:
-            raise InvalidToken("the token is not valid yet")
+            raise Refused(o.NOT_YET_VALID, "the token is not valid yet")
         if iat > now + self.leeway:
-            raise InvalidToken("the token was issued in the future")
+            raise Refused(o.NOT_YET_VALID, "the token was issued in the future")
         if exp - iat > self.max_lifetime or exp < iat:
-            raise InvalidToken("the token's lifetime is too long")
+            raise Refused(o.LIFETIME_TOO_LONG, "the token's lifetime is too long")
         for name in _STRING_CLAIMS:
             value = claims.get(name)
             if not isinstance(value, str) or not value:
-                raise InvalidToken(f"the token's {name} claim is missing or empty")
+                raise Refused(o.INVALID_CLAIMS, f"the token's {name} claim is missing or empty")
         scope = claims.get("scope")
         if not isinstance(scope, str):
-            raise InvalidToken("the token's scope claim is missing")
+            raise Refused(o.INVALID_CLAIMS, "the token's scope claim is missing")
         try:
             scopes = frozenset(parse_scope(scope))
         except InvalidScope as exc:
-            raise InvalidToken("the token's scope claim is malformed") from exc
+            raise Refused(o.INVALID_CLAIMS, "the token's scope claim is malformed") from exc
         thumbprint = bound_thumbprint(claims)
         return Principal(
             client_id=claims["client_id"],
