@@ -232,7 +232,7 @@ def test_create_private_key_jwt_with_a_jwks_uri(data_dir: Path) -> None:
     )
 
 
-def test_create_tls_client_auth_stores_the_name_and_says_it_cannot_authenticate_yet(data_dir: Path) -> None:
+def test_create_tls_client_auth_stores_the_name_and_says_where_it_authenticates(data_dir: Path) -> None:
     out = authsvc(
         "clients", "create", "--client-id", "tls", "--scope", "a", "--audience", "b",
         "--auth-method", "tls_client_auth", "--tls-subject-dn", "CN=shop,O=Example",
@@ -245,7 +245,7 @@ def test_create_tls_client_auth_stores_the_name_and_says_it_cannot_authenticate_
         "CN=shop,O=Example",
         None,
     )
-    assert "invalid_client" in out.stderr and "mutual-TLS" in out.stderr
+    assert "mutual-TLS listener" in out.stderr and "--mtls-listen" in out.stderr
 
 
 def test_the_default_method_is_client_secret_basic_and_post_can_be_chosen(data_dir: Path) -> None:
