@@ -22,7 +22,9 @@ limit, ``limit`` being ``client``, ``peer`` or ``failed_auth`` (never the client
 from __future__ import annotations
 
 import asyncio
+import bisect
 import inspect
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
@@ -32,9 +34,10 @@ import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client import values as _values
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from authsvc.core import errors as _errors
 from authsvc.verify import outcomes as _outcomes
@@ -94,30 +97,48 @@ def grpc_code_name(code: object) -> str:
     return _GO_CODES.get(code, "Unknown") if isinstance(code, grpc.StatusCode) else "Unknown"
 
 
-class GrpcMetrics:
-    """The go-grpc-prometheus server metrics, registered in ``registry``."""
+_GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
+_STARTED_HELP = "Total number of RPCs started on the server."
+_HANDLED_HELP = "Total number of RPCs completed on the server, regardless of success or failure."
+_SECONDS_HELP = (
+    "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server."
+)
+_BOUNDS = Histogram.DEFAULT_BUCKETS  # ends with +Inf
+_BOUND_LABELS = tuple(floatToGoString(b) for b in _BOUNDS)  # type: ignore[no-untyped-call]
 
-    def __init__(self, registry: CollectorRegistry) -> None:
-        labels = ("grpc_type", "grpc_service", "grpc_method")
-        self.started = Counter(
-            "grpc_server_started_total",
-            "Total number of RPCs started on the server.",
-            labels,
-            registry=registry,
-        )
+
+class GrpcMetrics:
+    """The go-grpc-prometheus server metrics, registered in ``registry``.
+
+    ``local`` (one process, every call on one event loop, as in a ``grpc.aio`` server): each method
+    counts in plain numbers that a collector reads at scrape time, on the same loop; a call then
+    costs a few additions instead of four locked prometheus_client updates and their wrappers (see
+    ``tests/bench/bench_metrics.py``). Otherwise (``--workers N``) prometheus_client's own counters
+    and histogram, which its multiprocess mode writes to the shared files."""
+
+    def __init__(self, registry: CollectorRegistry, *, local: bool = False) -> None:
+        self.local = local
+        self._local_methods: list[_LocalMethod] = []
+        if local:
+            registry.register(_LocalGrpcCollector(self._local_methods))
+            return
+        self.started = Counter("grpc_server_started_total", _STARTED_HELP, _GRPC_LABELS, registry=registry)
         self.handled = Counter(
-            "grpc_server_handled_total",
-            "Total number of RPCs completed on the server, regardless of success or failure.",
-            (*labels, "grpc_code"),
-            registry=registry,
+            "grpc_server_handled_total", _HANDLED_HELP, (*_GRPC_LABELS, "grpc_code"), registry=registry
         )
         self.handling_seconds = Histogram(
-            "grpc_server_handling_seconds",
-            "Histogram of response latency (seconds) of gRPC that had been application-level "
-            "handled by the server.",
-            labels,
-            registry=registry,
+            "grpc_server_handling_seconds", _SECONDS_HELP, _GRPC_LABELS, registry=registry
         )
+
+    def method(self, rpc_type: str, full_method: str) -> _LocalMethod | _SharedMethod:
+        """What one registered method counts into (resolved once per method)."""
+        service, _, name = full_method.lstrip("/").rpartition("/")
+        labels = (rpc_type, service, name)
+        if self.local:
+            method = _LocalMethod(labels)
+            self._local_methods.append(method)
+            return method
+        return _SharedMethod(self, labels)
 
 
 def _rpc_type(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
@@ -126,17 +147,16 @@ def _rpc_type(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
     return "server_stream" if handler.response_streaming else "unary"
 
 
-class _Method:
-    """The label children of one registered method, resolved once."""
+class _SharedMethod:
+    """The prometheus_client label children of one registered method, resolved once."""
 
-    __slots__ = ("handled", "labels", "metrics", "seconds", "started")
+    __slots__ = ("handled", "labels", "metrics", "seconds", "start")
 
-    def __init__(self, metrics: GrpcMetrics, rpc_type: str, full_method: str) -> None:
-        service, _, method = full_method.lstrip("/").rpartition("/")
+    def __init__(self, metrics: GrpcMetrics, labels: tuple[str, str, str]) -> None:
         self.metrics = metrics
-        self.labels = (rpc_type, service, method)
-        self.started = metrics.started.labels(*self.labels)
-        self.seconds = metrics.handling_seconds.labels(*self.labels)
+        self.labels = labels
+        self.start: Callable[[], None] = metrics.started.labels(*labels).inc
+        self.seconds = metrics.handling_seconds.labels(*labels)
         self.handled: dict[str, Any] = {}
 
     def done(self, code: str, started: float) -> None:
@@ -145,6 +165,52 @@ class _Method:
             child = self.handled[code] = self.metrics.handled.labels(*self.labels, code)
         child.inc()
         self.seconds.observe(time.perf_counter() - started)
+
+
+class _LocalMethod:
+    """One registered method's counts in plain numbers, changed and read on one event loop only."""
+
+    __slots__ = ("buckets", "handled", "labels", "started", "sum")
+
+    def __init__(self, labels: tuple[str, str, str]) -> None:
+        self.labels = labels
+        self.started = 0
+        self.handled: dict[str, int] = {}
+        self.buckets = [0] * len(_BOUNDS)  # observations in (previous bound, bound]
+        self.sum = 0.0
+
+    def start(self) -> None:
+        self.started += 1
+
+    def done(self, code: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        handled = self.handled
+        handled[code] = handled.get(code, 0) + 1
+        self.sum += elapsed
+        self.buckets[bisect.bisect_left(_BOUNDS, elapsed)] += 1
+
+
+class _LocalGrpcCollector:
+    """The go-grpc-prometheus families of :class:`_LocalMethod` counts, at scrape time."""
+
+    def __init__(self, methods: list[_LocalMethod]) -> None:
+        self._methods = methods
+
+    def collect(self) -> Iterator[Metric]:
+        started = CounterMetricFamily("grpc_server_started", _STARTED_HELP, labels=_GRPC_LABELS)
+        handled = CounterMetricFamily(
+            "grpc_server_handled", _HANDLED_HELP, labels=(*_GRPC_LABELS, "grpc_code")
+        )
+        seconds = HistogramMetricFamily("grpc_server_handling_seconds", _SECONDS_HELP, labels=_GRPC_LABELS)
+        for method in list(self._methods):
+            started.add_metric(method.labels, method.started)
+            for code, count in list(method.handled.items()):
+                handled.add_metric((*method.labels, code), count)
+            cumulative = itertools.accumulate(method.buckets)
+            seconds.add_metric(method.labels, list(zip(_BOUND_LABELS, cumulative, strict=True)), method.sum)
+        yield started
+        yield handled
+        yield seconds
 
 
 def _outcome(context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | None) -> str:
@@ -169,7 +235,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, metrics: GrpcMetrics) -> None:
         self._metrics = metrics
-        self._methods: dict[tuple[str, str], _Method] = {}
+        self._methods: dict[tuple[str, str], _LocalMethod | _SharedMethod] = {}
         # the handler each method got last, and its wrapper: reused while continuation returns the
         # same handler (the registered one, or what a caching interceptor after this one made of it)
         self._wrapped: dict[str, tuple[object, grpc.RpcMethodHandler[Any, Any]]] = {}
@@ -190,13 +256,15 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         key = (rpc_type, name)
         method = self._methods.get(key)
         if method is None:  # only registered methods get here: a bounded set
-            method = self._methods[key] = _Method(self._metrics, rpc_type, name)
+            method = self._methods[key] = self._metrics.method(rpc_type, name)
         wrapped = _wrap(handler, method)
         self._wrapped[name] = (handler, wrapped)  # registered methods only: bounded too
         return wrapped
 
 
-def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: _Method) -> grpc.RpcMethodHandler[Any, Any]:
+def _wrap(
+    handler: grpc.RpcMethodHandler[Any, Any], method: _LocalMethod | _SharedMethod
+) -> grpc.RpcMethodHandler[Any, Any]:
     deserialize, serialize = handler.request_deserializer, handler.response_serializer
     if handler.response_streaming:
         inner_stream: Callable[..., Any] = (
@@ -204,7 +272,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: _Method) -> grpc.Rpc
         )
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-            method.started.inc()
+            method.start()
             started = time.perf_counter()
             failure: BaseException | None = None
             try:
@@ -235,7 +303,7 @@ def _wrap(handler: grpc.RpcMethodHandler[Any, Any], method: _Method) -> grpc.Rpc
     )
 
     async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        method.started.inc()
+        method.start()
         started = time.perf_counter()
         failure: BaseException | None = None
         try:
@@ -338,7 +406,8 @@ class ServerMetrics:
                 )
             self.exposed = CollectorRegistry(auto_describe=False)
             MultiProcessCollector(self.exposed, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
-        self.grpc = GrpcMetrics(self.registry)
+        # one process, one loop: plain numbers; the group's shared files need prometheus_client's own
+        self.grpc = GrpcMetrics(self.registry, local=multiprocess_dir is None)
         self.interceptor = MetricsInterceptor(self.grpc)
         self._http: HttpMetrics | None = None
 

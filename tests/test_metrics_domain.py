@@ -17,7 +17,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
+from authsvc.metrics import GrpcMetrics
 from authsvc.server.app import RunningServer, open_authority, start_server
 from authsvc.verify import GrpcJwksSource, GrpcRevocationSource, JwksCache, RevocationCache, TokenVerifier
 from payments_svc.app import PaymentsConfig, RunningPayments
@@ -313,3 +315,36 @@ def test_payments_http_requests_are_counted_by_route_template(gateway: Gateway) 
     assert moved("/api/v1/payments/{transaction_id}", "401") == 1
     assert moved("unmatched", "404") == 1
     assert_no_id_labels(after, ids={"txn_0123456789abcdef", "txn_fedcba9876543210", CLIENT_ID, "refunds"})
+
+
+# -- the gRPC metrics of one process: plain numbers, the same exposition ------------------------
+
+
+def test_local_grpc_histogram_matches_prometheus_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A one-process server counts gRPC calls in plain numbers (no locks on the hot path); what it
+    exposes must be what prometheus_client's own Histogram and Counters expose for the same calls,
+    bucket boundaries included."""
+    observations = [0.0, 0.004, 0.005, 0.0051, 0.3, 1.0, 10.0, 25.0]
+    local, shared = CollectorRegistry(), CollectorRegistry()
+    local_method = GrpcMetrics(local, local=True).method("unary", "/pkg.Service/Call")
+    shared_method = GrpcMetrics(shared).method("unary", "/pkg.Service/Call")
+    for elapsed in observations:
+        monkeypatch.setattr(time, "perf_counter", lambda e=elapsed: e)  # what authsvc.metrics reads
+        for method in (local_method, shared_method):
+            method.start()
+            method.done("OK" if elapsed < 1 else "Unavailable", 0.0)
+    monkeypatch.undo()
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in registry.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    ours, theirs = samples(local), samples(shared)
+    assert ours == theirs
+    labels = {"grpc_type": "unary", "grpc_service": "pkg.Service", "grpc_method": "Call"}
+    assert ours[("grpc_server_handling_seconds_bucket", frozenset({**labels, "le": "0.005"}.items()))] == 3
+    assert ours[("grpc_server_handled_total", frozenset({**labels, "grpc_code": "Unavailable"}.items()))] == 3
