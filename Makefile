@@ -62,6 +62,8 @@ bench: $(STAMP)
 	$(PY) tests/bench/bench_interceptor.py
 	$(PY) tests/bench/bench_metrics.py
 	$(PY) tests/bench/bench_store.py
+	$(PY) tests/bench/bench_scale.py
+	$(PY) tests/bench/bench_client_auth.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

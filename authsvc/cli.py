@@ -21,15 +21,20 @@ from authsvc import __version__
 from authsvc.authority import Authority, KeyInfo, open_authority
 from authsvc.authority.clients import MAX_SECRET_GRACE
 from authsvc.authority.deployment import DB_FILE, DEV_KEK_FILE, uses_dev_kek
-from authsvc.core.clients import DEFAULT_TOKEN_TTL, Client
+from authsvc.authority.ratelimit import DEFAULT_FAILED_AUTH_LIMIT_TEXT, DEFAULT_REDIS_PREFIX
+from authsvc.core.client_assertion import DEFAULT_ASSERTION_MAX_LIFETIME
+from authsvc.core.client_keys import MAX_JWKS_BYTES, SUPPORTED_ALGS
+from authsvc.core.clients import DEFAULT_TOKEN_TTL, AuthRegistration, Client, ClientAuthMethod
 from authsvc.core.errors import ConfigurationError, OAuthError
 from authsvc.core.keys import KeyEncryptionKey
 from authsvc.core.lifecycle import DEFAULT_JWKS_MAX_AGE, DEFAULT_KEY_PUBLISH_DELAY
 from authsvc.core.ports import SystemClock, SystemRandom
+from authsvc.core.ratelimit import RateLimit, parse_rate_limit
 from authsvc.core.scopes import parse_scope
 from authsvc.listen import (
     CommandParser,
     add_connection_limit_flags,
+    check_client_ca,
     check_data_dir,
     check_readable_file,
     connection_limits_from,
@@ -102,6 +107,87 @@ def _add_limit_flags(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> 
         )
 
 
+def _add_assertion_flags(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """private_key_jwt clients (RFC 7523): their assertions and where their keys are fetched."""
+    serve.add_argument(
+        "--client-assertion-max-lifetime",
+        type=positive(int),
+        default=env.get("AUTHSVC_CLIENT_ASSERTION_MAX_LIFETIME") or str(DEFAULT_ASSERTION_MAX_LIFETIME),
+        metavar="SECONDS",
+        help="how far ahead a private_key_jwt assertion's exp may be (10 to 3600; Authlib signs for 3600 "
+        "unless told otherwise) [env AUTHSVC_CLIENT_ASSERTION_MAX_LIFETIME; default "
+        f"{DEFAULT_ASSERTION_MAX_LIFETIME}]",
+    )
+    serve.add_argument(
+        "--accept-token-endpoint-audience",
+        action="store_true",
+        default=_env_bool(env.get("AUTHSVC_ACCEPT_TOKEN_ENDPOINT_AUDIENCE")),
+        help="also accept assertions whose aud is the token endpoint URL (ISSUER/oauth2/token), as many "
+        "client libraries send; off, only the issuer is, as draft-ietf-oauth-rfc7523bis requires "
+        "[env AUTHSVC_ACCEPT_TOKEN_ENDPOINT_AUDIENCE=1]",
+    )
+    serve.add_argument(
+        "--client-jwks-allow-internal",
+        action="store_true",
+        default=_env_bool(env.get("AUTHSVC_CLIENT_JWKS_ALLOW_INTERNAL")),
+        help="let clients' --jwks-uri hosts resolve to loopback, private or link-local addresses (off: the "
+        "server fetches client keys from public addresses only) [env AUTHSVC_CLIENT_JWKS_ALLOW_INTERNAL=1]",
+    )
+    serve.add_argument(
+        "--client-jwks-ca-file",
+        type=Path,
+        default=env.get("AUTHSVC_CLIENT_JWKS_CA_FILE") or None,
+        metavar="FILE",
+        help="PEM CA bundle to check clients' jwks_uri servers against [env AUTHSVC_CLIENT_JWKS_CA_FILE; "
+        "default: the system's trust store]",
+    )
+
+
+def _rate_limit(text: str) -> RateLimit | None:
+    try:
+        return parse_rate_limit(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_rate_limit.__name__ = "rate limit"  # argparse names the type in its messages
+
+
+def _add_rate_limit_flags(serve: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """The rate limits (README "Rate limits") and the Redis that shares them across replicas."""
+    failed_default = DEFAULT_FAILED_AUTH_LIMIT_TEXT
+    for flag, var, default, text in (
+        ("--client-rate-limit", "AUTHSVC_CLIENT_RATE_LIMIT", "off",
+         "requests per authenticated client, e.g. 100/s or 600/m,burst=50; more get RESOURCE_EXHAUSTED "
+         "(HTTP 429) with a retry delay"),
+        ("--peer-rate-limit", "AUTHSVC_PEER_RATE_LIMIT", "off",
+         "requests per source address (an IPv6 /64), counted before authentication"),
+        ("--failed-auth-limit", "AUTHSVC_FAILED_AUTH_LIMIT", failed_default,
+         "failed client authentications per (client id, source address); past it that pair is "
+         "refused without its secret being checked"),
+    ):  # fmt: skip
+        serve.add_argument(
+            flag,
+            type=_rate_limit,
+            default=env.get(var) or default,
+            metavar="RATE/UNIT[,burst=N]|off",
+            help=f"{text} [env {var}; default {default}]",
+        )
+    serve.add_argument(
+        "--redis-url",
+        default=env.get("AUTHSVC_REDIS_URL") or None,
+        help="redis://HOST:PORT/DB (rediss:// for TLS) to share the rate-limit buckets across replicas; "
+        "while it does not answer each process limits on its own [env AUTHSVC_REDIS_URL; default: "
+        "per process]",
+    )
+    serve.add_argument(
+        "--redis-key-prefix",
+        default=env.get("AUTHSVC_REDIS_KEY_PREFIX") or DEFAULT_REDIS_PREFIX,
+        help="prefix of the rate-limit keys in Redis, to keep deployments sharing one Redis apart "
+        f"[env AUTHSVC_REDIS_KEY_PREFIX; default {DEFAULT_REDIS_PREFIX}]",
+    )
+
+
 def _add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", choices=["table", "json"], default="table", help="output format")
 
@@ -156,6 +242,33 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="PEM private key for TLS [env AUTHSVC_TLS_KEY]",
     )
     serve.add_argument(
+        "--mtls-listen",
+        default=env.get("AUTHSVC_MTLS_LISTEN") or None,
+        help="HOST:PORT for a second gRPC port that requires a client certificate issued by --client-ca "
+        "(RFC 8705 mutual TLS): tokens issued there are bound to the certificate (cnf.x5t#S256); needs "
+        "--tls-cert/--tls-key [env AUTHSVC_MTLS_LISTEN; default off]",
+    )
+    serve.add_argument(
+        "--mtls-http-listen",
+        default=env.get("AUTHSVC_MTLS_HTTP_LISTEN") or None,
+        help="HOST:PORT for the OAuth HTTP endpoints over mutual TLS (a client certificate issued by "
+        "--client-ca required), named in the metadata's mtls_endpoint_aliases "
+        "[env AUTHSVC_MTLS_HTTP_LISTEN; default off]",
+    )
+    serve.add_argument(
+        "--client-ca",
+        type=Path,
+        default=env.get("AUTHSVC_CLIENT_CA") or None,
+        help="PEM file of the CA certificate(s) whose client certificates the mutual-TLS listeners "
+        "accept [env AUTHSVC_CLIENT_CA]",
+    )
+    serve.add_argument(
+        "--mtls-base-url",
+        default=env.get("AUTHSVC_MTLS_BASE_URL") or None,
+        help="the public https:// origin at which --mtls-http-listen is reached, for "
+        "mtls_endpoint_aliases [env AUTHSVC_MTLS_BASE_URL; default: the issuer's host, that port]",
+    )
+    serve.add_argument(
         "--insecure",
         action="store_true",
         default=_env_bool(env.get("AUTHSVC_INSECURE")),
@@ -204,6 +317,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="seconds in-flight calls get at shutdown [env AUTHSVC_GRACE_PERIOD; default 5]",
     )
     _add_limit_flags(serve, env)
+    _add_assertion_flags(serve, env)
+    _add_rate_limit_flags(serve, env)
     serve.add_argument(
         "--log-level",
         default=env.get("AUTHSVC_LOG_LEVEL", "INFO"),
@@ -240,6 +355,46 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_TOKEN_TTL,
         help=f"access-token lifetime in seconds (default {DEFAULT_TOKEN_TTL})",
+    )
+    create.add_argument(
+        "--auth-method",
+        choices=[m.value for m in ClientAuthMethod],
+        default=ClientAuthMethod.CLIENT_SECRET_BASIC.value,
+        help="how the client authenticates at the token endpoint, the one way it may: a generated secret "
+        "(client_secret_basic, which also accepts client_secret_post; or client_secret_post), a JWT signed "
+        "with its own key (private_key_jwt, RFC 7523: give --jwks-file or --jwks-uri), or its TLS "
+        "certificate (tls_client_auth, RFC 8705: give --tls-san-dns or --tls-subject-dn) "
+        "(default client_secret_basic)",
+    )
+    create.add_argument(
+        "--jwks-file",
+        type=Path,
+        metavar="FILE",
+        help="private_key_jwt: the client's public keys, a JWK Set (RSA of 2048 bits or more, or EC P-256; "
+        "each with a kid; no private parts)",
+    )
+    create.add_argument(
+        "--jwks-uri",
+        metavar="URL",
+        help="private_key_jwt: the https:// URL where the client publishes its JWK Set; fetched and cached "
+        "by the server, so the client rotates its keys without re-registering",
+    )
+    create.add_argument(
+        "--signing-alg",
+        action="append",
+        choices=list(SUPPORTED_ALGS),
+        help="private_key_jwt: an algorithm the client signs its assertions with; repeat for several "
+        "(default RS256)",
+    )
+    create.add_argument(
+        "--tls-san-dns",
+        metavar="NAME",
+        help="tls_client_auth: the DNS name (SAN) of the client's certificate",
+    )
+    create.add_argument(
+        "--tls-subject-dn",
+        metavar="DN",
+        help="tls_client_auth: the subject of the client's certificate, e.g. CN=shop,O=Example (RFC 4514)",
     )
     for name, helptext, description in [
         ("list", "list clients", None),
@@ -348,14 +503,40 @@ def _ts(value: int | None) -> str:
     return "-" if value is None else datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_AUTH_FIELDS = {
+    ClientAuthMethod.PRIVATE_KEY_JWT: ("jwks", "jwks_uri", "signing_algs"),
+    ClientAuthMethod.TLS_CLIENT_AUTH: ("tls_san_dns", "tls_subject_dn"),
+}
+
+
 def _client_dict(c: Client, now: float) -> dict[str, object]:
-    """The client without its hashes; ``previous_secret_accepted`` says if a rotation's grace lasts."""
+    """The client without its hashes; ``previous_secret_accepted`` says if a rotation's grace lasts.
+    The registration data of every method is there (None where it is not the client's): its
+    public keys as the JWK Set itself."""
     d = asdict(c)
     del d["secret_hash"], d["previous_secret_hash"]
+    d["auth_method"] = c.auth_method.value
+    d["jwks"] = None if c.jwks is None else json.loads(c.jwks)
     d["previous_secret_accepted"] = c.previous_secret_valid(now)
     if not d["previous_secret_accepted"]:
         d["previous_secret_expires_at"] = None
     return d
+
+
+def _table_dict(c: Client, d: dict[str, object]) -> dict[str, object]:
+    """What the table shows of ``d``: only the registration data of the client's own method, and
+    its keys by kid and type."""
+    own = _AUTH_FIELDS.get(c.auth_method, ())
+    shown = {
+        k: v for k, v in d.items() if k not in {f for fs in _AUTH_FIELDS.values() for f in fs} or k in own
+    }
+    if "jwks" in shown:
+        keys = json.loads(c.jwks) if c.jwks is not None else None
+        shown["jwks"] = "-" if keys is None else [f"{k.get('kid')}({k.get('kty')})" for k in keys["keys"]]
+    if not c.has_secret:
+        shown.pop("previous_secret_accepted", None)
+        shown.pop("previous_secret_expires_at", None)
+    return {k: "-" if v is None else v for k, v in shown.items()}
 
 
 def _table(rows: list[dict[str, object]], columns: list[str]) -> str:
@@ -416,8 +597,10 @@ def _print_client(
     c: Client, output: str, now: float, secret: str | None = None, extra: Mapping[str, object] | None = None
 ) -> None:
     d = {**_client_dict(c, now), **(extra or {})}
-    if output != "json" and d["previous_secret_expires_at"] is not None:
-        d["previous_secret_expires_at"] = _ts(c.previous_secret_expires_at)
+    if output != "json":
+        if d["previous_secret_expires_at"] is not None:
+            d["previous_secret_expires_at"] = _ts(c.previous_secret_expires_at)
+        d = _table_dict(c, d)
     if secret is not None:
         d = {
             "client_id": c.client_id,
@@ -433,24 +616,59 @@ def _print_client(
         print("\nStore the client secret now: it is not kept and will not be shown again.", file=sys.stderr)
 
 
+def _auth_registration(args: argparse.Namespace) -> AuthRegistration:
+    """The authentication method of ``clients create`` and its data, from the flags."""
+    jwks = None
+    if args.jwks_file is not None:
+        check_readable_file(args.jwks_file, "--jwks-file")
+        if args.jwks_file.stat().st_size > MAX_JWKS_BYTES:
+            raise ConfigurationError(f"--jwks-file {args.jwks_file} is larger than {MAX_JWKS_BYTES} bytes")
+        jwks = args.jwks_file.read_text(encoding="utf-8")
+    return AuthRegistration(
+        method=ClientAuthMethod(args.auth_method),
+        jwks=jwks,
+        jwks_uri=args.jwks_uri,
+        signing_algs=None if args.signing_alg is None else tuple(args.signing_alg),
+        tls_san_dns=args.tls_san_dns,
+        tls_subject_dn=args.tls_subject_dn,
+    )
+
+
 def _clients(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     authority = _authority(args, env)
     now = authority.clock.now()
     if args.action == "create":
-        client, secret = authority.clients.create_client(
+        client, secret = authority.clients.register(
             client_id=args.client_id,
             scopes=list(parse_scope(args.scope)),
             audiences=args.audience,
             token_ttl=args.ttl,
+            auth=_auth_registration(args),
         )
         _print_client(client, args.output, now, secret)
+        if client.auth_method is ClientAuthMethod.TLS_CLIENT_AUTH:
+            print(
+                "\nNote: a tls_client_auth client authenticates only on a mutual-TLS listener "
+                "(authsvc serve --mtls-listen/--mtls-http-listen --client-ca), with its certificate.",
+                file=sys.stderr,
+            )
     elif args.action == "list":
         clients = [_client_dict(c, now) for c in authority.clients.list_clients()]
         if args.output == "json":
             print(json.dumps(clients, indent=2))
         else:
             print(
-                _table(clients, ["client_id", "enabled", "allowed_scopes", "allowed_audiences", "token_ttl"])
+                _table(
+                    clients,
+                    [
+                        "client_id",
+                        "enabled",
+                        "auth_method",
+                        "allowed_scopes",
+                        "allowed_audiences",
+                        "token_ttl",
+                    ],
+                )
             )
     elif args.action == "show":
         _print_client(authority.clients.get_client(args.client_id), args.output, now)
@@ -530,9 +748,15 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from authsvc.server.config import ServeConfig  # noqa: PLC0415
 
     _check_files(args, env)
-    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+    for flag, path in (
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+        ("--client-jwks-ca-file", args.client_jwks_ca_file),
+    ):
         if path is not None:
             check_readable_file(path, flag)
+    if args.client_ca is not None:
+        check_client_ca(args.client_ca)
 
     log_setup = configure_logging(level=args.log_level, log_format=args.log_format)
     config = ServeConfig(
@@ -543,6 +767,10 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         issuer=args.issuer,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        mtls_listen=args.mtls_listen,
+        mtls_http_listen=args.mtls_http_listen,
+        client_ca=args.client_ca,
+        mtls_base_url=args.mtls_base_url,
         insecure=args.insecure,
         kek=env.get("AUTHSVC_KEK") or None,
         kek_file=_kek_files(args, env),
@@ -557,6 +785,15 @@ def _serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         watch_streams_per_peer=args.watch_streams_per_peer,
         watch_streams_total=args.watch_streams_total,
         refusal_log_rate=args.refusal_log_rate,
+        client_assertion_max_lifetime=args.client_assertion_max_lifetime,
+        accept_token_endpoint_audience=args.accept_token_endpoint_audience,
+        client_jwks_allow_internal=args.client_jwks_allow_internal,
+        client_jwks_ca_file=args.client_jwks_ca_file,
+        client_rate_limit=args.client_rate_limit,
+        peer_rate_limit=args.peer_rate_limit,
+        failed_auth_limit=args.failed_auth_limit,
+        redis_url=args.redis_url,
+        redis_key_prefix=args.redis_key_prefix,
     )
     try:
         return run(config, log_format=args.log_format)
@@ -583,7 +820,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
         print(f"authsvc: error: {exc}", file=sys.stderr)
         return 1
     except (OSError, RuntimeError) as exc:  # a listener that cannot start, a file that cannot be read
-        message = startup_failure(exc, grpc_flag="--listen", http_flag="--http-listen")
+        mtls = getattr(args, "mtls_listen", None) or getattr(args, "mtls_http_listen", None)
+        message = startup_failure(
+            exc,
+            grpc_flag="--listen (or --mtls-listen)" if mtls else "--listen",
+            http_flag="--http-listen (or --mtls-http-listen)" if mtls else "--http-listen",
+        )
         if message is None:
             raise
         print(f"authsvc: error: {message}", file=sys.stderr)

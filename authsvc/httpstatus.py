@@ -96,7 +96,7 @@ def _oauth(exc: BaseException) -> ServiceError:
 
 def _retry_after(exc: ServiceError) -> tuple[tuple[str, str], ...]:
     retry_after = getattr(exc, "retry_after", None)
-    if isinstance(retry_after, int | float) and retry_after > 0:
+    if isinstance(retry_after, int | float) and 0 < retry_after < math.inf:
         return (("Retry-After", str(max(1, math.ceil(retry_after)))),)
     return ()
 

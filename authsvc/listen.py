@@ -22,6 +22,7 @@ __all__ = [
     "CommandParser",
     "ConnectionLimits",
     "add_connection_limit_flags",
+    "check_client_ca",
     "check_data_dir",
     "check_listen",
     "check_plaintext",
@@ -32,6 +33,7 @@ __all__ = [
     "positive",
     "split_host_port",
     "startup_failure",
+    "stop_signal",
     "wait_for_stop_signal",
 ]
 
@@ -200,6 +202,37 @@ def check_readable_file(path: Path, flag: str) -> None:
         ) from None
 
 
+def check_client_ca(path: Path, flag: str = "--client-ca") -> bytes:
+    """The PEM bytes of a client-CA file (mutual TLS), after checking that this process can read
+    it and that it holds at least one CA certificate, none of them unparsable; else a
+    ConfigurationError naming ``flag``, on one line. grpc itself would only fail later, at the
+    first handshake or with an opaque error at start-up."""
+    check_readable_file(path, flag)
+    data = path.read_bytes()
+    from cryptography import x509  # noqa: PLC0415 - only the commands that serve need it
+
+    try:
+        certificates = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certificates = []
+    if not certificates:
+        raise ConfigurationError(
+            f"{flag} {path} holds no PEM certificate: give the CA certificate(s) that issue client "
+            "certificates, -----BEGIN CERTIFICATE----- blocks"
+        )
+    for cert in certificates:
+        try:
+            ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            ca = False
+        if not ca:
+            raise ConfigurationError(
+                f"{flag} {path} holds a certificate that is not a CA ({cert.subject.rfc4514_string()}): "
+                "give the CA that issues client certificates, not a client certificate"
+            )
+    return data
+
+
 def check_data_dir(path: Path, flag: str) -> None:
     """ConfigurationError naming ``flag`` unless ``path`` is a writable directory or can be made
     one (its nearest existing ancestor is a writable directory). Creates nothing."""
@@ -268,10 +301,18 @@ def check_plaintext(listen: str, *, tls: bool, insecure: bool) -> None:
         )
 
 
-async def wait_for_stop_signal() -> None:
-    """Return when the process receives SIGTERM or SIGINT (graceful shutdown follows)."""
+def stop_signal() -> asyncio.Event:
+    """An event set when the process receives SIGTERM or SIGINT, the handlers installed now, on
+    the running loop. Call it before start-up: a signal that arrives while the server starts (once
+    it has logged where it listens, a supervisor may send one) then means a graceful shutdown
+    right after, instead of the default action, which kills the process mid-start."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def wait_for_stop_signal() -> None:
+    """Return when the process receives SIGTERM or SIGINT (graceful shutdown follows)."""
+    await stop_signal().wait()

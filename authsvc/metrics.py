@@ -15,6 +15,8 @@ client id, a jti or anything else a caller controls beyond the registered method
 
 Domain metrics (:class:`TokenMetrics`): ``authsvc_tokens_issued_total`` and
 ``authsvc_tokens_refused_total{error}``, the error being the OAuth error code (a bounded set).
+:class:`RateLimitMetrics`: ``authsvc_rate_limited_total{limit}``, requests refused by a rate
+limit, ``limit`` being ``client``, ``peer`` or ``failed_auth`` (never the client or the address).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ __all__ = [
     "KeyStateCollector",
     "KeyStates",
     "MetricsInterceptor",
+    "RateLimitMetrics",
     "RevocationEntries",
     "RevocationListCollector",
     "ServerMetrics",
@@ -357,6 +360,27 @@ class TokenMetrics:
         self._refused.labels(error if error in self._codes else "other").inc()
 
 
+class RateLimitMetrics:
+    """``authsvc_rate_limited_total{limit}``: what :class:`~authsvc.authority.ratelimit.RateLimits`
+    calls for each refusal."""
+
+    LIMITS = ("client", "peer", "failed_auth")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._refused = Counter(
+            "authsvc_rate_limited_total",
+            "Requests refused by a rate limit, by limit (client, peer, failed_auth).",
+            ("limit",),
+            registry=registry,
+        )
+        self._children = {limit: self._refused.labels(limit) for limit in self.LIMITS}  # from zero
+
+    def rate_limited(self, limit: str) -> None:
+        child = self._children.get(limit)  # the limits are the code's own: never a new series
+        if child is not None:
+            child.inc()
+
+
 class ServerMetrics:
     """Everything one server exposes on ``/metrics``: its own registry, the gRPC metrics and the
     interceptor that fills them.
@@ -421,6 +445,9 @@ class ServerMetrics:
     def tokens(self) -> TokenMetrics:
         return TokenMetrics(self.registry)
 
+    def rate_limits(self) -> RateLimitMetrics:
+        return RateLimitMetrics(self.registry)
+
 
 # -- domain metrics: verification, keys, revocation list --------------------------------------
 
@@ -449,7 +476,7 @@ class VerificationMetrics:
         self._refused: dict[tuple[str, bool], Any] = {
             (outcome, False): counter.labels(outcome, "miss") for outcome in _outcomes.REFUSALS
         }
-        for outcome in (_outcomes.REVOKED, _outcomes.REVOCATIONS_UNAVAILABLE):
+        for outcome in (_outcomes.REVOKED, _outcomes.REVOCATIONS_UNAVAILABLE, _outcomes.CERTIFICATE_MISMATCH):
             self._refused[(outcome, True)] = counter.labels(outcome, "hit")
 
     def accepted(self, cached: bool) -> None:
@@ -466,9 +493,9 @@ class VerificationMetrics:
 class JwksCollector:
     """A verifier's key set, computed at scrape time from its
     :class:`~authsvc.verify.jwks.JwksCache` (nothing is updated per call):
-    ``authsvc_jwks_keys``, ``authsvc_jwks_age_seconds`` (since the set was last fetched or pushed;
-    absent before the first), ``authsvc_jwks_fetches_total``, ``authsvc_jwks_fetch_failures_total``
-    and ``authsvc_jwks_unknown_kid_refreshes_total``."""
+    ``authsvc_jwks_keys``, ``authsvc_jwks_age_seconds`` (:attr:`~authsvc.verify.JwksCache.age`: since
+    the set was last known current; absent before the first), ``authsvc_jwks_fetches_total``,
+    ``authsvc_jwks_fetch_failures_total`` and ``authsvc_jwks_unknown_kid_refreshes_total``."""
 
     def __init__(self, cache: JwksCache) -> None:
         self._cache = cache
@@ -476,10 +503,12 @@ class JwksCollector:
     def collect(self) -> Iterator[Metric]:
         cache = self._cache
         yield GaugeMetricFamily("authsvc_jwks_keys", "Keys in the key set held.", len(cache.key_set.keys))
-        age = cache.age
+        age = cache.age()
         if age is not None:
             yield GaugeMetricFamily(
-                "authsvc_jwks_age_seconds", "Seconds since the key set was last fetched or pushed.", age
+                "authsvc_jwks_age_seconds",
+                "Seconds since the key set was last known current (a fetch, a push, an open stream).",
+                age,
             )
         yield CounterMetricFamily("authsvc_jwks_fetches", "Key set fetches started.", cache.fetches)
         yield CounterMetricFamily(

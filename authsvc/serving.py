@@ -43,6 +43,7 @@ __all__ = [
     "describe",
     "management_app",
     "new_server",
+    "peer_certificate",
     "server_ssl_context",
     "serving",
     "start_http",
@@ -135,12 +136,31 @@ def _add_reflection_v1_file(pool: descriptor_pool.DescriptorPool) -> None:
     pool.AddSerializedFile(file.SerializeToString())
 
 
-def bind(server: grpc.aio.Server, listen: str, *, tls_cert: Path | None, tls_key: Path | None) -> int:
+def bind(
+    server: grpc.aio.Server,
+    listen: str,
+    *,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    client_ca: Path | None = None,
+) -> int:
     """Add the listening port (TLS when ``tls_cert`` and ``tls_key`` are given); returns the port
-    bound (useful with port 0)."""
+    bound (useful with port 0).
+
+    With ``client_ca`` the port is mutual TLS: the handshake fails unless the client presents a
+    certificate that chains to ``client_ca``, and the call's ``context.auth_context()`` then holds
+    it (``x509_pem_cert``). grpcio has no middle way: ``require_client_auth=False`` does not even
+    ask the client for a certificate (grpc core's ``GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE``),
+    whatever the roots, so a port either requires certificates or never sees one."""
     if tls_cert is not None and tls_key is not None:
-        credentials = grpc.ssl_server_credentials([(tls_key.read_bytes(), tls_cert.read_bytes())])
+        credentials = grpc.ssl_server_credentials(
+            [(tls_key.read_bytes(), tls_cert.read_bytes())],
+            root_certificates=None if client_ca is None else client_ca.read_bytes(),
+            require_client_auth=client_ca is not None,
+        )
         return server.add_secure_port(listen, credentials)
+    if client_ca is not None:
+        raise ValueError("mutual TLS needs the server's own certificate and key")
     return server.add_insecure_port(listen)
 
 
@@ -174,12 +194,35 @@ class HttpListener:
         await self.runner.cleanup()
 
 
-def server_ssl_context(tls_cert: Path, tls_key: Path) -> ssl.SSLContext:
-    """TLS 1.2 or later for an HTTP listener, from the same files as the gRPC listener."""
+def server_ssl_context(
+    tls_cert: Path, tls_key: Path, *, client_ca: Path | None = None, require_client_cert: bool = True
+) -> ssl.SSLContext:
+    """TLS 1.2 or later for an HTTP listener, from the same files as the gRPC listener.
+
+    With ``client_ca``, the handshake asks the client for a certificate that chains to it: one is
+    required (``CERT_REQUIRED``), or with ``require_client_cert=False`` optional
+    (``CERT_OPTIONAL``: a client without one connects, one with a bad certificate does not). The
+    peer certificate is then ``transport.get_extra_info("ssl_object").getpeercert(True)``."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(tls_cert, tls_key)
+    if client_ca is not None:
+        context.load_verify_locations(cafile=str(client_ca))
+        context.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_OPTIONAL
     return context
+
+
+def peer_certificate(request: web.Request) -> bytes | None:
+    """The DER certificate the client presented in the TLS handshake of this request's
+    connection, or None (plaintext, or a listener that asked for none: only one started with a
+    client CA does, :func:`server_ssl_context`). Read from the connection itself, never from a
+    header a proxy could set."""
+    transport = request.transport
+    ssl_object = None if transport is None else transport.get_extra_info("ssl_object")
+    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+        return None
+    der = ssl_object.getpeercert(binary_form=True)
+    return der or None
 
 
 async def start_http(
@@ -191,9 +234,12 @@ async def start_http(
     grace: float,
     reuse_port: bool = False,
     idle_timeout: float = 75.0,
+    client_ca: Path | None = None,
+    require_client_cert: bool = True,
 ) -> HttpListener:
     """Serve ``app`` on ``listen`` (``HOST:PORT`` or ``unix:PATH``), TLS when certificate and
-    key are given, on the running event loop. ``grace`` bounds how long :meth:`HttpListener.stop`
+    key are given (mutual TLS with ``client_ca``: :func:`server_ssl_context`), on the running
+    event loop. ``grace`` bounds how long :meth:`HttpListener.stop`
     waits for requests in flight; ``reuse_port`` lets ``--workers`` share the port;
     ``idle_timeout`` closes a keep-alive connection with no request for that long (aiohttp's own
     default is an hour)."""
@@ -207,7 +253,13 @@ async def start_http(
         max_field_size=8190,
     )
     await runner.setup()
-    context = server_ssl_context(tls_cert, tls_key) if tls_cert is not None and tls_key is not None else None
+    context = (
+        server_ssl_context(tls_cert, tls_key, client_ca=client_ca, require_client_cert=require_client_cert)
+        if tls_cert is not None and tls_key is not None
+        else None
+    )
+    if client_ca is not None and context is None:
+        raise ValueError("mutual TLS needs the server's own certificate and key")
     site: web.BaseSite
     if listen.startswith("unix:"):
         site = web.UnixSite(runner, listen.removeprefix("unix:"), ssl_context=context)
@@ -278,11 +330,13 @@ async def track_health(
     *,
     interval: float = 0.5,
     while_not_ready: Callable[[], None] | None = None,
+    while_ready: Callable[[], None] | None = None,
 ) -> None:
     """Keep the gRPC health status of the server and of ``services`` SERVING while
     ``readiness`` has no objection and NOT_SERVING otherwise, checked every ``interval`` seconds
     until cancelled. ``while_not_ready`` is called on each check that finds the service not ready
-    (e.g. to try fetching keys again)."""
+    (e.g. to try fetching keys again), ``while_ready`` on each other one (e.g. to keep keys
+    fresh while no request comes); both must return at once."""
     last: bool | None = None
     while True:
         ready = readiness() is None
@@ -297,4 +351,6 @@ async def track_health(
             last = ready
         if not ready and while_not_ready is not None:
             while_not_ready()
+        elif ready and while_ready is not None:
+            while_ready()
         await asyncio.sleep(interval)

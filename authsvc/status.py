@@ -8,25 +8,34 @@ case, whose ``domain`` is ``authsvc`` and whose ``metadata`` is the error's mach
 detail (:attr:`~authsvc.core.errors.ServiceError.metadata`, e.g. ``scope`` for
 ``INSUFFICIENT_SCOPE``, the scopes the method requires, as RFC 6750 §3's ``scope`` attribute does
 over HTTP). Anything else becomes INTERNAL with a generic message; its details go to the log only.
+
+A refusal that says when to retry (:class:`~authsvc.core.errors.RateLimited` with ``retry_after``)
+also carries a ``google.rpc.RetryInfo`` detail (``retry_delay``) and the
+``grpc-retry-pushback-ms`` trailer (gRPC A6), so that grpc's own retry policy and the authsvc SDK
+wait at least that long.
 """
 
 from __future__ import annotations
 
+import collections
 import inspect
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from authsvc.core.errors import InvalidRequest, ServerError, ServiceError
 
-__all__ = ["ERROR_DOMAIN", "STATUS_BY_ERROR", "DecodeGuard", "status_for"]
+__all__ = ["ERROR_DOMAIN", "RETRY_PUSHBACK_KEY", "STATUS_BY_ERROR", "DecodeGuard", "status_for"]
 
 ERROR_DOMAIN = "authsvc"
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+"""The trailer (gRPC A6, "Retry Throttling and Pushback") that tells a client when to retry."""
 
 STATUS_BY_ERROR: dict[str, grpc.StatusCode] = {
     "invalid_client": grpc.StatusCode.UNAUTHENTICATED,
@@ -50,17 +59,38 @@ STATUS_BY_ERROR: dict[str, grpc.StatusCode] = {
 }
 
 
+class _Status(collections.namedtuple("_Status", ("code", "details", "trailing_metadata")), grpc.Status):
+    """A status with trailers of our own (``grpc_status`` builds one without them)."""
+
+
 def status_for(exc: BaseException) -> grpc.Status:
-    """The gRPC status (with ErrorInfo detail) to send for ``exc``."""
+    """The gRPC status (with ErrorInfo detail, and RetryInfo when the error says when to retry)
+    to send for ``exc``."""
     if not isinstance(exc, ServiceError):
         exc = ServerError("internal error")
     code = STATUS_BY_ERROR.get(exc.status_key, grpc.StatusCode.INTERNAL)
-    detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata))
-    status: grpc.Status = rpc_status.to_status(
-        status_pb2.Status(code=code.value[0], message=exc.description, details=[detail])
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=ERROR_DOMAIN, metadata=exc.metadata))
+    details = [info]
+    retry_after = getattr(exc, "retry_after", None)
+    if not isinstance(retry_after, int | float) or not 0 < retry_after < math.inf:
+        status: grpc.Status = rpc_status.to_status(
+            status_pb2.Status(code=code.value[0], message=exc.description, details=details)
+        )
+        return status
+    # whole milliseconds, rounded up: a caller that waits exactly this long is not refused again
+    millis = max(1, math.ceil(retry_after * 1000))
+    retry = any_pb2.Any()
+    retry.Pack(
+        error_details_pb2.RetryInfo(
+            retry_delay=duration_pb2.Duration(seconds=millis // 1000, nanos=(millis % 1000) * 1_000_000)
+        )
     )
-    return status
+    details.append(retry)
+    base = rpc_status.to_status(
+        status_pb2.Status(code=code.value[0], message=exc.description, details=details)
+    )
+    return _Status(base.code, base.details, (*base.trailing_metadata, (RETRY_PUSHBACK_KEY, str(millis))))
 
 
 class _Undecodable:

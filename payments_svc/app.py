@@ -25,7 +25,7 @@ from authsvc.listen import (
     check_plaintext,
     is_loopback,
     split_host_port,
-    wait_for_stop_signal,
+    stop_signal,
 )
 from authsvc.metrics import ServerMetrics
 from authsvc.verify import (
@@ -92,6 +92,9 @@ class PaymentsConfig:
     audience: str = "payments"
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # RFC 8705: ask callers for a certificate issued by this CA, so that certificate-bound tokens
+    # can be checked (gRPC: required, grpcio cannot ask without requiring; HTTP: optional)
+    client_ca: Path | None = None
     insecure: bool = False
     jwks_url: str | None = None  # keys from a jwks_uri instead of the TokenService's GetJwks/WatchJwks
     token_service_ca: Path | None = None
@@ -99,6 +102,9 @@ class PaymentsConfig:
     leeway: float = 30.0
     jwks_max_age: float = 60.0
     jwks_cooldown: float = 5.0
+    # not ready once the keys were last known current longer ago than this (None: twice
+    # jwks_max_age; 0: never, ready whenever a key set is held); see jwks_staleness_bound
+    jwks_max_staleness: float | None = None
     grace_period: float = 5.0
     # this resource server's own registration, used only to read the revocation list
     # (WatchRevocations on token_service); without it tokens are verified without the list
@@ -132,6 +138,16 @@ class PaymentsConfig:
                 "(http only to loopback, or with --insecure-token-service inside a trusted mesh)"
             )
 
+    @property
+    def jwks_staleness_bound(self) -> float | None:
+        """Seconds after which keys not known to be current make the service not ready; None:
+        never. By default twice ``jwks_max_age`` (120 s), which is also the TokenService's default
+        ``--key-publish-delay``: keys older than that may lack a key that signs by now, while a
+        poll or two that fail on the way (an issuer restarting) do not take the service out."""
+        if self.jwks_max_staleness is None:
+            return 2 * self.jwks_max_age
+        return self.jwks_max_staleness or None
+
     def __post_init__(self) -> None:
         check_listen(self.listen, "--listen")
         if self.http_listen is not None:
@@ -153,6 +169,11 @@ class PaymentsConfig:
         check_plaintext(self.listen, tls=self.tls_cert is not None, insecure=self.insecure)
         if self.http_listen is not None:
             check_plaintext(self.http_listen, tls=self.tls_cert is not None, insecure=self.insecure)
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ConfigurationError(
+                "--client-ca needs --tls-cert and --tls-key: client certificates are asked for in the "
+                "TLS handshake"
+            )
         if self.jwks_url is not None:
             self._check_url(self.jwks_url, "refusing to fetch signing keys from")
         host, _ = split_host_port(self.token_service)
@@ -189,6 +210,16 @@ class PaymentsConfig:
             raise ConfigurationError("--revocations-fail-closed needs the list: give --client-id")
         if not math.isfinite(self.revocations_max_staleness) or self.revocations_max_staleness <= 0:
             raise ConfigurationError("--revocations-max-staleness must be a positive number of seconds")
+        if not math.isfinite(self.jwks_max_age) or self.jwks_max_age <= 0:
+            raise ConfigurationError("--jwks-max-age must be a positive number of seconds")
+        staleness = self.jwks_max_staleness
+        if staleness is not None and (
+            not math.isfinite(staleness) or staleness < 0 or 0 < staleness <= self.jwks_max_age
+        ):
+            raise ConfigurationError(
+                f"--jwks-max-staleness must be more than --jwks-max-age ({self.jwks_max_age:g}s), "
+                "or 0 to stay ready with keys of any age"
+            )
         if not 0 <= self.leeway <= 300:
             raise ConfigurationError("--leeway must be between 0 and 300 seconds")
         if not self.issuer or not self.audience:
@@ -363,7 +394,13 @@ async def _start(
     payments_pb2_grpc.add_PaymentServiceServicer_to_server(PaymentServicer(operations), server)
     health = serving.add_health_and_reflection(server, [PAYMENT_SERVICE])
     try:
-        port = serving.bind(server, config.listen, tls_cert=config.tls_cert, tls_key=config.tls_key)
+        port = serving.bind(
+            server,
+            config.listen,
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
+            client_ca=config.client_ca,
+        )
         await server.start()
     except BaseException:
         await server.stop(None)  # else its loop-bound parts complain at interpreter exit
@@ -375,7 +412,7 @@ async def _start(
         except BaseException:
             await server.stop(0)
             raise
-    readiness = _readiness(verifier)
+    readiness = _readiness(verifier, config.jwks_staleness_bound)
     management = None
     if metrics is not None and config.metrics_listen is not None:
         try:
@@ -394,14 +431,18 @@ async def _start(
         await serving.serving(health, [PAYMENT_SERVICE])
     health_task = asyncio.get_running_loop().create_task(
         serving.track_health(
-            health, [PAYMENT_SERVICE], readiness, while_not_ready=_refetch(verifier, config.jwks_cooldown)
+            health,
+            [PAYMENT_SERVICE],
+            readiness,
+            while_not_ready=_refetch(verifier, config.jwks_cooldown),
+            while_ready=verifier.keys.refresh_if_due,
         ),
         name="payments-health",
     )
     log.info(
         "PaymentService listening on %s (%s), issuer %s, audience %s%s",
         serving.describe(config.listen, port),
-        "TLS" if config.tls_cert else "plaintext",
+        _transport(config, required=True),
         config.issuer,
         config.audience,
         ""
@@ -414,16 +455,47 @@ async def _start(
             config.http_listen
             if config.http_listen.startswith("unix:")
             else serving.describe(config.http_listen, http.port),
-            "TLS" if config.tls_cert else "plaintext",
+            _transport(config, required=False),
         )
     return RunningPayments(server, port, health, store, verifier, http, metrics, management, health_task)
 
 
-def _readiness(verifier: TokenVerifier) -> serving.Readiness:
-    """Ready while the verifier holds a key set: without one every call could only be refused."""
+def _transport(config: PaymentsConfig, *, required: bool) -> str:
+    """How a listener is secured, for the start-up log line."""
+    if config.tls_cert is None:
+        return "plaintext"
+    if config.client_ca is None:
+        return "TLS"
+    return "mutual TLS, client certificate " + ("required" if required else "requested")
+
+
+def _readiness(verifier: TokenVerifier, max_staleness: float | None) -> serving.Readiness:
+    """Ready while the verifier holds a key set (without one every call could only be refused)
+    that was known to be the issuer's current one at most ``max_staleness`` seconds ago (older,
+    it may lack a key that signs by now: traffic is better sent to a replica that can reach the
+    issuer). Stale keys still verify: readiness steers traffic, it refuses nothing."""
+    stale = False
 
     def reason() -> str | None:
-        return None if verifier.keys.has_keys else "no signing keys fetched from the issuer yet"
+        nonlocal stale
+        age = verifier.keys.age()
+        if age is None:
+            return "no signing keys fetched from the issuer yet"
+        now_stale = max_staleness is not None and age > max_staleness
+        if now_stale != stale:
+            stale = now_stale
+            if stale:
+                log.warning(
+                    "signing keys not refreshed for over %gs: not ready (still verifying with the "
+                    "%d cached keys) until the issuer answers",
+                    max_staleness,
+                    len(verifier.keys.kids),
+                )
+            else:
+                log.info("signing keys refreshed from the issuer: ready again")
+        if now_stale:
+            return f"signing keys not refreshed from the issuer for {age:.0f}s (bound {max_staleness:g}s)"
+        return None
 
     return reason
 
@@ -433,8 +505,8 @@ def _address(listen: str, port: int) -> str:
 
 
 def _refetch(verifier: TokenVerifier, cooldown: float) -> Callable[[], None]:
-    """While no key set is held, try a fetch again at most once per ``cooldown`` (no request may
-    come to trigger one: a not-ready instance gets no traffic)."""
+    """While no key set is held, or it is stale, try a fetch again at most once per ``cooldown``
+    (no request may come to trigger one: a not-ready instance gets no traffic)."""
     last = time.monotonic()
 
     def again() -> None:
@@ -488,13 +560,21 @@ async def _start_http(
     if metrics is not None:
         metrics.instrument_http(app)
     return await serving.start_http(
-        app, config.http_listen, tls_cert=config.tls_cert, tls_key=config.tls_key, grace=config.grace_period
+        app,
+        config.http_listen,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+        grace=config.grace_period,
+        # aiohttp can ask without requiring: callers without a certificate keep unbound tokens
+        client_ca=config.client_ca,
+        require_client_cert=False,
     )
 
 
 async def serve(config: PaymentsConfig) -> None:
+    stopping = stop_signal()  # before start-up: a SIGTERM during it stops gracefully after it
     running = await start_server(config)
-    await wait_for_stop_signal()
+    await stopping.wait()
     log.info("shutting down (grace %.1fs)", config.grace_period)
     await running.stop(config.grace_period)
     log.info("stopped")

@@ -15,6 +15,7 @@ from authsvc.core.errors import ConfigurationError
 from authsvc.listen import (
     CommandParser,
     add_connection_limit_flags,
+    check_client_ca,
     check_data_dir,
     check_readable_file,
     connection_limits_from,
@@ -59,8 +60,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "PAYMENTS_METRICS_LISTEN",
         None,
         "HOST:PORT (or unix:PATH) for the management port: GET /metrics (Prometheus), /livez, "
-        "/readyz (ready once a key set is held). Always plaintext, on any address (probes and "
-        "Prometheus scrape in plaintext; it serves no secret)",
+        "/readyz (ready while it holds a key set that is not stale: see --jwks-max-staleness). "
+        "Always plaintext, on any address (probes and Prometheus scrape in plaintext; it serves "
+        "no secret)",
     )
     opt(
         "--data-dir",
@@ -146,6 +148,16 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     opt("--audience", "PAYMENTS_AUDIENCE", "payments", "the audience tokens must be meant for")
     opt("--tls-cert", "PAYMENTS_TLS_CERT", None, "PEM certificate chain for TLS", type=Path)
     opt("--tls-key", "PAYMENTS_TLS_KEY", None, "PEM private key for TLS", type=Path)
+    opt(
+        "--client-ca",
+        "PAYMENTS_CLIENT_CA",
+        None,
+        "PEM CA certificate(s): ask callers for a client certificate issued by it, so that "
+        "certificate-bound tokens (RFC 8705, authsvc serve --mtls-listen) are accepted from the client "
+        "they were issued to. gRPC then REQUIRES one of every caller (grpcio cannot ask without "
+        "requiring); HTTP asks, and a caller without one may still use unbound tokens. Needs --tls-cert",
+        type=Path,
+    )
     serve.add_argument(
         "--insecure",
         action="store_true",
@@ -175,6 +187,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "least seconds between fetches for unknown kids",
         type=float,
     )
+    opt(
+        "--jwks-max-staleness",
+        "PAYMENTS_JWKS_MAX_STALENESS",
+        None,
+        "seconds after the signing keys were last known current (a fetch, or an open WatchJwks "
+        "stream) after which /readyz and gRPC health say NOT_SERVING; tokens are still verified "
+        "with the cached keys. Default: twice --jwks-max-age (120 s); 0: never",
+        type=float,
+    )
     add_connection_limit_flags(serve, env, "PAYMENTS_")
     opt(
         "--log-level",
@@ -196,7 +217,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def _check_files(args: argparse.Namespace) -> None:
-    """Refuse, on one line, files that would fail later: TLS files, the CA, the data dir."""
+    """Refuse, on one line, files that would fail later: TLS files, the CAs, the data dir."""
     for flag, path in (
         ("--tls-cert", args.tls_cert),
         ("--tls-key", args.tls_key),
@@ -204,6 +225,8 @@ def _check_files(args: argparse.Namespace) -> None:
     ):
         if path is not None:
             check_readable_file(path, flag)
+    if args.client_ca is not None:
+        check_client_ca(args.client_ca)
     if not args.database_url:  # an empty one is refused by PaymentsConfig
         check_data_dir(args.data_dir, "--data-dir")
 
@@ -239,12 +262,14 @@ def _main(args: argparse.Namespace) -> int:
             audience=args.audience,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            client_ca=args.client_ca,
             insecure=args.insecure,
             insecure_token_service=args.insecure_token_service,
             leeway=args.leeway,
             grace_period=args.grace_period,
             jwks_max_age=args.jwks_max_age,
             jwks_cooldown=args.jwks_cooldown,
+            jwks_max_staleness=args.jwks_max_staleness,
             client_id=args.client_id,
             client_secret=secret,
             revocations_max_staleness=args.revocations_max_staleness,

@@ -25,6 +25,8 @@ Requests (``HttpRule`` semantics, https://google.aip.dev/127):
   ``0.30000000000000004`` USD is refused (INVALID_AMOUNT) rather than rounded.
 - The token comes only from ``Authorization: Bearer`` (RFC 6750 §2.1): exactly one header; an
   ``access_token`` query parameter is refused (§2.3 is deliberately unsupported: URLs are logged).
+  A certificate-bound token (RFC 8705 §3) is accepted only when this connection presented its
+  certificate (``payments-svc serve --client-ca`` asks for one).
 
 Answers are JSON with the proto field names; a ``response_body`` field is the whole body (the
 seed's ``{"status", "transaction_id", "amount", ...}``). Enum values lose their type prefix and
@@ -65,6 +67,7 @@ from authsvc.core.errors import (
 from authsvc.httpstatus import NO_STORE, HttpAnswer, bearer_error, service_error
 from authsvc.logsafe import LogRateLimiter
 from authsvc.metrics import HTTP_ROUTE, UNMATCHED
+from authsvc.serving import peer_certificate
 from authsvc.verify import MethodPolicy, Principal, TokenVerifier
 from authsvc.verify.policy import Public
 from authsvc.verify.principal import bound_principal, http_bearer_token, verify_on_event_loop
@@ -466,7 +469,10 @@ class PaymentsHttpApi:
         token = http_bearer_token(request.headers.getall("Authorization", []))
         if token is None:
             raise InvalidToken("no access token: send Authorization: Bearer <token>")
-        principal = await verify_on_event_loop(self._verifier, token, where=route.grpc_method)
+        # a certificate-bound token (RFC 8705 §3) only with the certificate of this connection
+        principal = await verify_on_event_loop(
+            self._verifier, token, where=route.grpc_method, peer_certificate=peer_certificate(request)
+        )
         TokenVerifier.require_scopes(principal, route.required_scopes)
         return principal
 

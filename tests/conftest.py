@@ -13,6 +13,8 @@ from authsvc.server.config import ServeConfig
 from authsvc.v1 import token_pb2_grpc
 from tests.helpers import ServerThread
 from tests.pg import pg_database, pg_url  # noqa: F401 - fixtures for every test module
+from tests.pki import Pki, pki  # noqa: F401 - the session's test CA and certificates (mutual TLS)
+from tests.redisdb import redis_prefix, redis_url  # noqa: F401 - fixtures for every test module
 
 ISSUER = "https://auth.test"
 KEK = "11" * 32
@@ -100,3 +102,17 @@ def stub(channel: grpc.Channel) -> token_pb2_grpc.TokenServiceStub:
 @pytest.fixture
 def client(token_server: TokenServer) -> RegisteredClient:
     return token_server.register()
+
+
+@pytest.fixture
+def mtls_token_server(tmp_path: Path, pki: Pki) -> Iterator[TokenServer]:  # noqa: F811 - pki is the fixture
+    """A TokenService over TLS on ``port``, mutual TLS on ``mtls_port``, HTTP (TLS) on
+    ``http_port`` and HTTP over mutual TLS on ``mtls_http_port``; client certificates from
+    ``pki.ca`` (tests/mtls.py)."""
+    from tests.mtls import start_mtls_token_server  # here: tests.mtls imports this module
+
+    server = start_mtls_token_server(tmp_path / "data", pki)
+    try:
+        yield server
+    finally:
+        server.stop()

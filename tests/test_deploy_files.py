@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import re
 import secrets
 import shlex
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ import pytest
 
 from authsvc import cli as authsvc_cli
 from payments_svc import cli as payments_cli
-from tests.helpers import Command
+from tests.helpers import Command, create_client
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 IMAGE_DATA_DIR = "/var/lib/authsvc"
@@ -58,15 +61,27 @@ def compose() -> dict[str, Any]:
     return doc
 
 
-def k8s(kind: str) -> dict[str, Any]:
-    (doc,) = [d for d in load_all("k8s/authsvc.yaml") if d["kind"] == kind]
+AUTHSVC_K8S = "k8s/authsvc.yaml"
+PAYMENTS_K8S = "k8s/payments-svc.yaml"
+
+
+def k8s(kind: str, name: str = AUTHSVC_K8S) -> dict[str, Any]:
+    (doc,) = [d for d in load_all(name) if d["kind"] == kind]
     return doc
 
 
-def deployment_container() -> dict[str, Any]:
-    (container,) = k8s("Deployment")["spec"]["template"]["spec"]["containers"]
+def deployment_container(name: str = AUTHSVC_K8S) -> dict[str, Any]:
+    (container,) = k8s("Deployment", name)["spec"]["template"]["spec"]["containers"]
     assert isinstance(container, dict)
     return container
+
+
+def payments_container_command() -> tuple[str, list[str], dict[str, str]]:
+    """(command, argv, environment) of the payments-svc Deployment's container; a value from a
+    Secret stands as "x"."""
+    container = deployment_container(PAYMENTS_K8S)
+    (command,) = container["command"]
+    return command, container["args"], {e["name"]: e.get("value", "x") for e in container["env"]}
 
 
 def dockerfile_final_stage() -> list[str]:
@@ -130,6 +145,7 @@ def compose_commands() -> list[tuple[str, list[str], dict[str, str]]]:
         out.append(("authsvc", argv[1:], env_file("authsvc.env.example")))
     container = deployment_container()
     out.append(("authsvc", container["args"], {e["name"]: e.get("value", "x") for e in container["env"]}))
+    out.append(payments_container_command())
     return out
 
 
@@ -179,14 +195,18 @@ def test_no_real_secret_is_shipped() -> None:
         assert "REPLACE" in value
     assert "REPLACE" in env_file("postgres.env.example")["POSTGRES_PASSWORD"]
     assert "REPLACE" in k8s_secret()["stringData"]["database-url"]
+    payments = k8s_secret("payments-svc")["stringData"]
+    assert set(payments) == {"database-url", "client-secret"}
+    assert all("REPLACE" in value for value in payments.values())
+    assert not payments["client-secret"].startswith("authsvc_cs_"), "a client secret is committed"
     # the real env files never reach a build context
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
     assert next(ln for ln in ignore if not ln.startswith("#")) == "*", "the ignore file is not an allowlist"
     assert "**/*.env" in ignore and "**/*.key" in ignore
 
 
-def k8s_secret() -> dict[str, Any]:
-    (doc,) = load_all("k8s/secret.example.yaml")
+def k8s_secret(name: str = "authsvc") -> dict[str, Any]:
+    (doc,) = [d for d in load_all("k8s/secret.example.yaml") if d["metadata"]["name"] == name]
     assert doc["kind"] == "Secret"
     return doc
 
@@ -212,13 +232,21 @@ def test_the_final_image_is_slim_non_root_and_writes_only_its_volume() -> None:
 
 
 def test_the_deployment_probes_grpc_health_and_outlasts_the_drain() -> None:
+    """Readiness: the native gRPC probe on the gRPC port. Liveness and startup: /livez on the
+    management port, never gRPC health (it reports readiness: a database outage would restart
+    every pod)."""
     deployment = k8s("Deployment")
     pod = deployment["spec"]["template"]["spec"]
     container = deployment_container()
     args = parse("authsvc", container["args"], {})
     port = int(args.listen.rpartition(":")[2])
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"] == {"port": port}, probe
+    assert container["readinessProbe"]["grpc"] == {"port": port}
+    assert args.metrics_listen is not None
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in ("startupProbe", "livenessProbe"):
+        assert "grpc" not in container[probe], probe
+        get = container[probe]["httpGet"]
+        assert get["path"] == "/livez" and ports[get["port"]] == int(args.metrics_listen.rpartition(":")[2])
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
     assert pod["terminationGracePeriodSeconds"] > args.grace_period + float(pre_stop[1])
@@ -233,9 +261,11 @@ def test_the_deployment_probes_grpc_health_and_outlasts_the_drain() -> None:
     assert {r["name"] for r in secret_refs.values()} == {k8s_secret()["metadata"]["name"]}
 
 
-def test_services_budget_and_policy_select_the_pods() -> None:
-    labels = k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
-    docs = load_all("k8s/authsvc.yaml")
+@pytest.mark.parametrize("manifest", [AUTHSVC_K8S, PAYMENTS_K8S])
+def test_services_budget_and_policy_select_the_pods(manifest: str) -> None:
+    labels = k8s("Deployment", manifest)["spec"]["template"]["metadata"]["labels"]
+    docs = load_all(manifest)
+    assert {d["kind"] for d in docs} == {"Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy"}
     services = [d for d in docs if d["kind"] == "Service"]
     assert {s["spec"].get("clusterIP") for s in services} == {None, "None"}  # ClusterIP and headless
     for doc in docs:
@@ -246,8 +276,105 @@ def test_services_budget_and_policy_select_the_pods() -> None:
             "Deployment": lambda d: d["spec"]["selector"]["matchLabels"],
         }[doc["kind"]](doc)
         assert selector.items() <= labels.items(), doc["kind"]
-    assert k8s("PodDisruptionBudget")["spec"]["minAvailable"] < k8s("Deployment")["spec"]["replicas"]
-    assert set(k8s("NetworkPolicy")["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    budget, deployment = k8s("PodDisruptionBudget", manifest), k8s("Deployment", manifest)
+    assert budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+    assert set(k8s("NetworkPolicy", manifest)["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+
+
+def test_the_payments_deployment_probes_its_management_port_and_outlasts_the_drain() -> None:
+    """HTTP probes on --metrics-listen (they work with TLS on the serving ports too): readiness
+    on /readyz, liveness and startup on /livez, never /readyz (a pod that lost the TokenService
+    would be restarted for it); the grace outlasts preStop and --grace-period; non-root, a
+    read-only root filesystem, no capabilities; the Secrets it names exist with those keys."""
+    pod = k8s("Deployment", PAYMENTS_K8S)["spec"]["template"]["spec"]
+    container = deployment_container(PAYMENTS_K8S)
+    command, argv, env = payments_container_command()
+    assert command == "payments-svc"
+    args = parse(command, argv, env)
+    assert args.metrics_listen is not None
+    management = int(args.metrics_listen.rpartition(":")[2])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {
+        "grpc": int(args.listen.rpartition(":")[2]),
+        "http": int(args.http_listen.rpartition(":")[2]),
+        "management": management,
+    }
+    paths = {}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert ports[get["port"]] == management, probe
+        paths[probe] = get["path"]
+    assert paths == {"startupProbe": "/livez", "readinessProbe": "/readyz", "livenessProbe": "/livez"}
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert pod["terminationGracePeriodSeconds"] > args.grace_period + float(pre_stop[1])
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    # the staleness bound written out is one the service accepts with its refresh interval
+    assert float(env["PAYMENTS_JWKS_MAX_STALENESS"]) > args.jwks_max_age
+    # the database URL from the Secret; the client secret from a file in a Secret volume that
+    # the non-root user can read (group: the pod's fsGroup)
+    secret = k8s_secret("payments-svc")
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert refs == {"PAYMENTS_DATABASE_URL": {"name": "payments-svc", "key": "database-url"}}
+    assert set(refs["PAYMENTS_DATABASE_URL"].values()) <= {secret["metadata"]["name"], *secret["stringData"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert mounts["data"]["mountPath"] == IMAGE_DATA_DIR
+    secret_file = Path(args.client_secret_file)
+    (mount,) = [m for m in mounts.values() if Path(m["mountPath"]) == secret_file.parent]
+    assert mount["readOnly"] is True
+    volume = volumes[mount["name"]]["secret"]
+    assert volume["secretName"] == secret["metadata"]["name"]
+    assert volume["items"] == [{"key": "client-secret", "path": secret_file.name}]
+    assert volume["defaultMode"] == 0o440
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
+
+
+def selects(peer: dict[str, Any], pod_labels: dict[str, str]) -> bool:
+    """Whether a NetworkPolicy peer (same namespace: a podSelector alone) selects pods with these
+    labels."""
+    if "podSelector" not in peer or "namespaceSelector" in peer or "ipBlock" in peer:
+        return False
+    wanted: dict[str, str] = peer["podSelector"].get("matchLabels", {})
+    return bool(wanted) and wanted.items() <= pod_labels.items()
+
+
+def test_the_payments_pods_and_the_token_service_let_each_other_through() -> None:
+    """payments-svc reaches the TokenService by its Service name and port; its egress policy
+    allows the TokenService's pods on that port, and its pods carry the label that
+    authsvc.yaml's ingress policy admits. Merchants reach its gRPC and HTTP ports."""
+    command, argv, env = payments_container_command()
+    args = parse(command, argv, env)
+    host, _, port = args.token_service.rpartition(":")
+    (auth_service,) = [
+        d for d in load_all(AUTHSVC_K8S) if d["kind"] == "Service" and d["metadata"]["name"] == host
+    ]
+    assert auth_service["spec"].get("clusterIP") != "None"
+    (grpc_port,) = [p for p in auth_service["spec"]["ports"] if p["name"] == "grpc"]
+    assert int(port) == grpc_port["port"]
+    auth_pod_labels = k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
+    payments_pod_labels = k8s("Deployment", PAYMENTS_K8S)["spec"]["template"]["metadata"]["labels"]
+
+    egress = k8s("NetworkPolicy", PAYMENTS_K8S)["spec"]["egress"]
+    to_auth = [rule for rule in egress if any(selects(peer, auth_pod_labels) for peer in rule["to"])]
+    assert to_auth, "no egress rule lets payments-svc reach the TokenService's pods"
+    assert {p["port"] for rule in to_auth for p in rule["ports"]} >= {int(port)}
+
+    auth_ingress = k8s("NetworkPolicy")["spec"]["ingress"]
+    admitted = [
+        rule for rule in auth_ingress if any(selects(peer, payments_pod_labels) for peer in rule["from"])
+    ]
+    assert admitted, "authsvc.yaml's NetworkPolicy does not admit the payments-svc pods"
+    assert {p["port"] for rule in admitted for p in rule["ports"]} >= {int(port)}
+
+    ingress = k8s("NetworkPolicy", PAYMENTS_K8S)["spec"]["ingress"]
+    open_ports = {p["port"] for rule in ingress for p in rule["ports"]}
+    listen_ports = {int(a.rpartition(":")[2]) for a in (args.listen, args.http_listen, args.metrics_listen)}
+    assert open_ports == listen_ports
 
 
 def test_compose_containers_are_read_only_and_wait_for_postgres() -> None:
@@ -332,3 +459,61 @@ def test_the_compose_start_up_runs_outside_a_container(tmp_path: Path, pg_url: s
     assert code == 0, auth.output()
     assert kek not in auth.output()
     assert list((tmp_path / "no-home").glob("*")) == []
+
+
+def test_the_payments_manifest_start_up_runs_outside_a_container(tmp_path: Path, pg_url: str) -> None:
+    """The payments-svc Deployment's own command line and environment, against a TokenService
+    started as authsvc.yaml starts it and on PostgreSQL: it reads its secret file, fetches the keys
+    and the revocation list, its probes answer as the manifest expects (/livez and /readyz 200),
+    its logs are JSON, and it exits 0 on SIGTERM."""
+    bin_dir = str(Path(sys.executable).parent)
+    base = {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "HOME": str(tmp_path / "no-home")}
+    if "PYTHONPATH" in os.environ:
+        base["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    auth_env = {
+        **base,
+        "AUTHSVC_DATA_DIR": str(tmp_path / "authsvc"),
+        "AUTHSVC_KEK": secrets.token_hex(32),
+        **{e["name"]: e["value"] for e in deployment_container()["env"] if "value" in e},
+    }
+    clients = tmp_path / "clients"
+    clients.mkdir()
+    secret = create_client(auth_env, "payments-svc", "authsvc:revocations")
+    (clients / "payments-svc.secret").write_text(secret + "\n")
+    auth = Command(["authsvc", "serve", "--listen", "127.0.0.1:0"], auth_env)
+    try:
+        command, argv, env = payments_container_command()
+        payments_env = {
+            **base,
+            **{k: v for k, v in env.items() if k != "PAYMENTS_DATABASE_URL"},
+            "PAYMENTS_DATABASE_URL": pg_url,
+            "PAYMENTS_DATA_DIR": str(tmp_path / "payments"),
+        }
+        argv = localised(
+            [command, *argv], {"authsvc:50051": auth.target, "/run/authsvc-clients": str(clients)}
+        )
+        payments = Command(argv, payments_env)
+        try:
+            (line,) = [ln for ln in payments.log if "PaymentService listening on" in ln]
+            event = json.loads(line)  # PAYMENTS_LOG_FORMAT=json
+            match = re.search(r"metrics on 127\.0\.0\.1:(\d+)", event["message"])
+            assert match is not None, line
+            probes = f"http://127.0.0.1:{match.group(1)}"
+            assert http_status(f"{probes}/livez") == 200
+            assert http_status(f"{probes}/readyz") == 200, payments.output()
+        finally:
+            code = payments.terminate()
+        output = payments.output()
+        assert code == 0, output
+        assert "revocation list:" in output, "it did not read the revocation list with its secret"
+        assert secret not in output
+    finally:
+        auth.terminate()
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as answer:  # noqa: S310 - a loopback test URL
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code

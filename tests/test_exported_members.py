@@ -44,6 +44,7 @@ PUBLIC = {
         "BearerInterceptor",
         "ClientCredentials",
         "GrpcTokenFetcher",
+        "PrivateKeyJwtCredentials",
         "RetryPolicy",
         "TokenFetchError",
         "TokenState",

@@ -73,9 +73,14 @@ def test_challenge_drops_what_could_break_out_of_the_header() -> None:
 
 
 def test_rate_limited_says_when_to_retry() -> None:
-    exc = RateLimited("slow down")
-    exc.retry_after = 2.2  # type: ignore[attr-defined]
+    exc = RateLimited("slow down", retry_after=2.2)
     answer = service_error(exc)
     assert answer.status == 429
     assert dict(answer.headers)["Retry-After"] == "3"
     assert answer.body["reason"] == "RATE_LIMITED"
+
+
+def test_a_retry_delay_is_rounded_up_and_only_when_finite() -> None:
+    assert dict(service_error(RateLimited("x", retry_after=0.01)).headers)["Retry-After"] == "1"
+    assert "Retry-After" not in dict(service_error(RateLimited("x", retry_after=float("inf"))).headers)
+    assert "Retry-After" not in dict(service_error(RateLimited("x")).headers)

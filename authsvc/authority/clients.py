@@ -6,7 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from authsvc.core.clients import DEFAULT_TOKEN_TTL, Client, new_client, validate_client_id
+from authsvc.core.clients import (
+    DEFAULT_TOKEN_TTL,
+    SECRET_METHODS,
+    AuthRegistration,
+    Client,
+    new_client,
+    validate_client_id,
+)
 from authsvc.core.errors import InvalidRequest, NotFound
 from authsvc.core.keys import b64url
 from authsvc.core.ports import Clock, RandomSource
@@ -26,7 +33,7 @@ def _iso(epoch: int | None) -> str:
 
 class ClientRegistry:
     """Registered clients. Secrets are generated here, returned once, and stored only as a keyed
-    hash."""
+    hash; a client that authenticates otherwise (private_key_jwt, tls_client_auth) has none."""
 
     def __init__(
         self, store: ClientStore, hasher: Callable[[], SecretHasher], *, clock: Clock, random: RandomSource
@@ -46,25 +53,50 @@ class ClientRegistry:
         scopes: list[str],
         audiences: list[str],
         token_ttl: int = DEFAULT_TOKEN_TTL,
+        auth: AuthRegistration | None = None,
     ) -> tuple[Client, str]:
-        """Register a client; returns it and its secret, which is not stored and cannot be
-        shown again."""
+        """Register a client that authenticates with a secret (``client_secret_basic`` unless
+        ``auth`` says ``client_secret_post``); returns it and its secret, which is not stored and
+        cannot be shown again."""
+        if auth is not None and auth.method not in SECRET_METHODS:
+            raise InvalidRequest(f"a {auth.method.value} client has no secret: register it with register()")
+        client, secret = self.register(
+            client_id=client_id, scopes=scopes, audiences=audiences, token_ttl=token_ttl, auth=auth
+        )
+        assert secret is not None
+        return client, secret
+
+    def register(
+        self,
+        *,
+        client_id: str | None,
+        scopes: list[str],
+        audiences: list[str],
+        token_ttl: int = DEFAULT_TOKEN_TTL,
+        auth: AuthRegistration | None = None,
+    ) -> tuple[Client, str | None]:
+        """Register a client with the authentication method and data of ``auth`` (default
+        ``client_secret_basic``); returns it and, for the secret methods, its secret (shown once),
+        else None."""
         if client_id is None:
             client_id = "client_" + b64url(self.random.token_bytes(12))
-        secret = generate_client_secret(self.random)
+        auth = auth or AuthRegistration()
+        secret = generate_client_secret(self.random) if auth.method in SECRET_METHODS else None
         client = new_client(
             client_id=client_id,
-            secret_hash=self._hasher().hash(secret),
+            secret_hash="" if secret is None else self._hasher().hash(secret),
             scopes=scopes,
             audiences=audiences,
             token_ttl=token_ttl,
             now=self._now(),
+            auth=auth,
         )
         self.store.create_client(client)
         audit(
             "client.created",
             {"client_id": client.client_id, "scope": " ".join(client.allowed_scopes),
-             "audience": list(client.allowed_audiences), "token_ttl": client.token_ttl},
+             "audience": list(client.allowed_audiences), "token_ttl": client.token_ttl,
+             "auth_method": client.auth_method.value},
         )  # fmt: skip
         return client, secret
 
@@ -101,6 +133,10 @@ class ClientRegistry:
         if not 0 <= grace <= MAX_SECRET_GRACE:
             raise InvalidRequest(f"the grace period must be between 0 and {MAX_SECRET_GRACE} seconds")
         client = self.get_client(client_id)
+        if not client.has_secret:
+            raise InvalidRequest(
+                f"client {client.client_id!r} authenticates with {client.auth_method.value}: it has no secret"
+            )
         now = self._now()
         if client.previous_secret_valid(now) and not end_grace:
             raise InvalidRequest(

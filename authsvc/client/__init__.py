@@ -10,6 +10,11 @@
                                          scopes=["payments:write"], audience=["payments"])
     channel = authorized_channel("payments.internal:50052", creds)
 
+    # or, without a shared secret: private_key_jwt (RFC 7523), a fresh signed assertion per fetch
+    key = PrivateKeyJwtCredentials.from_pem_file("shop-key.pem", issuer="https://auth.example", kid="shop-1")
+    creds = ClientCredentials.for_target("auth.internal:50051", client_id="merchant-shop",
+                                         private_key_jwt=key, scopes=["payments:write"])
+
 Importable without the server or store packages.
 """
 
@@ -36,6 +41,7 @@ from authsvc.client.credentials import (
     TokenState,
     read_secret,
 )
+from authsvc.client.private_key_jwt import PrivateKeyJwtCredentials
 
 __all__ = [
     "AccessToken",
@@ -46,6 +52,7 @@ __all__ = [
     "BearerInterceptor",
     "ClientCredentials",
     "GrpcTokenFetcher",
+    "PrivateKeyJwtCredentials",
     "RetryPolicy",
     "TokenFetchError",
     "TokenState",

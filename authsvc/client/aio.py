@@ -15,13 +15,15 @@ from authsvc.client.credentials import (
     AccessToken,
     RetryPolicy,
     TokenFetchError,
+    TokenRequests,
     TokenState,
     _Base,
     fetch_error,
     is_token_refusal,
-    token_request,
 )
+from authsvc.client.private_key_jwt import PrivateKeyJwtCredentials
 from authsvc.client.transport import (
+    PemSource,
     aio_token_service_channel,
     check_secret_transport,
     is_local_target,
@@ -44,15 +46,17 @@ class AsyncTokenFetcher(Protocol):
 
 
 class AsyncGrpcTokenFetcher:
-    """``IssueToken`` over a ``grpc.aio`` channel, client_secret_basic. Refuses a channel that may
-    be plaintext to another host, as :class:`~authsvc.client.credentials.GrpcTokenFetcher` does."""
+    """``IssueToken`` over a ``grpc.aio`` channel, client_secret_basic or ``private_key_jwt`` (a
+    fresh assertion per call). Refuses a channel that may be plaintext to another host, as
+    :class:`~authsvc.client.credentials.GrpcTokenFetcher` does."""
 
     def __init__(
         self,
         channel: grpc.aio.Channel,
         *,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None = None,
+        private_key_jwt: PrivateKeyJwtCredentials | None = None,
         scopes: Sequence[str] = (),
         audience: Sequence[str] = (),
         timeout: float = 5.0,
@@ -62,20 +66,27 @@ class AsyncGrpcTokenFetcher:
 
         check_secret_transport(channel, secure=secure)
 
-        self._metadata, self._request = token_request(client_id, client_secret, scopes, audience)
+        self._requests = TokenRequests(
+            client_id=client_id,
+            client_secret=client_secret,
+            private_key_jwt=private_key_jwt,
+            scopes=scopes,
+            audience=audience,
+        )
         self._call = token_pb2_grpc.TokenServiceStub(channel).IssueToken
         self._timeout = timeout
         self.client_id = client_id
 
     async def __call__(self) -> tuple[str, float, str]:
+        metadata, request = self._requests()
         try:
-            response = await self._call(self._request, metadata=self._metadata, timeout=self._timeout)
+            response = await self._call(request, metadata=metadata, timeout=self._timeout)
         except grpc.RpcError as err:
             raise fetch_error(err) from None
         return response.access_token, float(response.expires_in), response.scope
 
     def __repr__(self) -> str:
-        return f"AsyncGrpcTokenFetcher(client_id={self.client_id!r}, client_secret=<redacted>)"
+        return f"AsyncGrpcTokenFetcher(client_id={self.client_id!r}, {self._requests.method}=<redacted>)"
 
 
 class AsyncClientCredentials(_Base):
@@ -113,12 +124,13 @@ class AsyncClientCredentials(_Base):
         target: str,
         *,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None = None,
+        private_key_jwt: PrivateKeyJwtCredentials | None = None,
         scopes: Sequence[str] = (),
         audience: Sequence[str] = (),
-        root_certificates: bytes | None = None,
-        private_key: bytes | None = None,
-        certificate_chain: bytes | None = None,
+        root_certificates: PemSource | None = None,
+        private_key: PemSource | None = None,
+        certificate_chain: PemSource | None = None,
         channel_credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         timeout: float = 5.0,
@@ -138,6 +150,7 @@ class AsyncClientCredentials(_Base):
             channel,
             client_id=client_id,
             client_secret=client_secret,
+            private_key_jwt=private_key_jwt,
             scopes=scopes,
             audience=audience,
             timeout=timeout,
@@ -153,7 +166,8 @@ class AsyncClientCredentials(_Base):
         channel: grpc.aio.Channel,
         *,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None = None,
+        private_key_jwt: PrivateKeyJwtCredentials | None = None,
         scopes: Sequence[str] = (),
         audience: Sequence[str] = (),
         secure: bool = False,
@@ -165,6 +179,7 @@ class AsyncClientCredentials(_Base):
             channel,
             client_id=client_id,
             client_secret=client_secret,
+            private_key_jwt=private_key_jwt,
             scopes=scopes,
             audience=audience,
             secure=secure,
@@ -202,15 +217,20 @@ class AsyncClientCredentials(_Base):
 
     async def _fetch_with_retries(self) -> AccessToken:
         delays = self.retry.delays(self._jitter)
+        began = self._clock()
+        wait = self._pushback(began)
+        if wait:
+            await self._async_sleep(wait)
         for attempt in range(self.retry.max_attempts):
-            started = self._clock()
+            started = began if attempt == 0 and not wait else self._clock()  # one clock read when calm
             self.fetches += 1
             try:
                 return self._accept(started, await self._fetcher())
             except TokenFetchError as exc:
-                if not exc.retryable or attempt == len(delays):
+                delay = self._retry_delay(exc, attempt, delays, began)
+                if delay is None:
                     raise
-                await self._async_sleep(delays[attempt])
+                await self._async_sleep(delay)
         raise AssertionError("unreachable")
 
     def __repr__(self) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 
 from authsvc.client.credentials import ClientCredentials, is_token_refusal
-from authsvc.client.transport import is_local_target, loopback_hosts
+from authsvc.client.transport import PemSource, is_local_target, loopback_hosts, tls_credentials
 
 __all__ = [
     "BearerAuthPlugin",
@@ -75,14 +75,25 @@ def authorized_channel(
     target: str,
     credentials: ClientCredentials,
     *,
-    root_certificates: bytes | None = None,
-    private_key: bytes | None = None,
-    certificate_chain: bytes | None = None,
+    root_certificates: PemSource | None = None,
+    private_key: PemSource | None = None,
+    certificate_chain: PemSource | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> grpc.Channel:
     """A TLS channel whose every call carries a token. ``root_certificates`` default to the
-    system's; pass ``private_key``/``certificate_chain`` for mutual TLS."""
-    channel_creds = grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+    system's; pass ``private_key`` and ``certificate_chain`` (the client's certificate, PEM bytes
+    or files) for mutual TLS.
+
+    A token issued over mutual TLS is bound to the client's certificate (RFC 8705 §3): the
+    resource server accepts it only on a connection that presents the same certificate, so give
+    this channel the certificate the credentials' TokenService channel used::
+
+        creds = ClientCredentials.for_target("auth.internal:8443", ..., root_certificates=ca,
+                                             certificate_chain="shop.crt", private_key="shop.key")
+        channel = authorized_channel("payments.internal:50052", creds, root_certificates=ca,
+                                     certificate_chain="shop.crt", private_key="shop.key")
+    """
+    channel_creds = tls_credentials(root_certificates, private_key, certificate_chain)
     composite = grpc.composite_channel_credentials(channel_creds, call_credentials(credentials))
     return grpc.intercept_channel(
         grpc.secure_channel(target, composite, options=list(options)),

@@ -10,6 +10,12 @@ However many threads ask, one refresh is in flight (single-flight). Transient fa
 (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED) are retried with exponential backoff and full
 jitter; everything else (INVALID_CLIENT, INVALID_SCOPE, ...) fails at once. Errors are never
 cached: the next call tries again. Secrets and tokens never reach a log line or a ``repr``.
+
+A refusal that says when to retry (the TokenService's rate limits: the ``grpc-retry-pushback-ms``
+trailer, or a ``google.rpc.RetryInfo`` detail) is honoured: the next attempt, and any refresh
+started before that time, waits at least that long, unless the wait is longer than
+``RetryPolicy.max_retry_after`` or would end after ``RetryPolicy.deadline``; then it fails at once
+with :class:`TokenFetchError` (``retry_after`` says how long is left) without asking again.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
+import math
 import os
 import random
 import threading
@@ -31,7 +38,8 @@ from urllib.parse import quote
 
 import grpc
 
-from authsvc.client.transport import check_secret_transport, token_service_channel
+from authsvc.client.private_key_jwt import CLIENT_ASSERTION_TYPE, PrivateKeyJwtCredentials
+from authsvc.client.transport import PemSource, check_secret_transport, token_service_channel
 
 __all__ = [
     "AccessToken",
@@ -40,6 +48,7 @@ __all__ = [
     "RetryPolicy",
     "TokenFetchError",
     "TokenFetcher",
+    "TokenRequests",
     "TokenState",
     "read_secret",
 ]
@@ -69,12 +78,16 @@ class AccessToken:
 
 class TokenFetchError(Exception):
     """The TokenService refused or could not be reached. ``reason`` is the ErrorInfo reason
-    (e.g. ``INVALID_CLIENT``) when the service sent one."""
+    (e.g. ``INVALID_CLIENT``) when the service sent one; ``retry_after`` the seconds it asked the
+    caller to wait before trying again (``RATE_LIMITED``), when it said (``math.inf``: never)."""
 
-    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+    def __init__(
+        self, code: grpc.StatusCode, reason: str, message: str, *, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{code.name} {reason}: {message}" if reason else f"{code.name}: {message}")
         self.code = code
         self.reason = reason
+        self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:
@@ -107,6 +120,36 @@ def error_info_reason(trailing_metadata: Any) -> str:
     return ""
 
 
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+def retry_delay(trailing_metadata: Any) -> float | None:
+    """The seconds a refused call was asked to wait before a retry: the ``grpc-retry-pushback-ms``
+    trailer (gRPC A6; a negative or malformed value means "do not retry": ``math.inf``), else the
+    ``retry_delay`` of a ``google.rpc.RetryInfo`` detail; None when the server said nothing."""
+    details: bytes | None = None
+    for key, value in trailing_metadata or ():
+        if key == RETRY_PUSHBACK_KEY:
+            text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+            millis = int(text) if text.strip().isdigit() else -1
+            return millis / 1000 if millis >= 0 else math.inf
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            details = value
+    if details is None:
+        return None
+    try:
+        from google.rpc import error_details_pb2, status_pb2  # noqa: PLC0415
+
+        for detail in status_pb2.Status.FromString(details).details:
+            info = error_details_pb2.RetryInfo()
+            if detail.Unpack(info):
+                delay = info.retry_delay.seconds + info.retry_delay.nanos / 1e9
+                return delay if delay >= 0 else math.inf
+    except Exception:  # noqa: S110 - a malformed detail says nothing we can act on
+        pass
+    return None
+
+
 def is_token_refusal(code: object, trailing_metadata: Any) -> bool:
     """UNAUTHENTICATED with ErrorInfo reason INVALID_TOKEN: the resource server refused the
     access token itself (RFC 6750 §3.1 ``invalid_token``), before its handler ran."""
@@ -131,7 +174,11 @@ def _reason(err: grpc.RpcError) -> str:
 def fetch_error(err: grpc.RpcError) -> TokenFetchError:
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
-    return TokenFetchError(code, _reason(err), details or "")
+    try:
+        retry_after = retry_delay(err.trailing_metadata()) if hasattr(err, "trailing_metadata") else None
+    except Exception:  # a call that cannot say its trailers asked for no delay
+        retry_after = None
+    return TokenFetchError(code, _reason(err), details or "", retry_after=retry_after)
 
 
 def token_request(
@@ -148,12 +195,58 @@ def token_request(
     return (("authorization", f"Basic {basic}"),), request
 
 
+class TokenRequests:
+    """What each IssueToken call sends: the same Basic metadata and request every time for a
+    secret, a request with a freshly signed assertion every time for ``private_key_jwt``
+    (RFC 7523 §2.2: a new ``jti`` per request, so a retry is never refused as a replay)."""
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: str | None,
+        private_key_jwt: PrivateKeyJwtCredentials | None,
+        scopes: Sequence[str],
+        audience: Sequence[str],
+    ) -> None:
+        if (client_secret is None) == (private_key_jwt is None):
+            raise ValueError("give the client's secret or its private_key_jwt credentials, one of them")
+        self.client_id = client_id
+        self._key = private_key_jwt
+        self._scopes = list(scopes)
+        self._audience = list(audience)
+        self._fixed = (
+            None if client_secret is None else token_request(client_id, client_secret, scopes, audience)
+        )
+
+    @property
+    def method(self) -> str:
+        return "client_secret_basic" if self._key is None else "private_key_jwt"
+
+    def __call__(self) -> tuple[tuple[tuple[str, str], ...], Any]:
+        if self._fixed is not None:
+            return self._fixed
+        from authsvc.v1 import token_pb2  # noqa: PLC0415
+
+        assert self._key is not None
+        return (), token_pb2.IssueTokenRequest(
+            grant_type="client_credentials",
+            scope=" ".join(self._scopes),
+            audience=self._audience,
+            client_assertion_type=CLIENT_ASSERTION_TYPE,
+            client_assertion=self._key.assertion(self.client_id),
+        )
+
+
 class GrpcTokenFetcher:
-    """Calls ``authsvc.v1.TokenService/IssueToken`` with client_secret_basic authentication.
+    """Calls ``authsvc.v1.TokenService/IssueToken`` with client_secret_basic authentication, or
+    with ``private_key_jwt`` (a fresh assertion per call) when given those credentials instead.
 
     Refuses (``ValueError``, before anything is sent) a channel that may be plaintext to another
-    host: see :func:`~authsvc.client.transport.check_secret_transport`. ``secure=True`` is the
-    caller's word that ``channel`` uses TLS; never pass it for ``grpc.insecure_channel``.
+    host: see :func:`~authsvc.client.transport.check_secret_transport` (an assertion is a
+    credential too, for its lifetime, and the token that comes back is one for longer).
+    ``secure=True`` is the caller's word that ``channel`` uses TLS; never pass it for
+    ``grpc.insecure_channel``.
     """
 
     def __init__(
@@ -161,7 +254,8 @@ class GrpcTokenFetcher:
         channel: grpc.Channel,
         *,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None = None,
+        private_key_jwt: PrivateKeyJwtCredentials | None = None,
         scopes: Sequence[str] = (),
         audience: Sequence[str] = (),
         timeout: float = 5.0,
@@ -171,34 +265,51 @@ class GrpcTokenFetcher:
 
         check_secret_transport(channel, secure=secure)
 
-        self._metadata, self._request = token_request(client_id, client_secret, scopes, audience)
+        self._requests = TokenRequests(
+            client_id=client_id,
+            client_secret=client_secret,
+            private_key_jwt=private_key_jwt,
+            scopes=scopes,
+            audience=audience,
+        )
         self._call = token_pb2_grpc.TokenServiceStub(channel).IssueToken
         self._timeout = timeout
         self.client_id = client_id
 
     def __call__(self) -> tuple[str, float, str]:
+        metadata, request = self._requests()
         try:
-            response = self._call(self._request, metadata=self._metadata, timeout=self._timeout)
+            response = self._call(request, metadata=metadata, timeout=self._timeout)
         except grpc.RpcError as err:
             raise fetch_error(err) from None
         return response.access_token, float(response.expires_in), response.scope
 
     def __repr__(self) -> str:
-        return f"GrpcTokenFetcher(client_id={self.client_id!r}, client_secret=<redacted>)"
+        return f"GrpcTokenFetcher(client_id={self.client_id!r}, {self._requests.method}=<redacted>)"
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter for transient failures."""
+    """Exponential backoff with full jitter for transient failures.
+
+    A refusal with a retry delay (rate limits) is waited out instead of the backoff when it is
+    longer, up to ``max_retry_after`` seconds: a server asking for more is not retried (the error
+    is raised, with its ``retry_after``). ``deadline``, when set, bounds one refresh, its waits
+    included: a wait that would end after it is not begun.
+    """
 
     max_attempts: int = 4
     initial_backoff: float = 0.2
     max_backoff: float = 5.0
     multiplier: float = 2.0
+    max_retry_after: float = 30.0
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1 or self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
             raise ValueError("a retry policy needs max_attempts >= 1, backoffs >= 0 and multiplier >= 1")
+        if self.max_retry_after < 0 or (self.deadline is not None and self.deadline <= 0):
+            raise ValueError("a retry policy needs max_retry_after >= 0 and a positive deadline")
 
     def delays(self, rng: Callable[[], float]) -> list[float]:
         """The sleeps between attempts: uniform in [0, min(max, initial * multiplier**n)]."""
@@ -256,6 +367,7 @@ class _Base:
         # guards every change of _token, so compare-and-drop never drops a token it did not compare
         self._swap_lock = threading.Lock()
         self._dropped_at = float("-inf")
+        self._not_before = float("-inf")  # the TokenService asked for no request before then
         self.fetches = 0
         self.refusals_dropped = 0
 
@@ -304,6 +416,42 @@ class _Base:
             self.refusals_dropped += 1
         log.warning("the resource server refused the access token (INVALID_TOKEN); fetching a new one")
         return True
+
+    def _pushback(self, began: float) -> float:
+        """Seconds to wait before the first attempt of a refresh that begins at ``began``: what
+        is left of a delay the TokenService asked for. Raises TokenFetchError, asking nothing,
+        when that is more than the policy waits."""
+        left = self._not_before - began
+        if left <= 0:
+            return 0.0
+        if left > self.retry.max_retry_after or (
+            self.retry.deadline is not None and left > self.retry.deadline
+        ):
+            raise TokenFetchError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "RATE_LIMITED",
+                f"the TokenService asked for no request in the next {left:.1f} s",
+                retry_after=left,
+            )
+        return left
+
+    def _retry_delay(
+        self, exc: TokenFetchError, attempt: int, delays: list[float], began: float
+    ) -> float | None:
+        """The sleep before attempt ``attempt + 1`` after ``exc``, or None to raise it: the
+        backoff, or the server's retry delay when longer (recorded for later refreshes too)."""
+        if exc.retry_after is not None and math.isfinite(exc.retry_after):
+            self._not_before = max(self._not_before, self._clock() + exc.retry_after)
+        if not exc.retryable or attempt >= len(delays):
+            return None
+        delay = delays[attempt]
+        if exc.retry_after is not None:
+            if exc.retry_after > self.retry.max_retry_after:
+                return None
+            delay = max(delay, exc.retry_after)
+        if self.retry.deadline is not None and self._clock() + delay - began > self.retry.deadline:
+            return None
+        return delay
 
     def _accept(self, started: float, result: tuple[str, float, str]) -> AccessToken:
         token, expires_in, scope = result
@@ -359,12 +507,13 @@ class ClientCredentials(_Base):
         target: str,
         *,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None = None,
+        private_key_jwt: PrivateKeyJwtCredentials | None = None,
         scopes: Sequence[str] = (),
         audience: Sequence[str] = (),
-        root_certificates: bytes | None = None,
-        private_key: bytes | None = None,
-        certificate_chain: bytes | None = None,
+        root_certificates: PemSource | None = None,
+        private_key: PemSource | None = None,
+        certificate_chain: PemSource | None = None,
         channel_credentials: grpc.ChannelCredentials | None = None,
         channel_options: Sequence[tuple[str, Any]] = (),
         timeout: float = 5.0,
@@ -373,7 +522,15 @@ class ClientCredentials(_Base):
         """Credentials on a TokenService channel the SDK builds itself: TLS to every host but a
         loopback or ``unix:`` target (the system's roots unless ``root_certificates``; add
         ``private_key``/``certificate_chain`` for mutual TLS, or pass ``channel_credentials``),
-        plaintext only there. :meth:`close` closes that channel."""
+        plaintext only there. :meth:`close` closes that channel. The client authenticates with
+        ``client_secret``, or with ``private_key_jwt`` (:class:`PrivateKeyJwtCredentials`: a
+        fresh signed assertion per token request).
+
+        The TLS material is PEM bytes or the path of a file holding it. With a client certificate
+        on a mutual-TLS port (``authsvc serve --mtls-listen``, RFC 8705) every token is bound to
+        that certificate: call the resource server with the same one
+        (``authorized_channel(..., private_key=..., certificate_chain=...)``), or it refuses the
+        token."""
         channel, _ = token_service_channel(
             target,
             root_certificates=root_certificates,
@@ -387,6 +544,7 @@ class ClientCredentials(_Base):
                 channel,
                 client_id=client_id,
                 client_secret=client_secret,
+                private_key_jwt=private_key_jwt,
                 scopes=scopes,
                 audience=audience,
                 timeout=timeout,
@@ -405,7 +563,8 @@ class ClientCredentials(_Base):
         channel: grpc.Channel,
         *,
         client_id: str,
-        client_secret: str,
+        client_secret: str | None = None,
+        private_key_jwt: PrivateKeyJwtCredentials | None = None,
         scopes: Sequence[str] = (),
         audience: Sequence[str] = (),
         secure: bool = False,
@@ -418,6 +577,7 @@ class ClientCredentials(_Base):
             channel,
             client_id=client_id,
             client_secret=client_secret,
+            private_key_jwt=private_key_jwt,
             scopes=scopes,
             audience=audience,
             secure=secure,
@@ -514,16 +674,21 @@ class ClientCredentials(_Base):
 
     def _fetch_with_retries(self) -> AccessToken:
         delays = self.retry.delays(self._jitter)
+        began = self._clock()
+        wait = self._pushback(began)
+        if wait:
+            self._sleep(wait)
         for attempt in range(self.retry.max_attempts):
-            started = self._clock()
+            started = began if attempt == 0 and not wait else self._clock()  # one clock read when calm
             self.fetches += 1
             try:
                 return self._accept(started, self._fetcher())
             except TokenFetchError as exc:
-                if not exc.retryable or attempt == len(delays):
+                delay = self._retry_delay(exc, attempt, delays, began)
+                if delay is None:
                     raise
                 log.info("token fetch attempt %d failed (%s); retrying", attempt + 1, exc.code.name)
-                self._sleep(delays[attempt])
+                self._sleep(delay)
         raise AssertionError("unreachable")
 
     def __repr__(self) -> str:

@@ -15,8 +15,9 @@ grpc's internals at best: if that fails, it refuses (fail closed) unless the cal
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -24,13 +25,19 @@ from authsvc.core.errors import ConfigurationError
 from authsvc.listen import is_loopback, split_host_port
 
 __all__ = [
+    "PemSource",
     "aio_token_service_channel",
     "channel_target",
     "check_secret_transport",
     "is_local_target",
+    "load_pem",
     "loopback_hosts",
+    "tls_credentials",
     "token_service_channel",
 ]
+
+PemSource: TypeAlias = "bytes | str | os.PathLike[str]"
+"""PEM material: the bytes themselves, or the path of a file holding them (a ``str`` is a path)."""
 
 # A plaintext channel to loopback must not be routed through an HTTP CONNECT proxy named by
 # http_proxy/grpc_proxy in the environment: the proxy would see the secret.
@@ -114,12 +121,33 @@ def check_secret_transport(channel: object, *, secure: bool) -> None:
     )
 
 
+def load_pem(source: PemSource | None) -> bytes | None:
+    """The PEM bytes of ``source``: itself when bytes, else the file it names, read now."""
+    if source is None or isinstance(source, bytes):
+        return source
+    with open(source, "rb") as file:
+        return file.read()
+
+
+def tls_credentials(
+    root_certificates: PemSource | None, private_key: PemSource | None, certificate_chain: PemSource | None
+) -> grpc.ChannelCredentials:
+    """``grpc.ssl_channel_credentials`` from bytes or files. A client certificate (mutual TLS,
+    RFC 8705) needs both its ``certificate_chain`` and its ``private_key``: one without the other
+    is refused with ``ValueError`` here, rather than as a failed handshake later."""
+    if (private_key is None) != (certificate_chain is None):
+        raise ValueError("a client certificate needs both certificate_chain and private_key (mutual TLS)")
+    return grpc.ssl_channel_credentials(
+        load_pem(root_certificates), load_pem(private_key), load_pem(certificate_chain)
+    )
+
+
 def _channel_credentials(
     target: str,
     *,
-    root_certificates: bytes | None,
-    private_key: bytes | None,
-    certificate_chain: bytes | None,
+    root_certificates: PemSource | None,
+    private_key: PemSource | None,
+    certificate_chain: PemSource | None,
     channel_credentials: grpc.ChannelCredentials | None,
 ) -> grpc.ChannelCredentials | None:
     """TLS credentials for the target, or None for plaintext (loopback or unix: only)."""
@@ -132,22 +160,24 @@ def _channel_credentials(
         return channel_credentials
     if tls_material or not is_local_target(target):
         # without root_certificates, gRPC uses the system's trust store
-        return grpc.ssl_channel_credentials(root_certificates, private_key, certificate_chain)
+        return tls_credentials(root_certificates, private_key, certificate_chain)
     return None
 
 
 def token_service_channel(
     target: str,
     *,
-    root_certificates: bytes | None = None,
-    private_key: bytes | None = None,
-    certificate_chain: bytes | None = None,
+    root_certificates: PemSource | None = None,
+    private_key: PemSource | None = None,
+    certificate_chain: PemSource | None = None,
     channel_credentials: grpc.ChannelCredentials | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> tuple[grpc.Channel, bool]:
     """A channel to the TokenService and whether it is encrypted: TLS for every host but a
     loopback or ``unix:`` target (system roots unless ``root_certificates``), plaintext there
-    unless TLS material or ``channel_credentials`` are given."""
+    unless TLS material or ``channel_credentials`` are given. ``private_key`` and
+    ``certificate_chain`` (PEM bytes or files) are the client's certificate, for a mutual-TLS
+    port (``authsvc serve --mtls-listen``): the tokens it issues are bound to it."""
     creds = _channel_credentials(
         target,
         root_certificates=root_certificates,
@@ -163,9 +193,9 @@ def token_service_channel(
 def aio_token_service_channel(
     target: str,
     *,
-    root_certificates: bytes | None = None,
-    private_key: bytes | None = None,
-    certificate_chain: bytes | None = None,
+    root_certificates: PemSource | None = None,
+    private_key: PemSource | None = None,
+    certificate_chain: PemSource | None = None,
     channel_credentials: grpc.ChannelCredentials | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> tuple[grpc.aio.Channel, bool]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import TypeVar
 
 __all__ = [
     "AccessDenied",
@@ -31,6 +32,8 @@ __all__ = [
     "TemporarilyUnavailable",
     "UnauthorizedClient",
     "UnsupportedGrantType",
+    "refusal_detail",
+    "with_detail",
 ]
 
 
@@ -164,9 +167,44 @@ class NotFound(OAuthError):
 class RateLimited(ServiceError):
     """The caller holds or asks for more than a limit allows (too many concurrent streams, too many
     requests); RESOURCE_EXHAUSTED with reason ``RATE_LIMITED`` (DESIGN.md §2). Not an OAuth error:
-    no RFC defines it."""
+    no RFC defines it.
+
+    ``retry_after`` (seconds), when known, is when the caller may try again: a
+    ``google.rpc.RetryInfo`` detail and the ``grpc-retry-pushback-ms`` trailer on gRPC,
+    ``Retry-After`` over HTTP. ``limit`` names the limit that refused (``client``, ``peer``,
+    ``failed_auth``; None for a cap on streams), for the audit log and the metrics.
+    """
 
     error = "rate_limited"
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        retry_after: float | None = None,
+        limit: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(description, metadata=metadata)
+        self.retry_after = retry_after if retry_after is not None and retry_after > 0 else None
+        self.limit = limit
+
+
+_E = TypeVar("_E", bound=OAuthError)
+
+
+def with_detail(exc: _E, detail: str) -> _E:
+    """``exc`` with its precise internal reason attached (:func:`refusal_detail`)."""
+    exc.detail = detail  # type: ignore[attr-defined]
+    return exc
+
+
+def refusal_detail(exc: OAuthError) -> str | None:
+    """The precise internal reason of a refusal the core raised, for the audit log only
+    (``unknown_client``, ``wrong_secret``, ``client_disabled``, ``scope_not_allowed``, ...); never
+    sent on the wire, where unknown client and wrong secret answer the same. None when unknown."""
+    detail = getattr(exc, "detail", None)
+    return detail if isinstance(detail, str) else None
 
 
 class ConfigurationError(Exception):

@@ -3,21 +3,25 @@
 A grant is a small class registered with the :class:`TokenEndpoint`: it says which
 ``grant_type`` it handles and turns an authenticated client's request into a
 :class:`Grant` decision (scopes, audiences, lifetime). The endpoint does what every grant shares:
-request checks, client authentication (§2.3), token construction and signing. A second grant or
-client-authentication method is an addition, not an edit.
+request checks, client authentication (§2.3), token construction and signing. Client
+authentication methods are registered the same way (:mod:`authsvc.core.auth_methods`). A second
+grant or client-authentication method is an addition, not an edit.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Protocol, TypeVar
+from typing import Protocol
 
+from authsvc.core.auth_methods import ClientAuthHandler, ClientSecretBasic, ClientSecretPost
+from authsvc.core.certs import ClientCertificate, confirmation
+from authsvc.core.client_auth import PresentedCredentials
 from authsvc.core.clients import (
     CLIENT_CREDENTIALS,
     MAX_AUDIENCES,
     Client,
+    ClientAuthMethod,
     validate_audience,
     validate_client_id,
 )
@@ -29,11 +33,13 @@ from authsvc.core.errors import (
     OAuthError,
     UnauthorizedClient,
     UnsupportedGrantType,
+    refusal_detail,
 )
+from authsvc.core.errors import with_detail as _detailed
 from authsvc.core.keys import b64url
 from authsvc.core.ports import Clock, RandomSource
 from authsvc.core.scopes import format_scope, parse_scope
-from authsvc.core.secrets import MAX_SECRET_LENGTH, SecretHasher
+from authsvc.core.secrets import SecretHasher
 from authsvc.core.tokens import AccessTokenClaims, TokenSigner
 
 __all__ = [
@@ -49,30 +55,6 @@ __all__ = [
 ]
 
 _GRANT_TYPE_MAX = 128
-
-
-_E = TypeVar("_E", bound=OAuthError)
-
-
-def _detailed(exc: _E, detail: str) -> _E:
-    """``exc`` with its internal reason attached (:func:`refusal_detail`)."""
-    exc.detail = detail  # type: ignore[attr-defined]
-    return exc
-
-
-def refusal_detail(exc: OAuthError) -> str | None:
-    """The precise internal reason of a refusal the core raised, for the audit log only
-    (``unknown_client``, ``wrong_secret``, ``client_disabled``, ``scope_not_allowed``, ...); never
-    sent on the wire, where unknown client and wrong secret answer the same. None when unknown."""
-    detail = getattr(exc, "detail", None)
-    return detail if isinstance(detail, str) else None
-
-
-class ClientAuthMethod(StrEnum):
-    """How the client presented its credentials (RFC 7591 §2 names)."""
-
-    CLIENT_SECRET_POST = "client_secret_post"  # noqa: S105 - a method name, not a secret
-    CLIENT_SECRET_BASIC = "client_secret_basic"  # noqa: S105 - a method name, not a secret
 
 
 class ClientLookup(Protocol):
@@ -91,12 +73,52 @@ class TokenRequest:
     scope: str
     audience: tuple[str, ...]
     auth_method: ClientAuthMethod
+    # the certificate of a mutual-TLS connection (RFC 8705), verified by the TLS stack: the
+    # token issued is bound to it (cnf.x5t#S256, §3.1); None over plain TLS
+    client_certificate: ClientCertificate | None = None
+    client_assertion: str = ""
+    client_assertion_type: str = ""
 
-    def __repr__(self) -> str:  # never show the secret
+    def __repr__(self) -> str:  # never show the secret or the assertion
         return (
             f"TokenRequest(grant_type={self.grant_type!r}, client_id={self.client_id!r}, "
             f"client_secret=<redacted>, scope={self.scope!r}, audience={self.audience!r}, "
-            f"auth_method={self.auth_method.value!r})"
+            f"auth_method={self.auth_method.value!r}, client_assertion=<redacted>)"
+        )
+
+    @classmethod
+    def of(
+        cls,
+        credentials: PresentedCredentials,
+        *,
+        grant_type: str,
+        scope: str,
+        audience: tuple[str, ...],
+    ) -> TokenRequest:
+        """The request of a grant with the credentials an edge read (with the client's
+        certificate on a mutual-TLS connection: the token will be bound to it)."""
+        return cls(
+            grant_type=grant_type,
+            client_id=credentials.client_id,
+            client_secret=credentials.client_secret,
+            scope=scope,
+            audience=audience,
+            auth_method=credentials.method,
+            client_assertion=credentials.client_assertion,
+            client_assertion_type=credentials.client_assertion_type,
+            client_certificate=credentials.client_certificate,
+        )
+
+    @property
+    def credentials(self) -> PresentedCredentials:
+        """What the request presented to authenticate its client."""
+        return PresentedCredentials(
+            self.auth_method,
+            self.client_id,
+            self.client_secret,
+            client_assertion=self.client_assertion,
+            client_assertion_type=self.client_assertion_type,
+            client_certificate=self.client_certificate,
         )
 
 
@@ -196,6 +218,7 @@ class TokenEndpoint:
         self._clock = clock
         self._random = random
         self._grants: dict[str, GrantHandler] = {}
+        self._auth_methods: dict[ClientAuthMethod, ClientAuthHandler] = {}
         # What an unknown client id is checked as: enabled, so that every check a known client
         # passes through runs for it too, and holding a hash no secret matches.
         self._unknown_client = Client(
@@ -215,41 +238,59 @@ class TokenEndpoint:
     def register_grant(self, grant: GrantHandler) -> None:
         self._grants[grant.grant_type] = grant
 
-    def authenticate(self, client_id: str, client_secret: str) -> Client:
-        """RFC 6749 §2.3.1. Unknown client, wrong secret and disabled client all raise the same
-        :class:`InvalidClient`, after the same work. The client's current secret is accepted, and
-        its previous one until ``previous_secret_expires_at`` (the grace of a rotation), never after.
+    def register_auth_method(self, handler: ClientAuthHandler) -> None:
+        """Accept requests presenting ``handler.method``, checked by ``handler``."""
+        self._auth_methods[handler.method] = handler
 
-        An unknown id is not a shortcut: it is checked as a decoy client, with the same keyed hash
-        and constant-time comparison against a stored hash of the same shape and the same checks
-        after it, so that timing does not tell an attacker which client ids exist.
+    @property
+    def auth_methods(self) -> tuple[ClientAuthMethod, ...]:
+        """The methods a request may present, in registration order (RFC 8414
+        ``token_endpoint_auth_methods_supported``)."""
+        return tuple(self._auth_methods)
+
+    @property
+    def auth_signing_algs(self) -> tuple[str, ...]:
+        """The JWS algorithms the registered methods verify (RFC 8414
+        ``token_endpoint_auth_signing_alg_values_supported``)."""
+        return tuple(dict.fromkeys(a for h in self._auth_methods.values() for a in h.signing_algs))
+
+    def may_block(self, presented: PresentedCredentials) -> bool:
+        """True if authenticating ``presented`` may wait on I/O beyond the client lookup."""
+        handler = self._auth_methods.get(presented.method)
+        return handler is not None and handler.blocking
+
+    def authenticate(self, presented: PresentedCredentials) -> Client:
+        """RFC 6749 §2.3: the client the credentials prove to be. Unknown client, credentials that
+        do not prove it, a method its registration does not accept and a disabled client all raise
+        the same :class:`InvalidClient`, after the same work.
+
+        An unknown id is not a shortcut, nor is a client registered for another method: the
+        presented credentials are checked against a decoy client (an enabled client whose stored
+        secret hash no secret matches) by the same handler, with the same checks after it, so that
+        timing does not tell an attacker which client ids exist or how they authenticate.
         """
-        if not client_id or not client_secret:
+        handler = self._auth_methods.get(presented.method)
+        if handler is None:
             raise _detailed(
-                InvalidClient("client authentication is required"),
-                "no_client_id" if not client_id else "no_client_secret",
+                InvalidClient("this client authentication method is not supported"), "auth_method_unsupported"
             )
-        validate_client_id(client_id)
-        if len(client_secret) > MAX_SECRET_LENGTH:
-            raise InvalidRequest("client_secret is too long")
-        found = self._clients.get_client(client_id)
-        client = found if found is not None else self._unknown_client
-        ok = self._hasher.verify(client_secret, client.secret_hash)
-        # The previous secret (a rotation's grace period) is always checked too, against the decoy
-        # hash when there is none, so that two keyed-hash comparisons run for every request and
-        # timing tells nobody whether a rotation is under way. Its grace is checked against the
-        # clock here, not when the client was cached, so it ends on time whatever the cache holds.
-        previous = client.previous_secret_hash
-        ok_previous = self._hasher.verify(
-            client_secret, previous if previous is not None else self._hasher.unknown_client_hash
-        )
-        in_grace = client.previous_secret_valid(self._clock.now())
-        # `&`, not `and`: every term is evaluated whichever fails
-        if not ((ok | (ok_previous & in_grace)) & client.enabled & (found is not None)):
+        if not presented.client_id:
+            raise _detailed(InvalidClient("client authentication is required"), "no_client_id")
+        handler.precheck(presented)
+        validate_client_id(presented.client_id)
+        found = self._clients.get_client(presented.client_id)
+        registered = found is not None and found.auth_method in handler.accepted_registrations
+        client = found if found is not None and registered else self._unknown_client
+        failure = handler.check(presented, client, registered=registered)
+        if failure is not None or not registered or not client.enabled:
             # client_known only tells the edge's log whether the id may be written in full
             raise _detailed(
                 InvalidClient("client authentication failed", client_known=found is not None),
-                _authentication_failure(found, ok=ok, ok_previous=ok_previous, in_grace=in_grace),
+                "unknown_client"
+                if found is None
+                else "auth_method_not_allowed"
+                if not registered
+                else failure or "client_disabled",
             )
         return client
 
@@ -267,7 +308,7 @@ class TokenEndpoint:
         for audience in request.audience:
             validate_audience(audience)
         parse_scope(request.scope)  # a malformed scope is refused before any client lookup
-        client = self.authenticate(request.client_id, request.client_secret)
+        client = self.authenticate(request.credentials)
         try:
             if handler.grant_type not in client.grant_types:
                 raise _detailed(
@@ -293,6 +334,9 @@ class TokenEndpoint:
             client_id=client.client_id,
             scope=scope,
         )
+        if request.client_certificate is not None:
+            # RFC 8705 §3: a token issued over mutual TLS is bound to the client's certificate
+            claims["cnf"] = confirmation(request.client_certificate)
         return IssuedToken(
             access_token=signer.sign(claims),
             token_type="Bearer",  # noqa: S106 - the token type name, not a secret
@@ -304,15 +348,6 @@ class TokenEndpoint:
         )
 
 
-def _authentication_failure(found: Client | None, *, ok: bool, ok_previous: bool, in_grace: bool) -> str:
-    """Why an authentication failed, worked out after the constant-work checks, for the audit log."""
-    if found is None:
-        return "unknown_client"
-    if not (ok or (ok_previous and in_grace)):
-        return "previous_secret_expired" if ok_previous else "wrong_secret"
-    return "client_disabled"
-
-
 def client_credentials_endpoint(
     *,
     issuer: str,
@@ -322,9 +357,12 @@ def client_credentials_endpoint(
     clock: Clock,
     random: RandomSource,
 ) -> TokenEndpoint:
-    """A :class:`TokenEndpoint` with the client credentials grant registered."""
+    """A :class:`TokenEndpoint` with the client credentials grant and the client secret methods
+    registered."""
     endpoint = TokenEndpoint(
         issuer=issuer, clients=clients, hasher=hasher, signer=signer, clock=clock, random=random
     )
     endpoint.register_grant(ClientCredentialsGrant())
+    endpoint.register_auth_method(ClientSecretBasic(hasher, clock))
+    endpoint.register_auth_method(ClientSecretPost(hasher, clock))
     return endpoint

@@ -2,7 +2,8 @@
 
 Header (RFC 9068 §2.1): ``{"alg":"RS256","kid":<RFC 7638 thumbprint>,"typ":"at+jwt"}``.
 Claims (RFC 9068 §2.2): ``iss``, ``sub`` (= client_id, §2.2 for client credentials), ``aud``,
-``exp``, ``iat``, ``nbf``, ``jti``, ``client_id`` and ``scope``.
+``exp``, ``iat``, ``nbf``, ``jti``, ``client_id`` and ``scope``; and ``cnf`` (RFC 8705 §3.1,
+``{"x5t#S256": thumbprint}``) on a token issued over mutual TLS, bound to the client's certificate.
 
 The JWS compact serialization (RFC 7515 §7.1) is built here directly: the header segment is
 fixed per key and computed once, so issuing a token costs one JSON encoding of the claims and
@@ -12,11 +13,12 @@ one RSA signature.
 from __future__ import annotations
 
 import json
-from typing import TypedDict
+from typing import NotRequired, TypedDict
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
+from authsvc.core.certs import Confirmation
 from authsvc.core.keys import ALGORITHM, SigningKey, b64url
 
 __all__ = ["ACCESS_TOKEN_TYP", "AccessTokenClaims", "TokenSigner"]
@@ -37,6 +39,7 @@ class AccessTokenClaims(TypedDict):
     jti: str
     client_id: str
     scope: str
+    cnf: NotRequired[Confirmation]  # RFC 8705 §3.1: only on a token bound to a client certificate
 
 
 class TokenSigner:

@@ -2,9 +2,10 @@
 verifier speaks, translated to the same application layer as gRPC.
 
 - ``POST /oauth2/token``: RFC 6749 §4.4.2, a form body; ``client_secret_basic`` (§2.3.1
-  form-urlencoded id and secret) or ``client_secret_post``; §5.1 answers, §5.2 errors
-  (:func:`authsvc.httpstatus.token_error`). ``audience`` (or RFC 8707 ``resource``) may repeat;
-  no other parameter may (§3.2).
+  form-urlencoded id and secret), ``client_secret_post`` or ``private_key_jwt`` (RFC 7523 §2.2,
+  ``client_assertion_type`` and ``client_assertion``); §5.1 answers, §5.2 errors
+  (:func:`authsvc.httpstatus.token_error`; a rate limit is 429 with ``Retry-After``).
+  ``audience`` (or RFC 8707 ``resource``) may repeat; no other parameter may (§3.2).
 - ``GET /.well-known/jwks.json``: the keyring's published set, ``Cache-Control: max-age`` =
   the JWKS max age, an ``ETag``, and 304 for ``If-None-Match``.
 - ``GET /.well-known/oauth-authorization-server``: RFC 8414 metadata, URLs built from the issuer.
@@ -18,6 +19,12 @@ verifier speaks, translated to the same application layer as gRPC.
   sequence and 304 for ``If-None-Match``. Not standard: named in the metadata as
   ``revocation_list_endpoint``.
 
+Over mutual TLS (``authsvc serve --mtls-http-listen``, RFC 8705) the same endpoints run on a
+listener that requires a client certificate: a token issued there is bound to it
+(``cnf.x5t#S256``), the metadata says so (``tls_client_certificate_bound_access_tokens``) and
+names those endpoints in ``mtls_endpoint_aliases`` (§5), and introspection reports a token's
+``cnf`` (§3.2).
+
 Routes live under the issuer's path, if it has one (``https://auth.example/tenant`` serves
 ``/tenant/oauth2/token``); the metadata document is also served where RFC 8414 §3 puts it
 (``/.well-known/oauth-authorization-server/tenant``).
@@ -26,6 +33,7 @@ Routes live under the issuer's path, if it has one (``https://auth.example/tenan
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import math
@@ -38,14 +46,17 @@ from aiohttp import web
 from authsvc.authority.keyring import Keyring
 from authsvc.authority.revocations import RevocationFeed, RevocationRegistry
 from authsvc.authority.tokens import TokenIssuer
-from authsvc.core.client_auth import client_credentials
+from authsvc.core.certs import ClientCertificate
+from authsvc.core.client_auth import PresentedCredentials, presented_credentials
 from authsvc.core.clients import Client
-from authsvc.core.errors import InvalidRequest, InvalidToken, OAuthError, UnauthorizedClient
-from authsvc.core.grants import ClientAuthMethod, TokenRequest
+from authsvc.core.errors import InvalidRequest, InvalidToken, OAuthError, RateLimited, UnauthorizedClient
+from authsvc.core.grants import TokenRequest
 from authsvc.core.revocation import REVOCATIONS_SCOPE, Revocation
 from authsvc.httpstatus import NO_STORE, HttpAnswer, token_error
 from authsvc.logsafe import loggable
+from authsvc.serving import peer_certificate
 from authsvc.verify import Principal, TokenVerifier, verify_on_event_loop
+from authsvc.verify.binding import DEFER_BINDING
 
 __all__ = ["INTROSPECT_SCOPE", "MAX_FORM_BYTES", "OAuthHttp"]
 
@@ -127,8 +138,13 @@ class OAuthHttp:
         jwks_max_age: int,
         revocations: RevocationRegistry | None = None,
         revocation_feed: RevocationFeed | None = None,
+        certificate_bound: bool = False,
     ) -> None:
         self.issuer_url = issuer_url.rstrip("/")
+        # RFC 8705: some listener (gRPC or HTTP) issues certificate-bound tokens; and the public
+        # origin of the HTTP one, for mtls_endpoint_aliases (set once it is bound)
+        self.certificate_bound = certificate_bound
+        self.mtls_base_url: str | None = None
         self._issuer = issuer
         self._keyring = keyring
         self._introspection = introspection
@@ -160,16 +176,18 @@ class OAuthHttp:
     # -- client authentication -------------------------------------------------------------
 
     @staticmethod
-    def _credentials(request: web.Request, form: _Form) -> tuple[str, str, ClientAuthMethod]:
-        return client_credentials(
+    def _credentials(request: web.Request, form: _Form) -> PresentedCredentials:
+        return presented_credentials(
             request.headers.getall("Authorization", []),
             client_id=form.get("client_id"),
             client_secret=form.get("client_secret"),
+            client_assertion=form.get("client_assertion"),
+            client_assertion_type=form.get("client_assertion_type"),
+            client_certificate=_client_certificate(request),
         )
 
     async def _client(self, request: web.Request, form: _Form) -> Client:
-        client_id, secret, _ = self._credentials(request, form)
-        return await self._issuer.authenticate(client_id, secret, peer=request.remote)
+        return await self._issuer.authenticate(self._credentials(request, form), peer=request.remote)
 
     # -- endpoints -------------------------------------------------------------------------
 
@@ -179,14 +197,13 @@ class OAuthHttp:
         client_id = ""
         try:
             form = await _form(request)
-            client_id, secret, method = self._credentials(request, form)
-            token_request = TokenRequest(
+            presented = self._credentials(request, form)
+            client_id = presented.client_id
+            token_request = TokenRequest.of(
+                presented,
                 grant_type=form.get("grant_type"),
-                client_id=client_id,
-                client_secret=secret,
                 scope=form.get("scope"),
                 audience=tuple(form.repeated.get("audience", ())) + tuple(form.repeated.get("resource", ())),
-                auth_method=method,
             )
         except OAuthError as exc:
             self._issuer.refused(client_id, exc, peer=request.remote)
@@ -219,7 +236,7 @@ class OAuthHttp:
 
     async def metadata(self, request: web.Request) -> web.Response:
         """RFC 8414 §2 authorization server metadata."""
-        methods = [ClientAuthMethod.CLIENT_SECRET_BASIC.value, ClientAuthMethod.CLIENT_SECRET_POST.value]
+        methods = [m.value for m in self._issuer.endpoint.auth_methods]
         document: dict[str, object] = {
             "issuer": self.issuer_url,
             "token_endpoint": self.url("/oauth2/token"),
@@ -232,8 +249,21 @@ class OAuthHttp:
             "introspection_endpoint_auth_methods_supported": methods,
             "revocation_endpoint_auth_methods_supported": methods,
         }
+        algs = list(self._issuer.endpoint.auth_signing_algs)
+        if algs:  # RFC 8414 §2: for private_key_jwt (and client_secret_jwt, not offered)
+            for endpoint in ("token", "introspection", "revocation"):
+                document[f"{endpoint}_endpoint_auth_signing_alg_values_supported"] = algs
         if self._feed is not None:  # not RFC 8414: authsvc's list for verifiers that poll
             document["revocation_list_endpoint"] = self.url("/oauth2/revocations")
+        if self.certificate_bound:  # RFC 8705 §3.3
+            document["tls_client_certificate_bound_access_tokens"] = True
+        if self.mtls_base_url is not None:  # RFC 8705 §5: where a client doing mutual TLS goes
+            base = self.mtls_base_url.rstrip("/") + self._prefix
+            document["mtls_endpoint_aliases"] = {
+                "token_endpoint": base + "/oauth2/token",
+                "introspection_endpoint": base + "/oauth2/introspect",
+                "revocation_endpoint": base + "/oauth2/revoke",
+            }
         return web.json_response(document, headers={"Cache-Control": f"public, max-age={self._jwks_max_age}"})
 
     async def introspect(self, request: web.Request) -> web.Response:
@@ -246,7 +276,7 @@ class OAuthHttp:
             token = form.get("token")
             if not token:
                 raise InvalidRequest("the token parameter is required")
-        except OAuthError as exc:
+        except (OAuthError, RateLimited) as exc:
             return _answer(token_error(exc, basic=basic))
         try:
             principal = await self._verify(token)
@@ -257,8 +287,10 @@ class OAuthHttp:
         if self._revoked(principal):  # RFC 7662 §2.2: a revoked token is not active
             return _ok({"active": False})
         claims = principal.claims
+        bound = {} if principal.certificate_thumbprint is None else {"cnf": claims["cnf"]}  # RFC 8705 §3.2
         return _ok(
             {
+                **bound,
                 "active": True,
                 "scope": claims["scope"],
                 "client_id": principal.client_id,
@@ -290,7 +322,7 @@ class OAuthHttp:
                 return web.Response(status=200, headers=dict(NO_STORE))
             if principal.client_id != caller.client_id:
                 raise UnauthorizedClient("a client may revoke only its own tokens")
-        except OAuthError as exc:
+        except (OAuthError, RateLimited) as exc:
             return _answer(token_error(exc, basic=basic))
         if self._revocations is None:
             log.warning(
@@ -317,15 +349,14 @@ class OAuthHttp:
         basic = "Authorization" in request.headers
         client_id = ""
         try:
-            client_id, secret, _ = client_credentials(
-                request.headers.getall("Authorization", []), client_id="", client_secret=""
-            )
+            presented = presented_credentials(request.headers.getall("Authorization", []))
         except OAuthError as exc:
             self._issuer.refused(client_id, exc, peer=request.remote)
             return _answer(token_error(exc, basic=basic))
+        client_id = presented.client_id
         try:
-            client = await self._issuer.authenticate(client_id, secret, peer=request.remote)  # logs refusals
-        except OAuthError as exc:
+            client = await self._issuer.authenticate(presented, peer=request.remote)  # logs refusals
+        except (OAuthError, RateLimited) as exc:
             return _answer(token_error(exc, basic=basic))
         if REVOCATIONS_SCOPE not in client.allowed_scopes:
             refusal = UnauthorizedClient(f"reading the revocation list needs the scope {REVOCATIONS_SCOPE}")
@@ -348,8 +379,25 @@ class OAuthHttp:
 
     async def _verify(self, token: str) -> Principal:
         """The token's principal, never blocking the loop (the keys come from the keyring's memory;
-        the rare fetch runs in the key cache's thread)."""
-        return await verify_on_event_loop(self._introspection, token, where="introspection")
+        the rare fetch runs in the key cache's thread). A certificate-bound token's binding is
+        reported (introspection) or irrelevant (revocation), not enforced: the caller is a client
+        asking about a token, not its bearer using it."""
+        return await verify_on_event_loop(
+            self._introspection, token, where="introspection", peer_certificate=DEFER_BINDING
+        )
+
+
+def _client_certificate(request: web.Request) -> ClientCertificate | None:
+    """The client's certificate on a mutual-TLS listener (RFC 8705), None elsewhere: only the
+    listener started with a client CA asks for one. InvalidClient if it does not parse."""
+    der = peer_certificate(request)
+    return None if der is None else _parse_certificate(der)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_certificate(der: bytes) -> ClientCertificate:
+    # the same certificate on every request of a client: parsed once (a failure is not remembered)
+    return ClientCertificate.from_der(der)
 
 
 def _entry(entry: Revocation) -> dict[str, object]:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 from grpc_health.v1._async import HealthServicer
@@ -30,13 +31,19 @@ from prometheus_client.multiprocess import mark_process_dead
 from authsvc import authority as application
 from authsvc import serving
 from authsvc.authority import Authority
+from authsvc.authority.client_keys import ClientKeys
+from authsvc.authority.deployment import DB_FILE
 from authsvc.authority.keyring import Keyring
+from authsvc.authority.ratelimit import RateLimits, RedisBuckets
 from authsvc.authority.revocations import RevocationFeed
 from authsvc.authority.tokens import TokenIssuer
+from authsvc.core.auth_methods import PrivateKeyJwt, TlsClientAuth
+from authsvc.core.client_assertion import AssertionPolicy
+from authsvc.core.dburl import redact_database_url
 from authsvc.core.errors import ConfigurationError
-from authsvc.core.grants import client_credentials_endpoint
+from authsvc.core.grants import TokenEndpoint, client_credentials_endpoint
 from authsvc.core.ports import SystemClock, SystemRandom
-from authsvc.listen import wait_for_stop_signal
+from authsvc.listen import stop_signal
 from authsvc.logsafe import LogRateLimiter
 from authsvc.metrics import ServerMetrics
 from authsvc.server.config import ServeConfig
@@ -83,6 +90,9 @@ class RunningServer:
     metrics: ServerMetrics | None = None  # what /metrics shows (--metrics-listen)
     management: serving.HttpListener | None = None  # /metrics, /livez, /readyz
     health_task: asyncio.Task[None] | None = None  # keeps gRPC health in step with /readyz
+    rate_limits: RateLimits | None = None  # --client-rate-limit, --peer-rate-limit, ...
+    mtls_port: int | None = None  # the gRPC port that requires client certificates (--mtls-listen)
+    mtls_http: serving.HttpListener | None = None  # the OAuth endpoints over mutual TLS
 
     @property
     def http_port(self) -> int:
@@ -96,6 +106,12 @@ class RunningServer:
             raise RuntimeError("the TokenService serves no metrics (--metrics-listen)")
         return self.management.port
 
+    @property
+    def mtls_http_port(self) -> int:
+        if self.mtls_http is None:
+            raise RuntimeError("the TokenService serves no HTTP over mutual TLS (--mtls-http-listen)")
+        return self.mtls_http.port
+
     async def stop(self, grace: float | None) -> None:
         """Report NOT_SERVING, let in-flight calls on both listeners finish within ``grace``
         seconds, stop."""
@@ -107,11 +123,13 @@ class RunningServer:
         tasks = [t for t in (self.keyring_task, self.revocations_task) if t is not None]
         for task in tasks:
             task.cancel()
-        listeners = [h.stop() for h in (self.http, self.management) if h is not None]
+        listeners = [h.stop() for h in (self.http, self.mtls_http, self.management) if h is not None]
         await asyncio.gather(self.server.stop(grace), *listeners)
         for task in tasks:  # each waits for its tick in flight: the store is closed next
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.rate_limits is not None:
+            await self.rate_limits.close()
         self.authority.close()
 
 
@@ -141,14 +159,22 @@ async def start_server(
         clock=authority.clock,
         random=authority.random,
     )
+    _register_private_key_jwt(endpoint, config, authority)
+    if config.mtls:  # a client certificate can reach the endpoint only on a mutual-TLS listener
+        endpoint.register_auth_method(TlsClientAuth())
     refusal_log = LogRateLimiter(
         rate=config.refusal_log_rate, burst=max(1, round(2 * config.refusal_log_rate)), clock=monotonic
     )
     metrics = ServerMetrics(multiprocess_dir=metrics_dir) if config.metrics_listen is not None else None
     if metrics is not None:  # keys by state and the revocation list, read at each scrape
         metrics.watch_keys(keyring, lambda: revocations.set)
+    rate_limits = _rate_limits(config, metrics)
     issuer = TokenIssuer(
-        endpoint, clients, refusal_log=refusal_log, metrics=None if metrics is None else metrics.tokens()
+        endpoint,
+        clients,
+        refusal_log=refusal_log,
+        metrics=None if metrics is None else metrics.tokens(),
+        limits=rate_limits,
     )
     server = serving.new_server(
         limits=config.limits,
@@ -173,19 +199,31 @@ async def start_server(
     health = serving.add_health_and_reflection(server, [TOKEN_SERVICE])
     try:
         port = serving.bind(server, config.listen, tls_cert=config.tls_cert, tls_key=config.tls_key)
+        mtls_port = None
+        if config.mtls_listen is not None:
+            # RFC 8705: the same services, on a port whose every caller presents a certificate
+            # issued by the client CA; IssueToken binds the tokens it issues there to it
+            mtls_port = serving.bind(
+                server,
+                config.mtls_listen,
+                tls_cert=config.tls_cert,
+                tls_key=config.tls_key,
+                client_ca=config.client_ca,
+            )
         await server.start()
     except BaseException:
         await server.stop(None)  # else its loop-bound parts complain at interpreter exit
         raise
-    http = None
-    if config.http_listen is not None:
+    http = mtls_http = None
+    if config.http_listen is not None or config.mtls_http_listen is not None:
         try:
-            http = await _start_http(
+            http, mtls_http = await _start_http(
                 config, issuer, keyring, authority, revocations, reuse_port=reuse_port, metrics=metrics
             )
         except BaseException:
             await server.stop(0)
             raise
+    web_listeners = [h for h in (http, mtls_http) if h is not None]
     readiness = _readiness(keyring)
     management = None
     if metrics is not None and config.metrics_listen is not None:
@@ -198,13 +236,13 @@ async def start_server(
                 reuse_port=reuse_port,
             )
         except OSError as exc:
-            await asyncio.gather(server.stop(0), *([http.stop()] if http is not None else []))
+            await asyncio.gather(server.stop(0), *[h.stop() for h in web_listeners])
             raise ConfigurationError(
                 f"cannot listen on {config.metrics_listen}: {exc.strerror or exc}; choose another "
                 "--metrics-listen"
             ) from None
         except BaseException:
-            await asyncio.gather(server.stop(0), *([http.stop()] if http is not None else []))
+            await asyncio.gather(server.stop(0), *[h.stop() for h in web_listeners])
             raise
     keyring_task = asyncio.get_running_loop().create_task(keyring.run(), name="authsvc-keyring")
     revocations_task = asyncio.get_running_loop().create_task(revocations.run(), name="authsvc-revocations")
@@ -218,15 +256,22 @@ async def start_server(
     )
     if keyring.healthy:  # else the health task reports NOT_SERVING until it is
         await serving.serving(health, [TOKEN_SERVICE])
+    mtls_note = (
+        "" if mtls_port is None else f", mutual TLS on {_http_address(config.mtls_listen or '', mtls_port)}"
+    )
+    if mtls_http is not None:
+        mtls_note += f", HTTP mutual TLS on {_http_address(config.mtls_http_listen or '', mtls_http.port)}"
     log.info(
-        "TokenService listening on %s (%s)%s%s, issuer %s, signing key kid=%s",
+        "TokenService listening on %s (%s)%s%s%s, issuer %s, signing key kid=%s",
         serving.describe(config.listen, port),
         "TLS" if config.tls else "plaintext",
         "" if http is None else f", HTTP on {_http_address(config.http_listen or '', http.port)}",
+        mtls_note,
         metrics_note,
         config.issuer,
         keyring.signer.key.kid,
     )
+    log.info("%s", rate_limits.describe())
     return RunningServer(
         server,
         port,
@@ -241,6 +286,43 @@ async def start_server(
         metrics,
         management,
         health_task,
+        rate_limits,
+        mtls_port=mtls_port,
+        mtls_http=mtls_http,
+    )
+
+
+def _rate_limits(config: ServeConfig, metrics: ServerMetrics | None) -> RateLimits:
+    """The configured limits, on Redis buckets with --redis-url (local ones during an outage)."""
+    shared = None
+    if config.redis_url is not None:
+        shared = RedisBuckets(config.redis_url, prefix=config.redis_key_prefix)
+    return RateLimits(
+        client=config.client_rate_limit,
+        peer=config.peer_rate_limit,
+        failed_auth=config.failed_auth_limit,
+        shared=shared,
+        metrics=None if metrics is None else metrics.rate_limits(),
+    )
+
+
+def _register_private_key_jwt(endpoint: TokenEndpoint, config: ServeConfig, authority: Authority) -> None:
+    """private_key_jwt (RFC 7523): the clients' keys from their records or their jwks_uri, the
+    assertions' jti in the store shared by every replica."""
+    endpoint.register_auth_method(
+        PrivateKeyJwt(
+            keys=ClientKeys(
+                allow_internal=config.client_jwks_allow_internal, ca_file=config.client_jwks_ca_file
+            ),
+            replay=authority.store,
+            policy=AssertionPolicy(
+                issuer=config.issuer,
+                token_endpoint=config.token_endpoint,
+                accept_token_endpoint_audience=config.accept_token_endpoint_audience,
+                max_lifetime=config.client_assertion_max_lifetime,
+            ),
+            clock=authority.clock,
+        )
     )
 
 
@@ -266,9 +348,14 @@ async def _start_http(
     *,
     reuse_port: bool,
     metrics: ServerMetrics | None = None,
-) -> serving.HttpListener:
-    """The OAuth endpoints over HTTP on the same loop and application layer (authsvc.http)."""
-    from authsvc.http.oauth import OAuthHttp  # noqa: PLC0415 - aiohttp only when HTTP is served
+) -> tuple[serving.HttpListener | None, serving.HttpListener | None]:
+    """The OAuth endpoints over HTTP on the same loop and application layer (authsvc.http): on
+    ``--http-listen``, and over mutual TLS on ``--mtls-http-listen`` (RFC 8705: the same
+    endpoints, for clients that present a certificate; the metadata names them in
+    ``mtls_endpoint_aliases``)."""
+    from aiohttp import web  # noqa: PLC0415 - aiohttp only when HTTP is served
+
+    from authsvc.http.oauth import OAuthHttp  # noqa: PLC0415
 
     introspection = TokenVerifier(
         issuer=config.issuer,
@@ -285,25 +372,56 @@ async def _start_http(
         jwks_max_age=config.jwks_max_age,
         revocations=authority.revocations,
         revocation_feed=revocations,
+        certificate_bound=config.mtls,
     )
-    assert config.http_listen is not None
-    app = oauth.app()
-    if metrics is not None:
-        metrics.instrument_http(app)
-    return await serving.start_http(
-        app,
-        config.http_listen,
-        tls_cert=config.tls_cert,
-        tls_key=config.tls_key,
-        grace=config.grace_period,
-        reuse_port=reuse_port,
-    )
+
+    def app() -> web.Application:
+        built = oauth.app()
+        if metrics is not None:
+            metrics.instrument_http(built)
+        return built
+
+    http = mtls_http = None
+    if config.http_listen is not None:
+        http = await serving.start_http(
+            app(),
+            config.http_listen,
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
+            grace=config.grace_period,
+            reuse_port=reuse_port,
+        )
+    if config.mtls_http_listen is not None:
+        try:
+            mtls_http = await serving.start_http(
+                app(),
+                config.mtls_http_listen,
+                tls_cert=config.tls_cert,
+                tls_key=config.tls_key,
+                grace=config.grace_period,
+                reuse_port=reuse_port,
+                client_ca=config.client_ca,
+            )
+        except BaseException:
+            if http is not None:
+                await http.stop()
+            raise
+        oauth.mtls_base_url = config.mtls_base_url or _default_mtls_base_url(config.issuer, mtls_http.port)
+    return http, mtls_http
+
+
+def _default_mtls_base_url(issuer: str, port: int) -> str:
+    """Where the mutual-TLS HTTP listener is reached when ``--mtls-base-url`` does not say: the
+    issuer's host on that listener's port, over https."""
+    host = urlsplit(issuer).hostname or "localhost"
+    return f"https://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 async def serve(config: ServeConfig, *, reuse_port: bool = False, metrics_dir: Path | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    stopping = stop_signal()  # before start-up: a SIGTERM during it stops gracefully after it
     running = await start_server(config, reuse_port=reuse_port, metrics_dir=metrics_dir)
-    await wait_for_stop_signal()
+    await stopping.wait()
     log.info("shutting down (grace %.1fs)", config.grace_period)
     await running.stop(config.grace_period)
     log.info("stopped")
@@ -320,6 +438,14 @@ def _worker(
         asyncio.run(serve(config, reuse_port=True, metrics_dir=metrics_dir))
     finally:
         log_setup.stop()
+
+
+def database_location(config: ServeConfig) -> str:
+    """Where the clients and keys are kept, for the start-up log: the SQLite file, or the
+    PostgreSQL URL with every secret in it redacted (authsvc.core.dburl)."""
+    if config.database_url:
+        return f"PostgreSQL at {redact_database_url(config.database_url)}"
+    return f"SQLite at {config.data_dir / DB_FILE}"
 
 
 @contextlib.contextmanager
@@ -372,6 +498,8 @@ def _worker_environment(metrics_dir: Path | None) -> Iterator[None]:
 
 def run(config: ServeConfig, *, log_format: str = "text") -> int:
     """Run the TokenService in this process, or in ``config.workers`` worker processes."""
+    # once, before the workers: an operator reading the log knows which database this is
+    log.info("clients and keys in %s", database_location(config))
     if config.workers == 1:
         asyncio.run(serve(config))
         return 0

@@ -7,13 +7,17 @@ variables; nothing below it reads the environment.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from authsvc.authority.ratelimit import DEFAULT_FAILED_AUTH_LIMIT, DEFAULT_REDIS_PREFIX, check_redis_url
+from authsvc.core.client_assertion import DEFAULT_ASSERTION_MAX_LIFETIME
 from authsvc.core.clients import MAX_TOKEN_TTL
 from authsvc.core.errors import ConfigurationError
 from authsvc.core.lifecycle import DEFAULT_JWKS_MAX_AGE, DEFAULT_KEY_PUBLISH_DELAY, LifecyclePolicy
+from authsvc.core.ratelimit import RateLimit
 from authsvc.listen import ConnectionLimits, check_listen, check_plaintext, is_unix, split_host_port
 
 __all__ = [
@@ -41,6 +45,13 @@ class ServeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     insecure: bool = False
+    # RFC 8705 mutual TLS: listeners that require a client certificate issued by client_ca (grpc
+    # asks for one only when it requires it, so each is its own port); tokens issued there are
+    # bound to the certificate
+    mtls_listen: str | None = None
+    mtls_http_listen: str | None = None
+    client_ca: Path | None = None
+    mtls_base_url: str | None = None  # the public origin of mtls_http_listen (mtls_endpoint_aliases)
     kek: str | None = field(default=None, repr=False)  # one KEK, or several comma-separated
     kek_file: Path | tuple[Path, ...] | None = None  # one KEK file, or several: the first encrypts
     workers: int = 1
@@ -58,6 +69,18 @@ class ServeConfig:
     watch_streams_per_peer: int = 8
     watch_streams_total: int = 256
     refusal_log_rate: float = 10.0  # "token refused" lines per second, bursts of twice that
+    # private_key_jwt (RFC 7523): how far ahead an assertion's exp may be; whether its aud may be the
+    # token endpoint URL rather than the issuer; where the keys of jwks_uri clients may be fetched
+    client_assertion_max_lifetime: int = DEFAULT_ASSERTION_MAX_LIFETIME
+    accept_token_endpoint_audience: bool = False
+    client_jwks_allow_internal: bool = False
+    client_jwks_ca_file: Path | None = None
+    # rate limits (README "Rate limits"); None is off
+    client_rate_limit: RateLimit | None = None
+    peer_rate_limit: RateLimit | None = None
+    failed_auth_limit: RateLimit | None = DEFAULT_FAILED_AUTH_LIMIT
+    redis_url: str | None = field(default=None, repr=False)  # may hold a password
+    redis_key_prefix: str = DEFAULT_REDIS_PREFIX
 
     def __post_init__(self) -> None:
         check_listen(self.listen, "--listen")
@@ -67,6 +90,7 @@ class ServeConfig:
         if self.http_listen is not None:
             check_listen(self.http_listen, "--http-listen")
             check_plaintext(self.http_listen, tls=self.tls_cert is not None, insecure=self.insecure)
+        self._check_mtls()
         if self.metrics_listen is not None:
             # plaintext on any address: probes and Prometheus scrape in plaintext, and it serves
             # no secret
@@ -116,6 +140,61 @@ class ServeConfig:
             )
         if not 0 < self.refusal_log_rate <= 10_000:
             raise ConfigurationError("--refusal-log-rate must be between 0 and 10000 lines per second")
+        if not 10 <= self.client_assertion_max_lifetime <= 3600:
+            raise ConfigurationError("--client-assertion-max-lifetime must be between 10 and 3600 seconds")
+        if self.redis_url is not None:
+            check_redis_url(self.redis_url)
+        if not re.fullmatch(r"[!-~]{1,64}", self.redis_key_prefix):
+            raise ConfigurationError(
+                "--redis-key-prefix must be 1 to 64 printable ASCII characters, no space"
+            )
+
+    def _check_mtls(self) -> None:
+        listeners = [
+            (flag, address)
+            for flag, address in (
+                ("--mtls-listen", self.mtls_listen),
+                ("--mtls-http-listen", self.mtls_http_listen),
+            )
+            if address is not None
+        ]
+        if self.client_ca is not None and not listeners:
+            raise ConfigurationError(
+                "--client-ca is used by --mtls-listen (or --mtls-http-listen) only: give one of them, or "
+                "leave --client-ca out"
+            )
+        if self.mtls_base_url is not None and self.mtls_http_listen is None:
+            raise ConfigurationError("--mtls-base-url names where --mtls-http-listen is reached: give both")
+        taken = {self.listen: "--listen", **({self.http_listen: "--http-listen"} if self.http_listen else {})}
+        for flag, address in listeners:
+            check_listen(address, flag)
+            if self.client_ca is None:
+                raise ConfigurationError(
+                    f"{flag} needs --client-ca FILE: the CA whose client certificates it accepts"
+                )
+            if self.tls_cert is None:
+                raise ConfigurationError(
+                    f"{flag} needs --tls-cert and --tls-key: mutual TLS is TLS with a certificate on "
+                    "both sides"
+                )
+            if address in taken and _port(address) != 0:
+                raise ConfigurationError(f"{flag} {address} is also {taken[address]}: give each its own port")
+            taken[address] = flag
+            if self.workers > 1 and (is_unix(address) or split_host_port(address)[1] == 0):
+                raise ConfigurationError(f"several workers share each port: give {flag} a fixed HOST:PORT")
+        if self.mtls_base_url is not None:
+            url = urlsplit(self.mtls_base_url)
+            if (
+                url.scheme != "https"
+                or not url.netloc
+                or url.path not in ("", "/")
+                or url.query
+                or url.fragment
+            ):
+                raise ConfigurationError(
+                    "--mtls-base-url must be an https:// origin without path, query or fragment, e.g. "
+                    "https://mtls.auth.example:8443 (the issuer's path is added to it)"
+                )
 
     def lifecycle_policy(self) -> LifecyclePolicy:
         # every server publishes what it read at its last key tick: a key stored now is in every
@@ -129,3 +208,19 @@ class ServeConfig:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+
+    @property
+    def mtls(self) -> bool:
+        """Some listener accepts client certificates: tokens issued there are certificate-bound."""
+        return self.mtls_listen is not None or self.mtls_http_listen is not None
+
+    @property
+    def token_endpoint(self) -> str:
+        """The token endpoint's URL as the HTTP edge serves it and the metadata names it
+        (``authsvc.http.oauth``): the issuer's URL and ``/oauth2/token``."""
+        return self.issuer.rstrip("/") + "/oauth2/token"
+
+
+def _port(address: str) -> int | None:
+    """The port of ``HOST:PORT``; None for ``unix:PATH``."""
+    return None if is_unix(address) else split_host_port(address)[1]

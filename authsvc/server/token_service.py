@@ -25,12 +25,13 @@ import grpc
 
 from authsvc.authority.keyring import Keyring
 from authsvc.authority.tokens import TokenIssuer
-from authsvc.core.client_auth import client_credentials
+from authsvc.core.certs import ClientCertificate
+from authsvc.core.client_auth import presented_credentials
 from authsvc.core.errors import OAuthError, RateLimited, UnauthorizedClient
 from authsvc.core.grants import TokenRequest
 from authsvc.core.revocation import REVOCATIONS_SCOPE, Revocation
 from authsvc.logsafe import LogRateLimiter
-from authsvc.server.metadata import authorization_values
+from authsvc.server.metadata import authorization_values, client_certificate
 from authsvc.status import status_for
 from authsvc.v1 import token_pb2, token_pb2_grpc
 
@@ -119,19 +120,26 @@ class StreamSlots:
 
 
 def token_request_from(
-    request: token_pb2.IssueTokenRequest, metadata: Iterable[tuple[str, str | bytes]] | None
+    request: token_pb2.IssueTokenRequest,
+    metadata: Iterable[tuple[str, str | bytes]] | None,
+    *,
+    certificate: ClientCertificate | None = None,
 ) -> TokenRequest:
-    """Build the core's request (RFC 6749 §2.3: one authentication method per request)."""
-    client_id, secret, method = client_credentials(
-        authorization_values(metadata), client_id=request.client_id, client_secret=request.client_secret
+    """Build the core's request (RFC 6749 §2.3: one authentication method per request).
+    ``certificate`` is the client's, on a mutual-TLS port: the token will be bound to it."""
+    presented = presented_credentials(
+        authorization_values(metadata),
+        client_id=request.client_id,
+        client_secret=request.client_secret,
+        client_assertion=request.client_assertion,
+        client_assertion_type=request.client_assertion_type,
+        client_certificate=certificate,
     )
-    return TokenRequest(
+    return TokenRequest.of(
+        presented,
         grant_type=request.grant_type,
-        client_id=client_id,
-        client_secret=secret,
         scope=request.scope,
         audience=tuple(request.audience),
-        auth_method=method,
     )
 
 
@@ -170,7 +178,9 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
         self, request: token_pb2.IssueTokenRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> token_pb2.IssueTokenResponse:
         try:
-            token_request = token_request_from(request, context.invocation_metadata())
+            token_request = token_request_from(
+                request, context.invocation_metadata(), certificate=client_certificate(context.auth_context())
+            )
         except OAuthError as exc:
             self._issuer.refused(request.client_id, exc, peer=context.peer())
             await context.abort_with_status(status_for(exc))
@@ -226,13 +236,12 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
         client_id = ""
         try:
             try:
-                client_id, secret, _ = client_credentials(
-                    authorization_values(context.invocation_metadata()), client_id="", client_secret=""
-                )
+                presented = presented_credentials(authorization_values(context.invocation_metadata()))
             except OAuthError as exc:
                 self._issuer.refused(client_id, exc, peer=context.peer())
                 raise
-            client = await self._issuer.authenticate(client_id, secret, peer=context.peer())  # logs refusals
+            client_id = presented.client_id
+            client = await self._issuer.authenticate(presented, peer=context.peer())  # logs refusals
             if REVOCATIONS_SCOPE not in client.allowed_scopes:
                 refusal = UnauthorizedClient(f"the revocation list needs the scope {REVOCATIONS_SCOPE}")
                 self._issuer.refused(client_id, refusal, peer=context.peer())

@@ -17,6 +17,7 @@ from authsvc.core.revocation import Revocation
 __all__ = [
     "UPDATABLE_CLIENT_FIELDS",
     "AlreadyExists",
+    "AssertionStore",
     "ClientStore",
     "KeyStore",
     "Reencrypt",
@@ -174,11 +175,23 @@ class RevocationStore(Protocol):
         have missed purged entries and must take a fresh snapshot."""
 
 
+class AssertionStore(Protocol):
+    """The ``jti`` of every client assertion accepted (RFC 7523 §3: "the authorization server
+    ... MAY ensure that JWTs are not replayed by maintaining the set of used jti values for the
+    length of time for which the JWT would be considered valid"), shared by every replica."""
+
+    def use_assertion_jti(self, client_id: str, jti: str, *, expires_at: int, now: int) -> bool:
+        """Record that ``client_id`` used the assertion ``jti``, valid until ``expires_at``; False,
+        recording nothing, if an entry for it exists that has not expired (a replay). Atomic across
+        every process sharing the store: of two requests with one jti, one gets True. Entries with
+        ``expires_at <= now`` are deleted now and then."""
+
+
 UPDATABLE_CLIENT_FIELDS = frozenset(
     {"enabled", "secret_hash", "updated_at", "previous_secret_hash", "previous_secret_expires_at"}
 )
 """The columns :meth:`ClientStore.update_client_fields` may change (or compare)."""
 
 
-class Store(ClientStore, KeyStore, SecretStore, RevocationStore, Protocol):
+class Store(ClientStore, KeyStore, SecretStore, RevocationStore, AssertionStore, Protocol):
     def close(self) -> None: ...

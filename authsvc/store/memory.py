@@ -29,6 +29,7 @@ class MemoryStore:
         self._secrets: dict[str, tuple[bytes, str]] = {}
         self._revocations: dict[int, Revocation] = {}  # insertion order is sequence order
         self._last_sequence = 0
+        self._assertion_jtis: dict[tuple[str, str], int] = {}
 
     def get_client(self, client_id: str) -> Client | None:
         with self._lock:
@@ -186,6 +187,15 @@ class MemoryStore:
     def oldest_revocation_sequence(self) -> int:
         with self._lock:
             return next(iter(self._revocations), 0)
+
+    def use_assertion_jti(self, client_id: str, jti: str, *, expires_at: int, now: int) -> bool:
+        with self._lock:
+            for key in [k for k, exp in self._assertion_jtis.items() if exp <= now]:
+                del self._assertion_jtis[key]
+            if (client_id, jti) in self._assertion_jtis:
+                return False
+            self._assertion_jtis[(client_id, jti)] = expires_at
+            return True
 
     def close(self) -> None:
         pass

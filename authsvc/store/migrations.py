@@ -81,6 +81,28 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "INSERT INTO revocation_counter (id, last) VALUES (1, 0)",
         ],
     ),
+    (
+        4,
+        [
+            # each client authenticates one way (issue 13); every client registered before is a
+            # client_secret_basic one, which also accepts client_secret_post, as all did
+            "ALTER TABLE clients ADD COLUMN auth_method VARCHAR(32) NOT NULL DEFAULT 'client_secret_basic'",
+            "ALTER TABLE clients ADD COLUMN jwks TEXT",
+            "ALTER TABLE clients ADD COLUMN jwks_uri TEXT",
+            "ALTER TABLE clients ADD COLUMN signing_algs TEXT NOT NULL DEFAULT '[]'",
+            "ALTER TABLE clients ADD COLUMN tls_san_dns TEXT",
+            "ALTER TABLE clients ADD COLUMN tls_subject_dn TEXT",
+            # the jti of every private_key_jwt assertion accepted, until it expires (RFC 7523 §3
+            # item 7): the primary key makes a replay lose the race on any replica
+            """CREATE TABLE client_assertion_jtis (
+                client_id  VARCHAR(128) NOT NULL,
+                jti        VARCHAR(256) NOT NULL,
+                expires_at BIGINT NOT NULL,
+                PRIMARY KEY (client_id, jti)
+            )""",
+            "CREATE INDEX client_assertion_jtis_expires_at ON client_assertion_jtis (expires_at)",
+        ],
+    ),
 ]
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

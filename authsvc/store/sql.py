@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from authsvc.core.clients import Client
+from authsvc.core.clients import Client, ClientAuthMethod
 from authsvc.core.keys import KeyState
 from authsvc.core.revocation import Revocation
 from authsvc.store.base import (
@@ -26,12 +26,12 @@ from authsvc.store.base import (
     StoreError,
 )
 
-__all__ = ["CLIENT_COLUMNS", "KEY_COLUMNS", "MIGRATIONS_TABLE", "SqlStore"]
+__all__ = ["CLIENT_COLUMNS", "JTI_PURGE_INTERVAL", "KEY_COLUMNS", "MIGRATIONS_TABLE", "SqlStore"]
 
 CLIENT_COLUMNS = (
     "client_id, secret_hash, allowed_scopes, default_scopes, allowed_audiences, default_audience, "
     "token_ttl, grant_types, enabled, created_at, updated_at, previous_secret_hash, "
-    "previous_secret_expires_at"
+    "previous_secret_expires_at, auth_method, jwks, jwks_uri, signing_algs, tls_san_dns, tls_subject_dn"
 )
 KEY_COLUMNS = (
     "kid, state, public_jwk, private_key_enc, kek_id, created_at, activated_at, retired_at, deactivated_at, "
@@ -41,8 +41,12 @@ MIGRATIONS_TABLE = (
     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT)"
 )
 _INSERT_KEY = f"INSERT INTO signing_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_INSERT_CLIENT = f"INSERT INTO clients ({CLIENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_CLIENT = f"INSERT INTO clients ({CLIENT_COLUMNS}) VALUES ({', '.join('?' * 19)})"
 REVOCATION_COLUMNS = "sequence, jti, client_id, not_before, expires_at"
+JTI_PURGE_INTERVAL = 60
+"""Seconds between two deletions of expired assertion jtis by one store: often enough to keep the
+table to a minute of traffic beyond the assertions' lifetimes, rarely enough that concurrent
+requests seldom meet over the same expired rows."""
 
 
 def _client_row(c: Client) -> tuple[object, ...]:
@@ -60,7 +64,17 @@ def _client_row(c: Client) -> tuple[object, ...]:
         c.updated_at,
         c.previous_secret_hash,
         c.previous_secret_expires_at,
+        c.auth_method.value,
+        c.jwks,
+        c.jwks_uri,
+        json.dumps(c.signing_algs),
+        c.tls_san_dns,
+        c.tls_subject_dn,
     )
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _client_from_row(row: Sequence[Any]) -> Client:
@@ -76,8 +90,14 @@ def _client_from_row(row: Sequence[Any]) -> Client:
         enabled=bool(row[8]),
         created_at=int(row[9]),
         updated_at=int(row[10]),
-        previous_secret_hash=None if row[11] is None else str(row[11]),
+        previous_secret_hash=_opt_str(row[11]),
         previous_secret_expires_at=_opt_int(row[12]),
+        auth_method=ClientAuthMethod(str(row[13])),
+        jwks=_opt_str(row[14]),
+        jwks_uri=_opt_str(row[15]),
+        signing_algs=tuple(json.loads(row[16])),
+        tls_san_dns=_opt_str(row[17]),
+        tls_subject_dn=_opt_str(row[18]),
     )
 
 
@@ -123,6 +143,7 @@ class SqlStore:
     """The store operations in portable SQL. Subclasses provide the connection handling."""
 
     integrity_errors: tuple[type[Exception], ...] = ()
+    _next_jti_purge = 0  # when expired assertion jtis are next deleted (epoch seconds)
 
     # -- what an engine provides ---------------------------------------------------------------
 
@@ -165,8 +186,9 @@ class SqlStore:
                 conn,
                 "UPDATE clients SET secret_hash = ?, allowed_scopes = ?, default_scopes = ?, "
                 "allowed_audiences = ?, default_audience = ?, token_ttl = ?, grant_types = ?, enabled = ?, "
-                "created_at = ?, updated_at = ?, previous_secret_hash = ?, previous_secret_expires_at = ? "
-                "WHERE client_id = ?",
+                "created_at = ?, updated_at = ?, previous_secret_hash = ?, previous_secret_expires_at = ?, "
+                "auth_method = ?, jwks = ?, jwks_uri = ?, signing_algs = ?, tls_san_dns = ?, "
+                "tls_subject_dn = ? WHERE client_id = ?",
                 (*row[1:], row[0]),
             )
             return bool(cur.rowcount == 1)
@@ -205,6 +227,23 @@ class SqlStore:
                 conn, f"SELECT {CLIENT_COLUMNS} FROM clients WHERE client_id = ?", (client_id,)
             ).fetchone()
             return _client_from_row(row)
+
+    # -- client assertions -----------------------------------------------------------------------
+
+    def use_assertion_jti(self, client_id: str, jti: str, *, expires_at: int, now: int) -> bool:
+        with self._write() as conn:
+            if now >= self._next_jti_purge:
+                self._exec(conn, "DELETE FROM client_assertion_jtis WHERE expires_at <= ?", (now,))
+                self._next_jti_purge = now + JTI_PURGE_INTERVAL
+            # an entry whose assertion has expired is no replay: its row is taken over
+            cur = self._exec(
+                conn,
+                "INSERT INTO client_assertion_jtis (client_id, jti, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (client_id, jti) DO UPDATE SET expires_at = excluded.expires_at "
+                "WHERE client_assertion_jtis.expires_at <= ?",
+                (client_id, jti, expires_at, now),
+            )
+            return bool(cur.rowcount == 1)
 
     # -- keys ------------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from authsvc.v1 import options_pb2 as authsvc_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61uthsvc/v1/token.proto\x12\nauthsvc.v1\x1a\x18\x61uthsvc/v1/options.proto\"r\n\x11IssueTokenRequest\x12\x12\n\ngrant_type\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rclient_secret\x18\x03 \x01(\t\x12\r\n\x05scope\x18\x04 \x01(\t\x12\x10\n\x08\x61udience\x18\x05 \x03(\t\"a\n\x12IssueTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\r\n\x05scope\x18\x04 \x01(\t\"\x10\n\x0eGetJwksRequest\"=\n\x0fGetJwksResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t\x12\x17\n\x0fmax_age_seconds\x18\x02 \x01(\x03\"\x12\n\x10WatchJwksRequest\"&\n\x11WatchJwksResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t\"1\n\x17WatchRevocationsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04\"c\n\nRevocation\x12\r\n\x03jti\x18\x01 \x01(\tH\x00\x12\x13\n\tclient_id\x18\x02 \x01(\tH\x00\x12\x12\n\nnot_before\x18\x03 \x01(\x03\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\x42\t\n\x07subject\"k\n\x18WatchRevocationsResponse\x12\x10\n\x08snapshot\x18\x01 \x01(\x08\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12+\n\x0brevocations\x18\x03 \x03(\x0b\x32\x16.authsvc.v1.Revocation2\xe4\x02\n\x0cTokenService\x12Q\n\nIssueToken\x12\x1d.authsvc.v1.IssueTokenRequest\x1a\x1e.authsvc.v1.IssueTokenResponse\"\x04\xd0\xf3\x18\x01\x12H\n\x07GetJwks\x12\x1a.authsvc.v1.GetJwksRequest\x1a\x1b.authsvc.v1.GetJwksResponse\"\x04\xd0\xf3\x18\x01\x12P\n\tWatchJwks\x12\x1c.authsvc.v1.WatchJwksRequest\x1a\x1d.authsvc.v1.WatchJwksResponse\"\x04\xd0\xf3\x18\x01\x30\x01\x12\x65\n\x10WatchRevocations\x12#.authsvc.v1.WatchRevocationsRequest\x1a$.authsvc.v1.WatchRevocationsResponse\"\x04\xd0\xf3\x18\x01\x30\x01\x42r\n\x0e\x64\x65v.authsvc.v1P\x01Z6github.com/authsvc/authsvc/gen/go/authsvc/v1;authsvcv1\xaa\x02\nAuthsvc.V1\xca\x02\nAuthsvc\\V1\xea\x02\x0b\x41uthsvc::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61uthsvc/v1/token.proto\x12\nauthsvc.v1\x1a\x18\x61uthsvc/v1/options.proto\"\xab\x01\n\x11IssueTokenRequest\x12\x12\n\ngrant_type\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x15\n\rclient_secret\x18\x03 \x01(\t\x12\r\n\x05scope\x18\x04 \x01(\t\x12\x10\n\x08\x61udience\x18\x05 \x03(\t\x12\x1d\n\x15\x63lient_assertion_type\x18\x06 \x01(\t\x12\x18\n\x10\x63lient_assertion\x18\x07 \x01(\t\"a\n\x12IssueTokenResponse\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12\x12\n\ntoken_type\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\x12\r\n\x05scope\x18\x04 \x01(\t\"\x10\n\x0eGetJwksRequest\"=\n\x0fGetJwksResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t\x12\x17\n\x0fmax_age_seconds\x18\x02 \x01(\x03\"\x12\n\x10WatchJwksRequest\"&\n\x11WatchJwksResponse\x12\x11\n\tjwks_json\x18\x01 \x01(\t\"1\n\x17WatchRevocationsRequest\x12\x16\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x04\"c\n\nRevocation\x12\r\n\x03jti\x18\x01 \x01(\tH\x00\x12\x13\n\tclient_id\x18\x02 \x01(\tH\x00\x12\x12\n\nnot_before\x18\x03 \x01(\x03\x12\x12\n\nexpires_at\x18\x04 \x01(\x03\x42\t\n\x07subject\"k\n\x18WatchRevocationsResponse\x12\x10\n\x08snapshot\x18\x01 \x01(\x08\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12+\n\x0brevocations\x18\x03 \x03(\x0b\x32\x16.authsvc.v1.Revocation2\xe4\x02\n\x0cTokenService\x12Q\n\nIssueToken\x12\x1d.authsvc.v1.IssueTokenRequest\x1a\x1e.authsvc.v1.IssueTokenResponse\"\x04\xd0\xf3\x18\x01\x12H\n\x07GetJwks\x12\x1a.authsvc.v1.GetJwksRequest\x1a\x1b.authsvc.v1.GetJwksResponse\"\x04\xd0\xf3\x18\x01\x12P\n\tWatchJwks\x12\x1c.authsvc.v1.WatchJwksRequest\x1a\x1d.authsvc.v1.WatchJwksResponse\"\x04\xd0\xf3\x18\x01\x30\x01\x12\x65\n\x10WatchRevocations\x12#.authsvc.v1.WatchRevocationsRequest\x1a$.authsvc.v1.WatchRevocationsResponse\"\x04\xd0\xf3\x18\x01\x30\x01\x42r\n\x0e\x64\x65v.authsvc.v1P\x01Z6github.com/authsvc/authsvc/gen/go/authsvc/v1;authsvcv1\xaa\x02\nAuthsvc.V1\xca\x02\nAuthsvc\\V1\xea\x02\x0b\x41uthsvc::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,24 +41,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENSERVICE'].methods_by_name['WatchJwks']._serialized_options = b'\320\363\030\001'
   _globals['_TOKENSERVICE'].methods_by_name['WatchRevocations']._loaded_options = None
   _globals['_TOKENSERVICE'].methods_by_name['WatchRevocations']._serialized_options = b'\320\363\030\001'
-  _globals['_ISSUETOKENREQUEST']._serialized_start=64
-  _globals['_ISSUETOKENREQUEST']._serialized_end=178
-  _globals['_ISSUETOKENRESPONSE']._serialized_start=180
-  _globals['_ISSUETOKENRESPONSE']._serialized_end=277
-  _globals['_GETJWKSREQUEST']._serialized_start=279
-  _globals['_GETJWKSREQUEST']._serialized_end=295
-  _globals['_GETJWKSRESPONSE']._serialized_start=297
-  _globals['_GETJWKSRESPONSE']._serialized_end=358
-  _globals['_WATCHJWKSREQUEST']._serialized_start=360
-  _globals['_WATCHJWKSREQUEST']._serialized_end=378
-  _globals['_WATCHJWKSRESPONSE']._serialized_start=380
-  _globals['_WATCHJWKSRESPONSE']._serialized_end=418
-  _globals['_WATCHREVOCATIONSREQUEST']._serialized_start=420
-  _globals['_WATCHREVOCATIONSREQUEST']._serialized_end=469
-  _globals['_REVOCATION']._serialized_start=471
-  _globals['_REVOCATION']._serialized_end=570
-  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_start=572
-  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_end=679
-  _globals['_TOKENSERVICE']._serialized_start=682
-  _globals['_TOKENSERVICE']._serialized_end=1038
+  _globals['_ISSUETOKENREQUEST']._serialized_start=65
+  _globals['_ISSUETOKENREQUEST']._serialized_end=236
+  _globals['_ISSUETOKENRESPONSE']._serialized_start=238
+  _globals['_ISSUETOKENRESPONSE']._serialized_end=335
+  _globals['_GETJWKSREQUEST']._serialized_start=337
+  _globals['_GETJWKSREQUEST']._serialized_end=353
+  _globals['_GETJWKSRESPONSE']._serialized_start=355
+  _globals['_GETJWKSRESPONSE']._serialized_end=416
+  _globals['_WATCHJWKSREQUEST']._serialized_start=418
+  _globals['_WATCHJWKSREQUEST']._serialized_end=436
+  _globals['_WATCHJWKSRESPONSE']._serialized_start=438
+  _globals['_WATCHJWKSRESPONSE']._serialized_end=476
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_start=478
+  _globals['_WATCHREVOCATIONSREQUEST']._serialized_end=527
+  _globals['_REVOCATION']._serialized_start=529
+  _globals['_REVOCATION']._serialized_end=628
+  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_start=630
+  _globals['_WATCHREVOCATIONSRESPONSE']._serialized_end=737
+  _globals['_TOKENSERVICE']._serialized_start=740
+  _globals['_TOKENSERVICE']._serialized_end=1096
 # @@protoc_insertion_point(module_scope)

@@ -29,6 +29,8 @@ class IssueTokenRequest(_message.Message):
     CLIENT_SECRET_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
     AUDIENCE_FIELD_NUMBER: _builtins.int
+    CLIENT_ASSERTION_TYPE_FIELD_NUMBER: _builtins.int
+    CLIENT_ASSERTION_FIELD_NUMBER: _builtins.int
     grant_type: _builtins.str
     """Must be "client_credentials"."""
     client_id: _builtins.str
@@ -37,6 +39,15 @@ class IssueTokenRequest(_message.Message):
     """The client secret (client_secret_post). Leave empty when using client_secret_basic."""
     scope: _builtins.str
     """Space-delimited scopes (RFC 6749 §3.3). Empty asks for the client's default scopes."""
+    client_assertion_type: _builtins.str
+    """private_key_jwt (RFC 7523 §2.2): exactly
+    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer". Empty for the secret methods.
+    """
+    client_assertion: _builtins.str
+    """private_key_jwt: a JWT signed with the client's registered key, with `iss` and `sub` the client
+    id, `aud` the issuer identifier, a short `exp` and a fresh `jti` (RFC 7523 §3); at most 8 KiB.
+    `client_id` may be left empty; no secret goes with it.
+    """
     @_builtins.property
     def audience(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The resource servers the token is meant for (RFC 8707 semantics). Empty asks for the
@@ -51,10 +62,12 @@ class IssueTokenRequest(_message.Message):
         client_secret: _builtins.str = ...,
         scope: _builtins.str = ...,
         audience: _abc.Iterable[_builtins.str] | None = ...,
+        client_assertion_type: _builtins.str = ...,
+        client_assertion: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "client_id", b"client_id", "client_secret", b"client_secret", "grant_type", b"grant_type", "scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "client_assertion", b"client_assertion", "client_assertion_type", b"client_assertion_type", "client_id", b"client_id", "client_secret", b"client_secret", "grant_type", b"grant_type", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -75,9 +75,10 @@ class TokenServiceServicer:
         """IssueToken implements the client credentials grant of RFC 6749 §4.4 and returns an
         RS256 JWT access token in the profile of RFC 9068.
 
-        The client authenticates either with `client_id` and `client_secret` in the request
-        (client_secret_post) or with the metadata entry `authorization: Basic base64(id:secret)`
-        (client_secret_basic, RFC 6749 §2.3.1), never both.
+        The client authenticates with the one method it is registered with: `client_id` and
+        `client_secret` in the request (client_secret_post), the metadata entry
+        `authorization: Basic base64(id:secret)` (client_secret_basic, RFC 6749 §2.3.1), or
+        `client_assertion_type` and `client_assertion` (private_key_jwt, RFC 7523 §2.2); never two.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -43,9 +43,10 @@ class TokenServiceStub:
     """IssueToken implements the client credentials grant of RFC 6749 §4.4 and returns an
     RS256 JWT access token in the profile of RFC 9068.
 
-    The client authenticates either with `client_id` and `client_secret` in the request
-    (client_secret_post) or with the metadata entry `authorization: Basic base64(id:secret)`
-    (client_secret_basic, RFC 6749 §2.3.1), never both.
+    The client authenticates with the one method it is registered with: `client_id` and
+    `client_secret` in the request (client_secret_post), the metadata entry
+    `authorization: Basic base64(id:secret)` (client_secret_basic, RFC 6749 §2.3.1), or
+    `client_assertion_type` and `client_assertion` (private_key_jwt, RFC 7523 §2.2); never two.
     """
     GetJwks: _grpc.UnaryUnaryMultiCallable[_token_pb2.GetJwksRequest, _token_pb2.GetJwksResponse]
     """GetJwks returns the public signing keys as an RFC 7517 JWK Set."""
@@ -77,9 +78,10 @@ class TokenServiceAsyncStub(TokenServiceStub):
     """IssueToken implements the client credentials grant of RFC 6749 §4.4 and returns an
     RS256 JWT access token in the profile of RFC 9068.
 
-    The client authenticates either with `client_id` and `client_secret` in the request
-    (client_secret_post) or with the metadata entry `authorization: Basic base64(id:secret)`
-    (client_secret_basic, RFC 6749 §2.3.1), never both.
+    The client authenticates with the one method it is registered with: `client_id` and
+    `client_secret` in the request (client_secret_post), the metadata entry
+    `authorization: Basic base64(id:secret)` (client_secret_basic, RFC 6749 §2.3.1), or
+    `client_assertion_type` and `client_assertion` (private_key_jwt, RFC 7523 §2.2); never two.
     """
     GetJwks: _aio.UnaryUnaryMultiCallable[_token_pb2.GetJwksRequest, _token_pb2.GetJwksResponse]  # type: ignore[assignment]
     """GetJwks returns the public signing keys as an RFC 7517 JWK Set."""
@@ -114,9 +116,10 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         """IssueToken implements the client credentials grant of RFC 6749 §4.4 and returns an
         RS256 JWT access token in the profile of RFC 9068.
 
-        The client authenticates either with `client_id` and `client_secret` in the request
-        (client_secret_post) or with the metadata entry `authorization: Basic base64(id:secret)`
-        (client_secret_basic, RFC 6749 §2.3.1), never both.
+        The client authenticates with the one method it is registered with: `client_id` and
+        `client_secret` in the request (client_secret_post), the metadata entry
+        `authorization: Basic base64(id:secret)` (client_secret_basic, RFC 6749 §2.3.1), or
+        `client_assertion_type` and `client_assertion` (private_key_jwt, RFC 7523 §2.2); never two.
         """
 
     @_abc_1.abstractmethod

@@ -29,6 +29,15 @@ The same rules as the gRPC interceptors, answered as RFC 6750 §3 through
 - a valid token without a route's scope: 403 ``error="insufficient_scope", scope="..."``;
 - no key set ever fetched: 503 ``temporarily_unavailable``.
 
+A token bound to a client certificate (RFC 8705 §3, ``cnf.x5t#S256``) is accepted only when the
+request's connection presented that certificate, which the ASGI server reports through the
+`TLS extension <https://asgi.readthedocs.io/en/latest/specs/tls.html>`_
+(``scope["extensions"]["tls"]["client_cert_chain"]``, with no ``client_cert_error``). A server
+that does not implement the extension (uvicorn, at the time of writing), TLS ended at a proxy, or
+plain TLS without a client certificate: every bound token is refused 401 ``invalid_token`` (deny
+by default); unbound tokens work as always. Certificates forwarded in headers by a proxy are never
+trusted.
+
 Only the ``Authorization`` header is read: a token in the query string or a form body (RFC 6750
 §2.2, §2.3) is not supported and counts as no token at all. Verification never blocks the event
 loop (:func:`~authsvc.verify.verify_on_event_loop`). ``http`` requests are checked, ``lifespan``
@@ -48,11 +57,12 @@ from typing import Any, TypeAlias
 from authsvc.core.errors import AccessDenied, InvalidToken, OAuthError
 from authsvc.httpstatus import HttpAnswer, bearer_error
 from authsvc.logsafe import LogRateLimiter, loggable
+from authsvc.verify.binding import pem_to_der
 from authsvc.verify.policy import PUBLIC, Public, Rule
 from authsvc.verify.principal import bound_principal, http_bearer_token, verify_on_event_loop
 from authsvc.verify.verifier import TokenVerifier
 
-__all__ = ["ASGIApp", "BearerAuthMiddleware", "RoutePolicy", "RouteRules"]
+__all__ = ["ASGIApp", "BearerAuthMiddleware", "RoutePolicy", "RouteRules", "asgi_peer_certificate"]
 
 log = logging.getLogger("authsvc.verify")
 _REFUSALS = LogRateLimiter(rate=10, burst=50)
@@ -228,7 +238,9 @@ class BearerAuthMiddleware:
                     token_sent=False,
                 )  # fmt: skip
                 return
-            principal = await verify_on_event_loop(self.verifier, token, where=path)
+            principal = await verify_on_event_loop(
+                self.verifier, token, where=path, peer_certificate=asgi_peer_certificate(scope)
+            )
             TokenVerifier.require_scopes(principal, rule)
         except OAuthError as exc:
             await self._refuse(send, method, path, exc, required=rule)
@@ -256,6 +268,26 @@ class BearerAuthMiddleware:
         self._log_refusal(method, path, exc)
         answer = bearer_error(exc, required_scopes=required, token_sent=token_sent, realm=self.realm)
         await _send_json(send, answer)
+
+
+def asgi_peer_certificate(scope: Scope) -> bytes | None:
+    """The DER certificate the client presented on this request's connection, from the ASGI TLS
+    extension (the first of ``client_cert_chain``, PEM), or None: no extension, no certificate,
+    or one the server reports it could not verify (``client_cert_error``)."""
+    extensions = scope.get("extensions")
+    tls = extensions.get("tls") if isinstance(extensions, Mapping) else None
+    if not isinstance(tls, Mapping) or tls.get("client_cert_error") is not None:
+        return None
+    chain = tls.get("client_cert_chain")
+    if not isinstance(chain, Sequence) or isinstance(chain, str | bytes) or not chain:
+        return None
+    first = chain[0]
+    if not isinstance(first, str | bytes):
+        return None
+    try:
+        return pem_to_der(first)
+    except OAuthError:
+        return None
 
 
 async def _send_json(send: Send, answer: HttpAnswer) -> None:

@@ -10,14 +10,21 @@ Each RPC keeps its kind (unary or any streaming kind): the interceptor wraps the
 :func:`current_principal`. A missing or bad token is UNAUTHENTICATED (``INVALID_TOKEN``); a valid
 token without a required scope is PERMISSION_DENIED (``INSUFFICIENT_SCOPE``); a method with no
 policy is PERMISSION_DENIED (``ACCESS_DENIED``). Tokens never reach the log.
+
+A token bound to a client certificate (RFC 8705 §3, ``cnf.x5t#S256``) is accepted only on a
+connection whose client presented that certificate (``context.auth_context()``, on every call,
+cached token or not); otherwise UNAUTHENTICATED ``INVALID_TOKEN``. grpc sees a client certificate
+only on a port that requires one (``grpc.ssl_server_credentials(..., require_client_auth=True)``):
+on any other port every bound token is refused. Unbound tokens work on both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import grpc
@@ -25,6 +32,7 @@ import grpc
 from authsvc.core.errors import AccessDenied, OAuthError
 from authsvc.logsafe import LogRateLimiter
 from authsvc.status import status_for
+from authsvc.verify.binding import DEFER_BINDING, check_grpc_binding
 from authsvc.verify.policy import MethodPolicy, Public
 from authsvc.verify.principal import (
     _PRINCIPAL,
@@ -63,12 +71,17 @@ class _Base:
         method: str,
         required: Sequence[str],
         metadata: Iterable[tuple[str, str | bytes]] | None,
+        context: grpc.ServicerContext,
     ) -> Principal:
-        """The verified caller holding every ``required`` scope; raises OAuthError. May wait for a
-        key fetch (bounded), so only for a handler's own thread."""
-        principal = verify_token(self.verifier, bearer_token(metadata), where=method)
-        TokenVerifier.require_scopes(principal, required)
-        return principal
+        """The verified caller holding every ``required`` scope, with the certificate of this
+        call's connection if the token is bound to one; raises OAuthError. May wait for a key
+        fetch (bounded), so only for a handler's own thread."""
+        principal = verify_token(
+            self.verifier, bearer_token(metadata), where=method, peer_certificate=DEFER_BINDING
+        )
+        if principal.certificate_thumbprint is not None:
+            return _authorize_bound(principal, required, context)
+        return _scoped(principal, required)
 
     @staticmethod
     def refusal(method: str, exc: OAuthError) -> grpc.Status:
@@ -80,6 +93,29 @@ class _Base:
 
 
 _NO_POLICY = AccessDenied("this method declares no authorization policy")
+
+
+def _scoped(principal: Principal, required: Sequence[str]) -> Principal:
+    TokenVerifier.require_scopes(principal, required)
+    return principal
+
+
+def _authorize_bound(principal: Principal, required: Sequence[str], context: Any) -> Principal:
+    """RFC 8705 §3 for a gRPC call: ``principal``'s token is bound to a certificate, which must
+    be the one the caller presented on this call's connection (checked before the scopes, so a
+    stolen token is INVALID_TOKEN whatever it holds); raises OAuthError. ``context`` is the
+    call's servicer context (sync or ``grpc.aio``): only it knows the peer's certificate."""
+    assert principal.certificate_thumbprint is not None
+    check_grpc_binding(principal.certificate_thumbprint, context.auth_context())
+    return _scoped(principal, required)
+
+
+def _abort_in_thread(context: Any, status: grpc.Status) -> None:
+    """Abort from a handler's thread: a ``grpc.ServicerContext``, or the context grpc.aio gives a
+    plain function (which has ``abort`` with trailing metadata, not ``abort_with_status``)."""
+    if isinstance(context, grpc.ServicerContext):
+        context.abort_with_status(status)
+    context.abort(status.code, status.details, status.trailing_metadata)
 
 
 def _rebuild(handler: _Handler, behavior: Callable[..., Any]) -> _Handler:
@@ -170,7 +206,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
         def authorize(context: grpc.ServicerContext) -> Principal:
             try:
-                return base.principal(method, required, metadata)
+                return base.principal(method, required, metadata, context)
             except OAuthError as exc:
                 context.abort_with_status(_Base.refusal(method, exc))
                 raise AssertionError("unreachable") from exc  # abort_with_status raises
@@ -221,6 +257,11 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
 
             return _rebuild(handler, deny)
         behavior = _behavior(handler)
+        if principal.certificate_thumbprint is not None:
+            # the peer's certificate is known only to the call's context, inside the handler
+            return _rebuild(
+                handler, _bound_behavior(behavior, principal, rule, method, handler.response_streaming)
+            )
         if inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior):
             # grpc.aio runs the interceptors and an async handler in the RPC's own task, whose
             # context is a copy: the variable set here reaches this RPC's handler and nothing else,
@@ -233,7 +274,58 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
     async def _principal(
         self, method: str, required: Sequence[str], metadata: Iterable[tuple[str, str | bytes]] | None
     ) -> Principal:
+        """The verified caller; its scopes are checked here unless its token is bound to a
+        certificate, whose check (and then the scopes') runs in the handler."""
         token = bearer_token(metadata)
-        principal = await verify_on_event_loop(self._base.verifier, token, where=method)
-        TokenVerifier.require_scopes(principal, required)
+        principal = await verify_on_event_loop(
+            self._base.verifier, token, where=method, peer_certificate=DEFER_BINDING
+        )
+        if principal.certificate_thumbprint is None:
+            TokenVerifier.require_scopes(principal, required)
         return principal
+
+
+def _bound_behavior(
+    behavior: Callable[..., Any], principal: Principal, required: Sequence[str], method: str, streaming: bool
+) -> Callable[..., Any]:
+    """``behavior`` (async, async generator or plain function) preceded, in the call itself, by
+    the binding check (then the scopes); a refusal aborts the call before ``behavior`` runs."""
+
+    async def refuse(context: grpc.aio.ServicerContext[Any, Any], exc: OAuthError) -> None:
+        await context.abort_with_status(_Base.refusal(method, exc))
+
+    if inspect.isasyncgenfunction(behavior):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            try:
+                _authorize_bound(principal, required, context)
+            except OAuthError as exc:
+                await refuse(context, exc)
+                return
+            _PRINCIPAL.set(principal)
+            async with contextlib.aclosing(behavior(request, context)) as items:
+                async for item in items:
+                    yield item
+
+        return stream
+    if inspect.iscoroutinefunction(behavior):
+
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                _authorize_bound(principal, required, context)
+            except OAuthError as exc:
+                await refuse(context, exc)
+                raise AssertionError("unreachable") from exc  # abort_with_status raises
+            _PRINCIPAL.set(principal)
+            return await behavior(request, context)
+
+        return call
+
+    def authorize(context: Any) -> Principal:
+        try:
+            return _authorize_bound(principal, required, context)
+        except OAuthError as exc:
+            _abort_in_thread(context, _Base.refusal(method, exc))
+            raise AssertionError("unreachable") from exc
+
+    return _bind_sync(behavior, authorize, streaming)

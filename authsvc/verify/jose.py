@@ -1,5 +1,8 @@
 """Strict parsing of JWS compact serializations and RSA JWKs (RFC 7515, RFC 7517, RFC 7518).
 
+The JWS and JSON parsing is :mod:`authsvc.core.jose`'s, shared with the token endpoint's check of
+client assertions; the RSA JWK rules below are the verifier's own.
+
 Everything here refuses rather than repairs: non-canonical base64url, JSON with duplicate
 members, a byte-order mark or NaN, keys that are too small or meant for something else. A token
 that is merely unusual is treated as hostile, because the cost of a false refusal is a retry and
@@ -8,80 +11,13 @@ the cost of a false acceptance is a forgery.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import re
-from typing import Any
-
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authsvc.core.errors import InvalidToken
+from authsvc.core.jose import b64url_decode_strict, split_compact, strict_json_object
 from authsvc.core.keys import ALGORITHM, MAX_RSA_BITS, MIN_RSA_BITS, RSA_EXPONENT
 
 __all__ = ["b64url_decode_strict", "parse_rsa_jwk", "split_compact", "strict_json_object"]
-
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
-
-
-# The characters that may end a canonical segment whose length leaves 4 or 2 unused bits.
-_ENDS_AFTER_2_CHARS = frozenset("AQgw")
-_ENDS_AFTER_3_CHARS = frozenset("AEIMQUYcgkosw048")
-
-
-def b64url_decode_strict(segment: str) -> bytes:
-    """Decode unpadded base64url, refusing padding, foreign characters and non-zero trailing bits
-    (so that one byte string has exactly one accepted encoding)."""
-    tail = len(segment) % 4
-    if (
-        not _B64URL.fullmatch(segment)
-        or tail == 1
-        or (tail == 2 and segment[-1] not in _ENDS_AFTER_2_CHARS)
-        or (tail == 3 and segment[-1] not in _ENDS_AFTER_3_CHARS)
-    ):
-        raise InvalidToken("the token is not canonical base64url")
-    try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidToken("the token is not canonical base64url") from exc
-
-
-def split_compact(token: str) -> tuple[str, str, str]:
-    """RFC 7515 §7.1: exactly three segments separated by dots."""
-    parts = token.split(".")
-    if len(parts) != 3 or not all(parts):
-        raise InvalidToken("the token is not a JWS with three non-empty segments")
-    return parts[0], parts[1], parts[2]
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise InvalidToken("the token's JSON repeats a member")
-        obj[key] = value
-    return obj
-
-
-def _no_constants(name: str) -> Any:
-    raise InvalidToken("the token's JSON holds a non-finite number")
-
-
-_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-
-
-def strict_json_object(raw: bytes) -> dict[str, Any]:
-    """RFC 7515 §5.2 and RFC 7519 §7.2: a UTF-8 JSON object, members unique (RFC 7515 §4 says
-    parsers MUST either reject duplicates or take the last; we reject), no BOM, no NaN."""
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raise InvalidToken("the token's JSON starts with a byte-order mark")
-    try:
-        value = _DECODER.decode(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise InvalidToken("the token's segments are not valid JSON") from exc
-    if not isinstance(value, dict):
-        raise InvalidToken("the token's JSON is not an object")
-    return value
 
 
 def _uint(value: object) -> int:

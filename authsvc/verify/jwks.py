@@ -14,6 +14,10 @@ the parsed keys in memory and decides when to fetch:
   is down. Only when no set was ever fetched does verification fail, as temporarily unavailable;
 - on a push: a source that can ``subscribe`` (``GrpcJwksSource`` through ``WatchJwks``) delivers
   every change as it happens, and polling becomes the fallback;
+- age: :meth:`JwksCache.age` says how long ago the keys were last known to be the issuer's
+  current ones (a successful fetch or push, or a push stream seen open), so that an owner can
+  stop taking traffic when they are too old (payments-svc's readiness), while verification goes
+  on with them;
 - hygiene: a set whose entries are all unusable never replaces the last good set, and a kid that
   two entries share is unusable.
 
@@ -24,6 +28,7 @@ verification is only ever cached under the epoch of the set whose key checked it
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import logging
 import random
@@ -102,6 +107,12 @@ def _is_local(target: str) -> bool:
     return is_loopback(host.strip("[]"))
 
 
+_RECONNECT_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+)
+
+
 class GrpcJwksSource:
     """The TokenService's keys over gRPC: ``GetJwks`` to poll, and ``WatchJwks`` to be told.
 
@@ -109,6 +120,10 @@ class GrpcJwksSource:
     ``WatchJwks`` stream in a background thread: the TokenService pushes every change of its key
     set, so a new key arrives long before it signs. The stream reconnects with backoff; a server
     without WatchJwks (UNIMPLEMENTED) leaves the cache polling ``GetJwks`` as usual.
+
+    The channel tries to reconnect at most 5 s apart (gRPC's own back-off grows to two minutes),
+    so that the keys are fetched again within seconds of the issuer coming back; ``options``
+    may set ``grpc.max_reconnect_backoff_ms`` otherwise.
 
     ``credentials`` are channel credentials for TLS (``grpc.ssl_channel_credentials(...)``).
     Without them the channel is plaintext, which is accepted only for a loopback or ``unix:``
@@ -136,7 +151,13 @@ class GrpcJwksSource:
         self.target = target
         self._credentials = credentials
         self._timeout = timeout
-        self._options = list(options)
+        given = {name for name, _ in options}
+        # a channel's reconnect back-off grows to 120 s by default: a verifier whose issuer was
+        # down for minutes would wait that long after it is back; cap it (one channel per verifier)
+        self._options = [
+            *options,
+            *((name, value) for name, value in _RECONNECT_OPTIONS if name not in given),
+        ]
         self._watch = watch
         self._max_backoff = max_backoff
         self._lock = threading.Lock()
@@ -346,6 +367,48 @@ def checked_url(
     return parts, ssl_context
 
 
+CreateConnection = Callable[..., Any]
+"""``socket.create_connection(address, timeout, source_address)``, or a replacement for it."""
+
+
+class _HttpVia(urllib.request.HTTPHandler):
+    """Plain HTTP whose connections are opened by ``connect`` (http.client's own seam for it)."""
+
+    def __init__(self, connect: CreateConnection) -> None:
+        super().__init__()
+        self._connect = connect
+
+    def http_open(self, req: urllib.request.Request) -> HTTPResponse:
+        connect = self._connect
+
+        def connection(host: str, **kwargs: Any) -> http.client.HTTPConnection:
+            conn = http.client.HTTPConnection(host, **kwargs)
+            conn._create_connection = connect  # type: ignore[attr-defined]
+            return conn
+
+        return self.do_open(connection, req)
+
+
+class _HttpsVia(urllib.request.HTTPSHandler):
+    """HTTPS, as ``HTTPSHandler(context=...)`` does, whose TCP connections ``connect`` opens; the
+    TLS handshake (certificate, host name) is the standard library's, unchanged."""
+
+    def __init__(self, connect: CreateConnection, context: ssl.SSLContext) -> None:
+        super().__init__(context=context)
+        self._connect = connect
+        self._ssl_context = context
+
+    def https_open(self, req: urllib.request.Request) -> HTTPResponse:
+        connect = self._connect
+
+        def connection(host: str, **kwargs: Any) -> http.client.HTTPSConnection:
+            conn = http.client.HTTPSConnection(host, **kwargs)
+            conn._create_connection = connect  # type: ignore[attr-defined]
+            return conn
+
+        return self.do_open(connection, req, context=self._ssl_context)
+
+
 class HttpJwksSource:
     """The issuer's keys from its ``jwks_uri`` (RFC 8414 §2, RFC 7517 §5) over HTTPS.
 
@@ -367,6 +430,8 @@ class HttpJwksSource:
     Anything else raises :class:`JwksFetchError`: the cache keeps its last good set and logs why.
     ``timeout`` bounds each socket operation (connecting, the status line and headers) and the
     reading of the whole body, however slowly a server drips it; name resolution is not covered.
+    ``create_connection`` (``socket.create_connection``'s signature) opens the TCP connection
+    instead of the standard library, e.g. to connect only to addresses a guard has checked.
 
     Freshness: ``Cache-Control: max-age`` (less ``Age``) sets :attr:`max_age`, which the cache
     takes as an upper bound on its own ``max_age``. ``no-store``, ``no-cache`` and ``max-age=0``
@@ -386,6 +451,7 @@ class HttpJwksSource:
         allow_plaintext: bool = False,
         max_bytes: int = 512 * 1024,
         min_max_age: float = MIN_HTTP_MAX_AGE,
+        create_connection: CreateConnection | None = None,
     ) -> None:
         if not 0 < timeout <= 300 or max_bytes < 1 or min_max_age < 0:
             raise ValueError("timeout, max_bytes or min_max_age is out of range")
@@ -406,8 +472,10 @@ class HttpJwksSource:
         self._opener = urllib.request.OpenerDirector()
         for handler in (
             urllib.request.ProxyHandler({}),  # never the environment's proxies
-            urllib.request.HTTPHandler(),
-            urllib.request.HTTPSHandler(context=ssl_context),
+            urllib.request.HTTPHandler() if create_connection is None else _HttpVia(create_connection),
+            urllib.request.HTTPSHandler(context=ssl_context)
+            if create_connection is None
+            else _HttpsVia(create_connection, ssl_context),
             _SameOriginRedirects(self._origin, self._where),
             urllib.request.HTTPDefaultErrorHandler(),  # any other non-2xx answer raises HTTPError
             urllib.request.HTTPErrorProcessor(),
@@ -530,6 +598,8 @@ class JwksCache:
         self._set = _EMPTY
         self._fetched_at: float | None = None  # last successful fetch or push
         self._attempted_at: float | None = None  # last fetch started, successful or not
+        self._failed_at: float | None = None  # last fetch that failed or brought no usable set
+        self._watch_seen: float | None = None  # last time age() saw the push stream open
         self._unknown: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()  # held for moments only, never across a fetch
         self._inflight: Future[bool] | None = None
@@ -561,12 +631,6 @@ class JwksCache:
         return self._set.epoch
 
     @property
-    def age(self) -> float | None:
-        """Seconds since the set was last fetched or pushed successfully; None before the first."""
-        fetched = self._fetched_at
-        return None if fetched is None else max(0.0, self._now() - fetched)
-
-    @property
     def has_keys(self) -> bool:
         """True once a key set has been fetched or pushed."""
         return self._fetched_at is not None
@@ -574,6 +638,37 @@ class JwksCache:
     @property
     def kids(self) -> frozenset[str]:
         return frozenset(self._set.keys)
+
+    def age(self) -> float | None:
+        """Seconds since the keys were last known to be the issuer's current set; None before
+        the first set.
+
+        Known current: at a successful fetch or push; and, with a source that pushes
+        (``GrpcJwksSource.watching``), whenever its stream is open and no fetch has failed since
+        the last success (a stream can look open across a silent network partition; a poll
+        failing on the same channel shows it is not working, and the scheduled polls go on
+        while the stream is open). Each call that finds the stream open notes the moment, so
+        once it ends the age counts from the last time it was seen open: call this regularly
+        (payments-svc's health task does, twice a second) to measure the age from the moment the
+        issuer went away."""
+        with self._lock:
+            if self._fetched_at is None:
+                return None
+            now = self._now()
+            confirmed = max(self._fetched_at, self._watch_seen or 0.0)
+            failed = self._failed_at is not None and self._failed_at >= confirmed
+            if getattr(self.source, "watching", False) is True and not failed:
+                self._watch_seen = now
+                return 0.0
+            return max(0.0, now - confirmed)
+
+    def refresh_if_due(self) -> None:
+        """Start the scheduled background refresh if the set is older than its max age, as a
+        verification does on its own: for an owner that keeps the set (and :meth:`age`) fresh
+        while no request comes. Returns at once."""
+        now = self._now()
+        if self._fetched_at is not None and now - self._fetched_at >= self.effective_max_age:
+            self._refresh_in_background(now)
 
     def get(self, kid: str, *, block: bool = True) -> rsa.RSAPublicKey | None:
         """The key for ``kid``, or None; see :meth:`find`."""
@@ -698,6 +793,8 @@ class JwksCache:
             # a JwksFetchError says what was wrong in words safe to log; other errors by their type
             why = exc if isinstance(exc, JwksFetchError) else type(exc).__name__
             log.warning("JWKS fetch failed (%s); keeping %d cached keys", why, len(self._set.keys))
+            with self._lock:
+                self._failed_at = self._now()
             return False
         with self._lock:
             if self._pushes != pushes:
@@ -707,6 +804,8 @@ class JwksCache:
             installed = self._install(document)
             if installed:
                 self._fetched_at = started
+            else:
+                self._failed_at = self._now()
         return installed
 
     def _pushed(self, jwks_json: str) -> None:

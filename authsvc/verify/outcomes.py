@@ -21,6 +21,7 @@ from authsvc.core.errors import InvalidToken, TemporarilyUnavailable
 __all__ = [
     "ACCEPTED",
     "BAD_SIGNATURE",
+    "CERTIFICATE_MISMATCH",
     "ERROR",
     "EXPIRED",
     "INVALID_CLAIMS",
@@ -55,6 +56,7 @@ LIFETIME_TOO_LONG: Final = "lifetime_too_long"
 UNKNOWN_KID: Final = "unknown_kid"
 BAD_SIGNATURE: Final = "bad_signature"
 REVOKED: Final = "revoked"
+CERTIFICATE_MISMATCH: Final = "certificate_mismatch"  # a bound token without its certificate (RFC 8705)
 KEYS_UNAVAILABLE: Final = "keys_unavailable"  # no key set could ever be fetched
 REVOCATIONS_UNAVAILABLE: Final = "revocations_unavailable"  # a fail-closed list is stale
 ERROR: Final = "error"  # the verifier failed unexpectedly
@@ -72,6 +74,7 @@ REFUSALS: Final = (
     UNKNOWN_KID,
     BAD_SIGNATURE,
     REVOKED,
+    CERTIFICATE_MISMATCH,
     KEYS_UNAVAILABLE,
     REVOCATIONS_UNAVAILABLE,
     ERROR,

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from authsvc.core.errors import InvalidRequest, InvalidToken, OAuthError
 from authsvc.logsafe import loggable
+from authsvc.verify.binding import DeferBinding
 from authsvc.verify.jwks import WouldBlock
 from authsvc.verify.outcomes import KEYS_UNAVAILABLE, UNKNOWN_KID, Refused, Unavailable, outcome_of
 from authsvc.verify.verifier import MAX_TOKEN_BYTES, Principal, TokenVerifier
@@ -123,13 +124,22 @@ def http_bearer_token(authorization: Sequence[str]) -> str | None:
     return _token_of(authorization[0], "Authorization header")
 
 
-def verify_token(verifier: TokenVerifier, token: str, *, block: bool = True, where: str = "") -> Principal:
-    """``verifier.verify(token, block=block)``, where anything but an OAuthError (or, with
+def verify_token(
+    verifier: TokenVerifier,
+    token: str,
+    *,
+    block: bool = True,
+    where: str = "",
+    peer_certificate: bytes | DeferBinding | None = None,
+) -> Principal:
+    """``verifier.verify(token, block=block, peer_certificate=...)`` (the DER certificate the
+    caller presented over mutual TLS, or None: a certificate-bound token needs it, RFC 8705 §3),
+    where anything but an OAuthError (or, with
     ``block=False``, :class:`~authsvc.verify.jwks.WouldBlock`) becomes InvalidToken, logged: a
     verifier bug must still answer a clean refusal, never a 500 or UNKNOWN with a traceback.
     ``where`` (the method or path, caller-supplied) only names the request in that log line."""
     try:
-        return verifier.verify(token, block=block)
+        return verifier.verify(token, block=block, peer_certificate=peer_certificate)
     except (OAuthError, WouldBlock):
         raise
     except Exception as exc:
@@ -137,9 +147,17 @@ def verify_token(verifier: TokenVerifier, token: str, *, block: bool = True, whe
         raise InvalidToken("the access token could not be verified") from exc
 
 
-async def verify_on_event_loop(verifier: TokenVerifier, token: str, *, where: str = "") -> Principal:
+async def verify_on_event_loop(
+    verifier: TokenVerifier,
+    token: str,
+    *,
+    where: str = "",
+    peer_certificate: bytes | DeferBinding | None = None,
+) -> Principal:
     """Verify ``token`` on a running event loop without ever blocking it, for every asyncio edge
-    (the grpc.aio interceptor, the ASGI middleware, an aiohttp handler).
+    (the grpc.aio interceptor, the ASGI middleware, an aiohttp handler). ``peer_certificate`` is
+    the DER certificate the caller presented on this request's connection, if any: without it a
+    certificate-bound token (RFC 8705 §3) is refused (:meth:`TokenVerifier.verify`).
 
     A token whose key is cached costs what :meth:`TokenVerifier.verify` costs (a hash lookup when
     seen before, one RSA verification otherwise), on the loop. A token whose key must be fetched
@@ -155,13 +173,13 @@ async def verify_on_event_loop(verifier: TokenVerifier, token: str, *, where: st
     the first request does not wait for the initial fetch.
     """
     try:
-        return verify_token(verifier, token, block=False, where=where)
+        return verify_token(verifier, token, block=False, where=where, peer_certificate=peer_certificate)
     except WouldBlock as pending:
         fetched = asyncio.shield(asyncio.wrap_future(pending.future))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(fetched, verifier.keys.fetch_timeout)
     try:
-        return verify_token(verifier, token, block=False, where=where)
+        return verify_token(verifier, token, block=False, where=where, peer_certificate=peer_certificate)
     except WouldBlock as exc:
         # the fetch waited for did not bring the kid, and another one started: never wait twice
         refusal: OAuthError = (

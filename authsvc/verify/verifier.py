@@ -12,6 +12,9 @@ microseconds and never causes a key fetch:
 4. the key, by ``kid``, from memory (an unknown kid may trigger one throttled refresh);
 5. the RSA signature.
 
+A token bound to a client certificate (RFC 8705 §3.1, ``cnf.x5t#S256``; any other ``cnf`` is
+refused) is accepted only with the matching ``peer_certificate``: :mod:`authsvc.verify.binding`.
+
 A token that passed is remembered (keyed by its SHA-256) until it expires, so a repeated token
 costs a hash and a dict lookup; only under the epoch of the key set that verified it, so that a
 key leaving the set (revocation) ends every acceptance it backed. Failures are never cached.
@@ -20,6 +23,8 @@ With a :class:`~authsvc.verify.revocations.RevocationCache`, every acceptance, f
 that cache, is then checked against the revocation list (two dict lookups), so a token revoked
 after it was cached is refused on its next use: the cache is never a way around the list. The
 list is consulted only once the signature has checked, so a forged token learns nothing of it.
+The certificate binding, likewise, is checked on every call, cached or not: the cache remembers
+that a token is valid, never who presented it.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from authsvc.core.keys import ALGORITHM
 from authsvc.core.ports import Clock, SystemClock
 from authsvc.core.scopes import parse_scope
 from authsvc.verify import outcomes as o
+from authsvc.verify.binding import DeferBinding, bound_thumbprint, check_binding
 from authsvc.verify.jose import b64url_decode_strict, split_compact, strict_json_object
 from authsvc.verify.jwks import JwksCache, JwksSource, WouldBlock
 from authsvc.verify.outcomes import Refused, VerifierMetrics, outcome_of
@@ -68,6 +74,8 @@ class Principal:
     expires_at: float
     issued_at: float
     claims: Mapping[str, Any] = field(repr=False, compare=False)
+    # RFC 8705 §3.1: the x5t#S256 of the client certificate the token is bound to, or None
+    certificate_thumbprint: str | None = None
 
     def has_scopes(self, required: Iterable[str]) -> bool:
         return self.scopes.issuperset(required)
@@ -95,6 +103,11 @@ def _number(claims: Mapping[str, Any], name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise Refused(o.INVALID_CLAIMS, f"the token's {name} claim is missing or not a number")
     return float(value)
+
+
+def _check_bound(principal: Principal, peer_certificate: bytes | DeferBinding | None) -> None:
+    if principal.certificate_thumbprint is not None and not isinstance(peer_certificate, DeferBinding):
+        check_binding(principal.certificate_thumbprint, peer_certificate)
 
 
 class AnyAudience:
@@ -160,9 +173,21 @@ class TokenVerifier:
         self._headers: dict[str, str] = {}
         self._lock = threading.Lock()
 
-    def verify(self, token: str, *, block: bool = True) -> Principal:
+    def verify(
+        self,
+        token: str,
+        *,
+        block: bool = True,
+        peer_certificate: bytes | DeferBinding | None = None,
+    ) -> Principal:
         """The principal of a valid token; raises :class:`InvalidToken` (or
         :class:`~authsvc.core.errors.TemporarilyUnavailable` when no keys can be had).
+
+        ``peer_certificate`` is the DER certificate the caller presented in the TLS handshake of
+        this call's connection, None when it presented none: a token bound to a certificate
+        (RFC 8705 §3) is accepted only with that one, on every call. Leaving it None refuses every
+        bound token. :data:`~authsvc.verify.binding.DEFER_BINDING` skips the check, for a caller
+        that makes it itself (see there).
 
         With ``block=False`` it never waits on the network: where the key set must be fetched
         first it raises :class:`~authsvc.verify.jwks.WouldBlock`, whose ``future`` an event loop
@@ -179,9 +204,10 @@ class TokenVerifier:
                 cached = True
                 if self.revocations is not None:
                     self._check_revoked(self.revocations, hit[2])
+                _check_bound(hit[2], peer_certificate)
                 principal = hit[2]
             else:
-                principal = self._verify_and_remember(token, digest, now, block)
+                principal = self._verify_and_remember(token, digest, now, block, peer_certificate)
         except WouldBlock:
             raise  # not decided yet: counted when it is asked again
         except Exception as exc:
@@ -192,10 +218,18 @@ class TokenVerifier:
             metrics.accepted(cached)
         return principal
 
-    def _verify_and_remember(self, token: str, digest: bytes, now: float, block: bool) -> Principal:
+    def _verify_and_remember(
+        self,
+        token: str,
+        digest: bytes,
+        now: float,
+        block: bool,
+        peer_certificate: bytes | DeferBinding | None,
+    ) -> Principal:
         principal, epoch = self._verify_fully(token, now, block)
         if self.revocations is not None:
             self._check_revoked(self.revocations, principal)
+        _check_bound(principal, peer_certificate)
         with self._lock:
             current = self.keys.epoch
             if current != self._cached_epoch:
@@ -271,6 +305,7 @@ class TokenVerifier:
             scopes = frozenset(parse_scope(scope))
         except InvalidScope as exc:
             raise Refused(o.INVALID_CLAIMS, "the token's scope claim is malformed") from exc
+        thumbprint = bound_thumbprint(claims)
         return Principal(
             client_id=claims["client_id"],
             subject=claims["sub"],
@@ -281,6 +316,7 @@ class TokenVerifier:
             expires_at=exp,
             issued_at=iat,
             claims=dict(claims),
+            certificate_thumbprint=thumbprint,
         )
 
     def close(self) -> None:

@@ -3,6 +3,11 @@
 The SDK fetches the access token, caches it, refreshes it before it expires and attaches it to
 every call; this program never touches a token. Configuration comes from flags or the
 environment, the secret from the environment or a file, never from the command line or code.
+
+Before its first call it waits (``--wait``, 30 s by default) until the TokenService and the
+PaymentService both report SERVING on the standard gRPC health service, so that it can be started
+together with them: a PaymentService that has just started is not ready until it holds its
+issuer's keys.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ import argparse
 import json
 import os
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authsvc.client import (
     ClientCredentials,
@@ -25,10 +32,14 @@ from authsvc.client import (
     read_secret,
 )
 from authsvc.client.transport import is_local_target
+from authsvc.v1 import token_pb2
 from payments_svc.v1 import payments_pb2 as pb
 from payments_svc.v1 import payments_pb2_grpc
 
 SCOPES = ("payments:read", "payments:write", "payments:refund")
+# the names each service reports its health under (grpc.health.v1)
+TOKEN_SERVICE = token_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name
+PAYMENT_SERVICE = pb.DESCRIPTOR.services_by_name["PaymentService"].full_name
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -61,23 +72,138 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "unix: always gets TLS (the system's roots without --ca); plaintext only to loopback and "
         "unix:, and only without --ca",
     )
+    p.add_argument(
+        "--cert",
+        default=env.get("AUTHSVC_CLIENT_CERT"),
+        help="PEM client certificate (chain) for mutual TLS to both services [env AUTHSVC_CLIENT_CERT]. "
+        "With --token-service on an 'authsvc serve --mtls-listen' port, the tokens are bound to it "
+        "(RFC 8705): the PaymentService then accepts them only over a connection with this certificate",
+    )
+    p.add_argument(
+        "--key",
+        default=env.get("AUTHSVC_CLIENT_KEY"),
+        help="PEM private key of --cert [env AUTHSVC_CLIENT_KEY]",
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=env.get("MERCHANT_WAIT") or "30",  # a string: argparse checks it as it checks a flag
+        metavar="SECONDS",
+        help="wait at most this long for both services to report SERVING (gRPC health) before the "
+        "first call; 0: do not wait [env MERCHANT_WAIT; default 30]",
+    )
     p.add_argument("--amount", default="42.00", help="amount to pay (default 42.00)")
     p.add_argument("--currency", default="USD", help="ISO 4217 currency (default USD)")
     p.add_argument("--refund", default="10.00", help="amount to refund (default 10.00)")
     return p.parse_args(argv)
 
 
-def uses_tls(target: str, ca: bytes | None) -> bool:
-    """TLS with a CA bundle, and to any host but loopback and unix: whatever the flags."""
-    return ca is not None or not is_local_target(target)
+class ClientTls:
+    """The client certificate for mutual TLS (``--cert``/``--key``), as PEM bytes."""
+
+    __slots__ = ("certificate_chain", "private_key")
+
+    def __init__(self, certificate_chain: bytes, private_key: bytes) -> None:
+        self.certificate_chain = certificate_chain
+        self.private_key = private_key
+
+    def __repr__(self) -> str:  # never the private key
+        return "ClientTls(certificate_chain=..., private_key=<redacted>)"
 
 
-def payments_channel(target: str, creds: ClientCredentials, ca: bytes | None) -> grpc.Channel:
-    """The PaymentService channel: TLS (``ca``, else the system's roots) unless the target is
-    loopback or unix: and no CA was given."""
-    if uses_tls(target, ca):
-        return authorized_channel(target, creds, root_certificates=ca)
+def uses_tls(target: str, ca: bytes | None, client_tls: ClientTls | None = None) -> bool:
+    """TLS with a CA bundle or a client certificate, and to any host but loopback and unix:
+    whatever the flags."""
+    return ca is not None or client_tls is not None or not is_local_target(target)
+
+
+def payments_channel(
+    target: str, creds: ClientCredentials, ca: bytes | None, client_tls: ClientTls | None = None
+) -> grpc.Channel:
+    """The PaymentService channel: TLS (``ca``, else the system's roots; mutual TLS with the
+    client certificate) unless the target is loopback or unix: and neither was given."""
+    if uses_tls(target, ca, client_tls):
+        return authorized_channel(
+            target,
+            creds,
+            root_certificates=ca,
+            private_key=None if client_tls is None else client_tls.private_key,
+            certificate_chain=None if client_tls is None else client_tls.certificate_chain,
+        )
     return insecure_loopback_channel(target, creds)
+
+
+def read_client_tls(cert: str | None, key: str | None) -> ClientTls | None:
+    """The ``--cert``/``--key`` files, read once; ValueError unless both or neither are given."""
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError("--cert and --key go together (AUTHSVC_CLIENT_CERT, AUTHSVC_CLIENT_KEY)")
+    return ClientTls(Path(cert).read_bytes(), Path(key).read_bytes())
+
+
+def health_channel(target: str, ca: bytes | None, client_tls: ClientTls | None = None) -> grpc.Channel:
+    """A channel without credentials for the health checks (public methods), with the same TLS
+    rule as the calls (and the client certificate: a mutual-TLS port refuses the handshake
+    without it); it retries a refused connection at most every second."""
+    options = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)]
+    if uses_tls(target, ca, client_tls):
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=ca,
+            private_key=None if client_tls is None else client_tls.private_key,
+            certificate_chain=None if client_tls is None else client_tls.certificate_chain,
+        )
+        return grpc.secure_channel(target, credentials, options=options)
+    return grpc.insecure_channel(target, options=options)
+
+
+def wait_until_serving(
+    target: str, service: str, ca: bytes | None, deadline: float, client_tls: ClientTls | None = None
+) -> str | None:
+    """None once ``target``'s health service says ``service`` is SERVING (or it has no health
+    service, so there is nothing to wait for); else, at the monotonic ``deadline``, what it said
+    last."""
+    last = "no answer"
+    said_so = False
+    with health_channel(target, ca, client_tls) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return last
+            try:
+                # wait_for_ready: a server not listening yet is waited for, not a failure
+                answer = health.Check(
+                    health_pb2.HealthCheckRequest(service=service),
+                    timeout=min(remaining, 1.0),
+                    wait_for_ready=True,
+                )
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    return None
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    return None
+                last = err.code().name
+            if not said_so:
+                print(f"waiting for {service} at {target} ({last})", file=sys.stderr)
+                said_so = True
+            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+
+
+def wait_for_services(
+    args: argparse.Namespace, ca: bytes | None, client_tls: ClientTls | None = None
+) -> str | None:
+    """Wait, at most ``args.wait`` seconds in all, for the TokenService and then the
+    PaymentService; None when both serve, else a line saying which one does not."""
+    if args.wait <= 0:
+        return None
+    deadline = time.monotonic() + args.wait
+    for target, service in ((args.token_service, TOKEN_SERVICE), (args.payments, PAYMENT_SERVICE)):
+        last = wait_until_serving(target, service, ca, deadline, client_tls)
+        if last is not None:
+            return f"{service} at {target} is not serving after {args.wait:g}s (last: {last}); see --wait"
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,6 +218,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"merchant: cannot read the CA bundle {args.ca}: {exc.strerror}", file=sys.stderr)
         return 2
+    try:
+        client_tls = read_client_tls(args.cert, args.key)
+    except ValueError as exc:
+        print(f"merchant: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"merchant: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    not_ready = wait_for_services(args, ca, client_tls)
+    if not_ready is not None:
+        print(f"merchant: {not_ready}", file=sys.stderr)
+        return 1
     # the SDK dials the TokenService itself: TLS to any host but loopback and unix:, so the
     # client secret never crosses a network in plaintext
     creds = ClientCredentials.for_target(
@@ -101,8 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         scopes=SCOPES,
         audience=["payments"],
         root_certificates=ca,
+        private_key=None if client_tls is None else client_tls.private_key,
+        certificate_chain=None if client_tls is None else client_tls.certificate_chain,
     )
-    channel = payments_channel(args.payments, creds, ca)
+    channel = payments_channel(args.payments, creds, ca, client_tls)
     payments = payments_pb2_grpc.PaymentServiceStub(channel)
     key = f"order-{uuid.uuid4()}"
     try:

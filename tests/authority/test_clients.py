@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 
 from authsvc.authority.clients import MAX_SECRET_GRACE, ClientRegistry
-from authsvc.core.clients import Client
+from authsvc.core.clients import AuthRegistration, Client, ClientAuthMethod
 from authsvc.core.errors import InvalidRequest, NotFound
 from authsvc.core.secrets import SecretHasher
 from authsvc.store.memory import MemoryStore
+from tests.assertions import jwks_json, rsa_key
 from tests.core.fakes import CountingRandom, FrozenClock
 
 NOW = 1_700_000_000
@@ -106,3 +107,36 @@ def test_a_rotation_racing_another_is_refused_and_changes_nothing(
         registry.rotate_secret("shop", grace=60)
     assert _accepted(registry, "authsvc_cs_winner", NOW)
     assert registry.get_client("shop").previous_secret_hash is None
+
+
+# -- clients without a secret (issue 13) -----------------------------------------------------------
+
+
+def test_a_private_key_jwt_client_is_registered_without_a_secret(registry: ClientRegistry) -> None:
+    auth = AuthRegistration(method=ClientAuthMethod.PRIVATE_KEY_JWT, jwks=jwks_json(rsa_key()))
+    client, secret = registry.register(
+        client_id="signer", scopes=["payments:read"], audiences=["payments"], auth=auth
+    )
+    assert secret is None
+    assert client.secret_hash == "" and registry.get_client("signer") == client
+
+
+def test_create_client_is_for_secret_clients_only(registry: ClientRegistry) -> None:
+    auth = AuthRegistration(method=ClientAuthMethod.TLS_CLIENT_AUTH, tls_san_dns="shop.example")
+    with pytest.raises(InvalidRequest):
+        registry.create_client(client_id="tls", scopes=["a"], audiences=["b"], auth=auth)
+    assert registry.list_clients() == []
+    post = AuthRegistration(method=ClientAuthMethod.CLIENT_SECRET_POST)
+    client, secret = registry.create_client(client_id="poster", scopes=["a"], audiences=["b"], auth=post)
+    assert client.auth_method is ClientAuthMethod.CLIENT_SECRET_POST and HASHER.verify(
+        secret, client.secret_hash
+    )
+
+
+def test_a_client_without_a_secret_has_none_to_rotate(registry: ClientRegistry) -> None:
+    auth = AuthRegistration(method=ClientAuthMethod.PRIVATE_KEY_JWT, jwks_uri="https://shop.example/jwks")
+    registry.register(client_id="signer", scopes=["a"], audiences=["b"], auth=auth)
+    before = registry.get_client("signer")
+    with pytest.raises(InvalidRequest):
+        registry.rotate_secret("signer")
+    assert registry.get_client("signer") == before

@@ -21,6 +21,7 @@ __all__ = [
     "FakeClock",
     "FakeFetcher",
     "Outcome",
+    "SleepRecorder",
     "failure",
 ]
 
@@ -30,8 +31,22 @@ WAIT = 5.0
 Outcome = tuple[str, float, str] | TokenFetchError
 
 
-def failure(code: grpc.StatusCode, reason: str = "", message: str = "try later") -> TokenFetchError:
-    return TokenFetchError(code, reason, message)
+def failure(
+    code: grpc.StatusCode, reason: str = "", message: str = "try later", *, retry_after: float | None = None
+) -> TokenFetchError:
+    return TokenFetchError(code, reason, message, retry_after=retry_after)
+
+
+class SleepRecorder:
+    """A ``time.sleep`` replacement that records the delay and moves ``clock`` by it."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.delays: list[float] = []
+        self._clock = clock
+
+    def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        self._clock.advance(delay)
 
 
 class FakeClock:

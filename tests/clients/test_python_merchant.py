@@ -1,13 +1,19 @@
 """clients/python/merchant.py, run as a newcomer would, against the real services (plaintext on
-loopback, and TLS); and its rule that any other host gets TLS."""
+loopback, and TLS); its README's copy-paste sequence, as written, every time; and its rule that
+any other host gets TLS."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +136,103 @@ def test_python_merchant_over_tls(tmp_path: Path) -> None:
         summary = json.loads(run.stdout.strip().splitlines()[-1])
         assert summary["ok"] and summary["refunded_amount"] == "10.00"
         assert secret not in run.stdout + run.stderr
+
+
+def readme_block() -> str:
+    """The shell block of clients/python/README.md's "Run it against local services"."""
+    text = (ROOT / "clients" / "python" / "README.md").read_text()
+    section = text.split("## Run it against local services", 1)[1].split("\n## ", 1)[0]
+    match = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert match is not None, "no sh block in the README's run section"
+    return match.group(1)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop_group(pgid: int) -> None:
+    """Wait (bounded) for every process of the group to end after the block's own kill, then
+    SIGKILL whatever is left: no service outlives the test."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def test_the_readme_sequence_works_every_time(tmp_path: Path) -> None:
+    """The README's block, run literally by bash from a directory that has .venv and clients as
+    the repository root has them, four times in a row, each time starting the services and the
+    merchant at once: it must pay every time (the merchant waits for both to serve). Free ports
+    come through the variables the README names; nothing else is changed."""
+    script = readme_block()
+    assert "merchant.py" in script and "serve &" in script
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / ".venv").symlink_to(Path(sys.prefix))
+    (root / "clients").symlink_to(ROOT / "clients")
+    assert (root / ".venv" / "bin" / "authsvc").exists(), "run the tests from the project's venv"
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AUTHSVC_", "PAYMENTS_", "MERCHANT_"))}
+    for run in range(4):
+        auth_port, payments_port = free_port(), free_port()
+        temp = tmp_path / f"run{run}"
+        temp.mkdir()
+        env = {
+            **base,
+            "TMPDIR": str(temp),  # where the block's mktemp -d puts the data dirs
+            "AUTHSVC_LISTEN": f"127.0.0.1:{auth_port}",
+            "PAYMENTS_LISTEN": f"127.0.0.1:{payments_port}",
+            "PAYMENTS_TOKEN_SERVICE": f"127.0.0.1:{auth_port}",
+            "AUTHSVC_TARGET": f"127.0.0.1:{auth_port}",
+            "PAYMENTS_TARGET": f"127.0.0.1:{payments_port}",
+        }
+        proc = subprocess.Popen(
+            ["bash", "-c", script],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its own process group: the services are found and stopped
+        )
+        try:
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            stop_group(proc.pid)
+        lines = out.strip().splitlines()
+        assert lines, f"run {run}: no output\n{err}"
+        summary = json.loads(lines[-1])
+        assert summary["ok"] is True, f"run {run}:\n{err}"
+        assert summary["token_fetches"] == 1
+        assert "authsvc_cs_" not in out + err, "the secret reached the output"
+
+
+def test_python_merchant_gives_up_waiting_with_one_line(tmp_path: Path) -> None:
+    """Nothing serves: after --wait it names the service it waited for and exits 1, no traceback."""
+    port = free_port()
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "clients" / "python" / "merchant.py")],
+        env={
+            **os.environ,
+            "AUTHSVC_TARGET": f"127.0.0.1:{port}",
+            "AUTHSVC_CLIENT_ID": "merchant-py",
+            "AUTHSVC_CLIENT_SECRET": "not-a-real-secret",
+            "MERCHANT_WAIT": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 1
+    assert f"authsvc.v1.TokenService at 127.0.0.1:{port} is not serving after 1s" in run.stderr
+    assert "Traceback" not in run.stderr

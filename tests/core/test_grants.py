@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,9 @@ from typing import Any
 import jwt
 import pytest
 
+from authsvc.core.auth_methods import ClientSecretBasic, ClientSecretPost
+from authsvc.core.certs import ClientCertificate
+from authsvc.core.client_auth import PresentedCredentials
 from authsvc.core.clients import Client, new_client
 from authsvc.core.errors import (
     InvalidClient,
@@ -18,6 +22,7 @@ from authsvc.core.errors import (
     OAuthError,
     UnauthorizedClient,
     UnsupportedGrantType,
+    refusal_detail,
 )
 from authsvc.core.grants import (
     ClientAuthMethod,
@@ -31,6 +36,7 @@ from authsvc.core.secrets import SecretHasher
 from authsvc.core.tokens import TokenSigner
 from authsvc.store.memory import MemoryStore
 from tests.core.fakes import CountingRandom, FrozenClock
+from tests.pki import Pki
 
 ISSUER = "https://auth.test"
 CLIENT_ID = "shop"
@@ -450,13 +456,115 @@ def test_authentication_does_the_same_work_with_or_without_a_previous_secret(env
         clock=env.clock,
         random=CountingRandom(),
     )
+    endpoint.register_auth_method(ClientSecretBasic(hasher, env.clock))
     if rotated:
         _rotate(env, grace=60)
     shapes = []
     for client_id in (CLIENT_ID, "nobody"):
         hasher.shapes.clear()
+        presented = PresentedCredentials(
+            ClientAuthMethod.CLIENT_SECRET_BASIC, client_id, "authsvc_cs_" + "W" * 43
+        )
         with pytest.raises(InvalidClient):
-            endpoint.authenticate(client_id, "authsvc_cs_" + "W" * 43)
+            endpoint.authenticate(presented)
         shapes.append(list(hasher.shapes))
     assert len(shapes[0]) == 2
     assert shapes[0] == shapes[1]
+
+
+# -- certificate-bound tokens (RFC 8705 §3) ---------------------------------------------------
+
+
+def test_token_issued_over_mutual_tls_is_bound_to_the_certificate(env: Env, pki: Pki) -> None:
+    req = dataclasses.replace(request(), client_certificate=ClientCertificate.from_der(pki.client.der))
+    claims = decode(env, env.endpoint.issue(req), "payments")
+    assert claims["cnf"] == {"x5t#S256": pki.client.thumbprint}
+
+
+def test_token_issued_without_a_certificate_has_no_cnf(env: Env) -> None:
+    assert "cnf" not in decode(env, env.endpoint.issue(request()), "payments")
+
+
+# -- registered authentication methods (issue 13) --------------------------------------------------
+
+BASIC, POST = ClientAuthMethod.CLIENT_SECRET_BASIC, ClientAuthMethod.CLIENT_SECRET_POST
+
+
+def _presented(method: ClientAuthMethod, secret: str = SECRET) -> PresentedCredentials:
+    return PresentedCredentials(method, CLIENT_ID, secret)
+
+
+@pytest.mark.parametrize(
+    ("registered", "presented", "accepted"),
+    [(BASIC, BASIC, True), (BASIC, POST, True), (POST, POST, True), (POST, BASIC, False)],
+    ids=["basic-basic", "basic-accepts-post", "post-post", "post-refuses-basic"],
+)
+def test_a_client_is_accepted_only_with_a_method_its_registration_accepts(
+    env: Env, registered: ClientAuthMethod, presented: ClientAuthMethod, accepted: bool
+) -> None:
+    assert env.store.update_client(env.client.with_changes(auth_method=registered))
+    if accepted:
+        assert env.endpoint.authenticate(_presented(presented)).client_id == CLIENT_ID
+        return
+    with pytest.raises(InvalidClient) as refused:
+        env.endpoint.authenticate(_presented(presented))
+    assert refusal_detail(refused.value) == "auth_method_not_allowed"
+    assert refused.value.client_known  # the id is registered: it may be logged in full
+
+
+@pytest.mark.parametrize(
+    "registered", [ClientAuthMethod.PRIVATE_KEY_JWT, ClientAuthMethod.TLS_CLIENT_AUTH], ids=lambda m: m.value
+)
+def test_a_client_without_a_secret_is_refused_a_secret_as_a_wrong_one(
+    env: Env, registered: ClientAuthMethod
+) -> None:
+    # its stored hash is empty: even a request naming the empty string's hash gets nowhere
+    assert env.store.update_client(env.client.with_changes(auth_method=registered, secret_hash=""))
+    for method in (BASIC, POST):
+        with pytest.raises(InvalidClient) as refused:
+            env.endpoint.authenticate(_presented(method))
+        assert refusal_detail(refused.value) == "auth_method_not_allowed"
+        with pytest.raises(InvalidClient) as unknown:
+            env.endpoint.authenticate(PresentedCredentials(method, "nobody", SECRET))
+        assert (refused.value.description, refused.value.reason) == (
+            unknown.value.description,
+            unknown.value.reason,
+        )
+
+
+def test_a_method_not_registered_with_the_endpoint_is_invalid_client(env: Env) -> None:
+    for method in (ClientAuthMethod.PRIVATE_KEY_JWT, ClientAuthMethod.TLS_CLIENT_AUTH):
+        with pytest.raises(InvalidClient) as refused:
+            env.endpoint.authenticate(PresentedCredentials(method, CLIENT_ID))
+        assert refusal_detail(refused.value) == "auth_method_unsupported"
+
+
+def test_a_client_of_another_method_costs_what_an_unknown_one_costs(env: Env) -> None:
+    # a secret presented for a client registered for another method is checked against the decoy
+    hasher = _CountingHasher(b"pepper-for-tests-only-0123456789")
+    endpoint = TokenEndpoint(
+        issuer=ISSUER,
+        clients=env.store,
+        hasher=hasher,
+        signer=lambda: TokenSigner(env.key),
+        clock=env.clock,
+        random=CountingRandom(),
+    )
+    endpoint.register_auth_method(ClientSecretPost(hasher, env.clock))
+    env.store.create_client(
+        env.client.with_changes(client_id="signer", auth_method=ClientAuthMethod.PRIVATE_KEY_JWT)
+    )
+    shapes = []
+    for client_id in ("signer", "nobody"):
+        hasher.shapes.clear()
+        with pytest.raises(InvalidClient):
+            endpoint.authenticate(PresentedCredentials(POST, client_id, "authsvc_cs_" + "W" * 43))
+        shapes.append(list(hasher.shapes))
+    assert len(shapes[0]) == 2
+    assert shapes[0] == shapes[1]
+
+
+def test_the_endpoint_tells_its_methods_for_the_metadata(env: Env) -> None:
+    assert env.endpoint.auth_methods == (BASIC, POST)
+    assert env.endpoint.auth_signing_algs == ()
+    assert not env.endpoint.may_block(_presented(BASIC))

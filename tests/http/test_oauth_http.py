@@ -274,7 +274,9 @@ def test_rfc8414_metadata_builds_urls_from_the_issuer(server: TokenServer) -> No
     assert set(document["token_endpoint_auth_methods_supported"]) == {
         "client_secret_basic",
         "client_secret_post",
+        "private_key_jwt",
     }
+    assert document["token_endpoint_auth_signing_alg_values_supported"] == ["RS256", "PS256", "ES256"]
 
 
 def test_an_issuer_with_a_path_serves_under_it(tmp_path: Path) -> None:

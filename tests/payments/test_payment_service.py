@@ -31,12 +31,12 @@ class Gateway:
 
     def token(self, client_id: str, scopes: tuple[str, ...] = ALL, audience: str = "payments") -> str:
         authority = self.token_server.authority
-        secret = _SECRETS.get((self.token_server.target, client_id))
+        secret = _SECRETS.get((str(self.token_server.config.data_dir), client_id))
         if secret is None:
             _, secret = authority.clients.create_client(
                 client_id=client_id, scopes=list(scopes), audiences=[audience]
             )
-            _SECRETS[(self.token_server.target, client_id)] = secret
+            _SECRETS[(str(self.token_server.config.data_dir), client_id)] = secret
         with grpc.insecure_channel(self.token_server.target) as ch:
             return str(
                 token_pb2_grpc.TokenServiceStub(ch)
@@ -50,6 +50,7 @@ class Gateway:
             )
 
 
+# keyed by the TokenService's data dir, unique to its test: a port is reused by a later test's server
 _SECRETS: dict[tuple[str, str], str] = {}
 
 

@@ -14,6 +14,7 @@ from payments_svc.v1 import payments_pb2 as pb
 from payments_svc.v1 import payments_pb2_grpc
 from tests.conftest import KEK
 from tests.helpers import Command, create_client
+from tests.server.test_serve import PG_PASSWORDS, with_passwords
 
 
 def test_payment_survives_sigkill_and_sigterm_is_graceful(tmp_path: Path) -> None:
@@ -87,3 +88,27 @@ def test_plaintext_on_a_public_address_is_refused(tmp_path: Path) -> None:
     ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 1 and "without TLS" in out.stderr
+
+
+def test_serve_logs_where_its_database_is_and_never_a_password(tmp_path: Path, pg_url: str) -> None:
+    """SQLite: the file. PostgreSQL: the URL with both forms of password redacted."""
+    env = {
+        **os.environ,
+        "PAYMENTS_DATA_DIR": str(tmp_path / "pay"),
+        "PAYMENTS_LISTEN": "127.0.0.1:0",
+        "PAYMENTS_TOKEN_SERVICE": "127.0.0.1:9",  # none: it starts without keys, NOT_SERVING
+    }
+    sqlite = Command([sys.executable, "-m", "payments_svc.cli", "serve"], env)
+    assert sqlite.terminate() == 0, sqlite.output()
+    assert f"payments in SQLite at {tmp_path / 'pay' / 'payments.db'}" in sqlite.output()
+
+    postgres = Command(
+        [sys.executable, "-m", "payments_svc.cli", "serve"],
+        {**env, "PAYMENTS_DATABASE_URL": with_passwords(pg_url)},
+    )
+    assert postgres.terminate() == 0, postgres.output()
+    output = postgres.output()
+    host_and_db = pg_url.partition("@")[2]
+    assert f"payments in PostgreSQL at postgresql://postgres:***@{host_and_db}?password=***" in output
+    for password in PG_PASSWORDS:
+        assert password not in output

@@ -19,7 +19,8 @@ from typing import Any
 import grpc
 import pytest
 
-from authsvc.core.clients import new_client
+from authsvc.core.client_auth import PresentedCredentials
+from authsvc.core.clients import ClientAuthMethod, new_client
 from authsvc.core.errors import ConfigurationError, InvalidClient
 from authsvc.core.grants import TokenEndpoint, client_credentials_endpoint
 from authsvc.core.keys import KeyState, SigningKey, generate_rsa_key
@@ -109,7 +110,9 @@ def test_unknown_and_known_client_do_the_same_work(
         hasher.calls.clear()
         decodes[0] = compares[0] = 0
         with pytest.raises(InvalidClient) as info:
-            endpoint.authenticate(client_id, WRONG_SECRET)
+            endpoint.authenticate(
+                PresentedCredentials(ClientAuthMethod.CLIENT_SECRET_POST, client_id, WRONG_SECRET)
+            )
         assert info.value.error == "invalid_client"
         return list(hasher.calls), decodes[0], compares[0]
 

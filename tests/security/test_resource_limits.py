@@ -338,7 +338,10 @@ def test_refusal_flood_log_is_bounded(tmp_path: Path, caplog: pytest.LogCaptureF
     time, not with the attacker's request rate."""
     clock = FakeMonotonic()
     caplog.set_level(logging.INFO, logger="authsvc.token")
-    with token_service(tmp_path, refusal_log_rate=5, start={"monotonic": clock}) as server:
+    # the failed-authentication throttle off: after 10 wrong secrets it would answer RATE_LIMITED
+    with token_service(
+        tmp_path, refusal_log_rate=5, failed_auth_limit=None, start={"monotonic": clock}
+    ) as server:
         shop = server.register()
         with grpc.insecure_channel(server.target) as ch:
             stub = token_pb2_grpc.TokenServiceStub(ch)

@@ -17,6 +17,7 @@ from authsvc.core.ports import SystemClock, SystemRandom
 from authsvc.core.revocation import Revocation
 from authsvc.server.app import RunningServer, start_server
 from authsvc.v1 import token_pb2, token_pb2_grpc
+from tests.assertions import ec_key, jwks_json, rsa_key
 from tests.conftest import serve_config
 from tests.core.fakes import FrozenClock
 from tests.helpers import ServerThread
@@ -187,3 +188,120 @@ def _request(secret: str) -> token_pb2.IssueTokenRequest:
     return token_pb2.IssueTokenRequest(
         grant_type="client_credentials", client_id="shop", client_secret=secret
     )
+
+
+# -- clients create --auth-method (issue 13) -------------------------------------------------------
+
+
+def _create(data_dir: Path, client_id: str, *args: str) -> dict[str, object]:
+    return clients(
+        data_dir, "create", "--client-id", client_id, "--scope", "a", "--audience", "payments", *args
+    )
+
+
+def test_create_private_key_jwt_with_a_jwks_file_prints_no_secret_and_show_tells_the_keys(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(jwks_json(rsa_key(), ec_key("ec-a")))
+    created = _create(
+        data_dir, "signer", "--auth-method", "private_key_jwt", "--jwks-file", str(jwks),
+        "--signing-alg", "ES256", "--signing-alg", "RS256",
+    )  # fmt: skip
+    assert "client_secret" not in created
+    shown = clients(data_dir, "show", "signer")
+    assert shown["auth_method"] == "private_key_jwt"
+    assert shown["signing_algs"] == ["ES256", "RS256"]
+    assert shown["jwks_uri"] is None
+    jwks_shown = shown["jwks"]
+    assert isinstance(jwks_shown, dict) and [k["kid"] for k in jwks_shown["keys"]] == ["rsa-1", "ec-a"]
+    text = authsvc("clients", "show", "signer", "--data-dir", str(data_dir), env=cli_env()).stdout
+    assert "private_key_jwt" in text and "rsa-1(RSA) ec-a(EC)" in text
+    assert "tls_san_dns" not in text and "previous_secret" not in text
+
+
+def test_create_private_key_jwt_with_a_jwks_uri(data_dir: Path) -> None:
+    _create(
+        data_dir, "signer", "--auth-method", "private_key_jwt", "--jwks-uri", "https://shop.example/jwks.json"
+    )
+    shown = clients(data_dir, "show", "signer")
+    assert (shown["jwks"], shown["jwks_uri"], shown["signing_algs"]) == (
+        None,
+        "https://shop.example/jwks.json",
+        ["RS256"],
+    )
+
+
+def test_create_tls_client_auth_stores_the_name_and_says_where_it_authenticates(data_dir: Path) -> None:
+    out = authsvc(
+        "clients", "create", "--client-id", "tls", "--scope", "a", "--audience", "b",
+        "--auth-method", "tls_client_auth", "--tls-subject-dn", "CN=shop,O=Example",
+        "--data-dir", str(data_dir), "--output", "json", env=cli_env(),
+    )  # fmt: skip
+    created = json.loads(out.stdout)
+    assert "client_secret" not in created
+    assert (created["auth_method"], created["tls_subject_dn"], created["tls_san_dns"]) == (
+        "tls_client_auth",
+        "CN=shop,O=Example",
+        None,
+    )
+    assert "mutual-TLS listener" in out.stderr and "--mtls-listen" in out.stderr
+
+
+def test_the_default_method_is_client_secret_basic_and_post_can_be_chosen(data_dir: Path) -> None:
+    assert clients(data_dir, "show", "shop")["auth_method"] == "client_secret_basic"
+    created = _create(data_dir, "poster", "--auth-method", "client_secret_post")
+    assert str(created["client_secret"]).startswith("authsvc_cs_")
+    assert created["auth_method"] == "client_secret_post"
+    listed = authsvc("clients", "list", "--data-dir", str(data_dir), env=cli_env()).stdout
+    assert "AUTH_METHOD" in listed and "client_secret_post" in listed
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--auth-method", "private_key_jwt"],
+        ["--auth-method", "private_key_jwt", "--jwks-uri", "http://shop.example/jwks"],
+        ["--auth-method", "private_key_jwt", "--jwks-file", "JWKS_PRIVATE"],
+        ["--auth-method", "private_key_jwt", "--jwks-file", "JWKS_PUBLIC", "--signing-alg", "ES256"],
+        ["--auth-method", "private_key_jwt", "--jwks-file", "NO_SUCH_FILE"],
+        ["--auth-method", "tls_client_auth"],
+        ["--jwks-uri", "https://shop.example/jwks"],
+        ["--tls-san-dns", "shop.example"],
+    ],
+    ids=[
+        "pkjwt-without-keys",
+        "pkjwt-plain-http",
+        "pkjwt-private-key",
+        "pkjwt-alg-without-key",
+        "pkjwt-missing-file",
+        "tls-without-name",
+        "secret-with-jwks-uri",
+        "secret-with-tls-name",
+    ],
+)
+def test_create_refuses_a_method_with_the_wrong_data_and_stores_nothing(
+    data_dir: Path, tmp_path: Path, args: list[str]
+) -> None:
+    files = {
+        "JWKS_PRIVATE": json.dumps({"keys": [rsa_key().private_jwk]}),
+        "JWKS_PUBLIC": jwks_json(rsa_key()),
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    args = [str(tmp_path / a) if a in {*files, "NO_SUCH_FILE"} else a for a in args]
+    result = authsvc(
+        "clients", "create", "--client-id", "bad", "--scope", "a", "--audience", "b", *args,
+        "--data-dir", str(data_dir), env=cli_env(), check=False,
+    )  # fmt: skip
+    assert result.returncode == 1 and result.stderr.startswith("authsvc: error:")
+    assert "bad" not in authsvc("clients", "list", "--data-dir", str(data_dir), env=cli_env()).stdout
+
+
+def test_rotate_secret_refuses_a_client_without_a_secret(data_dir: Path) -> None:
+    _create(data_dir, "signer", "--auth-method", "private_key_jwt", "--jwks-uri", "https://shop.example/jwks")
+    result = authsvc(
+        "clients", "rotate-secret", "signer", "--data-dir", str(data_dir), env=cli_env(), check=False
+    )
+    assert result.returncode == 1 and "no secret" in result.stderr
+    assert result.stdout == ""

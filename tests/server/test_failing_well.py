@@ -99,8 +99,8 @@ def test_bad_environment_value_is_the_flags_usage_error(
 
 
 def test_no_flag_abbreviations(env: dict[str, str]) -> None:
-    # --client-ca is not --client-cache-ttl (nor anything else): an unknown flag, refused
-    refused(authsvc_cmd(env, "serve", "--client-ca", "ca.pem"), "unrecognized arguments: --client-ca")
+    # --client-cache is not --client-cache-ttl (nor --client-ca): an unknown flag, refused
+    refused(authsvc_cmd(env, "serve", "--client-cache", "2"), "unrecognized arguments: --client-cache")
     refused(authsvc_cmd(env, "clients", "create", "--scop", "a", "--audience", "b"), "--scop")
 
 

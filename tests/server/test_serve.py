@@ -24,7 +24,7 @@ from authsvc.server.app import RunningServer, open_authority, start_server
 from authsvc.server.config import ServeConfig
 from authsvc.v1 import token_pb2, token_pb2_grpc
 from tests.conftest import KEK, serve_config
-from tests.helpers import ServerThread
+from tests.helpers import Command, ServerThread
 
 
 def self_signed(tmp: Path) -> tuple[Path, Path]:
@@ -352,3 +352,39 @@ def test_shutdown_waits_for_the_key_tick_in_flight_before_closing_the_store(tmp_
     release.set()
     stopper.join(10)
     assert order == ["tick ended", "store closed"]
+
+
+PG_PASSWORDS = ("Pw-in-the-userinfo-7c1", "Pw-in-the-query-9d2")
+
+
+def with_passwords(url: str) -> str:
+    """``url`` (trust auth: any password is accepted) with a password in both places libpq reads
+    one."""
+    user, at, rest = url.partition("@")
+    assert at, url
+    return f"{user}:{PG_PASSWORDS[0]}@{rest}?password={PG_PASSWORDS[1]}&application_name=authsvc-test"
+
+
+def test_serve_logs_where_its_sqlite_database_is(tmp_path: Path) -> None:
+    env = {**os.environ, "AUTHSVC_DATA_DIR": str(tmp_path / "d"), "AUTHSVC_KEK": KEK}
+    server = Command([sys.executable, "-m", "authsvc.cli", "serve", "--listen", "127.0.0.1:0"], env)
+    assert server.terminate() == 0, server.output()  # SIGTERM right after start-up: graceful
+    assert f"clients and keys in SQLite at {tmp_path / 'd' / 'authsvc.db'}" in server.output()
+
+
+def test_serve_logs_its_postgres_url_without_the_password(tmp_path: Path, pg_url: str) -> None:
+    url = with_passwords(pg_url)
+    env = {
+        **os.environ,
+        "AUTHSVC_DATA_DIR": str(tmp_path / "d"),
+        "AUTHSVC_KEK": KEK,
+        "AUTHSVC_DATABASE_URL": url,
+    }
+    server = Command([sys.executable, "-m", "authsvc.cli", "serve", "--listen", "127.0.0.1:0"], env)
+    assert server.terminate() == 0, server.output()  # SIGTERM right after start-up: graceful
+    output = server.output()
+    (line,) = [ln for ln in output.splitlines() if "clients and keys in PostgreSQL at" in ln]
+    host_and_db = pg_url.partition("@")[2]
+    assert f"postgresql://postgres:***@{host_and_db}?password=***&application_name=authsvc-test" in line
+    for password in PG_PASSWORDS:
+        assert password not in output

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from authsvc.core.clients import Client, new_client
+from authsvc.core.clients import SECRET_METHODS, AuthRegistration, Client, new_client
 from authsvc.core.keys import KeyState
 from authsvc.store.base import Store, StoredKey
 from authsvc.store.memory import MemoryStore
@@ -28,10 +28,16 @@ def open_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Sto
     return PostgresStore(request.getfixturevalue("pg_url"))
 
 
-def make_client(client_id: str = "shop", *, now: int = 1_700_000_000) -> Client:
+def make_client(
+    client_id: str = "shop", *, now: int = 1_700_000_000, auth: AuthRegistration | None = None
+) -> Client:
+    """A client; ``auth`` registers another method than client_secret_basic (no secret but for
+    the secret methods)."""
+    has_secret = auth is None or auth.method in SECRET_METHODS
     return new_client(
         client_id=client_id,
-        secret_hash=f"hmac-sha256${client_id}-digest",
+        secret_hash=f"hmac-sha256${client_id}-digest" if has_secret else "",
+        auth=auth,
         scopes=["payments:read", "payments:write"],
         default_scopes=["payments:read"],
         audiences=["payments", "ledger"],

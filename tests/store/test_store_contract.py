@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from authsvc.core.clients import AuthRegistration, ClientAuthMethod
 from authsvc.core.keys import KeyState
 from authsvc.core.revocation import Revocation
 from authsvc.store.base import AlreadyExists, Store, StoreError
+from authsvc.store.sql import JTI_PURGE_INTERVAL, SqlStore
+from tests.assertions import jwks_json, rsa_key
+from tests.helpers import run_at_once
 from tests.store.contract import STORE_KINDS, make_client, make_key, open_store
 
 
@@ -270,3 +274,95 @@ def test_concurrent_writers_get_distinct_sequences(store: Store) -> None:
         t.join(timeout=30)
     assert sorted(got) == list(range(min(got), min(got) + 40))
     assert [s for s, _ in store.revocations_after(0)] == sorted(got)
+
+
+# -- client authentication methods (issue 13) ------------------------------------------------------
+
+
+def test_a_private_key_jwt_client_round_trips_with_its_keys(store: Store) -> None:
+    client = make_client(
+        "signer",
+        auth=AuthRegistration(
+            method=ClientAuthMethod.PRIVATE_KEY_JWT,
+            jwks=jwks_json(rsa_key()),
+            signing_algs=("RS256", "PS256"),
+        ),
+    )
+    store.create_client(client)
+    stored = store.get_client("signer")
+    assert stored == client
+    assert stored is not None and stored.secret_hash == "" and stored.signing_algs == ("RS256", "PS256")
+
+
+@pytest.mark.parametrize(
+    "auth",
+    [
+        AuthRegistration(method=ClientAuthMethod.PRIVATE_KEY_JWT, jwks_uri="https://shop.example/jwks.json"),
+        AuthRegistration(method=ClientAuthMethod.TLS_CLIENT_AUTH, tls_san_dns="shop.example"),
+        AuthRegistration(method=ClientAuthMethod.TLS_CLIENT_AUTH, tls_subject_dn="CN=shop,O=Example"),
+        AuthRegistration(method=ClientAuthMethod.CLIENT_SECRET_POST),
+    ],
+    ids=["jwks-uri", "tls-san-dns", "tls-subject-dn", "secret-post"],
+)
+def test_each_method_and_its_registration_data_round_trip(store: Store, auth: AuthRegistration) -> None:
+    client = make_client("c1", auth=auth)
+    store.create_client(client)
+    assert store.get_client("c1") == client
+    assert store.list_clients() == [client]
+
+
+def test_update_client_keeps_the_method_and_its_data(store: Store) -> None:
+    client = make_client(
+        "c1", auth=AuthRegistration(method=ClientAuthMethod.TLS_CLIENT_AUTH, tls_san_dns="a.b")
+    )
+    store.create_client(client)
+    changed = client.with_changes(token_ttl=900, tls_san_dns="c.d")
+    assert store.update_client(changed)
+    assert store.get_client("c1") == changed
+
+
+def test_an_assertion_jti_is_accepted_once_per_client(store: Store) -> None:
+    assert store.use_assertion_jti("shop", "j-1", expires_at=NOW + 60, now=NOW)
+    assert not store.use_assertion_jti("shop", "j-1", expires_at=NOW + 60, now=NOW + 1)
+    assert not store.use_assertion_jti("shop", "j-1", expires_at=NOW + 90, now=NOW + 59)
+    # another client's jti is its own
+    assert store.use_assertion_jti("warehouse", "j-1", expires_at=NOW + 60, now=NOW + 1)
+
+
+def test_an_expired_jti_may_be_used_again(store: Store) -> None:
+    assert store.use_assertion_jti("shop", "j-1", expires_at=NOW + 60, now=NOW)
+    # from its expiry on, the first entry refuses nothing: a new assertion may carry the jti
+    assert store.use_assertion_jti("shop", "j-1", expires_at=NOW + 200, now=NOW + 60)
+    assert not store.use_assertion_jti("shop", "j-1", expires_at=NOW + 200, now=NOW + 61)
+
+
+def test_concurrent_uses_of_one_jti_accept_exactly_one(store: Store) -> None:
+    # replicas racing with a replayed assertion: one wins, whichever
+    results, errors = run_at_once(
+        8, lambda i: store.use_assertion_jti("shop", "race", expires_at=NOW + 60, now=NOW)
+    )
+    assert errors == []
+    assert sorted(results) == [False] * 7 + [True]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgres"])
+def test_expired_jtis_are_purged_once_a_minute(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    store = open_store(kind, tmp_path, request)
+    assert isinstance(store, SqlStore)
+
+    def rows() -> list[str]:
+        return sorted(str(r[0]) for r in store._query("SELECT jti FROM client_assertion_jtis"))
+
+    try:
+        assert store.use_assertion_jti("c", "a", expires_at=NOW + 10, now=NOW)  # purges (nothing yet)
+        assert store.use_assertion_jti("c", "b", expires_at=NOW + 20, now=NOW + 5)
+        assert store.use_assertion_jti(
+            "c", "c", expires_at=NOW + 200, now=NOW + 30
+        )  # a expired, no purge due
+        assert rows() == ["a", "b", "c"]
+        assert store.use_assertion_jti("c", "d", expires_at=NOW + 200, now=NOW + JTI_PURGE_INTERVAL)
+        assert rows() == ["c", "d"]  # a and b purged, c and d still refuse replays
+    finally:
+        store.close()

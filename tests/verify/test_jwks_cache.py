@@ -100,3 +100,94 @@ def test_within_the_cooldown_an_unknown_kid_is_refused_without_a_fetch() -> None
     cache.get(KID)
     assert cache.get("unknown", block=False) is None
     assert source.calls == 1
+
+
+class PushSource:
+    """A source that pushes (like GrpcJwksSource): ``watching`` says whether its stream is open;
+    ``fail`` makes fetches raise."""
+
+    def __init__(self) -> None:
+        self.watching = False
+        self.fail = False
+        self.calls = 0
+        self.push: object = None
+
+    def subscribe(self, callback: object) -> None:
+        self.push = callback
+
+    def fetch(self) -> str:
+        self.calls += 1
+        if self.fail:
+            raise ConnectionError("issuer down")
+        return JWKS
+
+
+def test_age_counts_from_the_last_successful_fetch() -> None:
+    source, clock = PushSource(), Clock()
+    cache = JwksCache(source, max_age=60, cooldown=5, monotonic=clock)
+    assert cache.age() is None, "no key set yet"
+    assert cache.refresh()
+    assert cache.age() == 0
+    clock.t += 30
+    assert cache.age() == 30
+    source.fail = True
+    assert not cache.refresh()
+    clock.t += 10
+    assert cache.age() == 40, "a failed fetch is not a sign of current keys"
+    source.fail = False
+    assert cache.refresh()
+    assert cache.age() == 0
+
+
+def test_an_open_push_stream_keeps_the_keys_current_without_changes() -> None:
+    source, clock = PushSource(), Clock()
+    cache = JwksCache(source, max_age=60, cooldown=5, monotonic=clock)
+    assert cache.refresh()
+    source.watching = True
+    clock.t += 500
+    assert cache.age() == 0, "an open stream with nothing to push is current"
+    source.watching = False  # the issuer went away at 500
+    clock.t += 7
+    assert cache.age() == 7, "the age counts from the last time the stream was seen open"
+    assert callable(source.push)
+    source.push(JWKS)  # the stream is back: its first message is the whole set
+    assert cache.age() == 0
+
+
+def test_an_open_stream_does_not_hide_failing_polls() -> None:
+    """A stream can look open across a silent partition; a poll failing on the same channel
+    shows it is not working, and the age counts from the last time it was seen working."""
+    source, clock = PushSource(), Clock()
+    cache = JwksCache(source, max_age=60, cooldown=5, monotonic=clock)
+    assert cache.refresh()
+    source.watching = True
+    clock.t += 100
+    assert cache.age() == 0
+    source.fail = True
+    assert not cache.refresh()
+    clock.t += 20
+    assert cache.age() == 20
+    source.fail = False
+    assert cache.refresh()
+    assert cache.age() == 0, "a successful poll, with the stream open, is current again"
+
+
+def test_refresh_if_due_polls_on_schedule_without_traffic() -> None:
+    source, clock = PushSource(), Clock()
+    cache = JwksCache(source, max_age=60, cooldown=5, monotonic=clock)
+    cache.refresh_if_due()
+    assert source.calls == 0, "nothing to refresh before the first fetch (start-up does it)"
+    assert cache.refresh()
+    clock.t += 59
+    cache.refresh_if_due()
+    assert source.calls == 1, "not due yet"
+    clock.t += 1
+    cache.refresh_if_due()
+    deadline = time.monotonic() + 10
+    while source.calls < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert source.calls == 2
+    deadline = time.monotonic() + 10
+    while cache.age() != 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert cache.age() == 0
