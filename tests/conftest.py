@@ -48,6 +48,77 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     _SEAMS.close()
 
 
+# The markers (pyproject.toml), kept here rather than on each test so that they stay in one list:
+# `integration` is every test of a module that runs the service's own commands (authsvc,
+# payments-svc, the merchants, the deploy files' command lines) as processes; `slow` is those and
+# the in-process tests that wait on the service's real intervals (caches, ticks, staleness bounds).
+INTEGRATION_MODULES = frozenset(
+    {
+        "tests/clients/test_node_merchant.py",
+        "tests/clients/test_python_merchant.py",
+        "tests/payments/test_failing_well.py",
+        "tests/payments/test_http.py",
+        "tests/payments/test_mtls.py",
+        "tests/payments/test_replicas.py",
+        "tests/payments/test_revocations.py",
+        "tests/payments/test_serve.py",
+        "tests/security/test_kek_and_files.py",
+        "tests/server/test_audit.py",
+        "tests/server/test_clients_cli.py",
+        "tests/server/test_failing_well.py",
+        "tests/server/test_keys_cli.py",
+        "tests/server/test_mtls.py",
+        "tests/server/test_private_key_jwt.py",
+        "tests/server/test_rate_limits.py",
+        "tests/server/test_replicas.py",
+        "tests/server/test_revocation_e2e.py",
+        "tests/server/test_serve.py",
+        "tests/server/test_workers_metrics.py",
+        "tests/test_deploy_files.py",
+    }
+)
+SLOW_TESTS = frozenset(
+    {
+        "tests/client/test_integration.py::test_short_lived_tokens_refresh_without_a_failed_call",
+        "tests/payments/test_readiness.py::test_not_ready_while_keys_are_stale_and_ready_again_when_the_issuer_is_back",
+        "tests/payments/test_store.py::test_database_outage_is_unavailable_then_recovers",
+        "tests/security/test_rate_limit_attacks.py::test_cycling_addresses_and_client_ids_cannot_grow_the_limiters_memory",
+        "tests/security/test_resource_limits.py::test_concurrent_streams_per_connection_capped",
+        "tests/security/test_verifier_hardening.py::test_pushed_revocation_leaves_no_stale_cached_acceptance",
+        "tests/server/test_key_rotation.py::test_two_rotations_under_load_fail_no_call",
+        "tests/server/test_token_service.py::test_disabled_client_is_refused_within_5s_and_enabled_again",
+        "tests/server/test_token_service.py::test_new_client_is_seen_within_5s",
+        "tests/server/test_token_service.py::test_rotated_secret_replaces_the_old_one_within_5s",
+        "tests/test_metrics_domain.py::test_key_states_follow_a_rotation_and_a_revocation",
+    }
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``integration`` and ``slow`` tests (above); in a parallel run (pytest -n), hand the
+    slow ones out first, so that no worker starts a long test when the others are done."""
+    root = config.rootpath
+    collected: set[str] = set()
+    for item in items:
+        module = item.path.relative_to(root).as_posix()
+        name = f"{module}::{item.originalname if isinstance(item, pytest.Function) else item.name}"
+        collected.update((module, name))
+        if module in INTEGRATION_MODULES:
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.slow)
+        elif name in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+    stale = {
+        listed for listed in INTEGRATION_MODULES | SLOW_TESTS if listed.split("::")[0] in collected
+    } - collected
+    if stale:
+        raise pytest.UsageError(
+            f"tests/conftest.py marks tests that do not exist (renamed?): {sorted(stale)}"
+        )
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: every worker sorts alike
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @dataclass
 class RegisteredClient:
     client_id: str
