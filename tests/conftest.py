@@ -98,23 +98,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark ``integration`` and ``slow`` tests (above); in a parallel run (pytest -n), hand the
     slow ones out first, so that no worker starts a long test when the others are done."""
     root = config.rootpath
-    collected: set[str] = set()
+    modules: set[str] = set()
     for item in items:
         module = item.path.relative_to(root).as_posix()
+        modules.add(module)
         name = f"{module}::{item.originalname if isinstance(item, pytest.Function) else item.name}"
-        collected.update((module, name))
         if module in INTEGRATION_MODULES:
             item.add_marker(pytest.mark.integration)
             item.add_marker(pytest.mark.slow)
         elif name in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
-    stale = {
-        listed for listed in INTEGRATION_MODULES | SLOW_TESTS if listed.split("::")[0] in collected
-    } - collected
+    stale = [
+        listed
+        for listed in sorted(SLOW_TESTS)
+        if (module := listed.split("::")[0]) in modules
+        and f"def {listed.split('::')[1]}(" not in (root / module).read_text(encoding="utf-8")
+    ]
+    stale += [module for module in sorted(INTEGRATION_MODULES) if not (root / module).is_file()]
     if stale:
-        raise pytest.UsageError(
-            f"tests/conftest.py marks tests that do not exist (renamed?): {sorted(stale)}"
-        )
+        raise pytest.UsageError(f"tests/conftest.py marks tests that no longer exist: {stale}")
     if hasattr(config, "workerinput"):  # a pytest-xdist worker: every worker sorts alike
         items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
