@@ -39,6 +39,14 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def _create(env: dict[str, str], jwks_file: Path) -> None:
+    """``clients create`` of the private_key_jwt client ``shop`` with the keys of ``jwks_file``."""
+    authsvc_cli(
+        "clients", "create", "--client-id", "shop", "--scope", "payments:write", "--audience", "payments",
+        "--auth-method", "private_key_jwt", "--jwks-file", str(jwks_file), env=env,
+    )  # fmt: skip
+
+
 def _serve(env: dict[str, str], *flags: str) -> Command:
     argv = [sys.executable, "-m", "authsvc.cli", "serve", "--listen", "127.0.0.1:0", "--issuer", ISSUER]
     return Command([*argv, *flags], env)
@@ -89,10 +97,7 @@ def test_set_keys_from_a_file_refuses_the_old_keys_in_a_running_server(
     old, new = tmp_path / "old.json", tmp_path / "new.json"
     old.write_text(jwks_json(OLD))
     new.write_text(jwks_json(NEW))
-    authsvc_cli(
-        "clients", "create", "--client-id", "shop", "--scope", "payments:write", "--audience", "payments",
-        "--auth-method", "private_key_jwt", "--jwks-file", str(old), env=env,
-    )  # fmt: skip
+    _create(env, old)
     server = _serve(env)
     try:
         with grpc.insecure_channel(server.target) as channel:
@@ -131,10 +136,7 @@ def test_set_keys_to_a_jwks_uri_moves_a_running_server_to_the_published_keys(
     published, cert = https_keys
     old = tmp_path / "old.json"
     old.write_text(jwks_json(OLD))
-    authsvc_cli(
-        "clients", "create", "--client-id", "shop", "--scope", "payments:write", "--audience", "payments",
-        "--auth-method", "private_key_jwt", "--jwks-file", str(old), env=env,
-    )  # fmt: skip
+    _create(env, old)
     server = _serve(env, "--client-jwks-allow-internal", "--client-jwks-ca-file", str(cert))
     try:
         with grpc.insecure_channel(server.target) as channel:
@@ -174,10 +176,7 @@ def test_set_keys_refusals_are_one_line_and_change_nothing(
     old, new = tmp_path / "old.json", tmp_path / "new.json"
     old.write_text(jwks_json(OLD))
     new.write_text(jwks_json(NEW))
-    authsvc_cli(
-        "clients", "create", "--client-id", "shop", "--scope", "payments:write", "--audience", "payments",
-        "--auth-method", "private_key_jwt", "--jwks-file", str(old), env=env,
-    )  # fmt: skip
+    _create(env, old)
     authsvc_cli("clients", "create", "--client-id", "secret-shop", "--scope", "a", "--audience", "b", env=env)
     before = authsvc_cli("clients", "list", "-o", "json", env=env).stdout
     refused = authsvc_cli(
