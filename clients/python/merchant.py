@@ -180,11 +180,17 @@ def client_authentication(
 ) -> tuple[str | None, PrivateKeyJwtCredentials | None]:
     """The client's secret, or its private_key_jwt signer (``--private-key``): exactly one.
     ValueError (or OSError for a file) saying what is wrong, never what a file holds."""
+    has_secret = bool(env.get("AUTHSVC_CLIENT_SECRET") or env.get("AUTHSVC_CLIENT_SECRET_FILE"))
     if args.private_key is None:
         if args.key_id is not None or args.signing_alg is not None:
             raise ValueError("--key-id and --signing-alg go with --private-key (AUTHSVC_PRIVATE_KEY_FILE)")
+        if not has_secret:
+            raise ValueError(
+                "no client secret: set AUTHSVC_CLIENT_SECRET or AUTHSVC_CLIENT_SECRET_FILE, or give a "
+                "private_key_jwt client's key with --private-key (AUTHSVC_PRIVATE_KEY_FILE)"
+            )
         return read_secret(env=env), None
-    if env.get("AUTHSVC_CLIENT_SECRET") or env.get("AUTHSVC_CLIENT_SECRET_FILE"):
+    if has_secret:
         raise ValueError(
             "a client authenticates one way: --private-key (private_key_jwt) or a secret "
             "(AUTHSVC_CLIENT_SECRET, AUTHSVC_CLIENT_SECRET_FILE), not both"

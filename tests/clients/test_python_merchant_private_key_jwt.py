@@ -101,8 +101,9 @@ def test_python_merchant_pays_with_private_key_jwt(tmp_path: Path) -> None:
         ({}, ["--private-key", "{missing}"], "cannot read"),
         ({}, ["--private-key", "{pem}", "--signing-alg", "RS256"], "not 'RS256'"),
         ({}, ["--private-key", "{jwks}"], "is not a PEM private key"),
+        ({}, [], "AUTHSVC_CLIENT_SECRET_FILE, or give a private_key_jwt client's key with --private-key"),
     ],
-    ids=["secret-and-key", "kid-without-key", "missing-file", "alg-for-another-key", "not-a-pem"],
+    ids=["secret-and-key", "kid-without-key", "missing-file", "alg-for-another-key", "not-a-pem", "neither"],
 )
 def test_python_merchant_private_key_jwt_misconfigurations_are_one_line(
     tmp_path: Path, extra_env: dict[str, str], args: list[str], said: str
