@@ -56,6 +56,7 @@ INTEGRATION_MODULES = frozenset(
     {
         "tests/clients/test_node_merchant.py",
         "tests/clients/test_python_merchant.py",
+        "tests/clients/test_python_merchant_private_key_jwt.py",
         "tests/payments/test_failing_well.py",
         "tests/payments/test_http.py",
         "tests/payments/test_mtls.py",
@@ -64,6 +65,7 @@ INTEGRATION_MODULES = frozenset(
         "tests/payments/test_serve.py",
         "tests/security/test_kek_and_files.py",
         "tests/server/test_audit.py",
+        "tests/server/test_client_set_keys_e2e.py",
         "tests/server/test_clients_cli.py",
         "tests/server/test_failing_well.py",
         "tests/server/test_keys_cli.py",
