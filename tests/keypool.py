@@ -7,7 +7,7 @@ from its primes takes well under a millisecond.
 
 Each key is handed out at most once per process, so no two keys that a test run sees are equal,
 as with fresh keys. When the pool runs dry it generates fresh keys and warns once, so that the
-file can grow: ``python -m tests.keypool 800 > tests/vectors/rsa2048.txt``. These keys are test
+file can grow: ``python -m tests.keypool 1200 > tests/vectors/rsa2048.txt``. These keys are test
 vectors in a public repository: never a secret, and never used outside the tests.
 
 tests/conftest.py puts :meth:`KeyPool.factory` behind :func:`authsvc.core.keys.generate_rsa_key`
