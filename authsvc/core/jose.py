@@ -10,7 +10,6 @@ caller re-raises as what it means in its place.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import re
@@ -26,6 +25,8 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 # The characters that may end a canonical segment whose length leaves 4 or 2 unused bits.
 _ENDS_AFTER_2_CHARS = frozenset("AQgw")
 _ENDS_AFTER_3_CHARS = frozenset("AEIMQUYcgkosw048")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_PADDING = (b"", b"", b"==", b"=")  # by the segment's length modulo 4 (1 is refused before)
 
 
 def b64url_decode_strict(segment: str) -> bytes:
@@ -39,8 +40,11 @@ def b64url_decode_strict(segment: str) -> bytes:
         or (tail == 3 and segment[-1] not in _ENDS_AFTER_3_CHARS)
     ):
         raise InvalidToken("the token is not canonical base64url")
+    # the segment is now only base64url characters with zero trailing bits: what is left is the
+    # alphabet's two differing characters and the padding, with binascii directly (what
+    # base64.urlsafe_b64decode does, less two layers of Python calls per segment)
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        return binascii.a2b_base64(segment.encode("ascii").translate(_TO_STANDARD) + _PADDING[tail])
     except (binascii.Error, ValueError) as exc:
         raise InvalidToken("the token is not canonical base64url") from exc
 
@@ -54,11 +58,11 @@ def split_compact(token: str) -> tuple[str, str, str]:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise InvalidToken("the token's JSON repeats a member")
-        obj[key] = value
+    # a dict keeps one entry per distinct key: it is shorter than the pairs exactly when a member
+    # is repeated (built in C, rather than a Python loop over the members)
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise InvalidToken("the token's JSON repeats a member")
     return obj
 
 

@@ -1,0 +1,102 @@
+"""The verifier's cheaper forms of its own checks (issue 14) give what the plain forms give.
+
+- a principal built through the slots' setters equals, field for field, the one the frozen
+  dataclass builds, and is just as frozen;
+- parsed scope claims are remembered only for tokens whose signature checked: forged tokens
+  (attacker's key) with made-up scope strings leave nothing behind, and a remembered scope
+  string gives the same scopes as parsing it;
+- ``cache_size=0`` remembers no acceptance, and still refuses everything it refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from authsvc.core.errors import InvalidToken
+from authsvc.core.keys import jwks_json, public_jwk, rfc7638_thumbprint
+from authsvc.verify import StaticJwksSource, TokenVerifier
+from authsvc.verify.verifier import Principal, _new_principal
+from tests.conftest import ISSUER
+from tests.security.test_token_verification_attacks import AUDIENCE, Forge
+
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+ATTACKER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+FORGE = Forge(KEY, rfc7638_thumbprint(KEY.public_key()), ATTACKER)
+
+
+def verifier(cache_size: int = 10_000) -> TokenVerifier:
+    jwks = StaticJwksSource(jwks_json([public_jwk(KEY.public_key())]))
+    v = TokenVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=jwks, cache_size=cache_size)
+    assert v.keys.refresh()
+    return v
+
+
+def test_fast_principal_equals_the_dataclass_field_for_field() -> None:
+    values = dict(
+        client_id="c",
+        subject="s",
+        scopes=frozenset({"a", "b"}),
+        audience=("aud",),
+        issuer=ISSUER,
+        jti="j",
+        expires_at=2.0,
+        issued_at=1.0,
+        claims={"scope": "a b"},
+        certificate_thumbprint="t" * 43,
+    )
+    fast, plain = _new_principal(**values), Principal(**values)  # type: ignore[arg-type]
+    assert type(fast) is Principal
+    assert fast == plain
+    assert dataclasses.asdict(fast) == dataclasses.asdict(plain)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.scopes = frozenset({"admin"})  # type: ignore[misc]
+
+
+def test_verified_principal_equals_one_built_from_its_claims() -> None:
+    token = FORGE.token(claims=FORGE.claims(scope="echo:read echo:write echo:read", aud=[AUDIENCE, "x"]))
+    principal = verifier().verify(token)
+    claims = principal.claims
+    assert principal == Principal(
+        client_id=claims["client_id"],
+        subject=claims["sub"],
+        scopes=frozenset({"echo:read", "echo:write"}),
+        audience=(AUDIENCE, "x"),
+        issuer=ISSUER,
+        jti=claims["jti"],
+        expires_at=float(claims["exp"]),
+        issued_at=float(claims["iat"]),
+        claims=claims,
+    )
+
+
+def test_forged_tokens_never_fill_the_scope_cache() -> None:
+    v = verifier()
+    for n in range(50):
+        forged = FORGE.token(claims=FORGE.claims(scope=f"admin:{n}"), key=ATTACKER)
+        with pytest.raises(InvalidToken):
+            v.verify(forged)
+    assert v._scope_sets == {}
+    v.verify(FORGE.token(claims=FORGE.claims(scope="echo:read admin:1")))
+    assert v._scope_sets == {"echo:read admin:1": frozenset({"echo:read", "admin:1"})}
+
+
+def test_a_remembered_scope_string_gives_the_parsed_scopes_and_malformed_ones_stay_refused() -> None:
+    v = verifier(cache_size=0)
+    for _ in range(2):  # the second time from the remembered parse
+        assert v.verify(FORGE.token(claims=FORGE.claims(scope="b a b"))).scopes == {"a", "b"}
+    for malformed in ("b  a", " b a", "b a ", "b\ta", 'b "a"', "b\u00a0a"):
+        with pytest.raises(InvalidToken):
+            v.verify(FORGE.token(claims=FORGE.claims(scope=malformed)))
+    assert set(v._scope_sets) == {"b a b"}
+
+
+def test_cache_size_zero_remembers_nothing_and_still_refuses() -> None:
+    v = verifier(cache_size=0)
+    token = FORGE.token()
+    assert v.verify(token).scopes == {"echo:read"}
+    assert len(v._verified) == 0
+    with pytest.raises(InvalidToken):
+        v.verify(token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"))
