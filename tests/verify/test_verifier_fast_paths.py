@@ -5,7 +5,8 @@
 - parsed scope claims are remembered only for tokens whose signature checked: forged tokens
   (attacker's key) with made-up scope strings leave nothing behind, and a remembered scope
   string gives the same scopes as parsing it;
-- ``cache_size=0`` remembers no acceptance, and still refuses everything it refused.
+- ``cache_size=0`` remembers no acceptance, and still refuses everything it refused;
+- the common ``Bearer <token>`` spelling, read without the general parser, gives what it gives.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import dataclasses
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import given
+from hypothesis import strategies as st
 
 from authsvc.core.errors import InvalidToken
 from authsvc.core.keys import jwks_json, public_jwk, rfc7638_thumbprint
 from authsvc.verify import StaticJwksSource, TokenVerifier
-from authsvc.verify.verifier import Principal, _new_principal
+from authsvc.verify.principal import _token_of, bearer_token
+from authsvc.verify.verifier import MAX_TOKEN_BYTES, Principal, _new_principal
 from tests.conftest import ISSUER
 from tests.security.test_token_verification_attacks import AUDIENCE, Forge
 
@@ -100,3 +104,51 @@ def test_cache_size_zero_remembers_nothing_and_still_refuses() -> None:
     assert len(v._verified) == 0
     with pytest.raises(InvalidToken):
         v.verify(token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"))
+
+
+def _general_bearer(value: str) -> str | None:
+    """bearer_token's answer for one entry by the general parser alone (no fast path)."""
+    try:
+        token = _token_of(value, "authorization metadata entry")
+    except InvalidToken:
+        return "refused"
+    return "refused" if token is None else token
+
+
+def _bearer(value: str) -> str | None:
+    try:
+        return bearer_token((("authorization", value),))
+    except InvalidToken:
+        return "refused"
+
+
+_PIECES = ["Bearer", "bearer", "BEARER", "Basic", " ", "  ", "\t", "a.b", "\u0130", "x", "\u00a0"]
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=6).map("".join))
+def test_bearer_fast_path_agrees_with_the_general_parser(value: str) -> None:
+    assert _bearer(value) == _general_bearer(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Bearer ",
+        "Bearer  x",
+        "Bearer x y",
+        "Bearer x ",
+        "Bearerx",
+        "Bearer\tx",
+        "Bearer " + "x" * MAX_TOKEN_BYTES + "x",
+    ],
+    ids=["empty", "two-spaces", "inner-space", "trailing-space", "no-space", "tab", "too-long"],
+)
+def test_bearer_spellings_agree_with_the_general_parser(value: str) -> None:
+    assert _bearer(value) == _general_bearer(value)
+
+
+def test_bearer_still_refuses_two_entries_and_bytes() -> None:
+    with pytest.raises(InvalidToken):
+        bearer_token((("authorization", "Bearer a"), ("authorization", "Bearer a")))
+    with pytest.raises(InvalidToken):
+        bearer_token((("authorization", b"Bearer a"),))
