@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from authsvc.core.errors import InvalidToken
@@ -52,6 +52,7 @@ hostile_segments = st.text(
 ) | st.text(max_size=12)
 
 
+@settings(max_examples=2000)
 @given(hostile_segments)
 def test_b64url_agrees_with_the_reencoding_definition(segment: str) -> None:
     assert _b64_outcome(b64url_decode_strict, segment) == _b64_outcome(_reference_b64url, segment)
