@@ -287,7 +287,10 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
         """Whether grpc.aio awaits ``behavior`` in the RPC's task (a coroutine function or an async
         generator function) rather than calling it in an executor thread; remembered per
         behavior, as grpc's handlers are registered once (bounded all the same)."""
-        known = self._on_the_loop.get(behavior)
+        try:
+            known = self._on_the_loop.get(behavior)
+        except TypeError:  # an unhashable callable: asked every time
+            return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
         if known is None:
             known = inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
             if len(self._on_the_loop) < 10_000:

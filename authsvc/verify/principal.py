@@ -31,6 +31,7 @@ __all__ = [
     "bound_principal",
     "current_principal",
     "http_bearer_token",
+    "verify_after_fetch",
     "verify_on_event_loop",
     "verify_token",
 ]

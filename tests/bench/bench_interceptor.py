@@ -113,6 +113,9 @@ async def aio_ping(request: bytes, context: grpc.aio.ServicerContext[bytes, byte
     return PAYLOAD
 
 
+ping = aio_ping  # bench_scale.py serves the same handler
+
+
 def sync_ping(request: bytes, context: grpc.ServicerContext) -> bytes:
     """The trivial sync handler: whatever the request, the fixed message."""
     return PAYLOAD
@@ -188,9 +191,10 @@ def ping_status(target: str, token: str | None) -> tuple[grpc.StatusCode, bytes 
 
 
 class BenchServer(ServerProcess):
-    """One ``--serve KIND/MODE`` process."""
+    """One ``--serve KIND/MODE`` process; a bare MODE is an aio server (as bench_scale.py asks)."""
 
     def __init__(self, name: str, jwks_path: Path, token: str, log_path: Path) -> None:
+        name = name if "/" in name else f"aio/{name}"
         self.name = name
         self.kind, self.mode = name.split("/")
         self.port = common.free_port()
