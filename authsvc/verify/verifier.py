@@ -18,6 +18,9 @@ refused) is accepted only with the matching ``peer_certificate``: :mod:`authsvc.
 A token that passed is remembered (keyed by its SHA-256) until it expires, so a repeated token
 costs a hash and a dict lookup; only under the epoch of the key set that verified it, so that a
 key leaving the set (revocation) ends every acceptance it backed. Failures are never cached.
+Acceptable header segments, and the scope strings of tokens whose signature checked, are kept
+parsed (bounded), so a fresh token with a known header and scope string is not parsed twice
+over; every check above still runs on it.
 
 With a :class:`~authsvc.verify.revocations.RevocationCache`, every acceptance, fresh or from
 that cache, is then checked against the revocation list (two dict lookups), so a token revoked
