@@ -180,7 +180,10 @@ def _bind_sync(
 
 class AuthInterceptor(grpc.ServerInterceptor):
     """Token verification for ``grpc.server``. ``policy`` overrides or replaces the proto options:
-    ``{"/pkg.Service/Method": ["scope:a"], "/pkg.Service/Ping": PUBLIC}``."""
+    ``{"/pkg.Service/Method": ["scope:a"], "/pkg.Service/Ping": PUBLIC}``.
+
+    The token is read from the call's own metadata (``context.invocation_metadata()``, what the
+    client sent, as the handler sees it), in the worker thread."""
 
     def __init__(
         self,
@@ -188,36 +191,49 @@ class AuthInterceptor(grpc.ServerInterceptor):
         policy: Mapping[str, Sequence[str] | Public] | MethodPolicy | None = None,
     ) -> None:
         self._base = _Base(verifier, policy)
+        self._guarded: dict[tuple[int, str], tuple[_Handler, _Handler]] = {}
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> _Handler | None:
-        # grpcio calls this on its one dispatch thread, holding the server's lock: only the policy
-        # lookup (a dict hit) runs here. The token is verified by the wrapped handler, on the
-        # worker thread, where a key fetch stalls one call and not the whole server.
+        # grpcio calls this on its one dispatch thread, holding the server's lock: only a dict hit
+        # runs here (the guarded handler of this method, built once). The token is verified by the
+        # guarded handler, on the worker thread, where a key fetch stalls one call and not the
+        # whole server, and where a switch of the GIL holds up no other call.
         handler = continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
+        key = (id(handler), method)
+        known = self._guarded.get(key)
+        if known is not None and known[0] is handler:
+            return known[1]
+        guarded = self._guard(handler, method)
+        if len(self._guarded) < 10_000:  # one per method in practice; method names come from the wire
+            self._guarded[key] = (handler, guarded)  # holding handler keeps its id from being reused
+        return guarded
+
+    def _guard(self, handler: _Handler, method: str) -> _Handler:
+        """``handler`` as the policy of ``method`` has it: as it is (public), refusing every call (no
+        policy), or verifying each call's own token (``context.invocation_metadata()``, what the
+        client sent) and scopes before it runs."""
         rule = self._base.policy.rule(method)
         if isinstance(rule, Public):
             return handler
         if rule is None:
-            status = _Base.refusal(method, _NO_POLICY)
 
             def deny(request: Any, context: grpc.ServicerContext) -> Any:
-                context.abort_with_status(status)
+                context.abort_with_status(_Base.refusal(method, _NO_POLICY))
 
             return _rebuild(handler, deny)
         required = rule
-        metadata = handler_call_details.invocation_metadata
         base = self._base
 
         def authorize(context: grpc.ServicerContext) -> Principal:
             try:
-                return base.principal(method, required, metadata, context)
+                return base.principal(method, required, context.invocation_metadata(), context)
             except OAuthError as exc:
                 context.abort_with_status(_Base.refusal(method, exc))
                 raise AssertionError("unreachable") from exc  # abort_with_status raises

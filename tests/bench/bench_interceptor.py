@@ -349,8 +349,14 @@ class _CallDetails:
 
 
 class _SyncContext:
-    """What the sync interceptor's wrapped handler uses of a ``grpc.ServicerContext`` on an accepted
-    call (nothing, for an unbound token): enough to call it in process."""
+    """What the sync interceptor's guarded handler uses of a ``grpc.ServicerContext`` on an accepted
+    call (the metadata, for an unbound token): enough to call it in process."""
+
+    def __init__(self, metadata: tuple[tuple[str, str | bytes], ...]) -> None:
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return self._metadata
 
     def auth_context(self) -> dict[str, list[bytes]]:
         return {}
@@ -412,7 +418,8 @@ def micro_timings(jwks: str, token: str, distinct: list[str]) -> dict[str, Micro
         return batch
 
     def sync_intercepted(verifier: TokenVerifier) -> Callable[[int], float]:
-        interceptor, context = AuthInterceptor(verifier, policy=POLICY), _SyncContext()
+        interceptor = AuthInterceptor(verifier, policy=POLICY)
+        context = _SyncContext(details.invocation_metadata)
 
         def call() -> object:
             handler = interceptor.intercept_service(lambda _: sync_handler, details)

@@ -6,13 +6,18 @@
   (attacker's key) with made-up scope strings leave nothing behind, and a remembered scope
   string gives the same scopes as parsing it;
 - ``cache_size=0`` remembers no acceptance, and still refuses everything it refused;
-- the common ``Bearer <token>`` spelling, read without the general parser, gives what it gives.
+- the common ``Bearer <token>`` spelling, read without the general parser, gives what it gives;
+- the sync interceptor's guarded handler, built once per method, judges every call by that
+  call's own metadata.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
+from typing import Any
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given
@@ -20,7 +25,7 @@ from hypothesis import strategies as st
 
 from authsvc.core.errors import InvalidToken
 from authsvc.core.keys import jwks_json, public_jwk, rfc7638_thumbprint
-from authsvc.verify import StaticJwksSource, TokenVerifier
+from authsvc.verify import AuthInterceptor, StaticJwksSource, TokenVerifier, current_principal
 from authsvc.verify.principal import _token_of, bearer_token
 from authsvc.verify.verifier import MAX_TOKEN_BYTES, Principal, _new_principal
 from tests.conftest import ISSUER
@@ -152,3 +157,53 @@ def test_bearer_still_refuses_two_entries_and_bytes() -> None:
         bearer_token((("authorization", "Bearer a"), ("authorization", "Bearer a")))
     with pytest.raises(InvalidToken):
         bearer_token((("authorization", b"Bearer a"),))
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _Context:
+    """The parts of a sync ``grpc.ServicerContext`` the guarded handler uses."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+        self.status: grpc.Status | None = None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+    def abort_with_status(self, status: grpc.Status) -> None:
+        self.status = status
+        raise _Aborted
+
+
+def test_sync_guarded_handler_is_built_once_and_judges_each_call_by_its_own_metadata() -> None:
+    path = "/bench.v1.Bench/Ping"
+    interceptor = AuthInterceptor(verifier(), policy={path: ["echo:read"]})
+    handler: Any = grpc.unary_unary_rpc_method_handler(lambda request, context: current_principal().client_id)
+    # the details carry a token that is never the one judged: each call's own metadata is
+    details: Any = SimpleNamespace(
+        method=path, invocation_metadata=(("authorization", f"Bearer {FORGE.token()}"),)
+    )
+
+    guarded: list[Any] = [interceptor.intercept_service(lambda _: handler, details) for _ in range(3)]
+    assert guarded[0] is guarded[1] is guarded[2] and guarded[0] is not handler
+    call = guarded[0].unary_unary
+    token = FORGE.token()
+    assert call(b"", _Context((("authorization", f"Bearer {token}"),))) == FORGE.claims()["client_id"]
+    for metadata, code in (
+        ((), grpc.StatusCode.UNAUTHENTICATED),
+        ((("authorization", f"Bearer {FORGE.token(key=ATTACKER)}"),), grpc.StatusCode.UNAUTHENTICATED),
+        (
+            (("authorization", f"Bearer {FORGE.token(claims=FORGE.claims(scope='other'))}"),),
+            grpc.StatusCode.PERMISSION_DENIED,
+        ),
+    ):
+        context = _Context(metadata)
+        with pytest.raises(_Aborted):
+            call(b"", context)
+        assert context.status is not None and context.status.code == code
