@@ -19,7 +19,6 @@ from typing import Any
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -29,10 +28,11 @@ from authsvc.verify import AuthInterceptor, StaticJwksSource, TokenVerifier, cur
 from authsvc.verify.principal import _token_of, bearer_token
 from authsvc.verify.verifier import MAX_TOKEN_BYTES, Principal, _new_principal
 from tests.conftest import ISSUER
+from tests.keypool import rsa_key as pooled_rsa_key
 from tests.security.test_token_verification_attacks import AUDIENCE, Forge
 
-KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-ATTACKER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+KEY = pooled_rsa_key()
+ATTACKER = pooled_rsa_key()
 FORGE = Forge(KEY, rfc7638_thumbprint(KEY.public_key()), ATTACKER)
 
 
