@@ -29,10 +29,14 @@ demo: $(STAMP)
 # The suite in TEST_WORKERS processes (pytest-xdist; most of its time is spent waiting on servers
 # and subprocesses, so more processes than cores help), then the tests marked serial alone:
 # they stop the machine's PostgreSQL, which every other process is using.
+# Bytecode is written during the run even where PYTHONDONTWRITEBYTECODE is set (CI machines set
+# it): the suite starts ~250 CLI and server subprocesses, and each would compile the service's
+# modules again (~0.2 CPU-s each), as each pytest process would re-rewrite every test module.
 TEST_WORKERS ?= 4
+TEST_ENV := env -u PYTHONDONTWRITEBYTECODE
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not serial"
-	$(PY) -m pytest -q -m serial
+	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) -m "not serial"
+	$(TEST_ENV) $(PY) -m pytest -q -m serial
 
 # Generated code is committed; `make proto` rewrites it, `make lint` fails if it has drifted.
 proto: $(STAMP)
