@@ -47,7 +47,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent import futures
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -81,8 +81,8 @@ POLICY = {GRPC_PATH: [SCOPE]}
 PAYLOAD = b"authsvc-bench-ok"  # the raw response message (bytes passthrough): 16 bytes
 FRAME = len(grpc_frame(PAYLOAD))  # what h2load must count as response data per successful call
 KINDS = ("sync", "aio")
-MODES = ("plain", "cached", "fresh")
-AUTH_MODES = ("cached", "fresh")
+MODES = ("plain", "noop", "cached", "fresh")
+AUTH_MODES = ("cached", "fresh")  # the modes that verify tokens (plain and noop let every call through)
 SERVERS = tuple(f"{kind}/{mode}" for kind in KINDS for mode in MODES)
 TARGET_CACHED = 0.95  # issue 14 goal 1: cached / plain, both kinds
 TARGET_FRESH = 0.85  # issue 14 goal 2: fresh / plain over gRPC
@@ -121,6 +121,28 @@ def sync_ping(request: bytes, context: grpc.ServicerContext) -> bytes:
     return PAYLOAD
 
 
+class NoopInterceptor(grpc.ServerInterceptor):
+    """The floor of any sync interceptor: grpc's interceptor pipeline with nothing in it."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        return continuation(handler_call_details)
+
+
+class AioNoopInterceptor(grpc.aio.ServerInterceptor):
+    """The floor of any grpc.aio interceptor: grpc.aio's interceptor pipeline with nothing in it."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        return await continuation(handler_call_details)
+
+
 def make_verifier(jwks: str, mode: str, cache_size: int | None = None) -> TokenVerifier:
     source = StaticJwksSource(jwks)
     size = cache_size if cache_size is not None else 0 if mode == "fresh" else 10_000
@@ -139,7 +161,9 @@ def _generic_handler(behavior: Callable[..., Any]) -> grpc.GenericRpcHandler:
 
 async def serve_aio(mode: str, port: int, jwks: str) -> None:
     interceptors: list[grpc.aio.ServerInterceptor] = []
-    if mode != "plain":
+    if mode == "noop":
+        interceptors.append(AioNoopInterceptor())
+    elif mode != "plain":
         interceptors.append(AioAuthInterceptor(make_verifier(jwks, mode), policy=POLICY))
     server = grpc.aio.server(interceptors=interceptors)
     server.add_generic_rpc_handlers((_generic_handler(aio_ping),))
@@ -157,7 +181,9 @@ async def serve_aio(mode: str, port: int, jwks: str) -> None:
 
 def serve_sync(mode: str, port: int, jwks: str) -> None:
     interceptors: list[grpc.ServerInterceptor] = []
-    if mode != "plain":
+    if mode == "noop":
+        interceptors.append(NoopInterceptor())
+    elif mode != "plain":
         interceptors.append(AuthInterceptor(make_verifier(jwks, mode), policy=POLICY))
     pool = futures.ThreadPoolExecutor(max_workers=SYNC_WORKERS)
     server = grpc.server(pool, interceptors=interceptors)
@@ -224,7 +250,7 @@ def check_calls(server: BenchServer, token: str, bad: str, unscoped: str) -> Non
         "token without the scope": (unscoped, grpc.StatusCode.PERMISSION_DENIED),
     }
     for name, (sent, refused) in expect.items():
-        status = grpc.StatusCode.OK if server.mode == "plain" else refused
+        status = refused if server.mode in AUTH_MODES else grpc.StatusCode.OK
         code, response = ping_status(server.target, sent)
         if code != status or (code == grpc.StatusCode.OK and response != PAYLOAD):
             raise BenchError(f"{server.name}: Ping with {name} gave {code} {response!r}, expected {status}")
@@ -608,7 +634,7 @@ def bench(workdir: Path) -> tuple[dict[str, ServerResult], dict[str, Micro], lis
 
         negatives: dict[str, H2Run] = {}
         for name, server in servers.items():
-            if server.mode == "plain":
+            if server.mode not in AUTH_MODES:
                 continue
             run = h2load(server, workdir, NEGATIVE_REQUESTS, bad, redact)
             if run.succeeded != run.requests or run.data_bytes != 0:
@@ -905,7 +931,7 @@ if __name__ == "__main__":
     args = parse_args(sys.argv[1:])
     if args.serve:
         kind, mode = args.serve.split("/")
-        if not args.port or (mode != "plain" and args.jwks is None):
+        if not args.port or (mode in AUTH_MODES and args.jwks is None):
             sys.exit("--serve needs --port and, with an interceptor, --jwks")
         jwks_text = args.jwks.read_text(encoding="utf-8") if args.jwks else ""
         if kind == "aio":
