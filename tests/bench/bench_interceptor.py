@@ -5,11 +5,12 @@ Run as ``.venv/bin/python tests/bench/bench_interceptor.py`` (``make bench``). I
 
 1. generates an RSA-2048 key, writes its JWKS to a temporary file and signs access tokens (scope
    ``bench``) with :class:`~authsvc.core.tokens.TokenSigner`;
-2. starts six server processes of this same script (``--serve KIND/MODE``), each serving
+2. starts eight server processes of this same script (``--serve KIND/MODE``), each serving
    ``/bench.v1.Bench/Ping`` through a generic handler that returns a fixed 16-byte message, for KIND
    ``sync`` (``grpc.server`` with :class:`~authsvc.verify.AuthInterceptor`, a plain-function handler) and
    ``aio`` (``grpc.aio.server`` with :class:`~authsvc.verify.AioAuthInterceptor`, a coroutine handler),
-   and MODE ``plain`` (no interceptor), ``cached`` (the interceptor over a
+   and MODE ``plain`` (no interceptor), ``noop`` (an interceptor that only calls ``continuation``: the
+   floor of grpc's interceptor pipeline), ``cached`` (the interceptor over a
    :class:`~authsvc.verify.TokenVerifier` with its default verified-token cache: one repeated token) and
    ``fresh`` (the same with ``cache_size=0``: every call verifies fully, as a token never seen before);
 3. checks each server with a real gRPC client (the token passes; a tampered, a scope-less and a missing
@@ -19,11 +20,14 @@ Run as ``.venv/bin/python tests/bench/bench_interceptor.py`` (``make bench``). I
    through a cache smaller than their number), of a cached token, and the whole interceptor per call
    (aio ``intercept_service``; sync ``intercept_service`` plus the wrapped handler);
 5. drives every server with h2load (``authorization: Bearer <token>``): tampered-token controls, a
-   warm-up, then rounds that interleave the six servers, checking that every response carried the
+   warm-up, then rounds that interleave the eight servers, checking that every response carried the
    message;
 6. profiles the two ``cached`` servers under the same load with py-spy (``--gil``: where the thread
    holding the GIL is, i.e. where the server's Python time goes), when py-spy can attach;
-7. writes its section of ``tests/bench/RESULTS.md`` and prints a summary.
+7. with ``--callgrind`` (not in ``make bench``: about 7 more minutes), counts instructions per call of
+   the plain, noop and cached servers of both kinds under ``valgrind --tool=callgrind``, which, unlike
+   the timings, repeat from run to run whatever else the machine does;
+8. writes its section of ``tests/bench/RESULTS.md`` and prints a summary.
 
 Servers are stopped with SIGTERM (and waited for) even when a step fails.
 """
@@ -34,6 +38,7 @@ import argparse
 import asyncio
 import base64
 import collections
+import functools
 import hashlib
 import os
 import re
@@ -47,7 +52,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent import futures
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -81,8 +86,8 @@ POLICY = {GRPC_PATH: [SCOPE]}
 PAYLOAD = b"authsvc-bench-ok"  # the raw response message (bytes passthrough): 16 bytes
 FRAME = len(grpc_frame(PAYLOAD))  # what h2load must count as response data per successful call
 KINDS = ("sync", "aio")
-MODES = ("plain", "cached", "fresh")
-AUTH_MODES = ("cached", "fresh")
+MODES = ("plain", "noop", "cached", "fresh")
+AUTH_MODES = ("cached", "fresh")  # the modes that verify tokens (plain and noop let every call through)
 SERVERS = tuple(f"{kind}/{mode}" for kind in KINDS for mode in MODES)
 TARGET_CACHED = 0.95  # issue 14 goal 1: cached / plain, both kinds
 TARGET_FRESH = 0.85  # issue 14 goal 2: fresh / plain over gRPC
@@ -103,6 +108,11 @@ MICRO_BATCHES = 9  # in-process timings: batches of each function, interleaved; 
 MICRO_BATCH_SECONDS = 0.08
 DISTINCT_TOKENS, DISTINCT_CACHE = 512, 64  # the in-process 'fresh, distinct' case: every call a miss
 PROFILE_SECONDS, PROFILE_RATE, PROFILE_TOP = 5, 200, 12
+# callgrind: each of these servers in its own valgrind'd process, driven by h2load from outside; the
+# counters zeroed and dumped around runs of each size in turn (short, long, short, long)
+CALLGRIND_MODES = ("plain", "noop", "cached")
+CALLGRIND_WARMUP = 300
+CALLGRIND_CALLS = (200, 1000, 200, 1000)
 
 
 # -- the servers (``--serve KIND/MODE``) ---------------------------------------------------------
@@ -119,6 +129,28 @@ ping = aio_ping  # bench_scale.py serves the same handler
 def sync_ping(request: bytes, context: grpc.ServicerContext) -> bytes:
     """The trivial sync handler: whatever the request, the fixed message."""
     return PAYLOAD
+
+
+class NoopInterceptor(grpc.ServerInterceptor):
+    """The floor of any sync interceptor: grpc's interceptor pipeline with nothing in it."""
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        return continuation(handler_call_details)
+
+
+class AioNoopInterceptor(grpc.aio.ServerInterceptor):
+    """The floor of any grpc.aio interceptor: grpc.aio's interceptor pipeline with nothing in it."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        return await continuation(handler_call_details)
 
 
 def make_verifier(jwks: str, mode: str, cache_size: int | None = None) -> TokenVerifier:
@@ -139,7 +171,9 @@ def _generic_handler(behavior: Callable[..., Any]) -> grpc.GenericRpcHandler:
 
 async def serve_aio(mode: str, port: int, jwks: str) -> None:
     interceptors: list[grpc.aio.ServerInterceptor] = []
-    if mode != "plain":
+    if mode == "noop":
+        interceptors.append(AioNoopInterceptor())
+    elif mode != "plain":
         interceptors.append(AioAuthInterceptor(make_verifier(jwks, mode), policy=POLICY))
     server = grpc.aio.server(interceptors=interceptors)
     server.add_generic_rpc_handlers((_generic_handler(aio_ping),))
@@ -157,7 +191,9 @@ async def serve_aio(mode: str, port: int, jwks: str) -> None:
 
 def serve_sync(mode: str, port: int, jwks: str) -> None:
     interceptors: list[grpc.ServerInterceptor] = []
-    if mode != "plain":
+    if mode == "noop":
+        interceptors.append(NoopInterceptor())
+    elif mode != "plain":
         interceptors.append(AuthInterceptor(make_verifier(jwks, mode), policy=POLICY))
     pool = futures.ThreadPoolExecutor(max_workers=SYNC_WORKERS)
     server = grpc.server(pool, interceptors=interceptors)
@@ -193,7 +229,9 @@ def ping_status(target: str, token: str | None) -> tuple[grpc.StatusCode, bytes 
 class BenchServer(ServerProcess):
     """One ``--serve KIND/MODE`` process; a bare MODE is an aio server (as bench_scale.py asks)."""
 
-    def __init__(self, name: str, jwks_path: Path, token: str, log_path: Path) -> None:
+    def __init__(
+        self, name: str, jwks_path: Path, token: str, log_path: Path, wrapper: Sequence[str] = ()
+    ) -> None:
         name = name if "/" in name else f"aio/{name}"
         self.name = name
         self.kind, self.mode = name.split("/")
@@ -204,7 +242,10 @@ class BenchServer(ServerProcess):
         options = ["--serve", name, "--port", str(self.port), "--jwks", str(jwks_path)]
         self.display = shlex.join(["python", SCRIPT, *options]).replace(str(jwks_path), "$TMP/jwks.json")
         super().__init__(
-            [sys.executable, str(Path(__file__).resolve()), *options], dict(os.environ), log_path, self._ready
+            [*wrapper, sys.executable, str(Path(__file__).resolve()), *options],
+            dict(os.environ),
+            log_path,
+            self._ready,
         )
 
     def _ready(self) -> bool:
@@ -224,7 +265,7 @@ def check_calls(server: BenchServer, token: str, bad: str, unscoped: str) -> Non
         "token without the scope": (unscoped, grpc.StatusCode.PERMISSION_DENIED),
     }
     for name, (sent, refused) in expect.items():
-        status = grpc.StatusCode.OK if server.mode == "plain" else refused
+        status = refused if server.mode in AUTH_MODES else grpc.StatusCode.OK
         code, response = ping_status(server.target, sent)
         if code != status or (code == grpc.StatusCode.OK and response != PAYLOAD):
             raise BenchError(f"{server.name}: Ping with {name} gave {code} {response!r}, expected {status}")
@@ -246,6 +287,150 @@ def h2load(server: BenchServer, workdir: Path, requests: int, token: str, redact
 
 def check_run(run: H2Run) -> H2Run:
     return common.check_run(run, FRAME, FRAME_TOLERANCE, "Ping")
+
+
+# -- instruction counts (callgrind) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """Instructions per call of one server under callgrind: the counters are zeroed, h2load makes
+    ``n`` calls, the counters are dumped; per call = (counts of the long runs - counts of the short
+    runs) / (calls of the long runs - calls of the short runs), so that the connections' set-up and
+    whatever does not scale with calls cancel out. ``crypto`` is the same for the instructions
+    spent in libcrypto (the verifier's SHA-256 of the token, the only libcrypto call of a cached
+    path; see the note on SHA-NI)."""
+
+    name: str
+    runs: list[tuple[int, int, int]]  # (calls, instructions, of which in libcrypto)
+
+    def _per_call(self, index: int) -> float:
+        short, long = min(n for n, _, _ in self.runs), max(n for n, _, _ in self.runs)
+        low = [r[index] for r in self.runs if r[0] == short]
+        high = [r[index] for r in self.runs if r[0] == long]
+        return (sum(high) / len(high) - sum(low) / len(low)) / (long - short)
+
+    @property
+    def per_call(self) -> float:
+        return self._per_call(1)
+
+    @property
+    def crypto_per_call(self) -> float:
+        return self._per_call(2)
+
+    @property
+    def spread(self) -> float:
+        """How far apart the estimates of each (short, long) pair are, relative to the figure."""
+        short, long = min(n for n, _, _ in self.runs), max(n for n, _, _ in self.runs)
+        low = [i for n, i, _ in self.runs if n == short]
+        high = [i for n, i, _ in self.runs if n == long]
+        pairs = [(h - lo) / (long - short) for lo, h in zip(low, high, strict=True)]
+        return (max(pairs) - min(pairs)) / self.per_call
+
+
+class CallgrindServer(BenchServer):
+    """A BenchServer under ``valgrind --tool=callgrind`` (tens of times slower to start)."""
+
+    START_SECONDS = 180.0
+
+    def __init__(self, name: str, jwks_path: Path, token: str, workdir: Path) -> None:
+        self.out = workdir / f"callgrind-{name.replace('/', '-')}.out"
+        super().__init__(
+            name,
+            jwks_path,
+            token,
+            workdir / f"callgrind-{name.replace('/', '-')}.log",
+            callgrind_command(self.out),
+        )
+        self.dumps = 0
+
+    def start(self) -> None:
+        with self._log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                self.args, env=self._env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + self.START_SECONDS
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise BenchError(f"the server exited with {self._proc.returncode}:\n{self.log_tail()}")
+            if self._ready():
+                return
+            time.sleep(1.0)
+        raise BenchError(f"the callgrind server did not become ready:\n{self.log_tail()}")
+
+    def control(self, flag: str) -> None:
+        common.run_text(["callgrind_control", flag, str(self.pid)], timeout=60)
+
+    def counted(self, run: Callable[[], H2Run]) -> tuple[int, int]:
+        """Zero the counters, ``run()``, dump them: (instructions, of which in libcrypto)."""
+        self.control("-z")
+        check_run(run())
+        self.control("-d")
+        self.dumps += 1
+        dump = Path(f"{self.out}.{self.dumps}")
+        for _ in range(100):  # the dump is written by the server, after callgrind_control returns
+            if dump.exists() and re.search(r"^totals: \d+", dump.read_text(errors="replace"), re.M):
+                break
+            time.sleep(0.1)
+        text = dump.read_text(errors="replace")
+        found = re.search(r"^totals: (\d+)", text, re.M)
+        if found is None:
+            raise BenchError(f"no totals in {dump}")
+        annotated = common.run_text(["callgrind_annotate", "--threshold=100", str(dump)], timeout=120)
+        crypto = sum(
+            int(line.split()[0].replace(",", ""))
+            for line in annotated.splitlines()
+            if "libcrypto" in line and line.strip()[:1].isdigit()
+        )
+        return int(found.group(1)), crypto
+
+
+def callgrind_command(out: Path) -> list[str]:
+    return [
+        "valgrind",
+        "--tool=callgrind",
+        "--trace-children=no",
+        "--separate-threads=no",
+        f"--callgrind-out-file={out}",
+    ]
+
+
+def callgrind_one(
+    name: str, jwks_path: Path, token: str, workdir: Path, redact: dict[str, str]
+) -> Instructions:
+    server = CallgrindServer(name, jwks_path, token, workdir)
+    try:
+        server.start()
+        h2load(server, workdir, CALLGRIND_WARMUP, token, redact)
+        runs = []
+        for calls in CALLGRIND_CALLS:
+            runs.append(
+                (calls, *server.counted(functools.partial(h2load, server, workdir, calls, token, redact)))
+            )
+    finally:
+        server.stop()
+    return Instructions(name, runs)
+
+
+def callgrind_counts(
+    jwks_path: Path, token: str, workdir: Path, redact: dict[str, str]
+) -> dict[str, Instructions]:
+    """Every CALLGRIND_SERVERS server in turn under callgrind, the two kinds of a mode side by side
+    (instruction counts do not depend on what else the machine runs)."""
+    counts: dict[str, Instructions] = {}
+    with futures.ThreadPoolExecutor(max_workers=len(KINDS)) as pool:
+        for mode in CALLGRIND_MODES:
+            jobs = {
+                kind: pool.submit(callgrind_one, f"{kind}/{mode}", jwks_path, token, workdir, redact)
+                for kind in KINDS
+            }
+            for kind, job in jobs.items():
+                got = counts[f"{kind}/{mode}"] = job.result()
+                print(
+                    f"  callgrind {kind}/{mode}: {got.per_call:.0f} instructions per call "
+                    f"({got.crypto_per_call:.0f} in libcrypto), runs {got.runs}"
+                )
+    return counts
 
 
 # -- the profile ---------------------------------------------------------------------------------
@@ -498,6 +683,15 @@ class Report:
     micro: dict[str, Micro]
     profiles: list[Profile]
     seconds: float
+    instructions: dict[str, Instructions]  # empty when callgrind was not run
+
+    def instruction_ratio(self, kind: str, mode: str, *, crypto: bool = True) -> float:
+        """plain's instructions per call over ``mode``'s (as a throughput ratio); without
+        ``crypto``, libcrypto's instructions left out of both."""
+        plain, other = self.instructions[f"{kind}/plain"], self.instructions[f"{kind}/{mode}"]
+        if crypto:
+            return plain.per_call / other.per_call
+        return (plain.per_call - plain.crypto_per_call) / (other.per_call - other.crypto_per_call)
 
     @property
     def rounds(self) -> int:
@@ -571,7 +765,9 @@ def sign_tokens(count: int) -> tuple[SigningKey, Callable[[str], str]]:
     return key, sign
 
 
-def bench(workdir: Path) -> tuple[dict[str, ServerResult], dict[str, Micro], list[Profile], int]:
+def bench(
+    workdir: Path, callgrind: bool
+) -> tuple[dict[str, ServerResult], dict[str, Micro], list[Profile], int, dict[str, Instructions]]:
     key, sign = sign_tokens(DISTINCT_TOKENS)
     token, unscoped = sign(SCOPE), sign("other")
     distinct = [sign(SCOPE) for _ in range(DISTINCT_TOKENS)]
@@ -608,7 +804,7 @@ def bench(workdir: Path) -> tuple[dict[str, ServerResult], dict[str, Micro], lis
 
         negatives: dict[str, H2Run] = {}
         for name, server in servers.items():
-            if server.mode == "plain":
+            if server.mode not in AUTH_MODES:
                 continue
             run = h2load(server, workdir, NEGATIVE_REQUESTS, bad, redact)
             if run.succeeded != run.requests or run.data_bytes != 0:
@@ -652,14 +848,18 @@ def bench(workdir: Path) -> tuple[dict[str, ServerResult], dict[str, Micro], lis
             name: ServerResult(name, servers[name].display, warmups[name], runs[name], negatives.get(name))
             for name in SERVERS
         }
-    return results, micro, profiles, len(token)
+    instructions = {}
+    if callgrind:
+        print("instruction counts under callgrind...")
+        instructions = callgrind_counts(jwks_path, token, workdir, redact)
+    return results, micro, profiles, len(token), instructions
 
 
 # -- report --------------------------------------------------------------------------------------
 
 
 def _commands(report: Report) -> list[str]:
-    commands = ["# servers (all six run during the whole benchmark)"]
+    commands = ["# servers (all eight run during the whole benchmark)"]
     commands += [m.server_command for m in report.servers.values()]
     commands += ["# tampered-token controls"]
     commands += [m.negative.command for m in report.servers.values() if m.negative is not None]
@@ -673,6 +873,41 @@ def _commands(report: Report) -> list[str]:
         "--pid $PID",
     ]
     return commands
+
+
+def _callgrind_lines(report: Report) -> list[str]:
+    if not report.instructions:
+        return [
+            "Instruction counts: not measured in this run (they take `--callgrind`, about 7 more minutes "
+            "on 2 cores, so `make bench` leaves them out; or no valgrind).",
+            "",
+        ]
+    rows = [
+        f"| {c.name} | {c.per_call:,.0f} | {c.crypto_per_call:,.0f} | {c.spread:.1%} | "
+        + ", ".join(f"{n}: {i:,}" for n, i, _ in c.runs)
+        + " |"
+        for c in report.instructions.values()
+    ]
+    return [
+        "Instruction counts (deterministic where the timings are not): each server of "
+        f"{', '.join(CALLGRIND_MODES)} runs alone under `valgrind --tool=callgrind --trace-children=no "
+        "--separate-threads=no` (every thread counted), driven by the same h2load load from outside; "
+        "`callgrind_control -z` before and `-d` after runs of "
+        f"{' / '.join(map(str, CALLGRIND_CALLS))} calls (after {CALLGRIND_WARMUP} warm-up calls), and the "
+        "figure per call is (mean of the long runs - mean of the short runs) / the difference in calls, so "
+        "that start-up and the connections cancel out. 'spread' is how far the two pairs' estimates lie "
+        "apart. The aio and sync server of a mode run side by side. Run with "
+        f"`python {SCRIPT} --callgrind` (`make bench` leaves them out: about 7 more minutes on 2 cores). "
+        "Caveat: valgrind hides SHA-NI, so "
+        "OpenSSL's SHA-256 of the token (the verified-token cache's key) runs its generic code under "
+        "callgrind, several times the instructions it takes on this CPU (`sha_ni` in /proc/cpuinfo): the "
+        "ratios without libcrypto bound the real cost from the other side.",
+        "",
+        "| server | instructions per call | in libcrypto | spread | instructions per dump (calls: Ir) |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _profile_lines(report: Report) -> list[str]:
@@ -742,16 +977,16 @@ def render(report: Report) -> str:
     )
     figures = []
     for kind in KINDS:
-        plain = report.servers[f"{kind}/plain"]
         of_kind = [report.servers[f"{kind}/{x}"] for x in MODES]
         rates = " / ".join(f"{x.best.req_per_s:.0f} ({x.median_rate:.0f})" for x in of_kind)
-        figures.append(
-            f"| `{kind}` req/s, plain / cached / fresh: best (median) of {report.rounds} | {rates} |"
-        )
-        for mode, target in (("cached", TARGET_CACHED), ("fresh", TARGET_FRESH)):
+        figures.append(f"| `{kind}` req/s, {' / '.join(MODES)}: best (median) of {report.rounds} | {rates} |")
+        for mode, target in (("noop", None), ("cached", TARGET_CACHED), ("fresh", TARGET_FRESH)):
             ratio = report.ratio(kind, mode)
             figures.append(
-                f"| **`{kind}` {mode} / plain, best runs (target >= {target:.2f})** "
+                f"| `{kind}` noop / plain, best runs (the control: grpc's interceptor pipeline alone) "
+                f"| {ratio:.2f} |"
+                if target is None
+                else f"| **`{kind}` {mode} / plain, best runs (target >= {target:.2f})** "
                 f"| **{ratio:.2f}** ({report.verdict(ratio, target)}) |"
             )
             figures.append(
@@ -760,11 +995,24 @@ def render(report: Report) -> str:
                 f"{report.cpu_ratio(kind, mode):.2f} |"
             )
         figures.append(
-            f"| `{kind}` server CPU per call, plain / cached / fresh (least of the runs); above plain "
-            f"| {plain.least_us:.0f} / {report.servers[f'{kind}/cached'].least_us:.0f} / "
-            f"{report.servers[f'{kind}/fresh'].least_us:.0f} us; +{report.extra_us(kind, 'cached'):.0f} / "
-            f"+{report.extra_us(kind, 'fresh'):.0f} us |"
+            f"| `{kind}` server CPU per call, {' / '.join(MODES)} (least of the runs); above plain "
+            f"| {' / '.join(f'{x.least_us:.0f}' for x in of_kind)} us; "
+            f"{' / '.join(f'+{report.extra_us(kind, x):.0f}' for x in MODES[1:])} us |"
         )
+        if report.instructions:
+            counts = [report.instructions[f"{kind}/{x}"] for x in CALLGRIND_MODES]
+            figures.append(
+                f"| `{kind}` instructions per call under callgrind, {' / '.join(CALLGRIND_MODES)} (of which "
+                "libcrypto) | "
+                + " / ".join(f"{c.per_call:,.0f} ({c.crypto_per_call:,.0f})" for c in counts)
+                + " |"
+            )
+            for mode in CALLGRIND_MODES[1:]:
+                figures.append(
+                    f"| **`{kind}` {mode} / plain by instructions per call** (plain's over {mode}'s; without "
+                    f"libcrypto) | **{report.instruction_ratio(kind, mode):.3f}** "
+                    f"({report.instruction_ratio(kind, mode, crypto=False):.3f}) |"
+                )
     full_ratio, distinct_ratio = report.verify_ratio("full"), report.verify_ratio("distinct")
     lines = [
         BEGIN_MARKER,
@@ -793,6 +1041,7 @@ def render(report: Report) -> str:
         "absolute figure, and the CPU-per-call ratios more than the rates; rerun on a quiet machine for "
         "the final figures.",
         "",
+        *_callgrind_lines(report),
         *_profile_lines(report),
         f"Measured runs (h2load -c {CONNECTIONS} -m {STREAMS}, after a warm-up of {WARMUP_REQUESTS} requests "
         f"per server; {report.rounds} rounds, each running every server once in rotated order; 'best' is the "
@@ -833,7 +1082,7 @@ def render(report: Report) -> str:
         "never seen before pays; nothing is remembered. In process, the 'distinct' row verifies "
         f"{DISTINCT_TOKENS} different tokens in turn through a {DISTINCT_CACHE}-entry cache, so every call "
         "also inserts an entry and evicts the oldest, as a stream of new clients does; the two agree.",
-        "- Same core budget: all six servers run for the whole benchmark, unpinned, each free to use all "
+        "- Same core budget: all eight servers run for the whole benchmark, unpinned, each free to use all "
         f"{report.env.nproc} cores while it is measured; the idle ones show up under 'other cores'. h2load "
         "(one thread) shares the cores with the measured server.",
         "- Success check: a refused gRPC call is HTTP 200 with a grpc-status trailer and no message, so "
@@ -874,20 +1123,38 @@ def summary(report: Report) -> str:
         f"({report.verify_ratio('full'):.2f}x), distinct {m['distinct'].best:.1f} us "
         f"({report.verify_ratio('distinct'):.2f}x), cached {m['cached'].best:.1f} us"
     )
+    if report.instructions:
+        lines.append(
+            "callgrind, plain's instructions per call over noop's / cached's (without libcrypto): "
+            + "; ".join(
+                f"{kind} "
+                + " / ".join(
+                    f"{report.instruction_ratio(kind, m):.3f} "
+                    f"({report.instruction_ratio(kind, m, crypto=False):.3f})"
+                    for m in CALLGRIND_MODES[1:]
+                )
+                for kind in KINDS
+            )
+        )
     lines.append(f"written to {common.RESULTS}")
     if report.noise_warning:
         lines.append(report.noise_warning)
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(callgrind: bool) -> int:
     common.exit_on_sigterm()
+    if callgrind and not (shutil.which("valgrind") and shutil.which("callgrind_control")):
+        print("bench_interceptor: no valgrind: instruction counts skipped", file=sys.stderr)
+        callgrind = False
     common.ensure_h2load()
     started = time.monotonic()
     environment = Environment.collect()
     with tempfile.TemporaryDirectory(prefix="authsvc-bench-interceptor-") as tmp:
-        servers, micro, profiles, token_bytes = bench(Path(tmp))
-    report = Report(environment, token_bytes, servers, micro, profiles, time.monotonic() - started)
+        servers, micro, profiles, token_bytes, instructions = bench(Path(tmp), callgrind)
+    report = Report(
+        environment, token_bytes, servers, micro, profiles, time.monotonic() - started, instructions
+    )
     common.write_section(SECTION, render(report))
     print(summary(report))
     return 0
@@ -898,6 +1165,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--serve", choices=SERVERS, help="run one benchmark server instead of the benchmark")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--jwks", type=Path, help="the JWKS file (for the interceptor modes)")
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="also count instructions per call under callgrind (about 7 more minutes on 2 cores)",
+    )
     return parser.parse_args(argv)
 
 
@@ -905,7 +1177,7 @@ if __name__ == "__main__":
     args = parse_args(sys.argv[1:])
     if args.serve:
         kind, mode = args.serve.split("/")
-        if not args.port or (mode != "plain" and args.jwks is None):
+        if not args.port or (mode in AUTH_MODES and args.jwks is None):
             sys.exit("--serve needs --port and, with an interceptor, --jwks")
         jwks_text = args.jwks.read_text(encoding="utf-8") if args.jwks else ""
         if kind == "aio":
@@ -914,7 +1186,7 @@ if __name__ == "__main__":
             serve_sync(mode, args.port, jwks_text)
         sys.exit(0)
     try:
-        sys.exit(main())
+        sys.exit(main(args.callgrind))
     except BenchError as exc:
         print(f"bench_interceptor: FAILED: {exc}", file=sys.stderr)
         sys.exit(1)
