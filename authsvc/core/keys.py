@@ -268,7 +268,9 @@ class KeyEncryptionKey:
         # wrote after making the key (cryptography's generator) or importing it (keys import loads
         # it with full validation). Validating the RSA private key again (~40 ms, the bulk of a
         # server's start-up) proves nothing more; a forged or altered blob never gets here.
-        private_key = serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
+        private_key = serialization.load_der_private_key(
+            der, password=None, unsafe_skip_rsa_key_validation=True
+        )
         if not isinstance(private_key, rsa.RSAPrivateKey):
             raise ConfigurationError("a stored signing key is not an RSA key")
         if rfc7638_thumbprint(private_key.public_key()) != kid:
