@@ -266,8 +266,8 @@ class KeyEncryptionKey:
         der = self.unwrap(blob, aad=private_key_aad(kid))
         # The DER opened under the AEAD tag, bound to its kid: these are the bytes this service
         # wrote after making the key (cryptography's generator) or importing it (keys import loads
-        # it with full validation). Validating the RSA private key again (~40 ms, the bulk of a
-        # server's start-up) proves nothing more; a forged or altered blob never gets here.
+        # it with full validation). Validating the RSA private key again (tens of milliseconds of
+        # CPU per key, at every start) proves nothing more; a forged or altered blob never gets here.
         private_key = serialization.load_der_private_key(
             der, password=None, unsafe_skip_rsa_key_validation=True
         )
