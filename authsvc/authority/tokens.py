@@ -76,6 +76,7 @@ class TokenIssuer:
         self.metrics = metrics
         self.limits = limits if limits is not None and limits.enabled else None
         self._refusals = refusal_log or LogRateLimiter(rate=10, burst=20)
+        self._audit = logging.getLogger(AUDIT_LOGGER)
 
     def _inline(self, presented: PresentedCredentials) -> bool:
         """Whether authenticating ``presented`` can run on the event loop: no store read, no I/O."""
@@ -150,6 +151,8 @@ class TokenIssuer:
             issued.kid,
             issued.scope,
         )
+        if not self._audit.isEnabledFor(logging.INFO):  # the fields are not built for nothing
+            return issued
         audit(
             "token.issued",
             {
@@ -218,7 +221,7 @@ class TokenIssuer:
     def _audit_refused(
         self, client_id: str, exc: OAuthError | RateLimited, request: TokenRequest | None, peer: str | None
     ) -> None:
-        if not logging.getLogger(AUDIT_LOGGER).isEnabledFor(logging.INFO):
+        if not self._audit.isEnabledFor(logging.INFO):
             return
         allowed, suppressed = self._refusals.acquire(_AUDIT_REFUSED_KEY)
         if not allowed:
