@@ -75,7 +75,7 @@ ROUNDS = 4
 # (-c, -m) settings, as many requests in flight at each step.
 HTTP_CONCURRENCY = ((16, 1), (64, 1), (128, 1))
 GRPC_CONCURRENCY = ((16, 4), (64, 1), (128, 1))  # as many requests in flight as each HTTP step
-MEASURE_SECONDS = 3.0  # a measured run's -n is sized from its endpoint's best rate so far to last this long
+MEASURE_SECONDS = 2.5  # a measured run's -n is sized from its endpoint's median rate so far to last this long
 MIN_REQUESTS, MAX_REQUESTS = 1000, 30000
 NEGATIVE_REQUESTS = 200
 NOISY_CORES = bench_issue_token.NOISY_CORES
@@ -328,7 +328,9 @@ class EndpointResult:
 
 
 def run_size(seen: list[H2Run]) -> int:
-    rate = max(r.req_per_s for r in seen)
+    # the median, not the best: on a busy machine a run sized from a best rate can last many times
+    # as long, and the script must stay within its time
+    rate = statistics.median(r.req_per_s for r in seen)
     return min(MAX_REQUESTS, max(MIN_REQUESTS, int(round(rate * MEASURE_SECONDS, -2))))
 
 
@@ -344,7 +346,7 @@ def measure(
         print(f"  {e.name}: warm-up {warmups[e.name].req_per_s:.0f} req/s")
     runs: dict[str, list[Measured]] = {e.name: [] for e in endpoints}
     for round_ in range(1, ROUNDS + 1):
-        # -n from the fastest rate seen so far: a warm-up slowed by noise must not make every run short
+        # -n from the median rate seen so far (warm-up and runs): neither one slow nor one fast run rules
         sizes = {e.name: run_size([warmups[e.name], *(m.run for m in runs[e.name])]) for e in endpoints}
         for step in range(len(HTTP_CONCURRENCY)):
             shift = (round_ + step) % len(endpoints)
@@ -478,8 +480,7 @@ def render(report: Report) -> str:
         "# warm-up",
         *(r.warmup.command for r in report.results.values()),
         "# measured, round 1 (every round runs each endpoint at each step, in rotated order; -n is",
-        "# sized from the fastest rate the endpoint has shown so far, to last about "
-        f"{MEASURE_SECONDS:.0f} s)",
+        f"# sized from the median rate the endpoint has shown so far, to last about {MEASURE_SECONDS:.0f} s)",
         *(m.run.command for r in report.results.values() for m in r.runs if m.round == 1),
     ]
     control_text = "; ".join(

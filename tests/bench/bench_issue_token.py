@@ -67,7 +67,7 @@ ROUNDS = 4
 # hash and -n gives every connection the same share of requests, so few connections can leave one
 # worker idle at the end of a run: many connections keep every worker busy to the end.
 CONCURRENCY = ((16, 4), (64, 1))
-MEASURE_SECONDS = 2.5  # a measured run's -n is sized from the server's best rate so far to last this long
+MEASURE_SECONDS = 2.5  # a measured run's -n is sized from the server's median rate so far to last this long
 MIN_REQUESTS, MAX_REQUESTS = 1000, 40000
 NEGATIVE_REQUESTS = 200
 NOISY_CORES = 0.2  # other processes using more CPU than this during a counted run make the figures suspect
@@ -285,7 +285,11 @@ class Series:
 
 
 def run_size(series: Series) -> int:
-    rate = max(r.req_per_s for r in [*([series.warmup] if series.warmup else []), *series.all_runs])
+    # the median, not the best: on a busy machine a run sized from a best rate can last many times
+    # as long, and the script must stay within its time
+    rate = statistics.median(
+        r.req_per_s for r in [*([series.warmup] if series.warmup else []), *series.all_runs]
+    )
     return min(MAX_REQUESTS, max(MIN_REQUESTS, int(round(rate * MEASURE_SECONDS, -2))))
 
 
@@ -443,7 +447,7 @@ def render(report: Report) -> str:
         "# warm-up",
         *(s.warmup.command for s in report.series if s.warmup is not None),
         f"# measured, round 1 of {ROUNDS} (each step runs every server, in rotated order; -n is sized from",
-        f"# the server's best rate so far, to last about {MEASURE_SECONDS} s)",
+        f"# the server's median rate so far, to last about {MEASURE_SECONDS} s)",
         *(run.command for s in report.series for run in s.runs[1]),
     ]
     lines = [
