@@ -149,7 +149,7 @@ def grpc_serving(target: str) -> bool:
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-class Server(ServerProcess):
+class AuthsvcServer(ServerProcess):
     """An ``authsvc serve`` process tree started by this script: ``options`` after the listen
     address and issuer; ``workers`` is how many processes it will have (to know when it is up)."""
 
@@ -199,7 +199,16 @@ class EchoServer(ServerProcess):
         return True
 
 
-Target = Server | EchoServer
+class Server(AuthsvcServer):
+    """``authsvc serve --workers N --log-level WARNING``: what bench_scale.py and bench_store.py
+    start (through :func:`bench_workers` for the latter)."""
+
+    def __init__(self, data_dir: Path, workers: int, env: dict[str, str], log_path: Path) -> None:
+        options = f"--workers {workers} --log-level WARNING"
+        super().__init__(f"workers-{workers}", data_dir, options, workers=workers, env=env, log_path=log_path)
+
+
+Target = AuthsvcServer | EchoServer
 
 
 def check_one_token(target: str, client_id: str, secret: str) -> int:
@@ -333,6 +342,63 @@ def negative_control(series: Series, work: Path, frame: int) -> None:
         f"  {series.server.name}: wrong-secret control {run.succeeded}/{run.requests} 'succeeded', "
         f"{run.data_per_request:.0f} B/req (a token is {frame} B)"
     )
+
+
+# -- one server on its own (bench_store.py) -------------------------------------------------------
+
+STORE_CONCURRENCY = ((16, 4), (64, 1), (128, 1))
+STORE_MEASURE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class WorkersResult:
+    workers: int
+    server_command: str
+    frame: int
+    negative: H2Run
+    warmup: H2Run
+    runs: list[H2Run]
+
+    @property
+    def best(self) -> H2Run:
+        return max(self.runs, key=lambda r: r.req_per_s)
+
+
+def bench_workers(
+    workers: int, data_dir: Path, env: dict[str, str], client_id: str, secret: str
+) -> WorkersResult:
+    """``authsvc serve --workers N`` alone: a warm-up, a run at each of STORE_CONCURRENCY, then the
+    wrong-secret control (last: it trips the failed-authentication limit of the client here)."""
+    work = data_dir.parent
+    (work / "body.bin").write_bytes(grpc_frame(issue_request(client_id, secret).SerializeToString()))
+    (work / "wrong-secret.bin").write_bytes(grpc_frame(issue_request(client_id, "wrong").SerializeToString()))
+    server = Server(data_dir, workers, env, work / f"server-{workers}.log")
+    try:
+        server.start()
+        frame = check_one_token(server.target, client_id, secret)
+        c, m = STORE_CONCURRENCY[0]
+        warmup = check_run(h2load(server, work, "body.bin", WARMUP_REQUESTS, connections=c, streams=m), frame)
+        requests = min(
+            MAX_REQUESTS, max(MIN_REQUESTS, int(round(warmup.req_per_s * STORE_MEASURE_SECONDS, -2)))
+        )
+        print(f"  workers={workers}: warm-up {warmup.req_per_s:.0f} req/s; measuring with -n {requests}")
+        runs = []
+        for connections, streams in STORE_CONCURRENCY:
+            run = check_run(
+                h2load(server, work, "body.bin", requests, connections=connections, streams=streams), frame
+            )
+            print(
+                f"  workers={workers} -c {connections} -m {streams}: {run.req_per_s:.0f} req/s, "
+                f"server {run.server_cores:.2f} cores ({run.server_split}), other {run.other_cores:.2f}"
+            )
+            runs.append(run)
+        check_one_token(server.target, client_id, secret)  # still healthy after the load
+        series = Series(server, "control")
+        negative_control(series, work, frame)
+        assert series.negative is not None
+    finally:
+        server.stop()
+    return WorkersResult(workers, server.display, frame, series.negative, warmup, runs)
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -584,8 +650,10 @@ def main() -> int:
         )
         with ExitStack() as stack:
             servers = [
-                Server("defaults", data_dir, "", workers=workers, env=env, log_path=work / "defaults.log"),
-                Server(
+                AuthsvcServer(
+                    "defaults", data_dir, "", workers=workers, env=env, log_path=work / "defaults.log"
+                ),
+                AuthsvcServer(
                     "warning",
                     data_dir,
                     "--log-level WARNING",
@@ -593,7 +661,7 @@ def main() -> int:
                     env=env,
                     log_path=work / "warning.log",
                 ),
-                Server(
+                AuthsvcServer(
                     "workers-1", data_dir, "--workers 1", workers=1, env=env, log_path=work / "workers-1.log"
                 ),
             ]
