@@ -26,8 +26,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) clients/demo.py
 
+# The suite in TEST_WORKERS processes (pytest-xdist; most of its time is spent waiting on servers
+# and subprocesses, so more processes than cores help), then the tests marked serial alone:
+# they stop the machine's PostgreSQL, which every other process is using.
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not serial"
+	$(PY) -m pytest -q -m serial
 
 # Generated code is committed; `make proto` rewrites it, `make lint` fails if it has drifted.
 proto: $(STAMP)

@@ -192,6 +192,33 @@ def _add_output(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", choices=["table", "json"], default="table", help="output format")
 
 
+def _add_key_flags(
+    p: argparse.ArgumentParser, keys: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, algs: str
+) -> None:
+    """A private_key_jwt client's keys (``clients create`` and ``set-keys``): ``keys`` takes
+    --jwks-file and --jwks-uri, ``p`` --signing-alg, whose default ``algs`` describes."""
+    keys.add_argument(
+        "--jwks-file",
+        type=Path,
+        metavar="FILE",
+        help="private_key_jwt: the client's public keys, a JWK Set (RSA of 2048 bits or more, or EC P-256; "
+        "each with a kid; no private parts)",
+    )
+    keys.add_argument(
+        "--jwks-uri",
+        metavar="URL",
+        help="private_key_jwt: the https:// URL where the client publishes its JWK Set; fetched and cached "
+        "by the server, so the client rotates its keys without re-registering",
+    )
+    p.add_argument(
+        "--signing-alg",
+        action="append",
+        choices=list(SUPPORTED_ALGS),
+        help="private_key_jwt: an algorithm the client signs its assertions with; repeat for several "
+        f"(default {algs})",
+    )
+
+
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     # every subparser is a CommandParser too: no abbreviated flags, one-line mistakes
     parser = CommandParser(prog="authsvc", description="gRPC machine-to-machine authorization server")
@@ -367,26 +394,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "certificate (tls_client_auth, RFC 8705: give --tls-san-dns or --tls-subject-dn) "
         "(default client_secret_basic)",
     )
-    create.add_argument(
-        "--jwks-file",
-        type=Path,
-        metavar="FILE",
-        help="private_key_jwt: the client's public keys, a JWK Set (RSA of 2048 bits or more, or EC P-256; "
-        "each with a kid; no private parts)",
-    )
-    create.add_argument(
-        "--jwks-uri",
-        metavar="URL",
-        help="private_key_jwt: the https:// URL where the client publishes its JWK Set; fetched and cached "
-        "by the server, so the client rotates its keys without re-registering",
-    )
-    create.add_argument(
-        "--signing-alg",
-        action="append",
-        choices=list(SUPPORTED_ALGS),
-        help="private_key_jwt: an algorithm the client signs its assertions with; repeat for several "
-        "(default RS256)",
-    )
+    _add_key_flags(create, create, "RS256")
     create.add_argument(
         "--tls-san-dns",
         metavar="NAME",
@@ -444,6 +452,21 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         _add_output(p)
     _add_common(create, env)
     _add_output(create)
+    set_keys = clients.add_parser(
+        "set-keys",
+        help="replace a private_key_jwt client's keys: a new JWK Set, or a jwks_uri",
+        description="Replace the public keys of a private_key_jwt client, whole, checked as 'create' "
+        "checks them: a JWK Set (--jwks-file) or the URL it publishes one at (--jwks-uri). Running "
+        "servers use the new keys within their client-cache lifetime (2 s, serve --client-cache-ttl); "
+        "from then on an assertion signed with a key that left the set is refused. To rotate without "
+        "failed calls, put the old and the new key in the set, move the client to the new key, then "
+        "set the new key alone.",
+    )
+    set_keys.add_argument("client_id", metavar="ID")
+    keys_flags = set_keys.add_mutually_exclusive_group(required=True)
+    _add_key_flags(set_keys, keys_flags, "the client's current ones")
+    _add_common(set_keys, env)
+    _add_output(set_keys)
 
     tokens = sub.add_parser("tokens", help="revoke access tokens").add_subparsers(
         dest="action", required=True
@@ -617,17 +640,21 @@ def _print_client(
         print("\nStore the client secret now: it is not kept and will not be shown again.", file=sys.stderr)
 
 
+def _jwks_file(args: argparse.Namespace) -> str | None:
+    """The JWK Set of --jwks-file, read (its checks are the registry's), or None without it."""
+    if args.jwks_file is None:
+        return None
+    check_readable_file(args.jwks_file, "--jwks-file")
+    if args.jwks_file.stat().st_size > MAX_JWKS_BYTES:
+        raise ConfigurationError(f"--jwks-file {args.jwks_file} is larger than {MAX_JWKS_BYTES} bytes")
+    return args.jwks_file.read_text(encoding="utf-8")  # type: ignore[no-any-return]
+
+
 def _auth_registration(args: argparse.Namespace) -> AuthRegistration:
     """The authentication method of ``clients create`` and its data, from the flags."""
-    jwks = None
-    if args.jwks_file is not None:
-        check_readable_file(args.jwks_file, "--jwks-file")
-        if args.jwks_file.stat().st_size > MAX_JWKS_BYTES:
-            raise ConfigurationError(f"--jwks-file {args.jwks_file} is larger than {MAX_JWKS_BYTES} bytes")
-        jwks = args.jwks_file.read_text(encoding="utf-8")
     return AuthRegistration(
         method=ClientAuthMethod(args.auth_method),
-        jwks=jwks,
+        jwks=_jwks_file(args),
         jwks_uri=args.jwks_uri,
         signing_algs=None if args.signing_alg is None else tuple(args.signing_alg),
         tls_san_dns=args.tls_san_dns,
@@ -685,6 +712,20 @@ def _clients(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             args.client_id, grace=args.grace, end_grace=args.end_grace
         )
         _print_client(client, args.output, now, secret)
+    elif args.action == "set-keys":
+        client = authority.clients.set_keys(
+            args.client_id,
+            jwks=_jwks_file(args),
+            jwks_uri=args.jwks_uri,
+            signing_algs=None if args.signing_alg is None else tuple(args.signing_alg),
+        )
+        _print_client(client, args.output, now)
+        print(
+            "\nRunning servers use these keys within their client-cache lifetime (serve "
+            "--client-cache-ttl, 2 s by default); assertions signed with a key not in them are refused "
+            "from then on.",
+            file=sys.stderr,
+        )
     return 0
 
 

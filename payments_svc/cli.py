@@ -7,7 +7,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from authsvc import __version__
@@ -236,12 +236,12 @@ def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
     args = build_parser(env).parse_args(argv)
     log_setup = configure_logging(level=args.log_level, log_format=args.log_format)
     try:
-        return _main(args)
+        return _main(args, log_setup.stop)
     finally:
         log_setup.stop()  # every queued line is written before the process exits
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, flush_logs: Callable[[], None]) -> int:
     from payments_svc.app import PaymentsConfig, read_client_secret, serve  # noqa: PLC0415 - keep --help fast
 
     try:
@@ -278,7 +278,12 @@ def _main(args: argparse.Namespace) -> int:
             revocations_poll_interval=args.revocations_poll_interval,
             limits=connection_limits_from(args),
         )
-        asyncio.run(serve(config))
+        try:
+            asyncio.run(serve(config))
+        finally:
+            # the log lines still queued first, then the one-line error below (as authsvc does):
+            # otherwise a start-up warning can land after it
+            flush_logs()
     except ConfigurationError as exc:
         print(f"payments-svc: error: {exc}", file=sys.stderr)
         return 1

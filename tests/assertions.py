@@ -17,6 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from tests import keypool
+
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -61,6 +63,8 @@ class ClientKeyPair:
 
 @functools.cache
 def _rsa(name: str, bits: int) -> rsa.RSAPrivateKey:
+    if bits == keypool.BITS:
+        return keypool.rsa_key()
     return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
 

@@ -11,8 +11,10 @@ import os
 import re
 import secrets
 import shlex
+import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -205,6 +207,57 @@ def test_no_real_secret_is_shipped() -> None:
     assert "**/*.env" in ignore and "**/*.key" in ignore
 
 
+TMPDIR = "/tmp"  # in the manifest: its memory emptyDir, not a host directory
+
+
+def tmpdir_volume(manifest: str) -> tuple[str, dict[str, Any]]:
+    """TMPDIR of the manifest's container, and the emptyDir mounted there. Fails the test unless
+    TMPDIR is set, is the mount path of a writable volume mount, and that volume is an emptyDir
+    with a size limit: on a read-only root filesystem nothing else can hold the files."""
+    pod = k8s("Deployment", manifest)["spec"]["template"]["spec"]
+    container = deployment_container(manifest)
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert env.get("TMPDIR"), f"{manifest}: TMPDIR is not set, and the root filesystem is read-only"
+    mounts = [
+        m
+        for m in container.get("volumeMounts", [])
+        if m["mountPath"].rstrip("/") == env["TMPDIR"].rstrip("/")
+    ]
+    assert len(mounts) == 1, f"{manifest}: no volume is mounted at TMPDIR={env['TMPDIR']}"
+    (mount,) = mounts
+    assert not mount.get("readOnly") and "subPath" not in mount, mount
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert "emptyDir" in volume, f"{manifest}: TMPDIR's volume {volume['name']} is not an emptyDir"
+    assert volume["emptyDir"].get("sizeLimit"), f"{manifest}: TMPDIR's emptyDir has no sizeLimit"
+    return env["TMPDIR"], volume["emptyDir"]
+
+
+def test_workers_metrics_get_a_writable_tmpdir_on_the_read_only_root() -> None:
+    """authsvc with --metrics-listen and more than one worker creates its workers' metrics
+    directory in TMPDIR (prometheus_client multiprocess mode). The container's root is read-only,
+    so TMPDIR must name a writable emptyDir; required whatever --workers says, since its default
+    may be more than one (all usable cores). In memory, the volume counts against the memory
+    limit: its sizeLimit must leave most of the limit to the process."""
+    container = deployment_container()
+    args = parse("authsvc", container["args"], {})
+    assert args.metrics_listen is not None and hasattr(args, "workers")
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    path, empty_dir = tmpdir_volume(AUTHSVC_K8S)
+    assert path == TMPDIR
+    if empty_dir.get("medium") == "Memory":
+        limit = container["resources"]["limits"]["memory"]
+        assert _mebibytes(empty_dir["sizeLimit"]) * 8 <= _mebibytes(limit), (empty_dir, limit)
+    # and the compose file, read-only too, would need the same once it serves metrics
+    compose_auth = compose()["services"]["authsvc"]
+    if parse("authsvc", compose_auth["command"], {}).metrics_listen is not None:
+        assert compose_auth.get("environment", {}).get("TMPDIR") in compose_auth.get("tmpfs", [])
+
+
+def _mebibytes(quantity: str) -> float:
+    number, unit = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi)", quantity).groups()  # type: ignore[union-attr]
+    return float(number) * {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}[unit]
+
+
 def k8s_secret(name: str = "authsvc") -> dict[str, Any]:
     (doc,) = [d for d in load_all("k8s/secret.example.yaml") if d["metadata"]["name"] == name]
     assert doc["kind"] == "Secret"
@@ -254,7 +307,7 @@ def test_the_deployment_probes_grpc_health_and_outlasts_the_drain() -> None:
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    assert [m["mountPath"] for m in container["volumeMounts"]] == [IMAGE_DATA_DIR]
+    assert sorted(m["mountPath"] for m in container["volumeMounts"]) == sorted([IMAGE_DATA_DIR, TMPDIR])
     secret_refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
     assert set(secret_refs) == {"AUTHSVC_KEK", "AUTHSVC_DATABASE_URL"}
     assert {r["key"] for r in secret_refs.values()} == set(k8s_secret()["stringData"])
@@ -517,3 +570,76 @@ def http_status(url: str) -> int:
             return int(answer.status)
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("workers", [None, "2"], ids=["default-workers", "two-workers"])
+def test_the_manifest_start_up_keeps_its_metrics_in_the_tmpdir_volume(
+    tmp_path: Path, pg_url: str, workers: str | None
+) -> None:
+    """authsvc.yaml's own command line and environment (AUTHSVC_WORKERS as an operator would add
+    it, or the default), on PostgreSQL, with a directory standing in for the TMPDIR emptyDir: it
+    serves /livez and /readyz, keeps the workers' metrics files in that directory and nowhere
+    else, and leaves it empty after SIGTERM."""
+    container = deployment_container()
+    volume = tmp_path / "tmp-volume"  # the emptyDir at TMPDIR
+    volume.mkdir()
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "HOME": str(tmp_path / "no-home"),
+        **{e["name"]: e["value"] for e in container["env"] if "value" in e},
+        "AUTHSVC_KEK": secrets.token_hex(32),
+        "AUTHSVC_DATABASE_URL": pg_url,
+        "AUTHSVC_DATA_DIR": str(tmp_path / "data"),
+    }
+    assert env["TMPDIR"] == TMPDIR
+    env["TMPDIR"] = str(volume)
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    if workers is not None:
+        env["AUTHSVC_WORKERS"] = workers
+    ports: dict[str, int] = {}
+
+    def fixed_port(match: re.Match[str]) -> str:  # workers share fixed ports: never port 0
+        ports[match.group(1)] = _free_port()
+        return f"127.0.0.1:{ports[match.group(1)]}"
+
+    argv = [re.sub(r"^0\.0\.0\.0:(\d+)$", fixed_port, a) for a in container["args"]]
+    management = ports[parse("authsvc", container["args"], {}).metrics_listen.rpartition(":")[2]]
+    log = tmp_path / "serve.log"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(["authsvc", *argv], env=env, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 60
+
+        def counters() -> int:
+            return len(list(volume.glob("authsvc-metrics-*/counter_*.db")))
+
+        # ready, and (two workers) each worker's counters in the volume
+        while http_status_or_none(f"http://127.0.0.1:{management}/readyz") != 200 or (
+            workers == "2" and counters() < 2
+        ):
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"{counters()} counter files\n{log.read_text()}"
+            time.sleep(0.2)
+        assert http_status(f"http://127.0.0.1:{management}/livez") == 200
+        assert http_status(f"http://127.0.0.1:{management}/metrics") == 200
+    finally:
+        proc.terminate()
+        code = proc.wait(timeout=30)
+    assert code == 0, log.read_text()
+    assert list(volume.iterdir()) == [], "the metrics directory outlived the server"
+    assert list((tmp_path / "no-home").glob("*")) == []
+
+
+def http_status_or_none(url: str) -> int | None:
+    try:
+        return http_status(url)
+    except OSError:
+        return None

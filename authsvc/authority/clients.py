@@ -6,11 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from authsvc.core.client_keys import parse_client_jwks
 from authsvc.core.clients import (
     DEFAULT_TOKEN_TTL,
     SECRET_METHODS,
     AuthRegistration,
     Client,
+    ClientAuthMethod,
     new_client,
     validate_client_id,
 )
@@ -165,3 +167,53 @@ class ClientRegistry:
             {"client_id": updated.client_id, "grace": grace, "ended_grace": end_grace or None},
         )
         return updated, secret
+
+    def set_keys(
+        self,
+        client_id: str,
+        *,
+        jwks: str | None = None,
+        jwks_uri: str | None = None,
+        signing_algs: tuple[str, ...] | None = None,
+    ) -> Client:
+        """Replace a private_key_jwt client's keys: a JWK Set (``jwks``) or the URL it publishes
+        one at (``jwks_uri``), exactly one, checked as at registration
+        (:meth:`AuthRegistration.validated`); ``signing_algs`` None keeps the client's algorithms.
+
+        The new keys replace the old ones whole: from the moment a running server reads the
+        record again (its client-cache lifetime) an assertion signed with a key that left the set
+        is refused. Two replacements racing are a compare-and-set on the stored keys: one wins,
+        the other is refused and changes nothing. A client of another method has no keys to set
+        (:class:`InvalidRequest`).
+        """
+        client = self.get_client(client_id)
+        if client.auth_method is not ClientAuthMethod.PRIVATE_KEY_JWT:
+            raise InvalidRequest(
+                f"client {client.client_id!r} authenticates with {client.auth_method.value}: only a "
+                "private_key_jwt client has keys to set"
+            )
+        keys = AuthRegistration(
+            method=ClientAuthMethod.PRIVATE_KEY_JWT,
+            jwks=jwks,
+            jwks_uri=jwks_uri,
+            signing_algs=signing_algs or client.signing_algs or None,
+        ).validated()
+        updated = self.store.update_client_fields(
+            client.client_id,
+            {"jwks": keys.jwks, "jwks_uri": keys.jwks_uri, "signing_algs": keys.signing_algs,
+             "updated_at": self._now()},
+            expect={"jwks": client.jwks, "jwks_uri": client.jwks_uri},
+        )  # fmt: skip
+        if updated is None:
+            self.get_client(client.client_id)  # NotFound if it was deleted meanwhile
+            raise InvalidRequest(
+                f"client {client.client_id!r} was given other keys meanwhile; nothing changed, run again"
+            )
+        audit(
+            "client.keys_set",
+            {"client_id": updated.client_id, "keys_from": "jwks" if keys.jwks is not None else "jwks_uri",
+             "kids": None if keys.jwks is None else [k[:64] for k in parse_client_jwks(keys.jwks)[0].keys],
+             "jwks_uri": None if keys.jwks_uri is None else keys.jwks_uri.partition("?")[0],
+             "signing_algs": list(updated.signing_algs)},
+        )  # fmt: skip
+        return updated

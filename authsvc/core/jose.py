@@ -10,22 +10,19 @@ caller re-raises as what it means in its place.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
-import re
 from typing import Any
 
 from authsvc.core.errors import InvalidToken
 
 __all__ = ["b64url_decode_strict", "split_compact", "strict_json_object"]
 
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
-
-
 # The characters that may end a canonical segment whose length leaves 4 or 2 unused bits.
 _ENDS_AFTER_2_CHARS = frozenset("AQgw")
 _ENDS_AFTER_3_CHARS = frozenset("AEIMQUYcgkosw048")
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
+_PADDING = (b"", b"", b"==", b"=")  # by the segment's length modulo 4 (1 is refused before)
 
 
 def b64url_decode_strict(segment: str) -> bytes:
@@ -33,14 +30,20 @@ def b64url_decode_strict(segment: str) -> bytes:
     (so that one byte string has exactly one accepted encoding)."""
     tail = len(segment) % 4
     if (
-        not _B64URL.fullmatch(segment)
+        not segment.isascii()
+        or "+" in segment  # the standard alphabet's two characters, and padding, are not base64url
+        or "/" in segment
+        or "=" in segment
         or tail == 1
         or (tail == 2 and segment[-1] not in _ENDS_AFTER_2_CHARS)
         or (tail == 3 and segment[-1] not in _ENDS_AFTER_3_CHARS)
     ):
         raise InvalidToken("the token is not canonical base64url")
+    # strict binascii refuses every other character outside the (translated) alphabet, whitespace
+    # included: three substring scans and one C call instead of a regex and base64's Python layers
     try:
-        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        standard = segment.encode("ascii").translate(_TO_STANDARD) + _PADDING[tail]
+        return binascii.a2b_base64(standard, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidToken("the token is not canonical base64url") from exc
 
@@ -54,11 +57,11 @@ def split_compact(token: str) -> tuple[str, str, str]:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise InvalidToken("the token's JSON repeats a member")
-        obj[key] = value
+    # a dict keeps one entry per distinct key: it is shorter than the pairs exactly when a member
+    # is repeated (built in C, rather than a Python loop over the members)
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise InvalidToken("the token's JSON repeats a member")
     return obj
 
 

@@ -15,7 +15,8 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypedDict
@@ -35,12 +36,14 @@ __all__ = [
     "RSA_EXPONENT",
     "KeyEncryptionKey",
     "KeyEncryptionKeys",
+    "KeyFactory",
     "KeyState",
     "PublicJwk",
     "SigningKey",
     "b64url",
     "generate_rsa_key",
     "jwks_json",
+    "key_factory",
     "private_key_aad",
     "public_jwk",
     "rfc7638_thumbprint",
@@ -115,11 +118,46 @@ def public_jwk(public_key: rsa.RSAPublicKey) -> PublicJwk:
     )
 
 
+KeyFactory = Callable[[int], rsa.RSAPrivateKey]
+"""Makes a new RSA private key of the given size (public exponent 65537), never one seen before."""
+
+
+def _fresh_rsa_key(bits: int) -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=RSA_EXPONENT, key_size=bits)
+
+
+_key_factory: KeyFactory = _fresh_rsa_key
+
+
 def generate_rsa_key(bits: int = DEFAULT_RSA_BITS) -> rsa.RSAPrivateKey:
-    """Generate an RSA signing key (public exponent 65537). Refuses fewer than 2048 bits."""
+    """Generate an RSA signing key (public exponent 65537). Refuses fewer than 2048 bits.
+
+    Every key the service generates comes from here: fresh from the operating system's random
+    source, unless a test has put another factory in place with :func:`key_factory`.
+    """
     if bits < MIN_RSA_BITS:
         raise ValueError(f"RSA signing keys need at least {MIN_RSA_BITS} bits")
-    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    key = _key_factory(bits)
+    if key.key_size != bits or key.public_key().public_numbers().e != RSA_EXPONENT:
+        raise ValueError(f"the key factory made a key other than RSA-{bits} with exponent {RSA_EXPONENT}")
+    return key
+
+
+@contextmanager
+def key_factory(factory: KeyFactory) -> Iterator[None]:
+    """Within the block, :func:`generate_rsa_key` takes its keys from ``factory`` (process-wide).
+
+    A seam for tests only: generating an RSA-2048 key costs tens to hundreds of milliseconds of
+    CPU, and a test run makes hundreds, so the tests hand out keys generated once, each at most
+    once (tests/keypool.py). No flag, setting or environment variable reaches this function, and
+    nothing in the service calls it: a running service always generates fresh keys.
+    """
+    global _key_factory  # noqa: PLW0603 - the one seam; restored on exit
+    previous, _key_factory = _key_factory, factory
+    try:
+        yield
+    finally:
+        _key_factory = previous
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +264,11 @@ class KeyEncryptionKey:
 
     def unwrap_private_key(self, blob: bytes, *, kid: str) -> rsa.RSAPrivateKey:
         der = self.unwrap(blob, aad=private_key_aad(kid))
-        private_key = serialization.load_der_private_key(der, password=None)
+        # The DER opened under the AEAD tag, bound to its kid: these are the bytes this service
+        # wrote after making the key (cryptography's generator) or importing it (keys import loads
+        # it with full validation). Validating the RSA private key again (~40 ms, the bulk of a
+        # server's start-up) proves nothing more; a forged or altered blob never gets here.
+        private_key = serialization.load_der_private_key(der, password=None, unsafe_skip_rsa_key_validation=True)
         if not isinstance(private_key, rsa.RSAPrivateKey):
             raise ConfigurationError("a stored signing key is not an RSA key")
         if rfc7638_thumbprint(private_key.public_key()) != kid:

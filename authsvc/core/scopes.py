@@ -20,6 +20,9 @@ MAX_SCOPE_LENGTH = 2048
 """Longest scope string accepted, in characters."""
 
 _SCOPE_TOKEN = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
+# the whole §3.3 grammar in one match: tokens separated by exactly one space (no backtracking:
+# a space can only end a token)
+_SCOPE_STRING = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+(?: [\x21\x23-\x5b\x5d-\x7e]+)*")
 
 
 def validate_scope_token(token: str) -> str:
@@ -40,10 +43,12 @@ def parse_scope(scope: str) -> tuple[str, ...]:
     if len(scope) > MAX_SCOPE_LENGTH:
         raise InvalidScope(f"scope is longer than {MAX_SCOPE_LENGTH} characters")
     tokens = scope.split(" ")
-    for token in tokens:
-        if token == "":
-            raise InvalidScope("scope tokens are separated by exactly one space")
-        validate_scope_token(token)
+    if _SCOPE_STRING.fullmatch(scope) is None:  # refused: say which token is wrong, and how
+        for token in tokens:
+            if token == "":
+                raise InvalidScope("scope tokens are separated by exactly one space")
+            validate_scope_token(token)
+        raise InvalidScope("the scope is malformed")  # never reached: the two checks agree
     return tuple(dict.fromkeys(tokens))
 
 

@@ -189,6 +189,7 @@ class AssertionStore(Protocol):
 
 UPDATABLE_CLIENT_FIELDS = frozenset(
     {"enabled", "secret_hash", "updated_at", "previous_secret_hash", "previous_secret_expires_at"}
+    | {"jwks", "jwks_uri", "signing_algs"}  # a private_key_jwt client's keys (clients set-keys)
 )
 """The columns :meth:`ClientStore.update_client_fields` may change (or compare)."""
 

@@ -101,6 +101,15 @@ def _client_from_row(row: Sequence[Any]) -> Client:
     )
 
 
+def _column_value(name: str, value: object) -> object:
+    """A value of :meth:`SqlStore.update_client_fields` as its column holds it."""
+    if name == "enabled":
+        return bool(value)
+    if name == "signing_algs" and isinstance(value, tuple | list):
+        return json.dumps(list(value))
+    return value
+
+
 def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -206,7 +215,7 @@ class SqlStore:
             raise ValueError(f"cannot update client fields {sorted(unknown) or '(none)'}")
         names = sorted(fields)  # column names come from the fixed set, never from a caller
         assignments = ", ".join(f"{name} = ?" for name in names)
-        values = [bool(fields[n]) if n == "enabled" else fields[n] for n in names]
+        values = [_column_value(n, fields[n]) for n in names]
         conditions = ["client_id = ?"]
         condition_values: list[object] = [client_id]
         for name in sorted(expect):
@@ -214,7 +223,7 @@ class SqlStore:
                 conditions.append(f"{name} IS NULL")
             else:
                 conditions.append(f"{name} = ?")
-                condition_values.append(bool(expect[name]) if name == "enabled" else expect[name])
+                condition_values.append(_column_value(name, expect[name]))
         with self._write() as conn:
             cur = self._exec(
                 conn,

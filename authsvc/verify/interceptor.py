@@ -33,12 +33,13 @@ from authsvc.core.errors import AccessDenied, OAuthError
 from authsvc.logsafe import LogRateLimiter
 from authsvc.status import status_for
 from authsvc.verify.binding import DEFER_BINDING, check_grpc_binding
+from authsvc.verify.jwks import WouldBlock
 from authsvc.verify.policy import MethodPolicy, Public
 from authsvc.verify.principal import (
     _PRINCIPAL,
     bearer_token,
     current_principal,
-    verify_on_event_loop,
+    verify_after_fetch,
     verify_token,
 )
 from authsvc.verify.verifier import Principal, TokenVerifier
@@ -81,7 +82,9 @@ class _Base:
         )
         if principal.certificate_thumbprint is not None:
             return _authorize_bound(principal, required, context)
-        return _scoped(principal, required)
+        if not principal.scopes.issuperset(required):
+            TokenVerifier.require_scopes(principal, required)  # raises, naming the scopes
+        return principal
 
     @staticmethod
     def refusal(method: str, exc: OAuthError) -> grpc.Status:
@@ -139,6 +142,13 @@ def _principal_context(principal: Principal | None) -> contextvars.Context:
     return ctx
 
 
+def _call_as(principal: Principal | None, behavior: Callable[..., Any], request: Any, context: Any) -> Any:
+    """``behavior(request, context)`` with :func:`current_principal` returning ``principal``; run
+    in a copy of the thread's context, so that nothing of this call stays with the thread."""
+    _PRINCIPAL.set(principal)
+    return behavior(request, context)
+
+
 def _bind_sync(
     behavior: Callable[..., Any],
     authorize: Callable[[Any], Principal | None],
@@ -150,7 +160,8 @@ def _bind_sync(
     if not streaming:
 
         def unary(request: Any, servicer_context: grpc.ServicerContext) -> Any:
-            return _principal_context(authorize(servicer_context)).run(behavior, request, servicer_context)
+            principal = authorize(servicer_context)
+            return contextvars.copy_context().run(_call_as, principal, behavior, request, servicer_context)
 
         return unary
 
@@ -169,7 +180,10 @@ def _bind_sync(
 
 class AuthInterceptor(grpc.ServerInterceptor):
     """Token verification for ``grpc.server``. ``policy`` overrides or replaces the proto options:
-    ``{"/pkg.Service/Method": ["scope:a"], "/pkg.Service/Ping": PUBLIC}``."""
+    ``{"/pkg.Service/Method": ["scope:a"], "/pkg.Service/Ping": PUBLIC}``.
+
+    The token is read from the call's own metadata (``context.invocation_metadata()``, what the
+    client sent, as the handler sees it), in the worker thread."""
 
     def __init__(
         self,
@@ -177,36 +191,49 @@ class AuthInterceptor(grpc.ServerInterceptor):
         policy: Mapping[str, Sequence[str] | Public] | MethodPolicy | None = None,
     ) -> None:
         self._base = _Base(verifier, policy)
+        self._guarded: dict[tuple[int, str], tuple[_Handler, _Handler]] = {}
 
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], _Handler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> _Handler | None:
-        # grpcio calls this on its one dispatch thread, holding the server's lock: only the policy
-        # lookup (a dict hit) runs here. The token is verified by the wrapped handler, on the
-        # worker thread, where a key fetch stalls one call and not the whole server.
+        # grpcio calls this on its one dispatch thread, holding the server's lock: only a dict hit
+        # runs here (the guarded handler of this method, built once). The token is verified by the
+        # guarded handler, on the worker thread, where a key fetch stalls one call and not the
+        # whole server, and where a switch of the GIL holds up no other call.
         handler = continuation(handler_call_details)
         if handler is None:
             return None
         method = handler_call_details.method
+        key = (id(handler), method)
+        known = self._guarded.get(key)
+        if known is not None and known[0] is handler:
+            return known[1]
+        guarded = self._guard(handler, method)
+        if len(self._guarded) < 10_000:  # one per method in practice; method names come from the wire
+            self._guarded[key] = (handler, guarded)  # holding handler keeps its id from being reused
+        return guarded
+
+    def _guard(self, handler: _Handler, method: str) -> _Handler:
+        """``handler`` as the policy of ``method`` has it: as it is (public), refusing every call (no
+        policy), or verifying each call's own token (``context.invocation_metadata()``, what the
+        client sent) and scopes before it runs."""
         rule = self._base.policy.rule(method)
         if isinstance(rule, Public):
             return handler
         if rule is None:
-            status = _Base.refusal(method, _NO_POLICY)
 
             def deny(request: Any, context: grpc.ServicerContext) -> Any:
-                context.abort_with_status(status)
+                context.abort_with_status(_Base.refusal(method, _NO_POLICY))
 
             return _rebuild(handler, deny)
         required = rule
-        metadata = handler_call_details.invocation_metadata
         base = self._base
 
         def authorize(context: grpc.ServicerContext) -> Principal:
             try:
-                return base.principal(method, required, metadata, context)
+                return base.principal(method, required, context.invocation_metadata(), context)
             except OAuthError as exc:
                 context.abort_with_status(_Base.refusal(method, exc))
                 raise AssertionError("unreachable") from exc  # abort_with_status raises
@@ -217,7 +244,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
 class AioAuthInterceptor(grpc.aio.ServerInterceptor):
     """Token verification for ``grpc.aio.server``; same rules as :class:`AuthInterceptor`.
 
-    Verification runs on the event loop (:func:`~authsvc.verify.principal.verify_on_event_loop`):
+    Verification runs on the event loop (as :func:`~authsvc.verify.principal.verify_on_event_loop`):
     a cached token costs a hash lookup, a new one one RSA verification (tens of microseconds). A
     call whose key must be fetched first (an unknown kid, at most once per cooldown) awaits that
     fetch, which runs in the key cache's own thread, for at most ``fetch_timeout``; it takes no
@@ -232,6 +259,7 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
         policy: Mapping[str, Sequence[str] | Public] | MethodPolicy | None = None,
     ) -> None:
         self._base = _Base(verifier, policy)
+        self._on_the_loop: dict[Callable[..., Any], bool] = {}
 
     async def intercept_service(
         self,
@@ -262,7 +290,7 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
             return _rebuild(
                 handler, _bound_behavior(behavior, principal, rule, method, handler.response_streaming)
             )
-        if inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior):
+        if self._runs_on_the_loop(behavior):
             # grpc.aio runs the interceptors and an async handler in the RPC's own task, whose
             # context is a copy: the variable set here reaches this RPC's handler and nothing else,
             # and the registered handler is used as it is (no wrapper per call).
@@ -271,17 +299,38 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
         # a plain function runs in an executor thread, where the task's context does not follow
         return _rebuild(handler, _bind_sync(behavior, lambda _: principal, handler.response_streaming))
 
+    def _runs_on_the_loop(self, behavior: Callable[..., Any]) -> bool:
+        """Whether grpc.aio awaits ``behavior`` in the RPC's task (a coroutine function or an async
+        generator function) rather than calling it in an executor thread; remembered per
+        behavior, as grpc's handlers are registered once (bounded all the same)."""
+        try:
+            known = self._on_the_loop.get(behavior)
+        except TypeError:  # an unhashable callable: asked every time
+            return inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
+        if known is None:
+            known = inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)
+            if len(self._on_the_loop) < 10_000:
+                self._on_the_loop[behavior] = known
+        return known
+
     async def _principal(
         self, method: str, required: Sequence[str], metadata: Iterable[tuple[str, str | bytes]] | None
     ) -> Principal:
         """The verified caller; its scopes are checked here unless its token is bound to a
-        certificate, whose check (and then the scopes') runs in the handler."""
+        certificate, whose check (and then the scopes') runs in the handler. A token whose key
+        is cached is verified at once (no coroutine of its own); only a key fetch is awaited."""
         token = bearer_token(metadata)
-        principal = await verify_on_event_loop(
-            self._base.verifier, token, where=method, peer_certificate=DEFER_BINDING
-        )
-        if principal.certificate_thumbprint is None:
-            TokenVerifier.require_scopes(principal, required)
+        verifier = self._base.verifier
+        try:
+            principal = verify_token(
+                verifier, token, block=False, where=method, peer_certificate=DEFER_BINDING
+            )
+        except WouldBlock as pending:
+            principal = await verify_after_fetch(
+                verifier, token, pending, where=method, peer_certificate=DEFER_BINDING
+            )
+        if principal.certificate_thumbprint is None and not principal.scopes.issuperset(required):
+            TokenVerifier.require_scopes(principal, required)  # raises, naming the scopes
         return principal
 
 

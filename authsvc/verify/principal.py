@@ -31,6 +31,7 @@ __all__ = [
     "bound_principal",
     "current_principal",
     "http_bearer_token",
+    "verify_after_fetch",
     "verify_on_event_loop",
     "verify_token",
 ]
@@ -90,18 +91,28 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     """RFC 6750 §2.1 in gRPC metadata: the token of exactly one ``authorization: Bearer <token>``
     entry: ``credentials = "Bearer" 1*SP b64token``. The scheme is case-insensitive; one or more
     spaces separate it from the token, which has none itself. Raises InvalidToken otherwise."""
-    values = [value for key, value in (metadata or ()) if key == "authorization"]
-    if not values:
+    value: str | bytes | None = None
+    for key, entry in metadata or ():
+        if key == "authorization":
+            if value is not None:
+                raise InvalidToken("more than one authorization metadata entry")
+            value = entry
+    if value is None:
         raise InvalidToken("no access token: send metadata authorization: Bearer <token>")
-    if len(values) > 1:
-        raise InvalidToken("more than one authorization metadata entry")
-    value = values[0]
     if isinstance(value, bytes):
         raise InvalidToken("the authorization metadata entry is malformed")
-    token = _token_of(value, "authorization metadata entry")
-    if token is None:
+    # the common spelling, "Bearer " and a token without spaces, is what _token_of finds too
+    if (
+        value.startswith("Bearer ")
+        and len(value) <= MAX_TOKEN_BYTES + _SCHEME_AND_SPACE
+        and (token := value[_SCHEME_AND_SPACE:])
+        and " " not in token
+    ):
+        return token
+    found = _token_of(value, "authorization metadata entry")
+    if found is None:
         raise InvalidToken("the authorization metadata entry is not a Bearer token")
-    return token
+    return found
 
 
 def http_bearer_token(authorization: Sequence[str]) -> str | None:
@@ -175,9 +186,26 @@ async def verify_on_event_loop(
     try:
         return verify_token(verifier, token, block=False, where=where, peer_certificate=peer_certificate)
     except WouldBlock as pending:
-        fetched = asyncio.shield(asyncio.wrap_future(pending.future))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(fetched, verifier.keys.fetch_timeout)
+        return await verify_after_fetch(
+            verifier, token, pending, where=where, peer_certificate=peer_certificate
+        )
+
+
+async def verify_after_fetch(
+    verifier: TokenVerifier,
+    token: str,
+    pending: WouldBlock,
+    *,
+    where: str = "",
+    peer_certificate: bytes | DeferBinding | None = None,
+) -> Principal:
+    """The rest of :func:`verify_on_event_loop` once ``verify_token(..., block=False)`` raised
+    ``pending``: await its fetch (shielded, bounded), then decide with what it brought, never
+    waiting twice. For an edge that tries the synchronous verification itself first, so that a
+    token whose key is cached costs no coroutine."""
+    fetched = asyncio.shield(asyncio.wrap_future(pending.future))
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(fetched, verifier.keys.fetch_timeout)
     try:
         return verify_token(verifier, token, block=False, where=where, peer_certificate=peer_certificate)
     except WouldBlock as exc:

@@ -2,7 +2,9 @@
 
 The SDK fetches the access token, caches it, refreshes it before it expires and attaches it to
 every call; this program never touches a token. Configuration comes from flags or the
-environment, the secret from the environment or a file, never from the command line or code.
+environment, the secret from the environment or a file, never from the command line or code. A
+client registered with ``--auth-method private_key_jwt`` gives its private key's file instead
+(``--private-key``): the SDK signs a fresh assertion for every token request, and no secret exists.
 
 Before its first call it waits (``--wait``, 30 s by default) until the TokenService and the
 PaymentService both report SERVING on the standard gRPC health service, so that it can be started
@@ -18,7 +20,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -26,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from authsvc.client import (
     ClientCredentials,
+    PrivateKeyJwtCredentials,
     TokenFetchError,
     authorized_channel,
     insecure_loopback_channel,
@@ -47,7 +50,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="merchant.py",
         description="Pay, read back and partly refund a payment through the PaymentService. The secret "
-        "comes from AUTHSVC_CLIENT_SECRET or the file named by AUTHSVC_CLIENT_SECRET_FILE.",
+        "comes from AUTHSVC_CLIENT_SECRET or the file named by AUTHSVC_CLIENT_SECRET_FILE; a "
+        "private_key_jwt client gives --private-key instead, and has no secret.",
     )
     p.add_argument(
         "--token-service",
@@ -83,6 +87,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--key",
         default=env.get("AUTHSVC_CLIENT_KEY"),
         help="PEM private key of --cert [env AUTHSVC_CLIENT_KEY]",
+    )
+    p.add_argument(
+        "--private-key",
+        default=env.get("AUTHSVC_PRIVATE_KEY_FILE"),
+        metavar="PEM",
+        help="private_key_jwt (RFC 7523): the client's private key, a PEM file (RSA of 2048 bits or more, "
+        "or EC P-256, unencrypted), whose public half the client was registered with; the SDK signs a "
+        "fresh assertion per token request with it, and no secret is read "
+        "[env AUTHSVC_PRIVATE_KEY_FILE]",
+    )
+    p.add_argument(
+        "--key-id",
+        default=env.get("AUTHSVC_KEY_ID"),
+        metavar="KID",
+        help="private_key_jwt: the kid of that key in the registered JWK Set (needed when it holds "
+        "several) [env AUTHSVC_KEY_ID]",
+    )
+    p.add_argument(
+        "--signing-alg",
+        default=env.get("AUTHSVC_SIGNING_ALG"),
+        choices=["RS256", "PS256", "ES256"],
+        help="private_key_jwt: one the client was registered with (--signing-alg) "
+        "[env AUTHSVC_SIGNING_ALG; default RS256 for an RSA key, ES256 for an EC key]",
+    )
+    p.add_argument(
+        "--issuer",
+        default=env.get("AUTHSVC_ISSUER", "https://authsvc.local"),
+        help="private_key_jwt: the TokenService's issuer identifier (authsvc serve --issuer), the "
+        "assertions' audience [env AUTHSVC_ISSUER; default https://authsvc.local, serve's default]",
     )
     p.add_argument(
         "--wait",
@@ -140,6 +173,32 @@ def read_client_tls(cert: str | None, key: str | None) -> ClientTls | None:
     if cert is None or key is None:
         raise ValueError("--cert and --key go together (AUTHSVC_CLIENT_CERT, AUTHSVC_CLIENT_KEY)")
     return ClientTls(Path(cert).read_bytes(), Path(key).read_bytes())
+
+
+def client_authentication(
+    args: argparse.Namespace, env: Mapping[str, str]
+) -> tuple[str | None, PrivateKeyJwtCredentials | None]:
+    """The client's secret, or its private_key_jwt signer (``--private-key``): exactly one.
+    ValueError (or OSError for a file) saying what is wrong, never what a file holds."""
+    has_secret = bool(env.get("AUTHSVC_CLIENT_SECRET") or env.get("AUTHSVC_CLIENT_SECRET_FILE"))
+    if args.private_key is None:
+        if args.key_id is not None or args.signing_alg is not None:
+            raise ValueError("--key-id and --signing-alg go with --private-key (AUTHSVC_PRIVATE_KEY_FILE)")
+        if not has_secret:
+            raise ValueError(
+                "no client secret: set AUTHSVC_CLIENT_SECRET or AUTHSVC_CLIENT_SECRET_FILE, or give a "
+                "private_key_jwt client's key with --private-key (AUTHSVC_PRIVATE_KEY_FILE)"
+            )
+        return read_secret(env=env), None
+    if has_secret:
+        raise ValueError(
+            "a client authenticates one way: --private-key (private_key_jwt) or a secret "
+            "(AUTHSVC_CLIENT_SECRET, AUTHSVC_CLIENT_SECRET_FILE), not both"
+        )
+    signer = PrivateKeyJwtCredentials.from_pem_file(
+        args.private_key, issuer=args.issuer, kid=args.key_id, alg=args.signing_alg
+    )
+    return None, signer
 
 
 def health_channel(target: str, ca: bytes | None, client_tls: ClientTls | None = None) -> grpc.Channel:
@@ -209,9 +268,12 @@ def wait_for_services(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        secret = read_secret(env=os.environ)
-    except (ValueError, OSError) as exc:
+        secret, signer = client_authentication(args, os.environ)
+    except ValueError as exc:
         print(f"merchant: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"merchant: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr)
         return 2
     try:
         ca = Path(args.ca).read_bytes() if args.ca else None
@@ -231,11 +293,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"merchant: {not_ready}", file=sys.stderr)
         return 1
     # the SDK dials the TokenService itself: TLS to any host but loopback and unix:, so the
-    # client secret never crosses a network in plaintext
+    # client secret (or an assertion) never crosses a network in plaintext
     creds = ClientCredentials.for_target(
         args.token_service,
         client_id=args.client_id,
         client_secret=secret,
+        private_key_jwt=signer,
         scopes=SCOPES,
         audience=["payments"],
         root_certificates=ca,

@@ -26,6 +26,7 @@ from authsvc.core.ports import SystemRandom
 from authsvc.store.base import StaleKek, Store, StoredKey
 from authsvc.store.sqlite import SQLiteStore
 from tests.core.fakes import FrozenClock
+from tests.keypool import rsa_key as pooled_rsa_key
 from tests.store.contract import STORE_KINDS, open_store
 
 KEK = KeyEncryptionKey(b"\x11" * 32)
@@ -64,7 +65,7 @@ def authority(store: Store, clock: FrozenClock) -> Authority:
 @pytest.fixture(scope="module")
 def rsa_key() -> rsa.RSAPrivateKey:
     """One operator key, imported into a fresh store by each test that needs it."""
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return pooled_rsa_key()
 
 
 def states(authority: Authority) -> dict[str, str]:

@@ -1,22 +1,29 @@
-"""What AioAuthInterceptor costs: one trivial unary method served with and without it, in one run.
+"""What the auth interceptors cost: one trivial unary method served with and without them, on a sync
+``grpc.server`` and on ``grpc.aio.server``, in one run.
 
 Run as ``.venv/bin/python tests/bench/bench_interceptor.py`` (``make bench``). In one run it:
 
-1. generates an RSA-2048 key, writes its JWKS to a temporary file and signs one access token (scope
+1. generates an RSA-2048 key, writes its JWKS to a temporary file and signs access tokens (scope
    ``bench``) with :class:`~authsvc.core.tokens.TokenSigner`;
-2. starts three ``grpc.aio`` server processes of this same script (``--serve MODE``), each serving
-   ``/bench.v1.Bench/Ping`` through a generic handler that returns a fixed 16-byte message:
-   ``plain`` without an interceptor, ``cached`` with :class:`~authsvc.verify.AioAuthInterceptor` over a
-   :class:`~authsvc.verify.TokenVerifier` with its default verified-token cache, ``uncached`` the same with
-   ``cache_size=0`` (every call verifies fully: the cost of a fresh token on every call);
+2. starts six server processes of this same script (``--serve KIND/MODE``), each serving
+   ``/bench.v1.Bench/Ping`` through a generic handler that returns a fixed 16-byte message, for KIND
+   ``sync`` (``grpc.server`` with :class:`~authsvc.verify.AuthInterceptor`, a plain-function handler) and
+   ``aio`` (``grpc.aio.server`` with :class:`~authsvc.verify.AioAuthInterceptor`, a coroutine handler),
+   and MODE ``plain`` (no interceptor), ``cached`` (the interceptor over a
+   :class:`~authsvc.verify.TokenVerifier` with its default verified-token cache: one repeated token) and
+   ``fresh`` (the same with ``cache_size=0``: every call verifies fully, as a token never seen before);
 3. checks each server with a real gRPC client (the token passes; a tampered, a scope-less and a missing
    token are refused where an interceptor is installed);
-4. measures in-process, in microseconds per call: ``verifier.verify(token)`` with ``cache_size=0`` and
-   with the cache, the raw RSA-2048 ``public_key.verify`` of the same token's signature, and the whole
-   ``intercept_service`` with either verifier;
-5. drives every server with h2load (``authorization: Bearer <token>``): a tampered-token control, a
-   warm-up, then rounds that interleave the modes, checking that every response carried the message;
-6. writes its section of ``tests/bench/RESULTS.md`` and prints a summary.
+4. measures in-process, in microseconds per call: the raw RSA-2048 ``public_key.verify`` of a token's
+   signature, ``verifier.verify`` of a fresh token (``cache_size=0``; and distinct tokens cycled
+   through a cache smaller than their number), of a cached token, and the whole interceptor per call
+   (aio ``intercept_service``; sync ``intercept_service`` plus the wrapped handler);
+5. drives every server with h2load (``authorization: Bearer <token>``): tampered-token controls, a
+   warm-up, then rounds that interleave the six servers, checking that every response carried the
+   message;
+6. profiles the two ``cached`` servers under the same load with py-spy (``--gil``: where the thread
+   holding the GIL is, i.e. where the server's Python time goes), when py-spy can attach;
+7. writes its section of ``tests/bench/RESULTS.md`` and prints a summary.
 
 Servers are stopped with SIGTERM (and waited for) even when a step fails.
 """
@@ -26,19 +33,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import hashlib
 import os
+import re
 import secrets
 import shlex
+import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent import futures
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives import hashes
@@ -48,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script:
 
 from authsvc.core.keys import KeyState, SigningKey, generate_rsa_key, jwks_json
 from authsvc.core.tokens import AccessTokenClaims, TokenSigner
-from authsvc.verify import AioAuthInterceptor, StaticJwksSource, TokenVerifier
+from authsvc.verify import AioAuthInterceptor, AuthInterceptor, StaticJwksSource, TokenVerifier
 from tests.bench import common
 from tests.bench.common import BenchError, Environment, H2Run, ServerProcess, grpc_frame
 
@@ -66,51 +80,69 @@ GRPC_PATH = f"/{SERVICE}/{METHOD}"
 POLICY = {GRPC_PATH: [SCOPE]}
 PAYLOAD = b"authsvc-bench-ok"  # the raw response message (bytes passthrough): 16 bytes
 FRAME = len(grpc_frame(PAYLOAD))  # what h2load must count as response data per successful call
-MODES = ("plain", "cached", "uncached")
-AUTH_MODES = ("cached", "uncached")
-TARGET_RATIO = 0.90
+KINDS = ("sync", "aio")
+MODES = ("plain", "cached", "fresh")
+AUTH_MODES = ("cached", "fresh")
+SERVERS = tuple(f"{kind}/{mode}" for kind in KINDS for mode in MODES)
+TARGET_CACHED = 0.95  # issue 14 goal 1: cached / plain, both kinds
+TARGET_FRESH = 0.85  # issue 14 goal 2: fresh / plain over gRPC
+TARGET_VERIFY = 1.5  # issue 14 goal 2: full verification / raw RSA verify, in process
+SYNC_WORKERS = 8  # the sync server's thread pool
 
-CONNECTIONS, STREAMS = 8, 8  # h2load -c, -m
-WARMUP_REQUESTS = 4000
-# Each round runs every mode once, the order rotated by one per round. After MIN_ROUNDS, rounds go on while
-# a mode has no quiet run (other processes below NOISY_CORES), up to MAX_ROUNDS or ROUNDS_SECONDS.
-MIN_ROUNDS, MAX_ROUNDS, ROUNDS_SECONDS = 4, 8, 70.0
-MEASURE_SECONDS = 4.0  # each measured run gets -n sized from its mode's warm-up rate to last about this long
+CONNECTIONS, STREAMS = 16, 4  # h2load -c, -m
+WARMUP_REQUESTS = 3000
+# Each round runs every server once, the order rotated by one per round. After MIN_ROUNDS, rounds go on
+# while a server has no quiet run (other processes below NOISY_CORES), up to MAX_ROUNDS or ROUNDS_SECONDS.
+MIN_ROUNDS, MAX_ROUNDS, ROUNDS_SECONDS = 4, 6, 95.0
+MEASURE_SECONDS = 3.0  # each measured run gets -n sized from its server's warm-up rate to last about this
 MIN_REQUESTS, MAX_REQUESTS = 2000, 100_000
 NEGATIVE_REQUESTS = 200
 FRAME_TOLERANCE = 0.0  # every call answers exactly one FRAME-byte message; a refusal answers none
 NOISY_CORES = 0.2  # other processes using more CPU than this during a counted run make the figures suspect
-MICRO_BATCHES = 11  # in-process timings: batches of each function, interleaved; the fastest batch counts
-MICRO_BATCH_SECONDS = 0.1
+MICRO_BATCHES = 9  # in-process timings: batches of each function, interleaved; the fastest batch counts
+MICRO_BATCH_SECONDS = 0.08
+DISTINCT_TOKENS, DISTINCT_CACHE = 512, 64  # the in-process 'fresh, distinct' case: every call a miss
+PROFILE_SECONDS, PROFILE_RATE, PROFILE_TOP = 5, 200, 12
 
 
-# -- the server (``--serve MODE``) ---------------------------------------------------------------
+# -- the servers (``--serve KIND/MODE``) ---------------------------------------------------------
 
 
-async def ping(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
-    """The trivial handler: whatever the request, the fixed message."""
+async def aio_ping(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+    """The trivial aio handler: whatever the request, the fixed message."""
     return PAYLOAD
 
 
-def make_verifier(jwks: str, mode: str) -> TokenVerifier:
+ping = aio_ping  # bench_scale.py serves the same handler
+
+
+def sync_ping(request: bytes, context: grpc.ServicerContext) -> bytes:
+    """The trivial sync handler: whatever the request, the fixed message."""
+    return PAYLOAD
+
+
+def make_verifier(jwks: str, mode: str, cache_size: int | None = None) -> TokenVerifier:
     source = StaticJwksSource(jwks)
-    if mode == "uncached":
-        return TokenVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=source, cache_size=0)
-    return TokenVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=source)
+    size = cache_size if cache_size is not None else 0 if mode == "fresh" else 10_000
+    verifier = TokenVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=source, cache_size=size)
+    if not verifier.keys.refresh():  # so that the first call does not pay for the fetch
+        raise SystemExit("bad JWKS")
+    return verifier
 
 
-async def serve(mode: str, port: int, jwks_path: Path) -> None:
+def _generic_handler(behavior: Callable[..., Any]) -> grpc.GenericRpcHandler:
+    handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
+        behavior
+    )  # no (de)serializers: bytes in, bytes out
+    return grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler})
+
+
+async def serve_aio(mode: str, port: int, jwks: str) -> None:
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if mode != "plain":
-        verifier = make_verifier(jwks_path.read_text(encoding="utf-8"), mode)
-        if not verifier.keys.refresh():  # so that the first call does not pay for the fetch
-            raise SystemExit(f"bad JWKS in {jwks_path}")
-        interceptors.append(AioAuthInterceptor(verifier, policy=POLICY))
+        interceptors.append(AioAuthInterceptor(make_verifier(jwks, mode), policy=POLICY))
     server = grpc.aio.server(interceptors=interceptors)
-    handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(
-        ping
-    )  # no (de)serializers: bytes in, bytes out
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),))
+    server.add_generic_rpc_handlers((_generic_handler(aio_ping),))
     if server.add_insecure_port(f"127.0.0.1:{port}") != port:
         raise SystemExit(f"could not listen on 127.0.0.1:{port}")
     await server.start()
@@ -118,9 +150,29 @@ async def serve(mode: str, port: int, jwks_path: Path) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    print(f"serving {mode} on 127.0.0.1:{port} (pid {os.getpid()})", flush=True)
+    print(f"serving aio/{mode} on 127.0.0.1:{port} (pid {os.getpid()})", flush=True)
     await stop.wait()
     await server.stop(1)
+
+
+def serve_sync(mode: str, port: int, jwks: str) -> None:
+    interceptors: list[grpc.ServerInterceptor] = []
+    if mode != "plain":
+        interceptors.append(AuthInterceptor(make_verifier(jwks, mode), policy=POLICY))
+    pool = futures.ThreadPoolExecutor(max_workers=SYNC_WORKERS)
+    server = grpc.server(pool, interceptors=interceptors)
+    server.add_generic_rpc_handlers((_generic_handler(sync_ping),))
+    if server.add_insecure_port(f"127.0.0.1:{port}") != port:
+        raise SystemExit(f"could not listen on 127.0.0.1:{port}")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    server.start()
+    print(f"serving sync/{mode} on 127.0.0.1:{port} (pid {os.getpid()})", flush=True)
+    while not stop.wait(0.5):
+        pass
+    server.stop(1).wait()
+    pool.shutdown(wait=True)
 
 
 # -- driving the servers -------------------------------------------------------------------------
@@ -139,15 +191,17 @@ def ping_status(target: str, token: str | None) -> tuple[grpc.StatusCode, bytes 
 
 
 class BenchServer(ServerProcess):
-    """One ``--serve MODE`` process."""
+    """One ``--serve KIND/MODE`` process; a bare MODE is an aio server (as bench_scale.py asks)."""
 
-    def __init__(self, mode: str, jwks_path: Path, token: str, log_path: Path) -> None:
-        self.mode = mode
+    def __init__(self, name: str, jwks_path: Path, token: str, log_path: Path) -> None:
+        name = name if "/" in name else f"aio/{name}"
+        self.name = name
+        self.kind, self.mode = name.split("/")
         self.port = common.free_port()
         self.target = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.target}{GRPC_PATH}"
         self._token = token
-        options = ["--serve", mode, "--port", str(self.port), "--jwks", str(jwks_path)]
+        options = ["--serve", name, "--port", str(self.port), "--jwks", str(jwks_path)]
         self.display = shlex.join(["python", SCRIPT, *options]).replace(str(jwks_path), "$TMP/jwks.json")
         super().__init__(
             [sys.executable, str(Path(__file__).resolve()), *options], dict(os.environ), log_path, self._ready
@@ -173,7 +227,7 @@ def check_calls(server: BenchServer, token: str, bad: str, unscoped: str) -> Non
         status = grpc.StatusCode.OK if server.mode == "plain" else refused
         code, response = ping_status(server.target, sent)
         if code != status or (code == grpc.StatusCode.OK and response != PAYLOAD):
-            raise BenchError(f"{server.mode}: Ping with {name} gave {code} {response!r}, expected {status}")
+            raise BenchError(f"{server.name}: Ping with {name} gave {code} {response!r}, expected {status}")
 
 
 def h2load(server: BenchServer, workdir: Path, requests: int, token: str, redact: dict[str, str]) -> H2Run:
@@ -192,6 +246,77 @@ def h2load(server: BenchServer, workdir: Path, requests: int, token: str, redact
 
 def check_run(run: H2Run) -> H2Run:
     return common.check_run(run, FRAME, FRAME_TOLERANCE, "Ping")
+
+
+# -- the profile ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Profile:
+    """py-spy's samples of one server under load: the share of GIL-holding samples per function."""
+
+    server: str
+    samples: int
+    own: list[tuple[str, float]]  # (function, share of samples in the function itself)
+    ours: list[tuple[str, float]]  # (authsvc function, share of samples in it or what it calls)
+    note: str = ""
+
+
+_FRAME = re.compile(r"^(?P<func>.+?) \((?P<file>[^:)]+)(?::\d+)?\)$")
+
+
+def _frame_name(frame: str) -> str:
+    match = _FRAME.match(frame)
+    if match is None:
+        return frame
+    path = match.group("file")
+    for marker in ("site-packages/", "/lib/python3"):
+        if marker in path:
+            path = (
+                path.split(marker, 1)[1].split("/", 1)[-1]
+                if marker.startswith("/")
+                else path.split(marker, 1)[1]
+            )
+    return f"{match.group('func')} ({path})"
+
+
+def profile(server: BenchServer, workdir: Path, requests: int, token: str, redact: dict[str, str]) -> Profile:
+    """py-spy ``record --gil`` on ``server`` while h2load drives it (the run is checked like the others)."""
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(pyspy).exists():
+        return Profile(server.name, 0, [], [], "py-spy is not installed (pip install py-spy)")
+    out = workdir / f"profile-{server.kind}.txt"
+    cmd = [pyspy, "record", "--gil", "--nonblocking", "-r", str(PROFILE_RATE), "-d", str(PROFILE_SECONDS)]
+    cmd += ["-f", "raw", "-o", str(out), "--pid", str(server.pid)]
+    spy = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(0.5)  # attached before the load starts
+        check_run(h2load(server, workdir, requests, token, redact))
+    finally:
+        output = spy.communicate(timeout=PROFILE_SECONDS + 30)[0].decode(errors="replace")
+    if spy.returncode != 0 or not out.exists():
+        return Profile(server.name, 0, [], [], f"py-spy could not profile: {output.strip()[-200:]}")
+    own: collections.Counter[str] = collections.Counter()
+    ours: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in out.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [_frame_name(f) for f in stack.split(";")]
+        total += int(count)
+        own[frames[-1]] += int(count)
+        for name in set(frames):
+            if "(authsvc/" in name:
+                ours[name] += int(count)
+    if total == 0:
+        return Profile(server.name, 0, [], [], "py-spy took no samples")
+    return Profile(
+        server.name,
+        total,
+        [(f, c / total) for f, c in own.most_common(PROFILE_TOP)],
+        [(f, c / total) for f, c in ours.most_common(PROFILE_TOP)],
+    )
 
 
 # -- in-process timings --------------------------------------------------------------------------
@@ -223,23 +348,43 @@ class _CallDetails:
     invocation_metadata: tuple[tuple[str, str | bytes], ...]
 
 
-def micro_timings(jwks: str, token: str) -> dict[str, Micro]:
+class _SyncContext:
+    """What the sync interceptor's guarded handler uses of a ``grpc.ServicerContext`` on an accepted
+    call (the metadata, for an unbound token): enough to call it in process."""
+
+    def __init__(self, metadata: tuple[tuple[str, str | bytes], ...]) -> None:
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return self._metadata
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {}
+
+
+def micro_timings(jwks: str, token: str, distinct: list[str]) -> dict[str, Micro]:
     """Microseconds per call, timed in interleaved batches with ``time.perf_counter``:
 
     - ``raw``: the RSA-2048 verification of the token's signature (``public_key.verify``);
-    - ``full`` and ``cached``: ``verifier.verify(token)`` with ``cache_size=0`` and with the cache;
-    - ``intercept_cached`` and ``intercept_uncached``: ``AioAuthInterceptor.intercept_service`` awaited on
-      an event loop, its continuation returning the Ping handler at once: all the interceptor does per
-      call (token extraction, policy, verification, scope check, wrapping the handler)."""
-    uncached, cached = make_verifier(jwks, "uncached"), make_verifier(jwks, "cached")
+    - ``full``: ``verifier.verify(token)`` with ``cache_size=0`` (the same token every time);
+    - ``distinct``: ``verifier.verify`` of DISTINCT_TOKENS different tokens in turn through a cache of
+      DISTINCT_CACHE entries (every call a miss that inserts and evicts);
+    - ``cached``: ``verifier.verify(token)`` with the default cache;
+    - ``aio_cached``, ``aio_fresh``: ``AioAuthInterceptor.intercept_service`` awaited on an event loop, its
+      continuation returning the Ping handler at once (token extraction, policy, verification, scopes);
+    - ``sync_cached``, ``sync_fresh``: ``AuthInterceptor.intercept_service`` and the handler it returns,
+      called as the worker thread would (the verification runs there)."""
+    uncached, cached = make_verifier(jwks, "fresh"), make_verifier(jwks, "cached")
+    cycling = make_verifier(jwks, "cached", cache_size=DISTINCT_CACHE)
     for verifier in (uncached, cached):
-        if verifier.verify(token).scopes != {SCOPE}:  # also fetches the keys and fills the cache
+        if verifier.verify(token).scopes != {SCOPE}:  # also fills the cache
             raise BenchError("the bench token does not verify")
     signing_input, _, signature_b64 = token.rpartition(".")
     signature, message = _b64url_decode(signature_b64), signing_input.encode("ascii")
     public_key = uncached.keys.get(next(iter(uncached.keys.kids)))
     assert public_key is not None
     pkcs1v15, sha256 = padding.PKCS1v15(), hashes.SHA256()
+    turn = iter(range(1 << 62))
 
     def timed(call: Callable[[], object]) -> Callable[[int], float]:
         def batch(n: int) -> float:
@@ -250,14 +395,15 @@ def micro_timings(jwks: str, token: str) -> dict[str, Micro]:
 
         return batch
 
-    handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(ping)
-    details = _CallDetails(GRPC_PATH, (("authorization", f"Bearer {token}"),))
+    aio_handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(aio_ping)
+    sync_handler: grpc.RpcMethodHandler[bytes, bytes] = grpc.unary_unary_rpc_method_handler(sync_ping)
+    details = _CallDetails(GRPC_PATH, (("user-agent", "h2load"), ("authorization", f"Bearer {token}")))
     loop = asyncio.new_event_loop()
 
     async def continuation(_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes]:
-        return handler
+        return aio_handler
 
-    def intercepted(verifier: TokenVerifier) -> Callable[[int], float]:
+    def aio_intercepted(verifier: TokenVerifier) -> Callable[[int], float]:
         interceptor = AioAuthInterceptor(verifier, policy=POLICY)
 
         async def run(n: int) -> float:
@@ -271,12 +417,28 @@ def micro_timings(jwks: str, token: str) -> dict[str, Micro]:
 
         return batch
 
+    def sync_intercepted(verifier: TokenVerifier) -> Callable[[int], float]:
+        interceptor = AuthInterceptor(verifier, policy=POLICY)
+        context = _SyncContext(details.invocation_metadata)
+
+        def call() -> object:
+            handler = interceptor.intercept_service(lambda _: sync_handler, details)
+            assert handler is not None and handler.unary_unary is not None
+            return handler.unary_unary(b"", context)  # type: ignore[arg-type]
+
+        if call() != PAYLOAD:
+            raise BenchError("the sync interceptor did not pass the bench token in process")
+        return timed(call)
+
     batches: dict[str, Callable[[int], float]] = {
         "raw": timed(lambda: public_key.verify(signature, message, pkcs1v15, sha256)),
         "full": timed(lambda: uncached.verify(token)),
+        "distinct": timed(lambda: cycling.verify(distinct[next(turn) % len(distinct)])),
         "cached": timed(lambda: cached.verify(token)),
-        "intercept_cached": intercepted(cached),
-        "intercept_uncached": intercepted(uncached),
+        "aio_cached": aio_intercepted(cached),
+        "aio_fresh": aio_intercepted(uncached),
+        "sync_cached": sync_intercepted(cached),
+        "sync_fresh": sync_intercepted(uncached),
     }
     try:
         counts = {}
@@ -298,8 +460,8 @@ def micro_timings(jwks: str, token: str) -> dict[str, Micro]:
 
 
 @dataclass(frozen=True)
-class ModeResult:
-    mode: str
+class ServerResult:
+    name: str
     server_command: str
     warmup: H2Run
     runs: list[tuple[int, H2Run]]  # (round, run)
@@ -312,15 +474,15 @@ class ModeResult:
         return max(quiet or [run for _, run in self.runs], key=lambda r: r.req_per_s)
 
     @property
-    def quiet_runs(self) -> int:
-        return sum(run.other_cores <= NOISY_CORES for _, run in self.runs)
-
-    @property
     def rates(self) -> str:
         return ", ".join(f"{run.req_per_s:.0f}" for _, run in self.runs)
 
     def rate_in(self, round_: int) -> float:
         return next(run.req_per_s for r, run in self.runs if r == round_)
+
+    @property
+    def median_rate(self) -> float:
+        return statistics.median(run.req_per_s for _, run in self.runs)
 
     @property
     def least_us(self) -> float:
@@ -332,44 +494,47 @@ class ModeResult:
 class Report:
     env: Environment
     token_bytes: int
-    modes: dict[str, ModeResult]
+    servers: dict[str, ServerResult]
     micro: dict[str, Micro]
+    profiles: list[Profile]
     seconds: float
 
     @property
     def rounds(self) -> int:
-        return len(self.modes["plain"].runs)
+        return len(self.servers[SERVERS[0]].runs)
 
-    def ratio(self, mode: str) -> float:
-        """The headline: best run of ``mode`` over best run of plain."""
-        return self.modes[mode].best.req_per_s / self.modes["plain"].best.req_per_s
+    def ratio(self, kind: str, mode: str) -> float:
+        """The headline: best run of ``kind/mode`` over best run of ``kind/plain``."""
+        return self.servers[f"{kind}/{mode}"].best.req_per_s / self.servers[f"{kind}/plain"].best.req_per_s
 
-    def paired_ratio(self, mode: str) -> float:
-        """Median over the rounds of ``mode``'s rate over plain's in the same round."""
-        plain, other = self.modes["plain"], self.modes[mode]
+    def median_ratio(self, kind: str, mode: str) -> float:
+        """Median run of ``kind/mode`` over median run of ``kind/plain``."""
+        return self.servers[f"{kind}/{mode}"].median_rate / self.servers[f"{kind}/plain"].median_rate
+
+    def paired_ratio(self, kind: str, mode: str) -> float:
+        """Median over the rounds of ``kind/mode``'s rate over ``kind/plain``'s in the same round."""
+        plain, other = self.servers[f"{kind}/plain"], self.servers[f"{kind}/{mode}"]
         return statistics.median(other.rate_in(r) / plain.rate_in(r) for r in range(1, self.rounds + 1))
 
-    def cpu_ratio(self, mode: str) -> float:
+    def cpu_ratio(self, kind: str, mode: str) -> float:
         """What the ratio would be for a CPU-bound server: plain's CPU per call over ``mode``'s."""
-        return self.modes["plain"].least_us / self.modes[mode].least_us
+        return self.servers[f"{kind}/plain"].least_us / self.servers[f"{kind}/{mode}"].least_us
 
-    def extra_us(self, mode: str) -> float:
+    def extra_us(self, kind: str, mode: str) -> float:
         """Server CPU per call above plain's (the least of the runs of each)."""
-        return self.modes[mode].least_us - self.modes["plain"].least_us
+        return self.servers[f"{kind}/{mode}"].least_us - self.servers[f"{kind}/plain"].least_us
 
-    @property
-    def verify_ratio(self) -> float:
-        return self.micro["full"].best / self.micro["raw"].best
+    def verify_ratio(self, name: str = "full") -> float:
+        return self.micro[name].best / self.micro["raw"].best
 
-    @property
-    def verify_ratio_paired(self) -> float:
-        """Median over the batches of full verification over the raw RSA batch timed just before it."""
-        pairs = zip(self.micro["full"].us_per_call, self.micro["raw"].us_per_call, strict=True)
+    def verify_ratio_paired(self, name: str = "full") -> float:
+        """Median over the batches of ``name`` over the raw RSA batch timed just before it."""
+        pairs = zip(self.micro[name].us_per_call, self.micro["raw"].us_per_call, strict=True)
         return statistics.median(full / raw for full, raw in pairs)
 
     @property
     def noise(self) -> float:
-        return max(m.best.other_cores for m in self.modes.values())
+        return max(m.best.other_cores for m in self.servers.values())
 
     @property
     def noise_warning(self) -> str | None:
@@ -380,12 +545,11 @@ class Report:
             "was busy and the figures (the ratios especially) are unreliable. Rerun when it is quiet."
         )
 
-    @property
-    def verdict(self) -> str:
-        return "met" if self.ratio("cached") >= TARGET_RATIO else "NOT met"
+    def verdict(self, value: float, target: float, *, at_most: bool = False) -> str:
+        return "met" if (value <= target if at_most else value >= target) else "NOT met"
 
 
-def bench(workdir: Path) -> tuple[dict[str, ModeResult], dict[str, Micro], int]:
+def sign_tokens(count: int) -> tuple[SigningKey, Callable[[str], str]]:
     now = int(time.time())
     key = SigningKey.from_private_key(generate_rsa_key(), state=KeyState.ACTIVE, created_at=now)
     signer = TokenSigner(key)
@@ -404,7 +568,13 @@ def bench(workdir: Path) -> tuple[dict[str, ModeResult], dict[str, Micro], int]:
         )
         return signer.sign(claims)
 
+    return key, sign
+
+
+def bench(workdir: Path) -> tuple[dict[str, ServerResult], dict[str, Micro], list[Profile], int]:
+    key, sign = sign_tokens(DISTINCT_TOKENS)
     token, unscoped = sign(SCOPE), sign("other")
+    distinct = [sign(SCOPE) for _ in range(DISTINCT_TOKENS)]
     # A canonical signature segment with one character changed in the middle: fails at the RSA check.
     middle = len(token) - 100
     bad = token[:middle] + ("B" if token[middle] == "A" else "A") + token[middle + 1 :]
@@ -423,145 +593,212 @@ def bench(workdir: Path) -> tuple[dict[str, ModeResult], dict[str, Micro], int]:
 
     with ExitStack() as stack:
         servers = {}
-        for mode in MODES:
-            server = BenchServer(mode, jwks_path, token, workdir / f"server-{mode}.log")
+        for name in SERVERS:
+            server = BenchServer(name, jwks_path, token, workdir / f"server-{name.replace('/', '-')}.log")
             stack.callback(server.stop)
             server.start()
             check_calls(server, token, bad, unscoped)
-            servers[mode] = server
+            servers[name] = server
         print(f"servers up and checked: {', '.join(f'{m} pid {s.pid}' for m, s in servers.items())}")
 
         print("in-process timings...")
-        micro = micro_timings(jwks, token)
+        micro = micro_timings(jwks, token, distinct)
         for m in micro.values():
             print(f"  {m.name}: best {m.best:.1f} us/call, median {m.median:.1f}")
 
         negatives: dict[str, H2Run] = {}
-        for mode in AUTH_MODES:
-            run = h2load(servers[mode], workdir, NEGATIVE_REQUESTS, bad, redact)
+        for name, server in servers.items():
+            if server.mode == "plain":
+                continue
+            run = h2load(server, workdir, NEGATIVE_REQUESTS, bad, redact)
             if run.succeeded != run.requests or run.data_bytes != 0:
                 raise BenchError(f"the tampered-token control did not look as expected: {run}")
-            negatives[mode] = run
+            negatives[name] = run
             print(
-                f"  {mode}: tampered-token control {run.succeeded}/{run.requests} 'succeeded', "
+                f"  {name}: tampered-token control {run.succeeded}/{run.requests} 'succeeded', "
                 f"{run.data_per_request:.0f} B/req"
             )
         warmups, sizes = {}, {}
-        for mode in MODES:
-            warmups[mode] = check_run(h2load(servers[mode], workdir, WARMUP_REQUESTS, token, redact))
-            rate = warmups[mode].req_per_s
-            sizes[mode] = min(MAX_REQUESTS, max(MIN_REQUESTS, int(round(rate * MEASURE_SECONDS, -2))))
-            print(f"  {mode}: warm-up {rate:.0f} req/s; measuring with -n {sizes[mode]}")
-        runs: dict[str, list[tuple[int, H2Run]]] = {mode: [] for mode in MODES}
+        for name in SERVERS:
+            warmups[name] = check_run(h2load(servers[name], workdir, WARMUP_REQUESTS, token, redact))
+            rate = warmups[name].req_per_s
+            sizes[name] = min(MAX_REQUESTS, max(MIN_REQUESTS, int(round(rate * MEASURE_SECONDS, -2))))
+            print(f"  {name}: warm-up {rate:.0f} req/s; measuring with -n {sizes[name]}")
+        runs: dict[str, list[tuple[int, H2Run]]] = {name: [] for name in SERVERS}
         started = time.monotonic()
         for round_ in range(1, MAX_ROUNDS + 1):
             if round_ > MIN_ROUNDS and (
-                all(any(run.other_cores <= NOISY_CORES for _, run in runs[mode]) for mode in MODES)
+                all(any(run.other_cores <= NOISY_CORES for _, run in runs[name]) for name in SERVERS)
                 or time.monotonic() - started > ROUNDS_SECONDS
             ):
                 break
-            shift = (round_ - 1) % len(MODES)
-            for mode in MODES[shift:] + MODES[:shift]:
-                run = check_run(h2load(servers[mode], workdir, sizes[mode], token, redact))
-                runs[mode].append((round_, run))
+            shift = (round_ - 1) % len(SERVERS)
+            for name in SERVERS[shift:] + SERVERS[:shift]:
+                run = check_run(h2load(servers[name], workdir, sizes[name], token, redact))
+                runs[name].append((round_, run))
                 print(
-                    f"  round {round_} {mode}: {run.req_per_s:.0f} req/s, mean {run.mean_latency}, "
+                    f"  round {round_} {name}: {run.req_per_s:.0f} req/s, mean {run.mean_latency}, "
                     f"server {run.server_cores:.2f} cores {run.server_us_per_request:.0f} us/call, "
                     f"h2load {run.client_cores:.2f}, other {run.other_cores:.2f}"
                 )
+        profiles = []
+        for kind in KINDS:
+            name = f"{kind}/cached"
+            profiles.append(profile(servers[name], workdir, sizes[name] * 2, token, redact))
+            print(f"  profile {name}: {profiles[-1].samples} samples {profiles[-1].note}")
         for server in servers.values():
             check_calls(server, token, bad, unscoped)  # still healthy and still enforcing after the load
         results = {
-            mode: ModeResult(mode, servers[mode].display, warmups[mode], runs[mode], negatives.get(mode))
-            for mode in MODES
+            name: ServerResult(name, servers[name].display, warmups[name], runs[name], negatives.get(name))
+            for name in SERVERS
         }
-    return results, micro, len(token)
+    return results, micro, profiles, len(token)
 
 
 # -- report --------------------------------------------------------------------------------------
 
 
 def _commands(report: Report) -> list[str]:
-    commands = ["# servers (all three run during the whole benchmark)"]
-    commands += [m.server_command for m in report.modes.values()]
+    commands = ["# servers (all six run during the whole benchmark)"]
+    commands += [m.server_command for m in report.servers.values()]
     commands += ["# tampered-token controls"]
-    commands += [m.negative.command for m in report.modes.values() if m.negative is not None]
-    commands += ["# warm-up"] + [m.warmup.command for m in report.modes.values()]
-    commands += ["# measured (every round runs each mode once; -n per mode as shown)"]
-    seen = dict.fromkeys(run.command for m in report.modes.values() for _, run in m.runs)
-    return commands + list(seen)
+    commands += [m.negative.command for m in report.servers.values() if m.negative is not None]
+    commands += ["# warm-up"] + [m.warmup.command for m in report.servers.values()]
+    commands += ["# measured (every round runs each server once; -n per server as shown)"]
+    seen = dict.fromkeys(run.command for m in report.servers.values() for _, run in m.runs)
+    commands += list(seen)
+    commands += [
+        "# profile of each cached server, during one more run of the same load",
+        f"py-spy record --gil --nonblocking -r {PROFILE_RATE} -d {PROFILE_SECONDS} -f raw -o profile.txt "
+        "--pid $PID",
+    ]
+    return commands
+
+
+def _profile_lines(report: Report) -> list[str]:
+    lines = [
+        "Where the time goes (py-spy `--gil`: samples of the thread holding the GIL, so Python time; the "
+        "C core of grpc runs without it and is not in these shares). For each `cached` server: the "
+        "functions most often on top of the stack, and the authsvc functions most often anywhere on it "
+        "(their own time and what they call). Without `--native` py-spy cannot name grpc's Cython "
+        "functions: on the aio server they run inside `Handle._run` (asyncio's callbacks, where grpc.aio's "
+        "per-call coroutines are stepped), on the sync server inside `_serve` and the `grpc/_server.py` "
+        "frames around it:",
+        "",
+    ]
+    for p in report.profiles:
+        if not p.samples:
+            lines += [f"- `{p.server}`: no profile ({p.note})", ""]
+            continue
+        lines += [
+            f"`{p.server}`, {p.samples} samples:",
+            "",
+            "| on top of the stack | share | authsvc, inclusive | share |",
+        ]
+        lines += ["|---|---|---|---|"]
+        for i in range(max(len(p.own), len(p.ours))):
+            own = p.own[i] if i < len(p.own) else ("", 0.0)
+            ours = p.ours[i] if i < len(p.ours) else ("", 0.0)
+            lines.append(
+                f"| {own[0]} | {own[1]:.1%} | {ours[0]} | {ours[1]:.1%} |".replace("|  | 0.0% |", "| | |")
+            )
+        lines.append("")
+    return lines
 
 
 def render(report: Report) -> str:
-    plain, cached, uncached = (report.modes[m] for m in MODES)
-    full, hit, raw = report.micro["full"], report.micro["cached"], report.micro["raw"]
-    icached, iuncached = report.micro["intercept_cached"], report.micro["intercept_uncached"]
+    m = report.micro
     rows = [
-        f"| {round_} | {mode.mode} | {run.requests} | {run.req_per_s:.0f} | {run.mean_latency} "
+        f"| {round_} | {server.name} | {run.requests} | {run.req_per_s:.0f} | {run.mean_latency} "
         f"| {run.data_per_request:.1f} ({FRAME}) | {run.server_cores:.2f} | {run.server_us_per_request:.0f} "
-        f"| {run.client_cores:.2f} | {run.other_cores:.2f} | {'best' if run is mode.best else ''} |"
+        f"| {run.client_cores:.2f} | {run.other_cores:.2f} | {'best' if run is server.best else ''} |"
         for round_ in range(1, report.rounds + 1)
-        for mode in report.modes.values()
-        for r, run in mode.runs
+        for server in report.servers.values()
+        for r, run in server.runs
         if r == round_
     ]
     micro_rows = [
-        f"| {label} | {m.best:.1f} | {m.median:.1f} | {', '.join(f'{u:.1f}' for u in m.us_per_call)} |"
-        for label, m in (
-            ("`verifier.verify(token)`, `cache_size=0` (full verification)", full),
-            ("`verifier.verify(token)`, default cache, repeated token", hit),
-            ("`public_key.verify(sig, input, PKCS1v15(), SHA256())` (raw RSA-2048)", raw),
-            ("`AioAuthInterceptor.intercept_service`, default cache, repeated token", icached),
-            ("`AioAuthInterceptor.intercept_service`, `cache_size=0`", iuncached),
+        f"| {label} | {x.best:.1f} | {x.median:.1f} | {', '.join(f'{u:.1f}' for u in x.us_per_call)} |"
+        for label, x in (
+            ("`public_key.verify(sig, input, PKCS1v15(), SHA256())` (raw RSA-2048)", m["raw"]),
+            ("`verifier.verify(token)`, `cache_size=0` (full verification)", m["full"]),
+            (
+                f"`verifier.verify(t)`, {DISTINCT_TOKENS} distinct tokens in turn, "
+                f"`cache_size={DISTINCT_CACHE}`",
+                m["distinct"],
+            ),
+            ("`verifier.verify(token)`, default cache, repeated token", m["cached"]),
+            ("`AioAuthInterceptor.intercept_service`, default cache, repeated token", m["aio_cached"]),
+            ("`AioAuthInterceptor.intercept_service`, `cache_size=0`", m["aio_fresh"]),
+            ("`AuthInterceptor.intercept_service` + wrapped handler, default cache", m["sync_cached"]),
+            ("`AuthInterceptor.intercept_service` + wrapped handler, `cache_size=0`", m["sync_fresh"]),
         )
     ]
     controls = ", ".join(
-        f"{m.mode} {m.negative.succeeded}/{m.negative.requests} 'succeeded' with "
-        f"{m.negative.data_per_request:.0f} B/req"
-        for m in (cached, uncached)
-        if m.negative is not None
+        f"{s.name} {s.negative.succeeded}/{s.negative.requests} 'succeeded' with "
+        f"{s.negative.data_per_request:.0f} B/req"
+        for s in report.servers.values()
+        if s.negative is not None
     )
+    figures = []
+    for kind in KINDS:
+        plain = report.servers[f"{kind}/plain"]
+        of_kind = [report.servers[f"{kind}/{x}"] for x in MODES]
+        rates = " / ".join(f"{x.best.req_per_s:.0f} ({x.median_rate:.0f})" for x in of_kind)
+        figures.append(
+            f"| `{kind}` req/s, plain / cached / fresh: best (median) of {report.rounds} | {rates} |"
+        )
+        for mode, target in (("cached", TARGET_CACHED), ("fresh", TARGET_FRESH)):
+            ratio = report.ratio(kind, mode)
+            figures.append(
+                f"| **`{kind}` {mode} / plain, best runs (target >= {target:.2f})** "
+                f"| **{ratio:.2f}** ({report.verdict(ratio, target)}) |"
+            )
+            figures.append(
+                f"| `{kind}` {mode} / plain: median runs; median of per-round ratios; server CPU per call "
+                f"| {report.median_ratio(kind, mode):.2f}; {report.paired_ratio(kind, mode):.2f}; "
+                f"{report.cpu_ratio(kind, mode):.2f} |"
+            )
+        figures.append(
+            f"| `{kind}` server CPU per call, plain / cached / fresh (least of the runs); above plain "
+            f"| {plain.least_us:.0f} / {report.servers[f'{kind}/cached'].least_us:.0f} / "
+            f"{report.servers[f'{kind}/fresh'].least_us:.0f} us; +{report.extra_us(kind, 'cached'):.0f} / "
+            f"+{report.extra_us(kind, 'fresh'):.0f} us |"
+        )
+    full_ratio, distinct_ratio = report.verify_ratio("full"), report.verify_ratio("distinct")
     lines = [
         BEGIN_MARKER,
-        "## Auth interceptor overhead: a trivial unary method with and without AioAuthInterceptor",
+        "## Auth interceptor overhead: a trivial unary method with and without the interceptor, sync and aio",
         "",
         *report.env.lines(),
         f"- Run time: {report.seconds:.0f} s",
         "",
         "| Figure | Value |",
         "|---|---|",
-        f"| Ping req/s, `plain` (no interceptor), best of {report.rounds}: {plain.rates} "
-        f"| {plain.best.req_per_s:.0f} |",
-        f"| Ping req/s, `cached` (interceptor, one repeated token), best of {report.rounds}: {cached.rates} "
-        f"| {cached.best.req_per_s:.0f} |",
-        f"| Ping req/s, `uncached` (interceptor, `cache_size=0`: a fresh token every call), best of "
-        f"{report.rounds}: {uncached.rates} | {uncached.best.req_per_s:.0f} |",
-        f"| **Ratio cached / plain, best runs (target >= {TARGET_RATIO:.2f})** "
-        f"| **{report.ratio('cached'):.2f}** ({report.verdict}) |",
-        f"| Ratio cached / plain: median of the {report.rounds} per-round ratios; from server CPU per call "
-        f"| {report.paired_ratio('cached'):.2f}; {report.cpu_ratio('cached'):.2f} |",
-        f"| **Ratio uncached / plain, best runs (fresh token every call)** "
-        f"| **{report.ratio('uncached'):.2f}** |",
-        f"| Ratio uncached / plain: median of the {report.rounds} per-round ratios; from server CPU per call "
-        f"| {report.paired_ratio('uncached'):.2f}; {report.cpu_ratio('uncached'):.2f} |",
-        f"| Server CPU per call, plain / cached / uncached (least of the runs) "
-        f"| {' / '.join(f'{m.least_us:.0f}' for m in (plain, cached, uncached))} us |",
-        f"| Interceptor cost per call in the server (CPU above plain), cached / uncached "
-        f"| {report.extra_us('cached'):.0f} / {report.extra_us('uncached'):.0f} us |",
-        f"| Full verification, in-process (`cache_size=0`) | {full.best:.1f} us |",
-        f"| Cached verification, in-process (repeated token) | {hit.best:.1f} us |",
-        f"| Raw RSA-2048 verify, in-process, same token | {raw.best:.1f} us |",
-        f"| **Ratio full verification / raw RSA verify** (best batches; median of per-batch ratios) "
-        f"| **{report.verify_ratio:.2f}** ({report.verify_ratio_paired:.2f}) |",
-        f"| Whole interceptor per call, in-process, cached / `cache_size=0` | {icached.best:.1f} / "
-        f"{iuncached.best:.1f} us |",
+        *figures,
+        f"| **Full verification / raw RSA verify, in process** (target <= {TARGET_VERIFY:.1f}; best batches; "
+        f"median of per-batch ratios) | **{full_ratio:.2f}** "
+        f"({report.verdict(full_ratio, TARGET_VERIFY, at_most=True)}; "
+        f"{report.verify_ratio_paired('full'):.2f}) |",
+        f"| Distinct fresh tokens / raw RSA verify, in process (best; median) | {distinct_ratio:.2f}; "
+        f"{report.verify_ratio_paired('distinct'):.2f} |",
+        f"| Raw RSA-2048 verify; full; distinct; cached verification, in process | {m['raw'].best:.1f}; "
+        f"{m['full'].best:.1f}; {m['distinct'].best:.1f}; {m['cached'].best:.1f} us |",
+        f"| Whole interceptor per call, in process: aio cached / fresh; sync cached / fresh "
+        f"| {m['aio_cached'].best:.1f} / {m['aio_fresh'].best:.1f}; {m['sync_cached'].best:.1f} / "
+        f"{m['sync_fresh'].best:.1f} us |",
         "",
         *([f"**{report.noise_warning}**", ""] if report.noise_warning else []),
-        f"Measured runs (h2load -c {CONNECTIONS} -m {STREAMS}, after a warm-up of {WARMUP_REQUESTS} requests "
-        f"per mode; {report.rounds} rounds, each running every mode once in rotated order; 'best' is the "
-        f"fastest run with at most {NOISY_CORES} other cores, if the mode had one):",
+        "This machine is shared with other jobs and noisy: trust the ratios of one run more than any "
+        "absolute figure, and the CPU-per-call ratios more than the rates; rerun on a quiet machine for "
+        "the final figures.",
         "",
-        "| round | mode | requests | req/s | mean latency | data B/req (frame) | server cores "
+        *_profile_lines(report),
+        f"Measured runs (h2load -c {CONNECTIONS} -m {STREAMS}, after a warm-up of {WARMUP_REQUESTS} requests "
+        f"per server; {report.rounds} rounds, each running every server once in rotated order; 'best' is the "
+        f"fastest run with at most {NOISY_CORES} other cores, if the server had one):",
+        "",
+        "| round | server | requests | req/s | mean latency | data B/req (frame) | server cores "
         "| server CPU us/call | h2load cores | other cores | |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
@@ -583,16 +820,20 @@ def render(report: Report) -> str:
         "",
         "Notes:",
         "",
-        f"- The servers: one `grpc.aio.server` process per mode, serving `{GRPC_PATH}` through "
-        "`grpc.method_handlers_generic_handler` with bytes passthrough; the handler is the same coroutine in "
-        f"every mode and returns a fixed {len(PAYLOAD)}-byte message. `cached` and `uncached` add "
-        f"`AioAuthInterceptor(TokenVerifier(issuer={ISSUER!r}, audience={AUDIENCE!r}, "
-        f"jwks=StaticJwksSource(<the run's JWKS>)), policy={{{GRPC_PATH!r}: [{SCOPE!r}]}})`, `uncached` with "
-        "`cache_size=0`.",
-        "- `uncached` stands for a fresh token on every call: with `cache_size=0` every call pays the full "
-        "verification (parsing, claims, key lookup, RSA) that a token never seen before costs, and its "
-        "result is put in the cache and evicted at once, as a new token evicts the oldest from a full cache.",
-        "- Same core budget: all three servers run for the whole benchmark, unpinned, each free to use all "
+        f"- The servers: one process per server, serving `{GRPC_PATH}` through "
+        "`grpc.method_handlers_generic_handler` with bytes passthrough and a handler that returns a fixed "
+        f"{len(PAYLOAD)}-byte message: `sync/*` a plain function on `grpc.server` with a "
+        f"`ThreadPoolExecutor(max_workers={SYNC_WORKERS})`, `aio/*` a coroutine on `grpc.aio.server`. "
+        f"`cached` and `fresh` add `AuthInterceptor` (sync) or `AioAuthInterceptor` (aio) over "
+        f"`TokenVerifier(issuer={ISSUER!r}, audience={AUDIENCE!r}, jwks=StaticJwksSource(<the run's JWKS>))`,"
+        f" policy `{{{GRPC_PATH!r}: [{SCOPE!r}]}}`; `fresh` with `cache_size=0`.",
+        "- `fresh` stands for a new token on every call (many clients, each new): h2load sends one header "
+        "set for every request, so the gRPC servers get one token and `cache_size=0` makes every call pay "
+        "the full verification (size, base64url, strict JSON, header, claims, key lookup, RSA) that a token "
+        "never seen before pays; nothing is remembered. In process, the 'distinct' row verifies "
+        f"{DISTINCT_TOKENS} different tokens in turn through a {DISTINCT_CACHE}-entry cache, so every call "
+        "also inserts an entry and evicts the oldest, as a stream of new clients does; the two agree.",
+        "- Same core budget: all six servers run for the whole benchmark, unpinned, each free to use all "
         f"{report.env.nproc} cores while it is measured; the idle ones show up under 'other cores'. h2load "
         "(one thread) shares the cores with the measured server.",
         "- Success check: a refused gRPC call is HTTP 200 with a grpc-status trailer and no message, so "
@@ -600,17 +841,16 @@ def render(report: Report) -> str:
         f"data per request (the {len(PAYLOAD)}-byte message in its 5-byte frame). Tampered-token controls: "
         f"{controls}. Before and after the load a gRPC client checked that each interceptor server accepts "
         "the token and refuses a tampered, a missing and a scope-less token.",
-        "- Three estimates of each ratio: the headline compares the best runs; the per-round median pairs "
-        "runs made seconds apart; the CPU ratio divides the server's least CPU time (all threads) per call, "
-        "which depends less on the request rate. 'Interceptor cost per call in the server' is that "
-        "CPU time above plain's: it holds everything the interceptor adds, grpc.aio's interceptor "
-        "machinery included, so it exceeds the in-process `intercept_service` figure. The in-process "
-        "figures are best-of-batches wall time on a shared machine.",
-        f"- Shared machine: 'other cores' is CPU used by neither the measured server nor h2load. The modes "
+        "- Estimates of each ratio: the headline compares the best runs; then the median runs, the median "
+        "of the per-round ratios (runs made seconds apart), and the server's least CPU time (all threads) "
+        "per call, which depends least on the request rate. 'Above plain' is that CPU time above plain's: "
+        "everything the interceptor adds, grpc's interceptor machinery included, so it exceeds the "
+        "in-process figures. The in-process figures are best-of-batches wall time.",
+        f"- Shared machine: 'other cores' is CPU used by neither the measured server nor h2load. The servers "
         "are interleaved and the best run of each is compared, because noise only ever lowers a rate; a run "
-        f"with more than {NOISY_CORES} other cores counts as best only if its mode had no quieter run, and "
+        f"with more than {NOISY_CORES} other cores counts as best only if its server had no quieter run, and "
         f"after {MIN_ROUNDS} rounds more follow (up to {MAX_ROUNDS}, about {ROUNDS_SECONDS:.0f} s of rounds "
-        "in all) while a mode has no quiet run. A warning above says when one never came.",
+        "in all) while a server has no quiet run. A warning above says when one never came.",
         END_MARKER,
         "",
     ]
@@ -618,22 +858,26 @@ def render(report: Report) -> str:
 
 
 def summary(report: Report) -> str:
-    plain, cached, uncached = (report.modes[m].best for m in MODES)
-    full, hit, raw = report.micro["full"], report.micro["cached"], report.micro["raw"]
-    return (
-        f"Ping req/s: plain {plain.req_per_s:.0f}, cached {cached.req_per_s:.0f}, "
-        f"uncached {uncached.req_per_s:.0f}\n"
-        f"ratio cached/plain {report.ratio('cached'):.2f} (target {TARGET_RATIO:.2f}: {report.verdict}; "
-        f"per-round median {report.paired_ratio('cached'):.2f}, CPU {report.cpu_ratio('cached'):.2f})\n"
-        f"ratio uncached/plain {report.ratio('uncached'):.2f} (per-round median "
-        f"{report.paired_ratio('uncached'):.2f}, CPU {report.cpu_ratio('uncached'):.2f})\n"
-        f"server CPU per call (least): plain {report.modes['plain'].least_us:.0f} us, cached "
-        f"{report.modes['cached'].least_us:.0f} us, uncached {report.modes['uncached'].least_us:.0f} us\n"
-        f"in-process: full verify {full.best:.1f} us, cached verify {hit.best:.1f} us, raw RSA verify "
-        f"{raw.best:.1f} us; full/raw {report.verify_ratio:.2f} (per-batch median "
-        f"{report.verify_ratio_paired:.2f})\n"
-        f"written to {common.RESULTS}" + (f"\n{report.noise_warning}" if report.noise_warning else "")
+    lines = []
+    for kind in KINDS:
+        rates = ", ".join(f"{mode} {report.servers[f'{kind}/{mode}'].best.req_per_s:.0f}" for mode in MODES)
+        lines.append(
+            f"{kind}: Ping req/s {rates}; cached/plain {report.ratio(kind, 'cached'):.2f} (median "
+            f"{report.median_ratio(kind, 'cached'):.2f}, CPU {report.cpu_ratio(kind, 'cached'):.2f}); "
+            f"fresh/plain "
+            f"{report.ratio(kind, 'fresh'):.2f} (median {report.median_ratio(kind, 'fresh'):.2f}, CPU "
+            f"{report.cpu_ratio(kind, 'fresh'):.2f})"
+        )
+    m = report.micro
+    lines.append(
+        f"in process: raw RSA {m['raw'].best:.1f} us, full verify {m['full'].best:.1f} us "
+        f"({report.verify_ratio('full'):.2f}x), distinct {m['distinct'].best:.1f} us "
+        f"({report.verify_ratio('distinct'):.2f}x), cached {m['cached'].best:.1f} us"
     )
+    lines.append(f"written to {common.RESULTS}")
+    if report.noise_warning:
+        lines.append(report.noise_warning)
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -642,8 +886,8 @@ def main() -> int:
     started = time.monotonic()
     environment = Environment.collect()
     with tempfile.TemporaryDirectory(prefix="authsvc-bench-interceptor-") as tmp:
-        modes, micro, token_bytes = bench(Path(tmp))
-    report = Report(environment, token_bytes, modes, micro, time.monotonic() - started)
+        servers, micro, profiles, token_bytes = bench(Path(tmp))
+    report = Report(environment, token_bytes, servers, micro, profiles, time.monotonic() - started)
     common.write_section(SECTION, render(report))
     print(summary(report))
     return 0
@@ -651,18 +895,23 @@ def main() -> int:
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
-    parser.add_argument("--serve", choices=MODES, help="run one benchmark server instead of the benchmark")
+    parser.add_argument("--serve", choices=SERVERS, help="run one benchmark server instead of the benchmark")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--jwks", type=Path, help="the JWKS file (for --serve cached and uncached)")
+    parser.add_argument("--jwks", type=Path, help="the JWKS file (for the interceptor modes)")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = parse_args(sys.argv[1:])
     if args.serve:
-        if not args.port or (args.serve != "plain" and args.jwks is None):
+        kind, mode = args.serve.split("/")
+        if not args.port or (mode != "plain" and args.jwks is None):
             sys.exit("--serve needs --port and, with an interceptor, --jwks")
-        asyncio.run(serve(args.serve, args.port, args.jwks))
+        jwks_text = args.jwks.read_text(encoding="utf-8") if args.jwks else ""
+        if kind == "aio":
+            asyncio.run(serve_aio(mode, args.port, jwks_text))
+        else:
+            serve_sync(mode, args.port, jwks_text)
         sys.exit(0)
     try:
         sys.exit(main())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -34,22 +36,35 @@ def _node() -> str:
 def node_client() -> str:
     """The node binary, with clients/node's dependencies installed (`npm ci` when missing)."""
     node = _node()
-    if not (NODE_DIR / "node_modules").is_dir():
-        npm = shutil.which("npm")
-        if npm is None:
-            if os.environ.get("CI"):
-                pytest.fail("npm is not on PATH, and CI is set")
-            pytest.skip("npm is not on PATH: cannot install the Node.js client's dependencies")
-        out = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=NODE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        assert out.returncode == 0, f"npm ci failed:\n{out.stdout}\n{out.stderr}"
+    # test processes running at once (pytest -n) install once: the others wait, then find it
+    with _locked(NODE_DIR):
+        if not (NODE_DIR / "node_modules").is_dir():
+            npm = shutil.which("npm")
+            if npm is None:
+                if os.environ.get("CI"):
+                    pytest.fail("npm is not on PATH, and CI is set")
+                pytest.skip("npm is not on PATH: cannot install the Node.js client's dependencies")
+            out = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=NODE_DIR,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
+            )
+            assert out.returncode == 0, f"npm ci failed:\n{out.stdout}\n{out.stderr}"
     return node
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """An exclusive flock on ``directory`` itself while the block runs."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @pytest.fixture

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -17,10 +20,12 @@ from authsvc.core.keys import (
     SigningKey,
     generate_rsa_key,
     jwks_json,
+    key_factory,
     public_jwk,
     rfc7638_thumbprint,
 )
 from tests.core.fakes import CountingRandom
+from tests.keypool import POOL, rsa_key
 
 # RFC 7638 §3.1: the example RSA key and its SHA-256 thumbprint.
 RFC7638_N = (
@@ -98,6 +103,50 @@ def test_signing_key_refuses_small_key() -> None:
     small = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - must be refused
     with pytest.raises(ValueError, match="2048"):
         SigningKey.from_private_key(small, state=KeyState.ACTIVE, created_at=0)
+
+
+# -- the key-factory seam (tests/keypool.py) ---------------------------------------------------
+
+_FRESH_KEY_PROBE = """
+from authsvc.core import keys
+a, b = keys.generate_rsa_key(), keys.generate_rsa_key()
+assert keys._key_factory is keys._fresh_rsa_key
+assert a.key_size == 2048 and a.public_key().public_numbers().e == 65537
+assert a.private_numbers() != b.private_numbers()
+"""
+
+
+def test_a_process_without_the_test_seam_generates_fresh_keys() -> None:
+    """What the service runs: no factory swapped in, so keys come from cryptography's generator."""
+    probe = subprocess.run(
+        [sys.executable, "-c", _FRESH_KEY_PROBE], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert probe.returncode == 0, probe.stderr
+
+
+def test_the_key_factory_is_used_within_the_block_and_restored_after() -> None:
+    given = rsa_key()
+    with key_factory(lambda bits: given):
+        assert generate_rsa_key() is given
+    assert generate_rsa_key() is not given  # the run's pool again
+
+
+def test_a_factory_making_the_wrong_key_is_refused() -> None:
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - must be refused
+    with key_factory(lambda bits: small), pytest.raises(ValueError, match="RSA-2048"):
+        generate_rsa_key()
+
+
+def test_the_pool_never_hands_out_a_key_twice() -> None:
+    keys = [POOL.take() for _ in range(3)] + [generate_rsa_key()]
+    assert len({k.public_key().public_numbers().n for k in keys}) == 4
+
+
+def test_only_the_tests_swap_the_key_factory() -> None:
+    """No module of the service calls the seam: it is reachable from no flag or setting."""
+    package = Path(sys.modules["authsvc"].__file__ or "").parent
+    callers = [p for p in package.rglob("*.py") if "key_factory(" in p.read_text(encoding="utf-8")]
+    assert callers == [package / "core" / "keys.py"]
 
 
 # -- the key-encryption key -------------------------------------------------------------------

@@ -123,3 +123,54 @@ def test_spaces_other_than_single_separators_are_refused(
         scope = " ".join(tokens[:at]) + "  " + " ".join(tokens[at:])
     with pytest.raises(InvalidScope):
         parse_scope(scope)
+
+
+def _reference_parse_scope(scope: str) -> tuple[str, ...]:
+    """parse_scope as it was before it matched the whole string at once: split on spaces, then
+    check every token on its own. The one-match version must agree with it on every input."""
+    if scope == "":
+        return ()
+    if len(scope) > MAX_SCOPE_LENGTH:
+        raise InvalidScope("too long")
+    tokens = scope.split(" ")
+    for token in tokens:
+        if token == "":
+            raise InvalidScope("spacing")
+        validate_scope_token(token)
+    return tuple(dict.fromkeys(tokens))
+
+
+def _outcome(scope: str) -> tuple[str, ...] | str:
+    try:
+        return parse_scope(scope)
+    except InvalidScope:
+        return "refused"
+
+
+def _reference_outcome(scope: str) -> tuple[str, ...] | str:
+    try:
+        return _reference_parse_scope(scope)
+    except InvalidScope:
+        return "refused"
+
+
+# hostile scope strings: allowed characters mixed with spaces, tabs, newlines, quotes,
+# backslashes, NUL, DEL, non-ASCII look-alikes (NBSP, zero-width space, fullwidth letters)
+hostile_scopes = st.text(
+    alphabet=st.sampled_from(
+        [*"ab:/!~#[]", " ", "\t", "\n", "\r", '"', "\\", "\x00", "\x7f", "\xa0", "\u200b", "\uff41"]
+    ),
+    max_size=40,
+) | st.text(max_size=40)
+
+
+@given(hostile_scopes)
+def test_one_match_parse_agrees_with_the_token_by_token_parse(scope: str) -> None:
+    assert _outcome(scope) == _reference_outcome(scope)
+
+
+@given(token_lists, st.sampled_from(["", " ", "  ", "\t", "\n", '"', "\\", "\xa0"]), st.integers(0, 20))
+def test_one_match_parse_agrees_on_a_corrupted_valid_scope(tokens: list[str], insert: str, at: int) -> None:
+    scope = format_scope(tokens)
+    corrupted = scope[:at] + insert + scope[at:]
+    assert _outcome(corrupted) == _reference_outcome(corrupted)

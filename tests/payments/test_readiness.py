@@ -82,12 +82,16 @@ def test_not_ready_until_the_token_service_comes_up(tmp_path: Path) -> None:
             )
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         labels = {"grpc_type": "unary", "grpc_service": PAYMENT_SERVICE, "grpc_method": "GetPayment"}
-        after = scrape(base)
-        assert (
-            value(after, "grpc_server_handled_total", **labels, grpc_code="Unauthenticated")
-            - value(before, "grpc_server_handled_total", **labels, grpc_code="Unauthenticated")
-            == 1
-        )
+
+        def counted() -> float:
+            return value(
+                scrape(base), "grpc_server_handled_total", **labels, grpc_code="Unauthenticated"
+            ) - value(before, "grpc_server_handled_total", **labels, grpc_code="Unauthenticated")
+
+        # the server counts the call as its handler ends, which may be just after the caller has
+        # the status: wait for the count, then require exactly one
+        wait_until(lambda: counted() >= 1, seconds=5)
+        assert counted() == 1
 
         auth_config = serve_config(tmp_path / "auth", listen=f"127.0.0.1:{port}")
         auth = ServerThread(lambda: start_token_service(auth_config, authority=open_authority(auth_config)))

@@ -21,7 +21,6 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -33,12 +32,13 @@ from authsvc.logsafe import LogRateLimiter
 from authsvc.verify import BearerAuthMiddleware, HttpJwksSource, JwksCache, TokenVerifier, current_principal
 from authsvc.verify.jwks import JwksFetchError
 from tests.conftest import ISSUER
+from tests.keypool import rsa_key as pooled_rsa_key
 from tests.security.test_token_verification_attacks import AUDIENCE, CLIENT_ID, Forge, In, hs256
 from tests.server.test_serve import self_signed
 from tests.verify.http_servers import JWKS_PATH, JwksServer, Reply, serve_asgi, serving
 
-KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-ATTACKER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+KEY = pooled_rsa_key()
+ATTACKER = pooled_rsa_key()
 FORGE = Forge(KEY, rfc7638_thumbprint(KEY.public_key()), ATTACKER)
 JWKS = jwks_json([public_jwk(KEY.public_key())])
 TIMEOUT = 10.0

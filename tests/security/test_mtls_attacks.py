@@ -20,13 +20,13 @@ from typing import Any
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authsvc.verify import GrpcJwksSource, TokenVerifier
 from payments_svc.app import RunningPayments
 from payments_svc.app import start_server as start_payments
 from tests.conftest import ISSUER, RegisteredClient, TokenServer
 from tests.helpers import ServerThread
+from tests.keypool import rsa_key as pooled_rsa_key
 from tests.mtls import channel_credentials, claims, https_context, issue, post_form, start_mtls_token_server
 from tests.payments.test_mtls import payments_config
 from tests.pki import Issued, Pki, make_pki
@@ -108,7 +108,7 @@ def target(
     )
     mtls, tls, stop = start_echo(request.param, verifier, pki)
     key = issuer.authority.keys.ensure_signing_key()
-    forge = Forge(key.private_key, key.kid, rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    forge = Forge(key.private_key, key.kid, pooled_rsa_key())
     try:
         yield Target(pki, mtls, tls, issuer, reader, forge)
     finally:

@@ -46,6 +46,7 @@ from authsvc.verify import GrpcJwksSource, JwksCache, JwksSource, TokenVerifier
 from authsvc.verify.verifier import MAX_TOKEN_BYTES
 from tests.conftest import ISSUER, TokenServer, serve_config
 from tests.helpers import ServerThread
+from tests.keypool import rsa_key as pooled_rsa_key
 from tests.verify.echo import pb2, pb2_grpc
 from tests.verify.test_interceptor import start_echo
 
@@ -242,7 +243,7 @@ def issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Issuer]:
         server = TokenServer(running, config, thread)
         client = server.register(CLIENT_ID, scopes=("echo:read", "echo:write"), audiences=(AUDIENCE, "other"))
         key = server.authority.keys.ensure_signing_key()
-        attacker = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        attacker = pooled_rsa_key()
         with grpc.insecure_channel(server.target) as channel:
             yield Issuer(
                 server,

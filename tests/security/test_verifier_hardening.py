@@ -36,6 +36,7 @@ from authsvc.verify import AioAuthInterceptor, AuthInterceptor, JwksCache, Token
 from authsvc.verify.jwks import WouldBlock
 from tests.conftest import ISSUER
 from tests.helpers import ServerThread
+from tests.keypool import rsa_key as pooled_rsa_key
 from tests.security.test_token_verification_attacks import (
     ACCEPTED,
     AUDIENCE,
@@ -50,8 +51,8 @@ from tests.verify.test_interceptor import AioServer
 DEADLINE = 5.0  # bounds a call that, before the fixes, waited for the hung fetch to be released
 ACCESS_DENIED = (grpc.StatusCode.PERMISSION_DENIED, "ACCESS_DENIED")
 
-KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-OTHER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+KEY = pooled_rsa_key()
+OTHER = pooled_rsa_key()
 KID = rfc7638_thumbprint(KEY.public_key())
 FORGE = Forge(KEY, KID, OTHER)
 
@@ -378,7 +379,7 @@ def test_jwks_with_a_duplicate_kid_makes_that_kid_unusable() -> None:
     """Two keys under one kid: a token naming it is refused, whichever key signed it."""
     decoy = public_jwk(OTHER.public_key())
     decoy["kid"] = KID
-    third = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    third = pooled_rsa_key()
     cache = _cache_with(
         json.dumps({"keys": [public_jwk(KEY.public_key()), decoy, public_jwk(third.public_key())]})
     )

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authsvc.authority import Authority, open_authority
 from authsvc.core.keys import rfc7638_thumbprint
 from authsvc.core.ports import SystemClock, SystemRandom
+from tests.keypool import rsa_key as pooled_rsa_key
 
 KEK = "11" * 32
 NEW_KEK = "22" * 32
@@ -82,7 +82,7 @@ def test_rotate_then_list_shows_the_active_and_the_next_key(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("encrypted", [False, True], ids=["plain-pkcs8", "encrypted-with-password-file"])
 def test_import_a_pem_as_the_next_key(tmp_path: Path, encrypted: bool) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = pooled_rsa_key()
     password = b"s3cret passphrase"
     encryption = (
         serialization.BestAvailableEncryption(password) if encrypted else serialization.NoEncryption()

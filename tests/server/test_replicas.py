@@ -217,6 +217,7 @@ def _restart_postgres() -> None:
         subprocess.run([*cluster, "start"], check=True, capture_output=True, timeout=60)
 
 
+@pytest.mark.serial  # stops PostgreSQL: no other test may run meanwhile (make test runs it last)
 def test_database_restart_while_serving(pg_url: str, tmp_path: Path) -> None:
     """A real restart of the database server under a running TokenService: calls that need the
     database fail cleanly (UNAVAILABLE) or succeed, none hangs or crashes the service, and it

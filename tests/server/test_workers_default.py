@@ -96,7 +96,7 @@ def test_usable_cpus_of_this_process_is_within_its_affinity() -> None:
 
 
 def test_default_is_one_worker_per_usable_cpu(tmp_path: Path) -> None:
-    config = serve_config(tmp_path, listen="127.0.0.1:50999", cpus=4)
+    config = serve_config(tmp_path, listen="127.0.0.1:50999", cpus=4, workers=None)  # None: the default
     assert config.workers is None and config.worker_count == 4 and config.worker_note is None
 
 
@@ -113,7 +113,7 @@ def test_default_is_one_worker_per_usable_cpu(tmp_path: Path) -> None:
 def test_default_is_one_worker_when_a_listener_cannot_be_shared(
     tmp_path: Path, overrides: dict[str, object]
 ) -> None:
-    config = serve_config(tmp_path, cpus=4, **overrides)
+    config = serve_config(tmp_path, cpus=4, workers=None, **{"listen": "127.0.0.1:0", **overrides})
     assert config.worker_count == 1
     assert config.worker_note is not None and "one worker, not 4" in config.worker_note
 

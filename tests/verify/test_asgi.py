@@ -13,7 +13,6 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -24,11 +23,12 @@ from authsvc.verify import PUBLIC, BearerAuthMiddleware, HttpJwksSource, JwksCac
 from authsvc.verify import current_principal as caller
 from authsvc.verify.asgi import RoutePolicy
 from tests.conftest import ISSUER
+from tests.keypool import rsa_key as pooled_rsa_key
 from tests.security.test_token_verification_attacks import AUDIENCE, CLIENT_ID, Forge
 from tests.verify.http_servers import JwksServer, serve_asgi, serving
 
-KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-OTHER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+KEY = pooled_rsa_key()
+OTHER = pooled_rsa_key()
 FORGE = Forge(KEY, rfc7638_thumbprint(KEY.public_key()), OTHER)
 JWKS = jwks_json([public_jwk(KEY.public_key())])
 TIMEOUT = 10.0

@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -30,12 +29,13 @@ from authsvc.verify.binding import (
     grpc_peer_certificate,
 )
 from tests.conftest import ISSUER
+from tests.keypool import rsa_key as pooled_rsa_key
 from tests.pki import Pki
 from tests.security.test_token_verification_attacks import AUDIENCE, CLIENT_ID, Forge
 from tests.verify.test_asgi import CountingCache
 
-KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-FORGE = Forge(KEY, rfc7638_thumbprint(KEY.public_key()), rsa.generate_private_key(65537, 2048))
+KEY = pooled_rsa_key()
+FORGE = Forge(KEY, rfc7638_thumbprint(KEY.public_key()), pooled_rsa_key())
 JWKS = jwks_json([public_jwk(KEY.public_key())])
 
 

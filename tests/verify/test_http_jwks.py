@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authsvc.core.keys import jwks_json, public_jwk, rfc7638_thumbprint
 from authsvc.server.app import RunningServer, open_authority, start_server
@@ -18,12 +17,13 @@ from authsvc.verify import HttpJwksSource, JwksCache, TokenVerifier
 from authsvc.verify.jwks import MIN_HTTP_MAX_AGE, JwksFetchError
 from tests.conftest import ISSUER, TokenServer, serve_config
 from tests.helpers import ServerThread
+from tests.keypool import rsa_key as pooled_rsa_key
 from tests.security.test_token_verification_attacks import AUDIENCE, CLIENT_ID, Forge
 from tests.server.test_serve import self_signed
 from tests.verify.http_servers import JWKS_PATH, JwksServer, Reply, serving
 
-KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-NEXT = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+KEY = pooled_rsa_key()
+NEXT = pooled_rsa_key()
 FORGE = Forge(KEY, rfc7638_thumbprint(KEY.public_key()), NEXT)
 JWKS = jwks_json([public_jwk(KEY.public_key())])
 BOTH = jwks_json([public_jwk(KEY.public_key()), public_jwk(NEXT.public_key())])

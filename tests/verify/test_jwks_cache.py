@@ -6,12 +6,12 @@ import threading
 import time
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authsvc.core.keys import jwks_json, public_jwk
 from authsvc.verify.jwks import JwksCache, WouldBlock
+from tests.keypool import rsa_key as pooled_rsa_key
 
-KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+KEY = pooled_rsa_key()
 JWKS = jwks_json([public_jwk(KEY.public_key())])
 KID = public_jwk(KEY.public_key())["kid"]
 

@@ -7,7 +7,6 @@ import asyncio
 import threading
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authsvc.core.errors import InvalidRequest, InvalidToken, OAuthError, TemporarilyUnavailable
 from authsvc.core.keys import jwks_json, public_jwk, rfc7638_thumbprint
@@ -21,10 +20,11 @@ from authsvc.verify import (
     verify_on_event_loop,
 )
 from tests.conftest import ISSUER
+from tests.keypool import rsa_key as pooled_rsa_key
 from tests.security.test_token_verification_attacks import AUDIENCE, CLIENT_ID, Forge
 
-KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-OTHER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+KEY = pooled_rsa_key()
+OTHER = pooled_rsa_key()
 FORGE = Forge(KEY, rfc7638_thumbprint(KEY.public_key()), OTHER)
 JWKS = jwks_json([public_jwk(KEY.public_key())])
 

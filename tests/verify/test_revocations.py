@@ -22,7 +22,6 @@ from urllib.parse import unquote_plus
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authsvc.core.errors import InvalidToken, TemporarilyUnavailable
 from authsvc.core.keys import jwks_json, public_jwk, rfc7638_thumbprint
@@ -32,16 +31,15 @@ from authsvc.verify import GrpcRevocationSource, RevocationCache, StaticJwksSour
 from authsvc.verify.revocations import REVOKED_MESSAGE
 from tests.conftest import ISSUER
 from tests.core.fakes import FakeMonotonic, FrozenClock
+from tests.keypool import rsa_key as pooled_rsa_key
 from tests.security.test_token_verification_attacks import AUDIENCE, CLIENT_ID, Forge
 
 WAIT = 10.0  # bounds a wait for something the test caused; never reached when all is well
 RS_ID = "payments rs:1"  # a resource server's client id with characters §2.3.1 must encode
 RS_SECRET = "s3cr:et/+%é"
 
-KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-FORGE = Forge(
-    KEY, rfc7638_thumbprint(KEY.public_key()), rsa.generate_private_key(public_exponent=65537, key_size=2048)
-)
+KEY = pooled_rsa_key()
+FORGE = Forge(KEY, rfc7638_thumbprint(KEY.public_key()), pooled_rsa_key())
 JWKS = jwks_json([public_jwk(KEY.public_key())])
 
 
