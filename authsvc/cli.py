@@ -305,9 +305,10 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=int,
-        default=env.get("AUTHSVC_WORKERS") or "1",
-        help="server processes sharing the port; set it to the number of cores to use them all "
-        "[env AUTHSVC_WORKERS; default 1]",
+        default=env.get("AUTHSVC_WORKERS") or None,
+        help="server processes sharing the ports (SO_REUSEPORT), each signing on its own core; 1 is a "
+        "single process [env AUTHSVC_WORKERS; default: the CPUs this process may use (its affinity "
+        "mask, lowered to its cgroup's CPU quota), or 1 when a listener is port 0 or unix:]",
     )
     serve.add_argument(
         "--key-publish-delay",

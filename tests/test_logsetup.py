@@ -77,6 +77,30 @@ def test_every_line_parses_under_many_threads_of_records() -> None:
     assert [json.loads(line)["message"].split()[1] for line in _lines(out)] == [str(i) for i in range(500)]
 
 
+class _CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_records_are_written_in_batches_not_one_write_each() -> None:
+    """A record does not wake the writer: the lines queued between its wake-ups go out in one
+    write (a wake-up per line took the GIL from the event loop once per token, issue 14)."""
+    out = _CountingStream()
+    setup = configure(level="info", log_format="text", stream=out)
+    try:
+        for i in range(1000):
+            logging.getLogger("authsvc.test").info("line %d", i)
+    finally:
+        setup.stop()
+    assert [line.rsplit(" ", 1)[1] for line in _lines(out)] == [str(i) for i in range(1000)]
+    assert out.writes < 100, out.writes  # a batch per wake-up, however slow the machine
+
+
 def test_audit_escapes_and_truncates_caller_text() -> None:
     out = io.StringIO()
     setup = configure(level="info", log_format="json", stream=out)

@@ -124,6 +124,7 @@ def source_key(peer: str | None) -> str:
     return _source_of_host(_host_of(peer))
 
 
+@functools.lru_cache(maxsize=4096)  # every request hashes its client id: the same few ids, mostly
 def _client_tag(client_id: str) -> str:
     """A client id as it appears in a key: a SHA-256 prefix (128 bits), never the id itself,
     which may be a secret pasted into the wrong field, and whatever its length."""

@@ -42,6 +42,10 @@ class AccessTokenClaims(TypedDict):
     cnf: NotRequired[Confirmation]  # RFC 8705 §3.1: only on a token bound to a client certificate
 
 
+# json.dumps with any argument builds a new encoder per call; one configured encoder is reused
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True)
+
+
 class TokenSigner:
     """Signs access tokens with one key, keeping the key object and header segment loaded."""
 
@@ -51,7 +55,7 @@ class TokenSigner:
         self._header_segment = b64url(json.dumps(header, separators=(",", ":")).encode("ascii"))
 
     def sign(self, claims: AccessTokenClaims) -> str:
-        payload = b64url(json.dumps(claims, separators=(",", ":"), ensure_ascii=True).encode("ascii"))
+        payload = b64url(_COMPACT_JSON.encode(claims).encode("ascii"))
         signing_input = f"{self._header_segment}.{payload}"
         signature = self.key.private_key.sign(
             signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256()

@@ -1,8 +1,10 @@
 """Process wiring of the TokenService: build the server from a :class:`ServeConfig`, serve until
 SIGTERM or SIGINT, shut down gracefully.
 
-One process serves on one event loop; ``workers > 1`` starts that many processes that share the
-listening port (SO_REUSEPORT), so that token signing uses every core. With ``--metrics-listen``
+One process serves on one event loop; several workers (by default one per usable CPU,
+:func:`~authsvc.server.cpus.usable_cpus`) are that many processes that share each listening port
+(SO_REUSEPORT), so that token signing uses every core. A listener on port 0 or a Unix socket
+cannot be shared: the default is then one process, and the log says why. With ``--metrics-listen``
 they share the management port too, and count into one private directory (prometheus_client's
 multiprocess mode), so that a scrape answered by any worker shows the whole group.
 """
@@ -17,6 +19,7 @@ import multiprocessing.connection
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -43,7 +46,7 @@ from authsvc.core.dburl import redact_database_url
 from authsvc.core.errors import ConfigurationError
 from authsvc.core.grants import TokenEndpoint, client_credentials_endpoint
 from authsvc.core.ports import SystemClock, SystemRandom
-from authsvc.listen import stop_signal
+from authsvc.listen import is_unix, split_host_port, stop_signal
 from authsvc.logsafe import LogRateLimiter
 from authsvc.metrics import ServerMetrics
 from authsvc.server.config import ServeConfig
@@ -497,18 +500,53 @@ def _worker_environment(metrics_dir: Path | None) -> Iterator[None]:
 
 
 def run(config: ServeConfig, *, log_format: str = "text") -> int:
-    """Run the TokenService in this process, or in ``config.workers`` worker processes."""
+    """Run the TokenService in this process, or in ``config.worker_count`` worker processes."""
     # once, before the workers: an operator reading the log knows which database this is
     log.info("clients and keys in %s", database_location(config))
-    if config.workers == 1:
+    workers = config.worker_count
+    if config.worker_note is not None:
+        log.info("%s", config.worker_note)
+    if workers == 1:
         asyncio.run(serve(config))
         return 0
     # Bootstrap once (migrations, pepper, first key) before the workers race for it.
     authority = open_authority(config)
     authority.keys.ensure_signing_key()
     authority.close()
+    check_ports_free(config)
+    log.info("starting %d workers (%s)", workers, "--workers" if config.workers else "one per usable CPU")
     with _group_metrics(config) as metrics_dir:
         return _run_workers(config, log_format, metrics_dir)
+
+
+def check_ports_free(config: ServeConfig) -> None:
+    """Refuse to start workers on a port something already listens on.
+
+    The workers bind with SO_REUSEPORT, which the kernel grants beside any other SO_REUSEPORT
+    socket of the same user: another ``authsvc serve`` on the same port would silently share its
+    connections with this one. A plain bind (SO_REUSEADDR only, as a single server binds: sockets
+    in TIME_WAIT do not count) fails while anything holds the port, so it is tried first, for each
+    TCP listener, and released before the workers bind."""
+    for flag, address in config.listeners:
+        if is_unix(address):
+            continue
+        host, port = split_host_port(address)
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot listen on {address}: {exc.strerror or exc}; check {flag}"
+            ) from None
+        for family, kind, proto, _, sockaddr in infos[:1]:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(sockaddr)
+                except OSError as exc:
+                    raise ConfigurationError(
+                        f"cannot listen on {address}: {exc.strerror or exc}; stop what holds it or choose "
+                        f"another {flag}"
+                    ) from None
 
 
 def _run_workers(config: ServeConfig, log_format: str, metrics_dir: Path | None) -> int:
@@ -517,7 +555,7 @@ def _run_workers(config: ServeConfig, log_format: str, metrics_dir: Path | None)
         ctx.Process(
             target=_worker, args=(config, logging.getLogger().level, log_format, metrics_dir), daemon=False
         )
-        for _ in range(config.workers)
+        for _ in range(config.worker_count)
     ]
     with _worker_environment(metrics_dir):
         for p in procs:

@@ -19,6 +19,7 @@ from authsvc.core.errors import ConfigurationError
 from authsvc.core.lifecycle import DEFAULT_JWKS_MAX_AGE, DEFAULT_KEY_PUBLISH_DELAY, LifecyclePolicy
 from authsvc.core.ratelimit import RateLimit
 from authsvc.listen import ConnectionLimits, check_listen, check_plaintext, is_unix, split_host_port
+from authsvc.server.cpus import usable_cpus
 
 __all__ = [
     "DEFAULT_ISSUER",
@@ -54,7 +55,9 @@ class ServeConfig:
     mtls_base_url: str | None = None  # the public origin of mtls_http_listen (mtls_endpoint_aliases)
     kek: str | None = field(default=None, repr=False)  # one KEK, or several comma-separated
     kek_file: Path | tuple[Path, ...] | None = None  # one KEK file, or several: the first encrypts
-    workers: int = 1
+    # processes sharing the ports; None: one per usable CPU (see worker_count), an int: exactly that
+    workers: int | None = None
+    cpus: int = field(default_factory=usable_cpus)  # what None means: the CPUs this process may use
     database_url: str | None = field(default=None, repr=False)
     client_cache_ttl: float = 2.0
     grace_period: float = 5.0
@@ -106,20 +109,21 @@ class ServeConfig:
         if issuer.scheme not in ("https", "http") or not issuer.netloc or issuer.query or issuer.fragment:
             # RFC 8414 §2: an https URL without query or fragment; http only for local development
             raise ConfigurationError("the issuer must be an https:// URL without query or fragment")
-        if self.workers < 1:
+        if self.workers is not None and self.workers < 1:
             raise ConfigurationError("--workers must be at least 1")
-        if self.workers > 1 and self.metrics_listen is not None:
-            # the workers share the management port as they share --listen
-            if is_unix(self.metrics_listen):
-                raise ConfigurationError(
-                    "several workers share the metrics port: give --metrics-listen HOST:PORT, not unix:"
-                )
-            if split_host_port(self.metrics_listen)[1] == 0:
-                raise ConfigurationError("several workers need a fixed --metrics-listen port, not port 0")
-        if self.workers > 1 and is_unix(self.listen):
-            raise ConfigurationError("several workers share a TCP port: give --listen HOST:PORT, not unix:")
-        if self.workers > 1 and split_host_port(self.listen)[1] == 0:
-            raise ConfigurationError("several workers need a fixed port, not port 0")
+        if self.cpus < 1:
+            raise ConfigurationError("the usable CPU count must be at least 1")
+        if self.workers is not None and self.workers > 1:
+            # several processes share each port (SO_REUSEPORT): each must be a fixed TCP port
+            for flag, address in self.listeners:
+                if is_unix(address):
+                    raise ConfigurationError(
+                        f"several workers share each port: give {flag} a fixed HOST:PORT, not unix:"
+                    )
+                if split_host_port(address)[1] == 0:
+                    raise ConfigurationError(
+                        f"several workers share each port: give {flag} a fixed HOST:PORT, not port 0"
+                    )
         if self.jwks_max_age <= 0:
             raise ConfigurationError("the JWKS max age must be positive")
         if self.key_publish_delay < self.jwks_max_age:
@@ -180,8 +184,6 @@ class ServeConfig:
             if address in taken and _port(address) != 0:
                 raise ConfigurationError(f"{flag} {address} is also {taken[address]}: give each its own port")
             taken[address] = flag
-            if self.workers > 1 and (is_unix(address) or split_host_port(address)[1] == 0):
-                raise ConfigurationError(f"several workers share each port: give {flag} a fixed HOST:PORT")
         if self.mtls_base_url is not None:
             url = urlsplit(self.mtls_base_url)
             if (
@@ -195,6 +197,50 @@ class ServeConfig:
                     "--mtls-base-url must be an https:// origin without path, query or fragment, e.g. "
                     "https://mtls.auth.example:8443 (the issuer's path is added to it)"
                 )
+
+    @property
+    def listeners(self) -> list[tuple[str, str]]:
+        """Each configured listener as (its flag, its address)."""
+        return [
+            (flag, address)
+            for flag, address in (
+                ("--listen", self.listen),
+                ("--http-listen", self.http_listen),
+                ("--mtls-listen", self.mtls_listen),
+                ("--mtls-http-listen", self.mtls_http_listen),
+                ("--metrics-listen", self.metrics_listen),
+            )
+            if address is not None
+        ]
+
+    @property
+    def unshareable_listener(self) -> str | None:
+        """The flag of a listener that several processes cannot share (port 0: each would get its
+        own port; unix:PATH), or None."""
+        for flag, address in self.listeners:
+            if is_unix(address) or split_host_port(address)[1] == 0:
+                return flag
+        return None
+
+    @property
+    def worker_count(self) -> int:
+        """How many processes serve: ``workers`` when given; by default one per usable CPU
+        (:func:`~authsvc.server.cpus.usable_cpus`), or one when a listener cannot be shared
+        (:attr:`worker_note` says why)."""
+        if self.workers is not None:
+            return self.workers
+        return 1 if self.unshareable_listener is not None else self.cpus
+
+    @property
+    def worker_note(self) -> str | None:
+        """Why the default gave fewer workers than CPUs, for the start-up log; None otherwise."""
+        flag = self.unshareable_listener
+        if self.workers is not None or self.cpus == 1 or flag is None:
+            return None
+        return (
+            f"one worker, not {self.cpus}: {flag} is port 0 or unix:, which several processes cannot "
+            "share; give it a fixed HOST:PORT to use every CPU (or --workers 1 to say so)"
+        )
 
     def lifecycle_policy(self) -> LifecyclePolicy:
         # every server publishes what it read at its last key tick: a key stored now is in every

@@ -127,7 +127,7 @@ def test_one_scrape_shows_every_workers_calls(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("metrics_listen", "expected"),
-    [("127.0.0.1:0", "fixed --metrics-listen port"), ("unix:/tmp/m.sock", "not unix:")],
+    [("127.0.0.1:0", "give --metrics-listen a fixed HOST:PORT, not port 0"), ("unix:/tmp/m.sock", "unix:")],
     ids=["port-0", "unix"],
 )
 def test_workers_need_a_shared_tcp_metrics_port(tmp_path: Path, metrics_listen: str, expected: str) -> None:
