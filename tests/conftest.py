@@ -20,6 +20,7 @@ from tests.keypool import POOL
 from tests.pg import pg_database, pg_url  # noqa: F401 - fixtures for every test module
 from tests.pki import Pki, pki  # noqa: F401 - the session's test CA and certificates (mutual TLS)
 from tests.redisdb import redis_prefix, redis_url  # noqa: F401 - fixtures for every test module
+from tests.store.contract import store  # noqa: F401 - each kind of store in turn, for every test module
 
 ISSUER = "https://auth.test"
 KEK = "11" * 32

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -18,7 +16,6 @@ from authsvc.core.secrets import SecretHasher
 from authsvc.store.base import Store
 from tests.assertions import ec_key, jwks_json, rsa_key
 from tests.core.fakes import CountingRandom, FrozenClock
-from tests.store.contract import STORE_KINDS, open_store
 
 NOW = 1_700_000_000
 HASHER = SecretHasher(b"pepper-for-tests-only-0123456789")
@@ -26,15 +23,6 @@ PK = ClientAuthMethod.PRIVATE_KEY_JWT
 OLD = rsa_key("set-keys-old")
 NEW = rsa_key("set-keys-new")
 EC = ec_key("set-keys-ec")
-
-
-@pytest.fixture(params=STORE_KINDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = open_store(request.param, tmp_path, request)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture

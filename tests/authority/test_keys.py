@@ -27,7 +27,6 @@ from authsvc.store.base import StaleKek, Store, StoredKey
 from authsvc.store.sqlite import SQLiteStore
 from tests.core.fakes import FrozenClock
 from tests.keypool import rsa_key as pooled_rsa_key
-from tests.store.contract import STORE_KINDS, open_store
 
 KEK = KeyEncryptionKey(b"\x11" * 32)
 NEW_KEK = KeyEncryptionKey(b"\x22" * 32)
@@ -39,15 +38,6 @@ T0 = 1_700_000_000.0
 
 
 # -- fixtures and helpers -------------------------------------------------------------------------
-
-
-@pytest.fixture(params=STORE_KINDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = open_store(request.param, tmp_path, request)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,17 @@ def open_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Sto
     from authsvc.store.postgres import PostgresStore
 
     return PostgresStore(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Each kind of store in turn, fresh and empty, closed afterwards (import it into a module
+    to run its tests on every store)."""
+    s = open_store(request.param, tmp_path, request)
+    try:
+        yield s
+    finally:
+        s.close()
 
 
 def make_client(

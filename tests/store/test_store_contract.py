@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,17 +14,7 @@ from authsvc.store.base import AlreadyExists, Store, StoreError
 from authsvc.store.sql import JTI_PURGE_INTERVAL, SqlStore
 from tests.assertions import jwks_json, rsa_key
 from tests.helpers import run_at_once
-from tests.store.contract import STORE_KINDS, make_client, make_key, open_store
-
-
-@pytest.fixture(params=STORE_KINDS)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = open_store(request.param, tmp_path, request)
-    try:
-        yield s
-    finally:
-        s.close()
-
+from tests.store.contract import make_client, make_key, open_store
 
 # -- clients ---------------------------------------------------------------------------------
 
