@@ -124,11 +124,25 @@ def source_key(peer: str | None) -> str:
     return _source_of_host(_host_of(peer))
 
 
-@functools.lru_cache(maxsize=4096)  # every request hashes its client id: the same few ids, mostly
 def _client_tag(client_id: str) -> str:
     """A client id as it appears in a key: a SHA-256 prefix (128 bits), never the id itself,
-    which may be a secret pasted into the wrong field, and whatever its length."""
+    which may be a secret pasted into the wrong field, and whatever its length. Ids no longer
+    than a valid one are remembered (every request hashes its client id: the same few ids,
+    mostly); a longer one, which names no client, is hashed each time, so that made-up ids of up
+    to a message's size cannot fill the cache with megabytes."""
+    if len(client_id) <= _CACHED_ID_CHARS:
+        return _cached_client_tag(client_id)
+    return _tag_of(client_id)
+
+
+_CACHED_ID_CHARS = 128  # the longest valid client id (authsvc.core.clients.validate_client_id)
+
+
+def _tag_of(client_id: str) -> str:
     return hashlib.sha256(client_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+_cached_client_tag = functools.lru_cache(maxsize=4096)(_tag_of)
 
 
 # -- buckets ----------------------------------------------------------------------------------

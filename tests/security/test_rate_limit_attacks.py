@@ -136,3 +136,24 @@ def test_a_secret_pasted_as_client_id_never_reaches_redis(
     assert len(keys) == 2  # the failure and shop's client bucket
     secret = shop.secret.encode()
     assert not any(secret[11:27] in key or b"shop" in key for key in keys)
+
+
+def test_made_up_long_client_ids_do_not_fill_the_client_tag_cache() -> None:
+    # every request's client id is hashed for its bucket keys before it is authenticated; a flood
+    # of distinct ids as long as a message allows (64 KiB over gRPC) must not be remembered
+    from authsvc.authority import ratelimit
+
+    before = ratelimit._cached_client_tag.cache_info().currsize
+    long_ids = [f"{n:08d}" + "x" * 60_000 for n in range(50)]
+    tags = [ratelimit._client_tag(i) for i in long_ids]
+    assert ratelimit._cached_client_tag.cache_info().currsize == before
+    assert len(set(tags)) == 50 and all(
+        len(t) == 32 and i not in t for t, i in zip(tags, long_ids, strict=True)
+    )
+    # a valid-length id is remembered, and tags the same either way
+    fresh = "client-tag-cache-probe-" + "y" * 100  # 123 characters, seen by no other test
+    assert ratelimit._client_tag(fresh) == ratelimit._tag_of(fresh)
+    hits = ratelimit._cached_client_tag.cache_info().hits
+    ratelimit._client_tag(fresh)
+    assert ratelimit._cached_client_tag.cache_info().hits == hits + 1
+    assert ratelimit._client_tag("x" * 129) == ratelimit._tag_of("x" * 129)
