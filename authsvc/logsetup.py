@@ -3,10 +3,11 @@ writing a line never blocks the event loop. Also the ``authsvc.audit`` logger's 
 
 No grpc and nothing of the server here: ``payments_svc`` imports it too.
 
-- :func:`configure` installs a :class:`~logging.handlers.QueueHandler` on the root logger and a
-  background thread that formats and writes the queued records: a line after a quiet spell at
-  once, and under load in batches, one wake-up and one write per :data:`WRITE_INTERVAL`; call
-  :meth:`LogSetup.stop` at exit (it drains the queue, so no line is lost).
+- :func:`configure` installs a handler on the root logger that formats each record in the
+  caller's thread and queues the line, and a background thread that writes the queued lines: a
+  line after a quiet spell at once, and under load in batches, one wake-up and one write per
+  :data:`WRITE_INTERVAL`; call :meth:`LogSetup.stop` at exit (it drains the queue, so no line is
+  lost).
 - ``json``: one JSON object per line, ``time`` (UTC ISO-8601, ``Z``), ``level``, ``logger``,
   ``message``, ``pid``, the record's extra fields, and ``exc`` (the traceback as one string) when
   the record carries an exception. ``text``: ``2024-05-01T12:00:00.123Z INFO name: message``.
@@ -23,7 +24,6 @@ import contextlib
 import datetime
 import json
 import logging
-import logging.handlers
 import math
 import queue
 import sys
@@ -53,6 +53,7 @@ LogFormat = Literal["text", "json"]
 LOG_FORMATS: Final = ("text", "json")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 AUDIT_LOGGER: Final = "authsvc.audit"
+_AUDIT_LOG: Final = logging.getLogger(AUDIT_LOGGER)
 
 # What every LogRecord holds: anything else in its __dict__ came from ``extra=``.
 _STANDARD_ATTRS: Final = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
@@ -106,33 +107,42 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=True)
 
 
-class _QueueHandler(logging.handlers.QueueHandler):
-    """Renders the message and the traceback in the caller's thread (the arguments may change
-    after the call), but leaves the layout to the listener's formatter: the stdlib's ``prepare``
-    would bake the traceback into ``message``, where a JSON line needs it as ``exc``. A record at
-    WARNING or above sets ``urgent``: the writer writes it (and all before it) at once."""
+class _QueueHandler(logging.Handler):
+    """Formats each record in the caller's thread and queues the line for the writer thread.
 
-    def __init__(self, records: queue.SimpleQueue[logging.LogRecord], urgent: threading.Event) -> None:
-        super().__init__(records)
+    Formatting here (as :class:`~logging.StreamHandler` does) renders the arguments while they
+    still hold what they held at the call, needs no copy of the record, and leaves the writer
+    nothing but a ``write``: it holds the GIL for microseconds, never long enough to keep the
+    event loop waiting for it. A record at WARNING or above sets ``urgent``: the writer writes it
+    (and all before it) at once."""
+
+    def __init__(
+        self,
+        lines: queue.SimpleQueue[str | None],
+        output: logging.StreamHandler[TextIO],
+        urgent: threading.Event,
+    ) -> None:
+        super().__init__()
+        self._lines = lines
+        self._output = output
         self._urgent = urgent
 
-    def enqueue(self, record: logging.LogRecord) -> None:
-        super().enqueue(record)
+    def emit(self, record: logging.LogRecord) -> None:
+        output = self._output
+        if record.levelno < output.level:
+            return
+        try:
+            line = output.format(record) + output.terminator
+        except Exception:  # as logging.Handler.emit does: report, never raise
+            self.handleError(record)
+            return
+        self._lines.put(line)
         if record.levelno >= logging.WARNING:
             self._urgent.set()
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        copy = logging.makeLogRecord(record.__dict__)
-        copy.msg = record.getMessage()
-        copy.args = None
-        if record.exc_info:
-            copy.exc_text = record.exc_text or logging.Formatter().formatException(record.exc_info)
-        copy.exc_info = None
-        return copy
-
 
 class _BatchListener:
-    """Writes the queued records from a background thread, in batches when busy.
+    """Writes the queued lines from a background thread, in batches when busy.
 
     The stdlib's :class:`~logging.handlers.QueueListener` wakes for every record, and its thread
     then takes the GIL from the event loop to write one line: under load (a line per token) those
@@ -145,11 +155,11 @@ class _BatchListener:
 
     def __init__(
         self,
-        records: queue.SimpleQueue[logging.LogRecord],
+        lines: queue.SimpleQueue[str | None],
         output: logging.StreamHandler[TextIO],
         interval: float,
     ) -> None:
-        self.queue = records
+        self.queue = lines
         self.handlers = (output,)
         self._output = output
         self._interval = interval
@@ -172,45 +182,35 @@ class _BatchListener:
             self.urgent.clear()
             last_write = now
 
-    def _queued(self) -> list[logging.LogRecord]:
-        batch: list[logging.LogRecord] = []
+    def _queued(self) -> list[str | None]:
+        batch: list[str | None] = []
         while True:
             try:
                 batch.append(self.queue.get_nowait())
             except queue.Empty:
                 return batch
 
-    def _write(self, batch: list[logging.LogRecord]) -> None:
-        output = self._output
-        lines = []
-        for record in batch:
-            if record is _STOP or record.levelno < output.level:
-                continue
-            try:
-                lines.append(output.format(record) + output.terminator)
-            except Exception:  # as logging.Handler.emit does: report, never raise
-                output.handleError(record)
-        if not lines:
+    def _write(self, batch: list[str | None]) -> None:
+        text = "".join(line for line in batch if line is not None)  # None: stop()'s wake-up
+        if not text:
             return
+        output = self._output
         with output.lock or contextlib.nullcontext():
             try:
-                output.stream.write("".join(lines))
+                output.stream.write(text)
                 output.stream.flush()
             except Exception:  # a closed or broken stream: reported once per batch
-                output.handleError(batch[-1])
+                output.handleError(logging.makeLogRecord({"msg": "%d log lines lost", "args": (len(batch),)}))
 
     def stop(self) -> None:
-        """Write every queued record, then end the thread."""
+        """Write every queued line, then end the thread."""
         self._stopping.set()
         self.urgent.set()  # ends a busy sleep
-        self.queue.put(_STOP)  # wakes a thread blocked on an empty queue
+        self.queue.put(None)  # wakes a thread blocked on an empty queue
         if self._thread is not None:
             self._thread.join()
             self._thread = None
         self._write(self._queued())  # anything queued after the thread's last look
-
-
-_STOP: Final = logging.makeLogRecord({"msg": "stop the writer"})  # never written
 
 
 class LogSetup:
@@ -288,9 +288,9 @@ def configure(
         level = logging.getLevelName(name)
     output = logging.StreamHandler(stream if stream is not None else sys.stderr)
     output.setFormatter(formatter_for(log_format, tag=tag))
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = _BatchListener(records, output, WRITE_INTERVAL)
-    handler = _QueueHandler(records, listener.urgent)
+    lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+    listener = _BatchListener(lines, output, WRITE_INTERVAL)
+    handler = _QueueHandler(lines, output, listener.urgent)
     root = logging.getLogger()
     previous = (list(root.handlers), root.level)
     for old in previous[0]:
@@ -321,12 +321,21 @@ def _shown(value: object) -> str:
 
 def audit(event: str, /, fields: Mapping[str, object], *, level: int = logging.INFO) -> None:
     """Write one audit event (``event`` is a fixed name, such as ``"token.issued"``). ``None``
-    fields are left out. Values of ``fields`` are caller-supplied at worst, never secrets."""
-    logger = logging.getLogger(AUDIT_LOGGER)
+    fields are left out. Values of ``fields`` are caller-supplied at worst, never secrets.
+
+    One per token issued, on the event loop: the record is built directly (no search of the
+    caller's frame, whose file and line would always be this function's), its message rendered
+    once here, with no arguments left for a handler to format again."""
+    logger = _AUDIT_LOG
     if not logger.isEnabledFor(level):
         return
-    present = {k: v for k, v in fields.items() if v is not None}
     extra: dict[str, object] = {"event": event}
-    extra.update({k if k not in _STANDARD_ATTRS else f"{k}_": _field(v) for k, v in present.items()})
-    shown = " ".join(f"{k}={_shown(v)}" for k, v in present.items())
-    logger.log(level, "%s %s", event, shown, extra=extra)
+    shown = [event]
+    for key, value in fields.items():
+        if value is None:
+            continue
+        extra[key if key not in _STANDARD_ATTRS else f"{key}_"] = _field(value)
+        shown.append(f"{key}={_shown(value)}")
+    logger.handle(
+        logger.makeRecord(AUDIT_LOGGER, level, __file__, 0, " ".join(shown), (), None, event, extra)
+    )

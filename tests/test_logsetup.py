@@ -147,3 +147,17 @@ def test_a_bad_level_or_format_is_a_usage_error(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert ("is not a log level" in err or "is not a log format" in err) and "Traceback" not in err
+
+
+def test_a_line_says_what_its_arguments_held_at_the_call() -> None:
+    """Records are formatted in the caller's thread: an argument changed after the call (before
+    the writer thread wrote the line) does not change the line."""
+    out = io.StringIO()
+    setup = configure(level="info", log_format="text", stream=out)
+    try:
+        held = ["before"]
+        logging.getLogger("authsvc.test").info("held %s", held)
+        held[0] = "after"
+    finally:
+        setup.stop()
+    assert _lines(out)[-1].endswith("held ['before']")
