@@ -287,7 +287,9 @@ class OAuthHttp:
         if self._revoked(principal):  # RFC 7662 §2.2: a revoked token is not active
             return _ok({"active": False})
         claims = principal.claims
-        bound = {} if principal.certificate_thumbprint is None else {"cnf": claims["cnf"]}  # RFC 8705 §3.2
+        bound = (
+            {} if principal.certificate_thumbprint is None else {"cnf": dict(claims["cnf"])}
+        )  # RFC 8705 §3.2
         return _ok(
             {
                 **bound,

@@ -18,9 +18,10 @@ refused) is accepted only with the matching ``peer_certificate``: :mod:`authsvc.
 A token that passed is remembered (keyed by its SHA-256) until it expires, so a repeated token
 costs a hash and a dict lookup; only under the epoch of the key set that verified it, so that a
 key leaving the set (revocation) ends every acceptance it backed. Failures are never cached.
-Acceptable header segments, and the scope strings of tokens whose signature checked, are kept
-parsed (bounded), so a fresh token with a known header and scope string is not parsed twice
-over; every check above still runs on it.
+The header segments and the scope strings of tokens whose signature checked are kept parsed
+(bounded, and never filled by a forged token), so a fresh token with a known header and scope
+string is not parsed twice over; every check above still runs on it. The principal's claims
+are read-only: one principal answers every call that presents its token.
 
 With a :class:`~authsvc.verify.revocations.RevocationCache`, every acceptance, fresh or from
 that cache, is then checked against the revocation list (two dict lookups), so a token revoked
@@ -38,6 +39,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -76,6 +78,7 @@ class Principal:
     jti: str
     expires_at: float
     issued_at: float
+    # every claim of the token, read-only (arrays as tuples, objects as read-only mappings)
     claims: Mapping[str, Any] = field(repr=False, compare=False)
     # RFC 8705 §3.1: the x5t#S256 of the client certificate the token is bound to, or None
     certificate_thumbprint: str | None = None
@@ -166,6 +169,25 @@ def _string(claims: Mapping[str, Any], name: str) -> str:
     return value
 
 
+def _frozen(value: Any) -> Any:
+    if isinstance(value, dict):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _read_only(claims: dict[str, Any]) -> Mapping[str, Any]:
+    """``claims`` (this call's own dict, fresh from the JSON parser, so uncopied) as a read-only
+    view, its arrays as tuples and its objects as read-only views too: one principal serves every
+    call that presents its token (the verified-token cache), so no handler may change what the
+    next one sees."""
+    for name, value in claims.items():
+        if isinstance(value, dict | list):
+            claims[name] = _frozen(value)
+    return MappingProxyType(claims)
+
+
 def _check_bound(principal: Principal, peer_certificate: bytes | DeferBinding | None) -> None:
     if principal.certificate_thumbprint is not None and not isinstance(peer_certificate, DeferBinding):
         check_binding(principal.certificate_thumbprint, peer_certificate)
@@ -230,7 +252,7 @@ class TokenVerifier:
         self._cache_size = cache_size
         self._verified: OrderedDict[bytes, tuple[float, int, Principal]] = OrderedDict()
         self._cached_epoch = self.keys.epoch
-        # header segments already found acceptable (only good ones are remembered)
+        # header segments of tokens whose signature checked (so forged tokens never fill it)
         self._headers: dict[str, str] = {}
         # scope claims of tokens that passed, parsed: many tokens share a few scope strings.
         # Filled only after a signature checked, so forged tokens never fill it
@@ -321,10 +343,9 @@ class TokenVerifier:
             raise Refused(o.MALFORMED, "the token is not ASCII")
         header_b64, payload_b64, signature_b64 = split_compact(token)
         kid = self._headers.get(header_b64)
+        known_header = kid is not None
         if kid is None:
             kid = _check_header(header_b64)
-            if len(self._headers) < 256:  # one header per signing key: a few at most in practice
-                self._headers[header_b64] = kid
 
         claims = strict_json_object(b64url_decode_strict(payload_b64))
         principal = self._check_claims(claims, now)
@@ -341,6 +362,10 @@ class TokenVerifier:
             key.verify(signature, token[: -len(signature_b64) - 1].encode("ascii"), _PKCS1V15, _SHA256)
         except InvalidSignature as exc:
             raise Refused(o.BAD_SIGNATURE, "the token's signature is invalid") from exc
+        if not known_header and len(self._headers) < 256:
+            # remembered only once a signature checked, so forged tokens never fill it; one header
+            # per signing key, a few at most in practice
+            self._headers[header_b64] = kid
         return principal, epoch
 
     def _check_claims(self, claims: dict[str, Any], now: float) -> Principal:
@@ -376,7 +401,6 @@ class TokenVerifier:
             except InvalidScope as exc:
                 raise Refused(o.INVALID_CLAIMS, "the token's scope claim is malformed") from exc
         thumbprint = bound_thumbprint(claims)
-        # claims is this call's own dict, fresh from the JSON parser: it is the principal's, uncopied
         return _new_principal(
             client_id=client_id,
             subject=subject,
@@ -386,7 +410,7 @@ class TokenVerifier:
             jti=jti,
             expires_at=exp,
             issued_at=iat,
-            claims=claims,
+            claims=_read_only(claims),
             certificate_thumbprint=thumbprint,
         )
 

@@ -5,6 +5,9 @@
 - parsed scope claims are remembered only for tokens whose signature checked: forged tokens
   (attacker's key) with made-up scope strings leave nothing behind, and a remembered scope
   string gives the same scopes as parsing it;
+- acceptable header segments are remembered only for tokens whose signature checked, too;
+- a principal's claims are read-only, nested arrays and objects included: the principal a cached
+  token maps to answers every later call with that token, so no handler may change it;
 - ``cache_size=0`` remembers no acceptance, and still refuses everything it refused;
 - the common ``Bearer <token>`` spelling, read without the general parser, gives what it gives;
 - the sync interceptor's guarded handler, built once per method, judges every call by that
@@ -25,6 +28,7 @@ from hypothesis import strategies as st
 from authsvc.core.errors import InvalidToken
 from authsvc.core.keys import jwks_json, public_jwk, rfc7638_thumbprint
 from authsvc.verify import AuthInterceptor, StaticJwksSource, TokenVerifier, current_principal
+from authsvc.verify.binding import DEFER_BINDING
 from authsvc.verify.principal import _token_of, bearer_token
 from authsvc.verify.verifier import MAX_TOKEN_BYTES, Principal, _new_principal
 from tests.conftest import ISSUER
@@ -90,6 +94,44 @@ def test_forged_tokens_never_fill_the_scope_cache() -> None:
     assert v._scope_sets == {}
     v.verify(FORGE.token(claims=FORGE.claims(scope="echo:read admin:1")))
     assert v._scope_sets == {"echo:read admin:1": frozenset({"echo:read", "admin:1"})}
+
+
+def test_forged_tokens_never_fill_the_header_cache() -> None:
+    # each spelling of typ is an acceptable header (RFC 7515 §4.1.9: case-insensitive, the
+    # "application/" prefix optional), so each is a header segment of its own
+    spellings = [
+        prefix + "".join(c.upper() if bit else c for c, bit in zip("at+jwt", bits, strict=False))
+        for prefix in ("", "application/")
+        for bits in ((n >> i & 1 for i in range(6)) for n in range(32))
+    ]
+    v = verifier()
+    for typ in spellings:
+        with pytest.raises(InvalidToken):
+            v.verify(FORGE.token(header=FORGE.header(typ=typ), key=ATTACKER))
+    assert v._headers == {}
+    v.verify(FORGE.token(header=FORGE.header(typ="AT+JWT")))
+    assert list(v._headers.values()) == [FORGE.kid]
+
+
+def test_principal_claims_are_read_only_and_cached_hits_see_them_unchanged() -> None:
+    v = verifier()
+    bound = {"x5t#S256": "A" * 43}
+    token = FORGE.token(claims=FORGE.claims(aud=[AUDIENCE, "x"], cnf=bound, extra={"nested": [1, {"a": 2}]}))
+    claims = v.verify(token, peer_certificate=DEFER_BINDING).claims
+    with pytest.raises(TypeError):
+        claims["scope"] = "admin"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        del claims["aud"]  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        claims["aud"].append("payments")
+    with pytest.raises(TypeError):
+        claims["cnf"]["x5t#S256"] = "B" * 43
+    with pytest.raises(TypeError):
+        claims["extra"]["nested"][1]["a"] = 3
+    again = v.verify(token, peer_certificate=DEFER_BINDING)
+    assert again.claims is claims  # the cache's principal: the same, unchanged
+    assert claims["aud"] == (AUDIENCE, "x") and dict(claims["cnf"]) == bound
+    assert claims["extra"]["nested"][1] == {"a": 2}
 
 
 def test_a_remembered_scope_string_gives_the_parsed_scopes_and_malformed_ones_stay_refused() -> None:
