@@ -37,14 +37,13 @@ The assertion is never logged, and never part of an error's text.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from authsvc.core.client_keys import ClientKeySet
 from authsvc.core.clients import Client
 from authsvc.core.errors import ConfigurationError, InvalidClient, InvalidRequest, InvalidToken, with_detail
-from authsvc.core.jose import b64url_decode_strict, split_compact, strict_json_object
+from authsvc.core.jose import b64url_decode_strict, json_number, split_compact, strict_json_object
 
 __all__ = [
     "CLIENT_ASSERTION_TYPE",
@@ -181,6 +180,4 @@ def peek_subject(text: str) -> str:
 
 def assertion_number(value: object) -> float | None:
     """A NumericDate claim (RFC 7519 §2) as a float, or None if it is not a finite number."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
+    return json_number(value)

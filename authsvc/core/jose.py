@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import binascii
 import json
+import math
 from typing import Any
 
 from authsvc.core.errors import InvalidToken
 
-__all__ = ["b64url_decode_strict", "split_compact", "strict_json_object"]
+__all__ = ["b64url_decode_strict", "json_number", "split_compact", "strict_json_object"]
 
 # The characters that may end a canonical segment whose length leaves 4 or 2 unused bits.
 _ENDS_AFTER_2_CHARS = frozenset("AQgw")
@@ -79,8 +80,24 @@ def strict_json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidToken("the token's JSON starts with a byte-order mark")
     try:
         value = _DECODER.decode(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    # ValueError: JSONDecodeError, and an integer of more digits than int() converts (4300)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidToken("the token's segments are not valid JSON") from exc
     if not isinstance(value, dict):
         raise InvalidToken("the token's JSON is not an object")
     return value
+
+
+def json_number(value: object) -> float | None:
+    """A JSON number (a NumericDate claim, RFC 7519 §2) as a finite float; None for anything else:
+    a boolean, a string, an infinite float (``1e400`` parses as one) or an integer too large for
+    a float (``1`` and 400 zeros), which must be refused like any malformed claim, never raise."""
+    # the exact types the JSON parser makes (bool, a subclass of int, is not a number here)
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if type(value) is int:
+        try:
+            return float(value)
+        except OverflowError:
+            return None
+    return None

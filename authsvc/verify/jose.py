@@ -14,10 +14,10 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from authsvc.core.errors import InvalidToken
-from authsvc.core.jose import b64url_decode_strict, split_compact, strict_json_object
+from authsvc.core.jose import b64url_decode_strict, json_number, split_compact, strict_json_object
 from authsvc.core.keys import ALGORITHM, MAX_RSA_BITS, MIN_RSA_BITS, RSA_EXPONENT
 
-__all__ = ["b64url_decode_strict", "parse_rsa_jwk", "split_compact", "strict_json_object"]
+__all__ = ["b64url_decode_strict", "json_number", "parse_rsa_jwk", "split_compact", "strict_json_object"]
 
 
 def _uint(value: object) -> int:

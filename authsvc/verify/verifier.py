@@ -34,7 +34,6 @@ that a token is valid, never who presented it.
 from __future__ import annotations
 
 import hashlib
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -52,7 +51,7 @@ from authsvc.core.ports import Clock, SystemClock
 from authsvc.core.scopes import parse_scope
 from authsvc.verify import outcomes as o
 from authsvc.verify.binding import DeferBinding, bound_thumbprint, check_binding
-from authsvc.verify.jose import b64url_decode_strict, split_compact, strict_json_object
+from authsvc.verify.jose import b64url_decode_strict, json_number, split_compact, strict_json_object
 from authsvc.verify.jwks import JwksCache, JwksSource, WouldBlock
 from authsvc.verify.outcomes import Refused, VerifierMetrics, outcome_of
 from authsvc.verify.revocations import RevocationCache
@@ -156,10 +155,10 @@ def _check_header(header_b64: str) -> str:
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float:
-    value = claims.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    value = json_number(claims.get(name))
+    if value is None:
         raise Refused(o.INVALID_CLAIMS, f"the token's {name} claim is missing or not a number")
-    return float(value)
+    return value
 
 
 def _string(claims: Mapping[str, Any], name: str) -> str:

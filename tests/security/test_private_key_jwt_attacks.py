@@ -329,6 +329,25 @@ def test_a_claim_of_the_wrong_type(
     assert_refused(world, audit, signed(**changed), reason)
 
 
+@pytest.mark.parametrize(
+    ("claim", "text", "reason"),
+    [
+        ("exp", "1" + "0" * 400, "exp_malformed"),
+        ("iat", "-1" + "0" * 400, "iat_malformed"),
+        ("exp", "1" * 5000, "assertion_malformed"),
+    ],
+    ids=["exp-too-large-for-a-float", "iat-too-large-for-a-float", "exp-of-5000-digits"],
+)
+def test_a_huge_integer_claim_is_refused_not_a_server_error(
+    world: World, audit: pytest.LogCaptureFixture, claim: str, text: str, reason: str
+) -> None:
+    # float() of such an integer raises OverflowError, and int() of 5000 digits ValueError: either
+    # escaping the check was a server_error (and a traceback in the log) for one unsigned request
+    head = _b64(json.dumps({"alg": "RS256", "kid": SIGNER_KEY.kid}).encode())
+    body = json.dumps(claims_for(**{claim: 0})).replace(f'"{claim}": 0', f'"{claim}": {text}', 1)
+    assert_refused(world, audit, f"{head}.{_b64(body.encode())}.{_b64(b'x' * 256)}", reason)
+
+
 def test_iss_as_an_array(world: World, audit: pytest.LogCaptureFixture) -> None:
     # PyJWT will not sign it: signed here by hand, with the signer's real key
     head = _b64(json.dumps({"alg": "RS256", "kid": SIGNER_KEY.kid}).encode())

@@ -19,6 +19,7 @@ import datetime
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import string
 import threading
@@ -39,10 +40,12 @@ from cryptography.x509.oid import NameOID
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from authsvc.core.keys import public_jwk, rfc7638_thumbprint
+from authsvc.core.errors import InvalidToken
+from authsvc.core.keys import jwks_json, public_jwk, rfc7638_thumbprint
 from authsvc.server.app import RunningServer, open_authority, start_server
 from authsvc.v1 import token_pb2, token_pb2_grpc
-from authsvc.verify import GrpcJwksSource, JwksCache, JwksSource, TokenVerifier
+from authsvc.verify import GrpcJwksSource, JwksCache, JwksSource, StaticJwksSource, TokenVerifier
+from authsvc.verify.principal import verify_token
 from authsvc.verify.verifier import MAX_TOKEN_BYTES
 from tests.conftest import ISSUER, TokenServer, serve_config
 from tests.helpers import ServerThread
@@ -595,6 +598,12 @@ CLAIMS = [
     case("exp_minus_Infinity_literal", lambda f: f.token(claims=_with_raw(f, exp="-Infinity"))),
     case("nbf_minus_Infinity_literal", lambda f: f.token(claims=_with_raw(f, nbf="-Infinity"))),
     case("exp_1e400_overflows_to_infinity", lambda f: f.token(claims=_with_raw(f, exp="1e400"))),
+    # an integer too large for a float: float() raises OverflowError, which must not escape
+    case("exp_integer_too_large_for_a_float", lambda f: f.token(claims=_with_raw(f, exp="1" + "0" * 400))),
+    case("iat_integer_too_large_for_a_float", lambda f: f.token(claims=_with_raw(f, iat="-1" + "0" * 400))),
+    case("nbf_integer_too_large_for_a_float", lambda f: f.token(claims=_with_raw(f, nbf="9" * 309))),
+    # more digits than int() converts (4300): the parser raises a plain ValueError
+    case("exp_integer_of_5000_digits", lambda f: f.token(claims=_with_raw(f, exp="1" * 5000))),
     case(
         "aud_duplicate_wrong_then_right",
         lambda f: f.token(
@@ -789,6 +798,32 @@ def test_typ(echo: Echo, forge: Forge, build: Build) -> None:
 @pytest.mark.parametrize("build", CLAIMS)
 def test_claims(echo: Echo, forge: Forge, build: Build) -> None:
     assert echo.bearer(build(forge)) == REFUSED
+
+
+_HUGE_NUMBERS = {
+    "exp_integer_too_large_for_a_float": {"exp": "1" + "0" * 400},
+    "iat_integer_too_large_for_a_float": {"iat": "-1" + "0" * 400},
+    "exp_integer_of_5000_digits": {"exp": "1" * 5000},
+}
+
+
+@pytest.mark.parametrize("raw", list(_HUGE_NUMBERS.values()), ids=list(_HUGE_NUMBERS))
+def test_a_huge_integer_claim_is_an_invalid_token_not_an_unexpected_error(
+    forge: Forge, raw: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """float() of such an integer raises OverflowError, the parser ValueError past 4300 digits:
+    escaping the verifier, either was an error-level traceback in the log for each forged token
+    (the interceptor still refused it), a log flood anyone could send."""
+    verifier = TokenVerifier(
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        jwks=StaticJwksSource(jwks_json([public_jwk(forge.key.public_key())])),
+    )
+    assert verifier.keys.refresh()
+    for key in (forge.key, forge.attacker):
+        with caplog.at_level(logging.DEBUG), pytest.raises(InvalidToken):
+            verify_token(verifier, forge.token(claims=_with_raw(forge, **raw), key=key), where="/test")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 @pytest.mark.parametrize("build", ENCODING)
