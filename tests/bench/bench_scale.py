@@ -502,7 +502,7 @@ def lookup_timings(authority: Authority, clients: Sequence[Client], plan: Plan) 
     bounded = CachedClientLookup(known, ttl=2.0, monotonic=_expiring())
     for client_id in random.Random(len(ids)).sample(ids, min(len(ids), 2 * CLIENT_CACHE_ENTRIES)):
         bounded.get_client(client_id)
-    return Lookup(us["hit"], us["miss"], len(bounded._entries))
+    return Lookup(us["hit"], us["miss"], len(bounded))
 
 
 # -- issuance vs registered clients ----------------------------------------------------------------

@@ -116,13 +116,41 @@ def test_cache_is_bounded_at_max_entries(inner: CountingStore, clock: FakeMonoto
 
 def test_made_up_ids_do_not_grow_the_cache_without_bound(inner: CountingStore, clock: FakeMonotonic) -> None:
     cache = CachedClientLookup(inner, ttl=TTL, max_entries=10, monotonic=clock)
-    cache.get_client("shop")
     for i in range(1000):
         assert cache.get_client(f"made-up-{i}") is None
-    # Only the last 10 made-up ids remain cached; "shop" was pushed out long ago.
+    assert len(cache) == 10
+    # Only the last 10 made-up ids remain cached.
     reads_before = sum(inner.reads.values())
     for i in range(990, 1000):
         cache.get_client(f"made-up-{i}")
     assert sum(inner.reads.values()) == reads_before
-    cache.get_client("shop")
-    assert inner.reads["shop"] == 2
+    cache.get_client("made-up-0")
+    assert inner.reads["made-up-0"] == 2
+
+
+def test_a_flood_of_made_up_ids_never_evicts_a_registered_client(
+    inner: CountingStore, clock: FakeMonotonic
+) -> None:
+    """Made-up ids (each new, so no failed-authentication bucket fills) used to share one LRU
+    with registered clients: a flood of them turned every real client's request into a store
+    read in a worker thread. Unknown ids now evict only each other."""
+    cache = CachedClientLookup(inner, ttl=TTL, max_entries=10, monotonic=clock)
+    assert cache.get_client("shop") is not None
+    for i in range(1000):
+        assert cache.get_client(f"made-up-{i}") is None
+    assert cache.is_cached("shop")
+    assert cache.get_client("shop") is not None
+    assert inner.reads["shop"] == 1
+    assert len(cache) == 11  # the bound holds for each kind
+
+
+def test_a_client_created_after_its_id_was_unknown_is_found_once_the_entry_expires(
+    inner: CountingStore, clock: FakeMonotonic
+) -> None:
+    cache = CachedClientLookup(inner, ttl=TTL, max_entries=10, monotonic=clock)
+    assert cache.get_client("late") is None
+    inner.create_client(make_client("late"))
+    assert cache.get_client("late") is None  # still the cached answer, within the ttl
+    clock.advance(TTL + 0.01)
+    assert cache.get_client("late") is not None
+    assert not cache._unknown and cache.is_cached("late")
