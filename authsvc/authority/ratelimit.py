@@ -177,6 +177,11 @@ class LocalBuckets:
     def size(self, kind: str) -> int:
         return len(self._tats[kind])
 
+    def untouched(self, kind: str, key: str) -> bool:
+        """Whether ``key`` has no bucket of ``kind``: a full one, which every check conforms to
+        (a dict lookup, no lock: the answer is as of one instant, as a check's is)."""
+        return key not in self._tats[kind]
+
     def check(self, checks: Sequence[Check]) -> tuple[int, float]:
         """Decide ``checks`` in order; stops at the first that refuses. Returns its index and
         its retry-after, or ``(-1, 0.0)`` when all conform."""
@@ -388,10 +393,16 @@ class RateLimits:
         self.shared = shared
         self.local = local if local is not None else LocalBuckets()
         self.metrics = metrics
+        self._failed_auth_only = shared is None and client is None and peer is None
 
     @property
     def enabled(self) -> bool:
         return any(limit is not None for limit in (self.client, self.peer, self.failed_auth))
+
+    @property
+    def counts_successes(self) -> bool:
+        """Whether :meth:`succeeded` does anything (a client limit is on)."""
+        return self.client is not None
 
     def describe(self) -> str:
         """One line for the start-up log."""
@@ -430,6 +441,10 @@ class RateLimits:
         tag = _client_tag(client_id)
         failed_key = f"{source}:{tag}"
         client_key = tag if client_id else None
+        if self._failed_auth_only and self.local.untouched("failed_auth", failed_key):
+            # the default (only the failed-authentication limit, in process) for a (client, source)
+            # that has not failed lately: its bucket is full, so nothing to decide
+            return Admission(source, client_key, failed_key)
         checks: list[Check] = []
         if self.peer is not None:
             checks.append(Check("peer", source, self.peer))

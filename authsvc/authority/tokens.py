@@ -127,7 +127,8 @@ class TokenIssuer:
             except OAuthError as exc:
                 await self._settle(admission, exc)
                 raise
-            await self._settle(admission, None)
+            if admission is not None and self.limits is not None and self.limits.counts_successes:
+                await self._settle(admission, None)
         except (OAuthError, RateLimited) as exc:
             self.refused(request.client_id, exc, request=request, peer=peer)
             raise
