@@ -196,6 +196,7 @@ async def start_server(
             watch_slots=watch_slots,
             refusal_log=refusal_log,
             revocations=revocations,
+            client_certificates=config.mtls,
         ),
         server,
     )

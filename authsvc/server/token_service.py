@@ -154,7 +154,8 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
 
     ``watch_slots`` caps the concurrent WatchJwks streams; ``refusal_log`` bounds the lines that
     refused requests write (the defaults suit tests; :mod:`authsvc.server.app` passes the
-    configured ones).
+    configured ones). ``client_certificates``: the server has a mutual-TLS port, so IssueToken
+    reads each call's client certificate (and binds the token to it).
     """
 
     def __init__(
@@ -166,8 +167,12 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
         watch_slots: StreamSlots | None = None,
         refusal_log: LogRateLimiter | None = None,
         revocations: RevocationWatch | None = None,
+        client_certificates: bool = False,
     ) -> None:
         self._issuer = issuer
+        # whether a call may come over a mutual-TLS port, the only kind whose auth context holds
+        # a client certificate: elsewhere it is never read (one call into grpc a token fewer)
+        self._client_certificates = client_certificates
         self._revocations = revocations
         self._keyring = keyring
         self._max_age = jwks_max_age
@@ -177,16 +182,18 @@ class TokenServicer(token_pb2_grpc.TokenServiceServicer):
     async def IssueToken(  # noqa: N802 - the RPC's name
         self, request: token_pb2.IssueTokenRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> token_pb2.IssueTokenResponse:
+        peer = context.peer()
         try:
+            certificate = client_certificate(context.auth_context()) if self._client_certificates else None
             token_request = token_request_from(
-                request, context.invocation_metadata(), certificate=client_certificate(context.auth_context())
+                request, context.invocation_metadata(), certificate=certificate
             )
         except OAuthError as exc:
-            self._issuer.refused(request.client_id, exc, peer=context.peer())
+            self._issuer.refused(request.client_id, exc, peer=peer)
             await context.abort_with_status(status_for(exc))
             raise AssertionError("unreachable") from exc  # abort_with_status raises
         try:
-            issued = await self._issuer.issue(token_request, peer=context.peer())
+            issued = await self._issuer.issue(token_request, peer=peer)
         except Exception as exc:  # logged by the issuer
             await context.abort_with_status(status_for(exc))
             raise AssertionError("unreachable") from exc
