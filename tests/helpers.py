@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 
@@ -196,3 +199,31 @@ def run_at_once(n: int, work: Callable[[int], R]) -> tuple[list[R], list[BaseExc
         t.join(timeout=30)
     assert not any(t.is_alive() for t in threads)
     return results, errors
+
+
+def _ephemeral_low() -> int:
+    """The lowest port of the kernel's range for binds to port 0 (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port() -> int:
+    """A loopback port nothing is bound to, for a test that must name its port before a server
+    binds it (a command's environment, a server that comes back on the same address).
+
+    Chosen below the kernel's ephemeral range: every server the suite starts on port 0, in any
+    process, gets its port from that range, and a port taken from it here could be handed to one
+    of them between this check and the bind that uses it ("address already in use" under load).
+    At random among ~10,000, and checked free, so that two tests rarely ask for the same one."""
+    high = _ephemeral_low() - 1
+    low = max(1024, high - 10_000)
+    while True:
+        port = random.randint(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port

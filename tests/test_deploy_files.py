@@ -11,7 +11,6 @@ import os
 import re
 import secrets
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import pytest
 
 from authsvc import cli as authsvc_cli
 from payments_svc import cli as payments_cli
-from tests.helpers import Command, create_client
+from tests.helpers import Command, create_client, free_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 IMAGE_DATA_DIR = "/var/lib/authsvc"
@@ -572,12 +571,6 @@ def http_status(url: str) -> int:
         return exc.code
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize("workers", [None, "2"], ids=["default-workers", "two-workers"])
 def test_the_manifest_start_up_keeps_its_metrics_in_the_tmpdir_volume(
     tmp_path: Path, pg_url: str, workers: str | None
@@ -607,7 +600,7 @@ def test_the_manifest_start_up_keeps_its_metrics_in_the_tmpdir_volume(
     ports: dict[str, int] = {}
 
     def fixed_port(match: re.Match[str]) -> str:  # workers share fixed ports: never port 0
-        ports[match.group(1)] = _free_port()
+        ports[match.group(1)] = free_port()
         return f"127.0.0.1:{ports[match.group(1)]}"
 
     argv = [re.sub(r"^0\.0\.0\.0:(\d+)$", fixed_port, a) for a in container["args"]]

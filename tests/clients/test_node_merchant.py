@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import KEK
-from tests.helpers import create_client, token_and_payment_services
+from tests.helpers import Command, create_client, token_and_payment_services
 from tests.server.test_serve import self_signed
 
 NODE_DIR = Path(__file__).resolve().parents[2] / "clients" / "node"
@@ -67,9 +67,15 @@ def _locked(directory: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
-    """A TokenService and a PaymentService as processes; yields the merchant's env and its secret."""
+@pytest.fixture(scope="module")
+def running_services(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[dict[str, str], str, Command]]:
+    """A TokenService and a PaymentService as processes, once for the tests of this module that
+    run the merchant against them (each run pays with its own random idempotency key, and the
+    one with a wrong secret changes nothing); yields the merchant's env, its secret and the
+    PaymentService."""
+    tmp_path = tmp_path_factory.mktemp("services")
     env = {
         **os.environ,
         "AUTHSVC_DATA_DIR": str(tmp_path / "auth"),
@@ -94,8 +100,16 @@ def services(tmp_path: Path) -> Iterator[tuple[dict[str, str], str]]:
                 "TEST_JWKS_URL": auth.http_url + "/.well-known/jwks.json",
             },
             secret,
+            gateway,
         )
-        assert gateway.proc.poll() is None, "the PaymentService died during the test:\n" + gateway.output()
+
+
+@pytest.fixture
+def services(running_services: tuple[dict[str, str], str, Command]) -> Iterator[tuple[dict[str, str], str]]:
+    """The merchant's env and its secret; after the test, the PaymentService must still run."""
+    env, secret, gateway = running_services
+    yield env, secret
+    assert gateway.proc.poll() is None, "the PaymentService died during the test:\n" + gateway.output()
 
 
 def test_merchant_flow(node_client: str, services: tuple[dict[str, str], str]) -> None:

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import KEK
-from tests.helpers import create_client, token_and_payment_services
+from tests.helpers import create_client, free_port, token_and_payment_services
 from tests.server.test_serve import self_signed
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,12 +144,6 @@ def readme_block() -> str:
     match = re.search(r"```sh\n(.*?)```", section, re.S)
     assert match is not None, "no sh block in the README's run section"
     return match.group(1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def stop_group(pgid: int) -> None:

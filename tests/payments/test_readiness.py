@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 from pathlib import Path
 
@@ -24,14 +23,8 @@ from payments_svc.app import PAYMENT_SERVICE, PaymentsConfig, RunningPayments, s
 from payments_svc.v1 import payments_pb2 as pb
 from payments_svc.v1 import payments_pb2_grpc
 from tests.conftest import ISSUER, serve_config
-from tests.helpers import ServerThread
+from tests.helpers import ServerThread, free_port
 from tests.test_metrics import get, scrape, value
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def health_status(target: str, service: str) -> int:

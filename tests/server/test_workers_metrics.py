@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from authsvc.core.errors import ConfigurationError
 from authsvc.v1 import token_pb2, token_pb2_grpc
 from tests.conftest import KEK, serve_config
-from tests.helpers import create_client
+from tests.helpers import create_client, free_port
 from tests.test_metrics import scrape, value
 
 ISSUE = {"grpc_type": "unary", "grpc_service": "authsvc.v1.TokenService", "grpc_method": "IssueToken"}
@@ -37,12 +36,6 @@ HTTP_TOKEN = {
 }
 CALLS = 40
 HTTP_CALLS = 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(condition: object, seconds: float = 30.0) -> None:
