@@ -112,8 +112,7 @@ class _QueueHandler(logging.Handler):
 
     Formatting here (as :class:`~logging.StreamHandler` does) renders the arguments while they
     still hold what they held at the call, needs no copy of the record, and leaves the writer
-    nothing but a ``write``: it holds the GIL for microseconds, never long enough to keep the
-    event loop waiting for it. A record at WARNING or above sets ``urgent``: the writer writes it
+    nothing but a ``write``. A record at WARNING or above sets ``urgent``: the writer writes it
     (and all before it) at once."""
 
     def __init__(
