@@ -287,9 +287,8 @@ class OAuthHttp:
         if self._revoked(principal):  # RFC 7662 §2.2: a revoked token is not active
             return _ok({"active": False})
         claims = principal.claims
-        bound = (
-            {} if principal.certificate_thumbprint is None else {"cnf": dict(claims["cnf"])}
-        )  # RFC 8705 §3.2
+        # RFC 8705 §3.2; the claims are read-only mappings, which JSON cannot encode: a dict again
+        bound = {} if principal.certificate_thumbprint is None else {"cnf": dict(claims["cnf"])}
         return _ok(
             {
                 **bound,

@@ -188,11 +188,15 @@ def _read_only(claims: dict[str, Any]) -> Mapping[str, Any]:
     """``claims`` (this call's own dict, fresh from the JSON parser, so uncopied) as a read-only
     view, its arrays as tuples and its objects as read-only views too: one principal serves every
     call that presents its token (the verified-token cache), so no handler may change what the
-    next one sees."""
+    next one sees. Only for a token whose signature checked: the walk is recursive, and a claim
+    nested nearly as deep as the parser allows would exhaust the stack (refused, not raised)."""
     for value in claims.values():
         if type(value) is dict or type(value) is list:  # what the parser makes; rare in a token
-            for name, nested in claims.items():
-                claims[name] = _frozen(nested)
+            try:
+                for name, nested in claims.items():
+                    claims[name] = _frozen(nested)
+            except RecursionError:
+                raise Refused(o.MALFORMED, "the token's claims are nested too deeply") from None
             break
     return MappingProxyType(claims)
 
@@ -371,6 +375,8 @@ class TokenVerifier:
             key.verify(signature, token[: -len(signature_b64) - 1].encode("ascii"), _PKCS1V15, _SHA256)
         except InvalidSignature as exc:
             raise Refused(o.BAD_SIGNATURE, "the token's signature is invalid") from exc
+        # the claims become read-only only now: a forged token never pays for the walk
+        _set_claims(principal, _read_only(claims))
         if not known_header and len(self._headers) < 256:
             # remembered only once a signature checked, so forged tokens never fill it; one header
             # per signing key, a few at most in practice
@@ -419,7 +425,7 @@ class TokenVerifier:
             jti=jti,
             expires_at=exp,
             issued_at=iat,
-            claims=_read_only(claims),
+            claims=claims,  # made read-only once the signature has checked (_verify_fully)
             certificate_thumbprint=thumbprint,
         )
 

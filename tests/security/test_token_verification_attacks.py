@@ -807,6 +807,27 @@ _HUGE_NUMBERS = {
 }
 
 
+@pytest.mark.parametrize("depth", [900, 990])
+def test_a_deeply_nested_claim_is_an_invalid_token_not_an_unexpected_error(
+    forge: Forge, depth: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An array nested nearly as deep as the JSON parser allows (a 3.4 KB token) parses, but
+    making the claims read-only walks it recursively: forged, it must be refused before that walk
+    (the signature fails first), and signed by the issuer, refused when the walk runs out of
+    stack, never a RecursionError escaping with a traceback in the log."""
+    verifier = TokenVerifier(
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        jwks=StaticJwksSource(jwks_json([public_jwk(forge.key.public_key())])),
+    )
+    assert verifier.keys.refresh()
+    claims = json.dumps(forge.claims())[:-1] + ', "x": ' + "[" * depth + "]" * depth + "}"
+    for key in (forge.key, forge.attacker):
+        with caplog.at_level(logging.DEBUG), pytest.raises(InvalidToken):
+            verify_token(verifier, forge.token(claims=claims.encode(), key=key), where="/test")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 @pytest.mark.parametrize("raw", list(_HUGE_NUMBERS.values()), ids=list(_HUGE_NUMBERS))
 def test_a_huge_integer_claim_is_an_invalid_token_not_an_unexpected_error(
     forge: Forge, raw: dict[str, str], caplog: pytest.LogCaptureFixture
