@@ -8,7 +8,8 @@ metadata caps, no accidental port sharing, the connection limits of
 :func:`bind` adds the listening port, TLS when certificate and key are given; :func:`serving`
 reports SERVING; :func:`describe` renders the address for the start-up log line.
 :func:`start_http` serves an aiohttp application beside it, on the same event loop, with the same
-TLS files, and stops it gracefully. :func:`start_management` serves ``/metrics``, ``/livez`` and
+TLS files, and stops it gracefully (aiohttp is imported only then: a process that serves no HTTP
+never loads it). :func:`start_management` serves ``/metrics``, ``/livez`` and
 ``/readyz`` on a plaintext management port (``--metrics-listen``); :func:`track_health` keeps the
 gRPC health service in agreement with ``/readyz``.
 """
@@ -22,9 +23,9 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
-from aiohttp import web
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
@@ -33,6 +34,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from authsvc.listen import ConnectionLimits, split_host_port
 from authsvc.status import DecodeGuard
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 __all__ = [
     "HEALTH_SERVICE",
@@ -243,6 +247,8 @@ async def start_http(
     waits for requests in flight; ``reuse_port`` lets ``--workers`` share the port;
     ``idle_timeout`` closes a keep-alive connection with no request for that long (aiohttp's own
     default is an hour)."""
+    from aiohttp import web  # noqa: PLC0415 - aiohttp only in a process that serves HTTP
+
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -286,6 +292,7 @@ def management_app(registry: CollectorRegistry, readiness: Readiness) -> web.App
     """``GET /metrics`` (``registry`` in the Prometheus text format), ``GET /livez`` (200 while
     the process runs) and ``GET /readyz`` (200 when ``readiness`` has no objection, else 503 with
     ``{"status": "not ready", "reason": ...}``)."""
+    from aiohttp import web  # noqa: PLC0415 - aiohttp only in a process that serves HTTP
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(registry)

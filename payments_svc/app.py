@@ -38,7 +38,6 @@ from authsvc.verify import (
     RevocationCache,
     TokenVerifier,
 )
-from payments_svc.http import build_http_app
 from payments_svc.service import PaymentOperations, PaymentServicer
 from payments_svc.store import PaymentStore, SqlPaymentStore
 from payments_svc.v1 import payments_pb2, payments_pb2_grpc
@@ -551,6 +550,8 @@ async def _start_http(
     metrics: ServerMetrics | None = None,
 ) -> serving.HttpListener:
     assert config.http_listen is not None
+    from payments_svc.http import build_http_app  # noqa: PLC0415 - aiohttp only when HTTP is served
+
     app = build_http_app(
         payments_pb2.DESCRIPTOR.services_by_name["PaymentService"],
         operations,

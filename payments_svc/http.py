@@ -64,9 +64,9 @@ from authsvc.core.errors import (
     OAuthError,
     ServiceError,
 )
+from authsvc.httpmetrics import HTTP_ROUTE, UNMATCHED
 from authsvc.httpstatus import NO_STORE, HttpAnswer, bearer_error, service_error
 from authsvc.logsafe import LogRateLimiter
-from authsvc.metrics import HTTP_ROUTE, UNMATCHED
 from authsvc.serving import peer_certificate
 from authsvc.verify import MethodPolicy, Principal, TokenVerifier
 from authsvc.verify.policy import Public
