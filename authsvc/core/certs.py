@@ -20,8 +20,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Final, TypedDict
 
-from cryptography import x509
-
 from authsvc.core.errors import InvalidClient
 from authsvc.core.keys import b64url
 
@@ -78,6 +76,11 @@ class ClientCertificate:
     def from_der(cls, der: bytes) -> ClientCertificate:
         """Parse a DER certificate; InvalidClient if it is not one (the TLS stack accepted it,
         so this means the edge handed over something else)."""
+        # here, not at the top: cryptography.x509 is a third of the start-up of every command
+        # that loads the token endpoint (`authsvc clients ...` among them); `serve --client-ca`
+        # loads it at start-up anyway (authsvc.listen.check_client_ca parses the CA file)
+        from cryptography import x509  # noqa: PLC0415
+
         if not der or len(der) > _MAX_CERTIFICATE_BYTES:
             raise InvalidClient("the client certificate could not be read")
         try:
