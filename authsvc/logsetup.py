@@ -333,8 +333,18 @@ def audit(event: str, /, fields: Mapping[str, object], *, level: int = logging.I
     for key, value in fields.items():
         if value is None:
             continue
-        extra[key if key not in _STANDARD_ATTRS else f"{key}_"] = _field(value)
-        shown.append(f"{key}={_shown(value)}")
+        name = key if key not in _STANDARD_ATTRS else f"{key}_"
+        # the usual fields, rendered as _field and _shown would, without their calls: a short
+        # string (neither form truncates it) and an integer (bool is not one here)
+        if type(value) is str and len(value) <= DEFAULT_MAX_CHARS:
+            extra[name] = value
+            shown.append(f"{key}={value!r}")
+        elif type(value) is int:
+            extra[name] = value
+            shown.append(f"{key}={value}")
+        else:
+            extra[name] = _field(value)
+            shown.append(f"{key}={_shown(value)}")
     logger.handle(
         logger.makeRecord(AUDIT_LOGGER, level, __file__, 0, " ".join(shown), (), None, event, extra)
     )

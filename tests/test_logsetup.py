@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import enum
 import io
 import json
 import logging
@@ -115,6 +116,43 @@ def test_audit_escapes_and_truncates_caller_text() -> None:
     assert event["audience"] == ["a\nb"] and "kid" not in event
     assert event["msg_"] == "m"  # a field named like a LogRecord attribute does not clobber it
     assert "\n" not in event["message"]  # the text form is escaped too
+
+
+class _Kind(enum.StrEnum):
+    BASIC = "client_secret_basic"
+
+
+def test_audit_renders_each_kind_of_field_in_both_forms() -> None:
+    """Short strings and integers take a shortcut in audit(): every kind renders as the general
+    path does. A string of 64 characters is shown whole, one of 65 cut in the text (the field
+    keeps up to 256); a str subclass, a bool and a float are shown by value, never by repr."""
+    out = io.StringIO()
+    setup = configure(level="info", log_format="json", stream=out)
+    fields: dict[str, object] = {
+        "s": "a'b",
+        "s64": "y" * 64,
+        "s65": "z" * 65,
+        "e": _Kind.BASIC,
+        "n": 300,
+        "t": True,
+        "f": 1.5,
+        "l": ["p", 2],
+        "u": ("q",),
+        "none": None,
+    }
+    try:
+        audit("token.issued", fields)
+    finally:
+        setup.stop()
+    (line,) = _lines(out)
+    event = json.loads(line)
+    assert event["message"] == (
+        "token.issued s=\"a'b\" s64='" + "y" * 64 + "' s65='" + "z" * 64 + "'… e='client_secret_basic' n=300 "
+        "t=True f=1.5 l=['p',2] u=['q']"
+    )
+    assert (event["s"], event["s64"], event["s65"]) == ("a'b", "y" * 64, "z" * 65)
+    assert (event["e"], event["n"], event["t"], event["f"]) == ("client_secret_basic", 300, True, 1.5)
+    assert (event["l"], event["u"]) == (["p", 2], ["q"]) and "none" not in event
 
 
 @pytest.mark.parametrize(
