@@ -13,6 +13,7 @@ from __future__ import annotations
 import binascii
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from authsvc.core.errors import InvalidToken
@@ -71,6 +72,8 @@ def _no_constants(name: str) -> Any:
 
 
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+# the C scanner under JSONDecoder.decode, with the same hooks (typeshed does not declare it)
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 def strict_json_object(raw: bytes) -> dict[str, Any]:
@@ -79,7 +82,16 @@ def strict_json_object(raw: bytes) -> dict[str, Any]:
     if raw.startswith(b"\xef\xbb\xbf"):
         raise InvalidToken("the token's JSON starts with a byte-order mark")
     try:
-        value = _DECODER.decode(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        # a token's JSON is one object with nothing around it: the scanner alone reads it, as
+        # decode() would (same hooks), without decode()'s two whitespace matches; anything else
+        # (whitespace around it, trailing data, a scan error) goes through decode() itself
+        try:
+            value, end = _SCAN(text, 0) if text[:1] == "{" else (None, -1)
+        except StopIteration:
+            end = -1
+        if end != len(text):
+            value = _DECODER.decode(text)
     # ValueError: JSONDecodeError, and an integer of more digits than int() converts (4300)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidToken("the token's segments are not valid JSON") from exc

@@ -125,11 +125,17 @@ def _render(value: Any) -> str:
     return json.dumps(value)
 
 
-@given(st.lists(st.tuples(_keys, _values), max_size=6), st.sampled_from(["", "\ufeff", " ", "\n"]))
+@given(
+    st.lists(st.tuples(_keys, _values), max_size=6),
+    st.sampled_from(["", "\ufeff", " ", "\n"]),
+    # what follows the object: strict_json_object scans a bare object alone, and hands anything
+    # with whitespace or data after it to the full decoder
+    st.sampled_from(["", " ", "\n", "x", "}", "{}", ",1"]),
+)
 def test_strict_json_agrees_with_the_member_by_member_definition(
-    members: list[tuple[str, Any]], prefix: str
+    members: list[tuple[str, Any]], prefix: str, suffix: str
 ) -> None:
-    raw = (prefix + _render(members) if members else prefix + "{}").encode("utf-8")
+    raw = (prefix + (_render(members) if members else "{}") + suffix).encode("utf-8")
     assert _json_outcome(strict_json_object, raw) == _json_outcome(_reference_json, raw)
 
 
