@@ -171,13 +171,17 @@ class _BatchListener:
         self._thread.start()
 
     def _run(self) -> None:
-        last_write = -math.inf
+        last_write = -math.inf  # when the last write ended, or the sleep after it
         while not self._stopping.is_set():
             first = self.queue.get()  # blocks: nothing to do costs nothing
             self._write([first, *self._queued()])
             now = time.monotonic()
             if now - last_write < self._interval:  # busy: one wake-up per interval from now on
                 self.urgent.wait(self._interval)
+                # counted from the end of the sleep: counted from the write before it, the next
+                # write would always look like the first after a quiet spell, and every other
+                # wake-up would write a single line
+                now = time.monotonic()
             self.urgent.clear()
             last_write = now
 

@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import re
+import time
 
 import pytest
 
@@ -100,6 +101,46 @@ def test_records_are_written_in_batches_not_one_write_each() -> None:
         setup.stop()
     assert [line.rsplit(" ", 1)[1] for line in _lines(out)] == [str(i) for i in range(1000)]
     assert out.writes < 100, out.writes  # a batch per wake-up, however slow the machine
+
+
+def test_a_steady_stream_is_written_once_per_interval_not_twice() -> None:
+    """Under steady load every write but the first follows a sleep of WRITE_INTERVAL. Here each
+    write queues the next line, so the writer never finds the queue empty: with the quiet-spell
+    test counted from the write before the sleep rather than from its end, every other write
+    skipped its sleep and wrote one line (5 sleeps by the 12th write instead of 10; a stalled
+    machine can cost the fixed writer a sleep or two, never half of them)."""
+    log = logging.getLogger("authsvc.test")
+    sleeps_at: dict[int, int] = {}
+    sleeps = 0
+
+    class FeedingStream(_CountingStream):
+        def write(self, text: str) -> int:
+            written = super().write(text)
+            sleeps_at[self.writes] = sleeps
+            if self.writes < 12:
+                log.info("line after write %d", self.writes)
+            return written
+
+    out = FeedingStream()
+    setup = configure(level="info", log_format="text", stream=out)
+    listener = setup._listener  # the writer: its sleeps are counted
+    real_wait = listener.urgent.wait
+
+    def counted_wait(timeout: float | None = None) -> bool:
+        nonlocal sleeps
+        sleeps += 1
+        return real_wait(timeout)
+
+    listener.urgent.wait = counted_wait  # type: ignore[method-assign]
+    try:
+        log.info("first line")
+        deadline = time.monotonic() + 30
+        while 12 not in sleeps_at and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        setup.stop()
+    assert 12 in sleeps_at, f"the writer stalled: {out.writes} writes"
+    assert sleeps_at[12] >= 8, sleeps_at
 
 
 def test_audit_escapes_and_truncates_caller_text() -> None:
