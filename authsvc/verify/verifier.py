@@ -416,11 +416,11 @@ class TokenVerifier:
             raise Refused(o.LIFETIME_TOO_LONG, "the token's lifetime is too long")
         subject, jti, client_id = claims.get("sub"), claims.get("jti"), claims.get("client_id")
         if not (
-            type(subject) is str
+            isinstance(subject, str)
             and subject
-            and type(jti) is str
+            and isinstance(jti, str)
             and jti
-            and type(client_id) is str
+            and isinstance(client_id, str)
             and client_id
         ):
             for name in ("sub", "jti", "client_id"):
