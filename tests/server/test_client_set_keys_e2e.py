@@ -137,7 +137,10 @@ def test_set_keys_to_a_jwks_uri_moves_a_running_server_to_the_published_keys(
     old = tmp_path / "old.json"
     old.write_text(jwks_json(OLD))
     _create(env, old)
-    server = _serve(env, "--client-jwks-allow-internal", "--client-jwks-ca-file", str(cert))
+    # a short client cache: the file test above waits out the default one; this test waits twice
+    server = _serve(
+        env, "--client-jwks-allow-internal", "--client-jwks-ca-file", str(cert), "--client-cache-ttl", "0.2"
+    )
     try:
         with grpc.insecure_channel(server.target) as channel:
             stub = token_pb2_grpc.TokenServiceStub(channel)
