@@ -25,6 +25,7 @@ import datetime
 import json
 import logging
 import math
+import os
 import queue
 import sys
 import threading
@@ -140,6 +141,67 @@ class _QueueHandler(logging.Handler):
             self._urgent.set()
 
 
+class _DirectAudit:
+    """The audit event's way around the logging machinery, while :func:`configure`'s handler is
+    the only place a record of the ``authsvc.audit`` logger would go: the line is rendered here,
+    exactly as the formatter would render the record (text or JSON), and queued. One event per
+    token, on the event loop: a LogRecord and the handler chain cost more than the line itself.
+    :meth:`applies` checks, at each event, that nothing else could see the record (another
+    handler or a filter anywhere on its way, a logger that stops propagation); if anything
+    could, the event takes the ordinary path."""
+
+    def __init__(self, handler: _QueueHandler, log_format: str, tag: str) -> None:
+        self._handler = handler
+        self._lines = handler._lines
+        self._urgent = handler._urgent
+        self._json = log_format == "json"
+        self._prefix = f"{tag} " if tag else ""
+
+    def applies(self, logger: logging.Logger, level: int) -> bool:
+        if logger.handlers or logger.filters or not logger.propagate or logger.disabled:
+            return False
+        parent = logger.parent
+        while parent is not None and parent.parent is not None:  # the loggers between it and the root
+            if parent.handlers or not parent.propagate:
+                return False
+            parent = parent.parent
+        if parent is None:
+            return False
+        handlers = parent.handlers
+        handler = self._handler
+        return (
+            len(handlers) == 1
+            and handlers[0] is handler
+            and not handler.filters
+            and handler.level <= level
+            and handler._output.level <= level
+        )
+
+    def put(self, level: int, message: str, extra: Mapping[str, object]) -> None:
+        when = _utc_iso(time.time())
+        name = logging.getLevelName(level)
+        if self._json:  # as JsonFormatter lays out a record (its extras follow, in order)
+            entry: dict[str, object] = {
+                "time": when,
+                "level": name,
+                "logger": AUDIT_LOGGER,
+                "message": message,
+                "pid": os.getpid() if logging.logMultiprocessing else None,
+            }
+            for key, value in extra.items():
+                if key not in entry:
+                    entry[key] = value
+            line = json.dumps(entry, default=str, ensure_ascii=True)
+        else:  # as UtcTextFormatter
+            line = f"{when} {name} {self._prefix}{AUDIT_LOGGER}: {message}"
+        self._lines.put(line + "\n")
+        if level >= logging.WARNING:
+            self._urgent.set()
+
+
+_DIRECT: _DirectAudit | None = None  # while configure()'s setup is installed
+
+
 class _BatchListener:
     """Writes the queued lines from a background thread, in batches when busy.
 
@@ -238,6 +300,9 @@ class LogSetup:
                 return
             self._stopped = True
         atexit.unregister(self.stop)
+        global _DIRECT  # noqa: PLW0603 - see configure()
+        if _DIRECT is not None and _DIRECT._handler is self._handler:
+            _DIRECT = None
         root = logging.getLogger()
         root.removeHandler(self._handler)
         self._listener.stop()  # writes every queued record before it returns
@@ -301,6 +366,8 @@ def configure(
     root.addHandler(handler)
     root.setLevel(level)
     listener.start()
+    global _DIRECT  # noqa: PLW0603 - the one process-wide setup, as the root logger's handler is
+    _DIRECT = _DirectAudit(handler, log_format, tag)
     setup = LogSetup(listener, handler, previous)
     atexit.register(setup.stop)
     return setup
@@ -349,6 +416,9 @@ def audit(event: str, /, fields: Mapping[str, object], *, level: int = logging.I
         else:
             extra[name] = _field(value)
             shown.append(f"{key}={_shown(value)}")
-    logger.handle(
-        logger.makeRecord(AUDIT_LOGGER, level, __file__, 0, " ".join(shown), (), None, event, extra)
-    )
+    message = " ".join(shown)
+    direct = _DIRECT
+    if direct is not None and direct.applies(logger, level):
+        direct.put(level, message, extra)
+        return
+    logger.handle(logger.makeRecord(AUDIT_LOGGER, level, __file__, 0, message, (), None, event, extra))

@@ -9,10 +9,12 @@ import json
 import logging
 import re
 import time
+from collections.abc import Mapping
 
 import pytest
 
 from authsvc import cli as authsvc_cli
+from authsvc import logsetup
 from authsvc.logsetup import AUDIT_LOGGER, audit, configure
 from payments_svc import cli as payments_cli
 
@@ -194,6 +196,109 @@ def test_audit_renders_each_kind_of_field_in_both_forms() -> None:
     assert (event["s"], event["s64"], event["s65"]) == ("a'b", "y" * 64, "z" * 65)
     assert (event["e"], event["n"], event["t"], event["f"]) == ("client_secret_basic", 300, True, 1.5)
     assert (event["l"], event["u"]) == (["p", 2], ["q"]) and "none" not in event
+
+
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def _audit_both_ways(log_format: str, tag: str, level: int) -> tuple[str, str]:
+    """The same audit event rendered by audit()'s direct path and by the logging machinery (a
+    filter on the audit logger turns the direct path off), times masked."""
+    fields: dict[str, object] = {
+        "client_id": "shop",
+        "scope": "a b",
+        "audience": ["payments", "x" * 300],
+        "expires_in": 300,
+        "msg": "a LogRecord attribute's name",
+        "pid": "a JSON formatter key",
+        "note": 'caf\u00e9\n"quoted"',
+        "none": None,
+    }
+    out = io.StringIO()
+    setup = configure(level="info", log_format=log_format, stream=out, tag=tag)
+    audit_logger = logging.getLogger(AUDIT_LOGGER)
+    seen: list[logging.LogRecord] = []
+    direct_path = logsetup._DIRECT
+    assert direct_path is not None
+    put = direct_path.put
+    direct_lines: list[str] = []
+
+    def counted_put(level: int, message: str, extra: Mapping[str, object]) -> None:
+        direct_lines.append(message)
+        put(level, message, extra)
+
+    direct_path.put = counted_put  # type: ignore[method-assign]
+
+    def passing(record: logging.LogRecord) -> bool:
+        seen.append(record)
+        return True
+
+    try:
+        audit("key.revoked", fields, level=level)
+        audit_logger.addFilter(passing)
+        try:
+            audit("key.revoked", fields, level=level)
+        finally:
+            audit_logger.removeFilter(passing)
+    finally:
+        setup.stop()
+    assert len(seen) == 1, "the second event should have taken the logging path"
+    assert len(direct_lines) == 1, "the first event should have taken the direct path"
+    direct, machinery = (_TIME.sub("TIME", line) for line in _lines(out))
+    return direct, machinery
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+@pytest.mark.parametrize("tag", ["", "[worker]"])
+@pytest.mark.parametrize("level", [logging.INFO, logging.WARNING])
+def test_the_direct_audit_line_is_the_formatters_line(log_format: str, tag: str, level: int) -> None:
+    """audit() renders its line itself while configure()'s handler is the only one: byte for byte
+    the line the formatter makes of the record (keys in the same order, the same fields left
+    out or renamed, the same escaping)."""
+    direct, machinery = _audit_both_ways(log_format, tag, level)
+    assert direct == machinery
+    if log_format == "json":
+        assert json.loads(direct)["level"] == logging.getLevelName(level)
+
+
+def test_the_direct_audit_path_steps_aside_for_any_other_handler_or_filter() -> None:
+    """Another handler on the root logger (pytest's caplog, an operator's), a handler or filter
+    on the way, or a logger that stops propagation: the event is a LogRecord again, and each of
+    them sees it."""
+    out = io.StringIO()
+    setup = configure(level="info", log_format="text", stream=out)
+    root, audit_logger, parent = (
+        logging.getLogger(),
+        logging.getLogger(AUDIT_LOGGER),
+        logging.getLogger("authsvc"),
+    )
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    try:
+        for where in (root, parent, audit_logger):
+            keep = Keep()
+            where.addHandler(keep)
+            try:
+                audit("token.issued", {"client_id": "shop"})
+            finally:
+                where.removeHandler(keep)
+        parent.propagate = False
+        try:
+            audit("token.issued", {"client_id": "hidden"})  # stops at "authsvc": no handler there
+        finally:
+            parent.propagate = True
+        audit("token.issued", {"client_id": "direct"})
+    finally:
+        setup.stop()
+    assert [r.getMessage() for r in records] == ["token.issued client_id='shop'"] * 3
+    # configure()'s handler wrote each 'shop' record too (they all reached the root), not the one
+    # that stopped at "authsvc", then the last event, by the direct path again
+    lines = [line.split(": ", 1)[1] for line in _lines(out)]
+    assert lines == ["token.issued client_id='shop'"] * 3 + ["token.issued client_id='direct'"]
 
 
 @pytest.mark.parametrize(
