@@ -31,13 +31,10 @@ demo: $(STAMP)
 # they stop the machine's PostgreSQL, which every other process is using.
 # Bytecode is written during the run even where PYTHONDONTWRITEBYTECODE is set (CI machines set
 # it): the suite starts ~250 CLI and server subprocesses, and each would compile the service's
-# modules again (~0.2 CPU-s each), as each pytest process would re-rewrite every test module. On a
-# fresh clone the service's modules are compiled once first (under a second): otherwise the test
-# processes and the first subprocesses, all starting at once, each compile them.
+# modules again (~0.2 CPU-s each), as each pytest process would re-rewrite every test module.
 TEST_WORKERS ?= 4
 TEST_ENV := env -u PYTHONDONTWRITEBYTECODE
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m compileall -q -j 0 authsvc payments_svc clients
 	$(TEST_ENV) $(PY) -m pytest -q -n $(TEST_WORKERS) -m "not serial"
 	$(TEST_ENV) $(PY) -m pytest -q -m serial
 
