@@ -75,36 +75,73 @@ def _utc_iso(created: float) -> str:
 
 class UtcTextFormatter(logging.Formatter):
     """``TIME LEVEL logger: message`` with a UTC ISO-8601 time; ``tag`` (e.g. ``[worker]``) goes
-    before the logger name."""
+    before the logger name. :meth:`line` is the layout, for a record and for :func:`audit`'s
+    direct path alike (a traceback, if any, follows on the next lines as Formatter puts it)."""
 
     def __init__(self, tag: str = "") -> None:
-        super().__init__(f"%(asctime)s %(levelname)s {tag + ' ' if tag else ''}%(name)s: %(message)s")
+        super().__init__()
+        self._prefix = f"{tag} " if tag else ""
+
+    def usesTime(self) -> bool:  # noqa: N802 - logging's name
+        return True
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         return _utc_iso(record.created)
 
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        return self.line(record.asctime, record.levelname, record.name, record.message)
+
+    def line(self, when: str, level: str, name: str, message: str) -> str:
+        return f"{when} {level} {self._prefix}{name}: {message}"
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line (``ensure_ascii``: control characters and
-    non-ASCII text are escaped, so a caller-supplied value can never break the line)."""
+    non-ASCII text are escaped, so a caller-supplied value can never break the line).
+    :meth:`line` is the layout, for a record and for :func:`audit`'s direct path alike."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": _utc_iso(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-            "pid": record.process,
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS and key not in entry:
-                entry[key] = value
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
-        if record.exc_text:
-            entry["exc"] = record.exc_text
-        if record.stack_info:
-            entry["stack"] = self.formatStack(record.stack_info)
+        return self.line(
+            _utc_iso(record.created),
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            pid=record.process,
+            extra={k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS},
+            exc=record.exc_text,
+            stack=self.formatStack(record.stack_info) if record.stack_info else None,
+        )
+
+    def line(
+        self,
+        when: str,
+        level: str,
+        name: str,
+        message: str,
+        *,
+        pid: int | None,
+        extra: Mapping[str, object],
+        exc: str | None = None,
+        stack: str | None = None,
+    ) -> str:
+        """``time``, ``level``, ``logger``, ``message``, ``pid``, then the extra fields in order
+        (one named like those five is left out), then ``exc`` and ``stack`` when given."""
+        entry: dict[str, object] = {
+            "time": when,
+            "level": level,
+            "logger": name,
+            "message": message,
+            "pid": pid,
+        }
+        for key, value in extra.items():
+            if key not in entry:
+                entry[key] = value
+        if exc:
+            entry["exc"] = exc
+        if stack:
+            entry["stack"] = stack
         return json.dumps(entry, default=str, ensure_ascii=True)
 
 
@@ -150,12 +187,11 @@ class _DirectAudit:
     handler or a filter anywhere on its way, a logger that stops propagation); if anything
     could, the event takes the ordinary path."""
 
-    def __init__(self, handler: _QueueHandler, log_format: str, tag: str) -> None:
+    def __init__(self, handler: _QueueHandler, formatter: UtcTextFormatter | JsonFormatter) -> None:
         self._handler = handler
         self._lines = handler._lines
         self._urgent = handler._urgent
-        self._json = log_format == "json"
-        self._prefix = f"{tag} " if tag else ""
+        self._formatter = formatter
 
     def applies(self, logger: logging.Logger, level: int) -> bool:
         if logger.handlers or logger.filters or not logger.propagate or logger.disabled:
@@ -180,20 +216,12 @@ class _DirectAudit:
     def put(self, level: int, message: str, extra: Mapping[str, object]) -> None:
         when = _utc_iso(time.time())
         name = logging.getLevelName(level)
-        if self._json:  # as JsonFormatter lays out a record (its extras follow, in order)
-            entry: dict[str, object] = {
-                "time": when,
-                "level": name,
-                "logger": AUDIT_LOGGER,
-                "message": message,
-                "pid": os.getpid() if logging.logMultiprocessing else None,
-            }
-            for key, value in extra.items():
-                if key not in entry:
-                    entry[key] = value
-            line = json.dumps(entry, default=str, ensure_ascii=True)
-        else:  # as UtcTextFormatter
-            line = f"{when} {name} {self._prefix}{AUDIT_LOGGER}: {message}"
+        formatter = self._formatter
+        if isinstance(formatter, JsonFormatter):  # the fields a LogRecord's extras would be
+            pid = os.getpid() if logging.logMultiprocessing else None
+            line = formatter.line(when, name, AUDIT_LOGGER, message, pid=pid, extra=extra)
+        else:
+            line = formatter.line(when, name, AUDIT_LOGGER, message)
         self._lines.put(line + "\n")
         if level >= logging.WARNING:
             self._urgent.set()
@@ -334,7 +362,7 @@ def format_flag(value: str) -> str:
     return name
 
 
-def formatter_for(log_format: str, *, tag: str = "") -> logging.Formatter:
+def formatter_for(log_format: str, *, tag: str = "") -> UtcTextFormatter | JsonFormatter:
     if log_format == "json":
         return JsonFormatter()
     if log_format == "text":
@@ -355,7 +383,8 @@ def configure(
             raise ValueError(f"unknown log level {level!r} ({', '.join(n.lower() for n in LOG_LEVELS)})")
         level = logging.getLevelName(name)
     output = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    output.setFormatter(formatter_for(log_format, tag=tag))
+    formatter = formatter_for(log_format, tag=tag)
+    output.setFormatter(formatter)
     lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
     listener = _BatchListener(lines, output, WRITE_INTERVAL)
     handler = _QueueHandler(lines, output, listener.urgent)
@@ -367,7 +396,7 @@ def configure(
     root.setLevel(level)
     listener.start()
     global _DIRECT  # noqa: PLW0603 - the one process-wide setup, as the root logger's handler is
-    _DIRECT = _DirectAudit(handler, log_format, tag)
+    _DIRECT = _DirectAudit(handler, formatter)
     setup = LogSetup(listener, handler, previous)
     atexit.register(setup.stop)
     return setup
