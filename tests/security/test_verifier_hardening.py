@@ -95,23 +95,25 @@ class PushSource:
 
 @dataclass
 class Verifying:
-    """Threads that verify ``tokens`` round-robin until stopped, counting their calls."""
+    """Threads that verify ``tokens`` round-robin; once ``pushed`` is set, each makes five more
+    verifications and stops (it stops on its own, so no thread spins while the main thread
+    waits for the GIL to see it done)."""
 
     verifier: TokenVerifier
     tokens: list[str]
-    stop: threading.Event
-    done: list[int]
+    pushed: threading.Event
     warm: threading.Barrier
 
     def run(self, slot: int) -> None:
-        i = slot
-        while not self.stop.is_set():
+        i, after = slot, None
+        while after is None or i < after:
             with suppress(InvalidToken):
                 self.verifier.verify(self.tokens[i % len(self.tokens)])
             i += 1
-            self.done[slot] += 1
-            if self.done[slot] == 20:
+            if i == slot + 20:
                 self.warm.wait(10)
+            elif after is None and self.pushed.is_set():
+                after = i + 5  # the verification in flight during the push has ended
 
 
 def _stale_after_pushed_revocation(tokens: list[str]) -> bool:
@@ -120,17 +122,13 @@ def _stale_after_pushed_revocation(tokens: list[str]) -> bool:
     cache = JwksCache(source, cooldown=3600, max_age=3600)
     source.push(jwks_of(KEY, OTHER))
     verifier = TokenVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=cache, cache_size=4)
-    stop, done = threading.Event(), [0] * 4
-    work = Verifying(verifier, tokens, stop, done, threading.Barrier(5))
+    work = Verifying(verifier, tokens, threading.Event(), threading.Barrier(5))
     threads = [threading.Thread(target=work.run, args=(n,)) for n in range(4)]
     for t in threads:
         t.start()
     work.warm.wait(10)  # every thread is verifying
     source.push(jwks_of(OTHER))  # KEY revoked
-    before = list(done)
-    while any(d < b + 5 for d, b in zip(done, before, strict=True)):
-        stop.wait(0.001)
-    stop.set()
+    work.pushed.set()
     for t in threads:
         t.join(10)
     for token in tokens:
