@@ -162,9 +162,10 @@ def stop_group(pgid: int) -> None:
 
 def test_the_readme_sequence_works_every_time(tmp_path: Path) -> None:
     """The README's block, run literally by bash from a directory that has .venv and clients as
-    the repository root has them, four times in a row, each time starting the services and the
-    merchant at once: it must pay every time (the merchant waits for both to serve). Free ports
-    come through the variables the README names; nothing else is changed."""
+    the repository root has them, four times at once, each run starting its services and its
+    merchant at once: every run must pay (the merchant waits for both to serve), and the four
+    together load the machine as a busy laptop would. Free ports come through the variables
+    the README names; nothing else is changed."""
     script = readme_block()
     assert "merchant.py" in script and "serve &" in script
     root = tmp_path / "root"
@@ -173,40 +174,46 @@ def test_the_readme_sequence_works_every_time(tmp_path: Path) -> None:
     (root / "clients").symlink_to(ROOT / "clients")
     assert (root / ".venv" / "bin" / "authsvc").exists(), "run the tests from the project's venv"
     base = {k: v for k, v in os.environ.items() if not k.startswith(("AUTHSVC_", "PAYMENTS_", "MERCHANT_"))}
-    for run in range(4):
-        auth_port, payments_port = free_port(), free_port()
-        temp = tmp_path / f"run{run}"
-        temp.mkdir()
-        env = {
-            **base,
-            "TMPDIR": str(temp),  # where the block's mktemp -d puts the data dirs
-            "AUTHSVC_LISTEN": f"127.0.0.1:{auth_port}",
-            "PAYMENTS_LISTEN": f"127.0.0.1:{payments_port}",
-            "PAYMENTS_TOKEN_SERVICE": f"127.0.0.1:{auth_port}",
-            "AUTHSVC_TARGET": f"127.0.0.1:{auth_port}",
-            "PAYMENTS_TARGET": f"127.0.0.1:{payments_port}",
-        }
-        proc = subprocess.Popen(
-            ["bash", "-c", script],
-            cwd=root,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # its own process group: the services are found and stopped
-        )
-        try:
+    runs: list[subprocess.Popen[str]] = []
+    try:
+        for run in range(4):
+            auth_port, payments_port = free_port(), free_port()
+            temp = tmp_path / f"run{run}"
+            temp.mkdir()
+            env = {
+                **base,
+                "TMPDIR": str(temp),  # where the block's mktemp -d puts the data dirs
+                "AUTHSVC_LISTEN": f"127.0.0.1:{auth_port}",
+                "PAYMENTS_LISTEN": f"127.0.0.1:{payments_port}",
+                "PAYMENTS_TOKEN_SERVICE": f"127.0.0.1:{auth_port}",
+                "AUTHSVC_TARGET": f"127.0.0.1:{auth_port}",
+                "PAYMENTS_TARGET": f"127.0.0.1:{payments_port}",
+            }
+            runs.append(
+                subprocess.Popen(
+                    ["bash", "-c", script],
+                    cwd=root,
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,  # its own process group: its services are found and stopped
+                )
+            )
+        for run, proc in enumerate(runs):
             out, err = proc.communicate(timeout=120)
-        finally:
+            lines = out.strip().splitlines()
+            assert lines, f"run {run}: no output\n{err}"
+            summary = json.loads(lines[-1])
+            assert summary["ok"] is True, f"run {run}:\n{err}"
+            assert summary["token_fetches"] == 1
+            assert "authsvc_cs_" not in out + err, "the secret reached the output"
+    finally:
+        for proc in runs:
             if proc.poll() is None:
                 proc.kill()
+        for proc in runs:
             stop_group(proc.pid)
-        lines = out.strip().splitlines()
-        assert lines, f"run {run}: no output\n{err}"
-        summary = json.loads(lines[-1])
-        assert summary["ok"] is True, f"run {run}:\n{err}"
-        assert summary["token_fetches"] == 1
-        assert "authsvc_cs_" not in out + err, "the secret reached the output"
 
 
 def test_python_merchant_gives_up_waiting_with_one_line(tmp_path: Path) -> None:
