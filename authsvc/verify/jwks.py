@@ -596,6 +596,9 @@ class JwksCache:
         self._max_unknown = max_unknown_kids
         self._now = monotonic
         self._set = _EMPTY
+        self.epoch = _EMPTY.epoch
+        """The epoch of the installed set (see :class:`KeySet`), a plain attribute for the
+        verifier's cached path; written before the set it belongs to."""
         self._fetched_at: float | None = None  # last successful fetch or push
         self._attempted_at: float | None = None  # last fetch started, successful or not
         self._failed_at: float | None = None  # last fetch that failed or brought no usable set
@@ -625,10 +628,6 @@ class JwksCache:
     def key_set(self) -> KeySet:
         """The keys installed now, with their epoch (one consistent snapshot)."""
         return self._set
-
-    @property
-    def epoch(self) -> int:
-        return self._set.epoch
 
     @property
     def has_keys(self) -> bool:
@@ -851,7 +850,11 @@ class JwksCache:
             kid not in keys or keys[kid].public_numbers() != key.public_numbers() for kid, key in old.items()
         )
         if removed or keys.keys() != old.keys():
-            self._set = KeySet(MappingProxyType(keys), self._set.epoch + 1 if removed else self._set.epoch)
+            installed = KeySet(MappingProxyType(keys), self._set.epoch + 1 if removed else self._set.epoch)
+            # the epoch first: a reader may see the new epoch with the old set (what it caches
+            # under the old set's epoch is then not remembered), never the new set with the old one
+            self.epoch = installed.epoch
+            self._set = installed
             self._unknown.clear()
         return True
 
