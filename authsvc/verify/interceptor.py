@@ -24,7 +24,7 @@ import contextlib
 import contextvars
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import grpc
@@ -39,8 +39,8 @@ from authsvc.verify.principal import (
     _PRINCIPAL,
     bearer_token,
     current_principal,
+    unexpected_failure,
     verify_after_fetch,
-    verify_token,
 )
 from authsvc.verify.verifier import Principal, TokenVerifier
 
@@ -66,25 +66,6 @@ class _Base:
     ) -> None:
         self.verifier = verifier
         self.policy = policy if isinstance(policy, MethodPolicy) else MethodPolicy(policy)
-
-    def principal(
-        self,
-        method: str,
-        required: Sequence[str],
-        metadata: Iterable[tuple[str, str | bytes]] | None,
-        context: grpc.ServicerContext,
-    ) -> Principal:
-        """The verified caller holding every ``required`` scope, with the certificate of this
-        call's connection if the token is bound to one; raises OAuthError. May wait for a key
-        fetch (bounded), so only for a handler's own thread."""
-        principal = verify_token(
-            self.verifier, bearer_token(metadata), where=method, peer_certificate=DEFER_BINDING
-        )
-        if principal.certificate_thumbprint is not None:
-            return _authorize_bound(principal, required, context)
-        if not principal.scopes.issuperset(required):
-            TokenVerifier.require_scopes(principal, required)  # raises, naming the scopes
-        return principal
 
     @staticmethod
     def refusal(method: str, exc: OAuthError) -> grpc.Status:
@@ -142,13 +123,6 @@ def _principal_context(principal: Principal | None) -> contextvars.Context:
     return ctx
 
 
-def _call_as(principal: Principal | None, behavior: Callable[..., Any], request: Any, context: Any) -> Any:
-    """``behavior(request, context)`` with :func:`current_principal` returning ``principal``; run
-    in a copy of the thread's context, so that nothing of this call stays with the thread."""
-    _PRINCIPAL.set(principal)
-    return behavior(request, context)
-
-
 def _bind_sync(
     behavior: Callable[..., Any],
     authorize: Callable[[Any], Principal | None],
@@ -160,8 +134,9 @@ def _bind_sync(
     if not streaming:
 
         def unary(request: Any, servicer_context: grpc.ServicerContext) -> Any:
-            principal = authorize(servicer_context)
-            return contextvars.copy_context().run(_call_as, principal, behavior, request, servicer_context)
+            ctx = contextvars.copy_context()
+            ctx.run(_PRINCIPAL.set, authorize(servicer_context))
+            return ctx.run(behavior, request, servicer_context)
 
         return unary
 
@@ -191,7 +166,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         policy: Mapping[str, Sequence[str] | Public] | MethodPolicy | None = None,
     ) -> None:
         self._base = _Base(verifier, policy)
-        self._guarded: dict[tuple[int, str], tuple[_Handler, _Handler]] = {}
+        self._guarded: dict[str, tuple[_Handler, _Handler]] = {}  # method: (handler, guarded)
 
     def intercept_service(
         self,
@@ -206,13 +181,14 @@ class AuthInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        key = (id(handler), method)
-        known = self._guarded.get(key)
+        known = self._guarded.get(method)
         if known is not None and known[0] is handler:
             return known[1]
         guarded = self._guard(handler, method)
-        if len(self._guarded) < 10_000:  # one per method in practice; method names come from the wire
-            self._guarded[key] = (handler, guarded)  # holding handler keeps its id from being reused
+        # one entry per method, replaced if its handler changes; bounded, as method names come
+        # from the wire (a method without a handler never gets here)
+        if len(self._guarded) < 10_000 or method in self._guarded:
+            self._guarded[method] = (handler, guarded)
         return guarded
 
     def _guard(self, handler: _Handler, method: str) -> _Handler:
@@ -229,11 +205,25 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
             return _rebuild(handler, deny)
         required = rule
-        base = self._base
+        verifier = self._base.verifier
 
         def authorize(context: grpc.ServicerContext) -> Principal:
+            """The verified caller holding every ``required`` scope, with the certificate of this
+            call's connection if the token is bound to one; else the call is aborted. May wait
+            for a key fetch (bounded): it runs in the handler's own thread."""
             try:
-                return base.principal(method, required, context.invocation_metadata(), context)
+                token = bearer_token(context.invocation_metadata())
+                try:  # verify_token, inlined: one frame less per call
+                    principal = verifier.verify(token, peer_certificate=DEFER_BINDING)
+                except OAuthError:
+                    raise
+                except Exception as exc:
+                    raise unexpected_failure(method) from exc
+                if principal.certificate_thumbprint is not None:
+                    return _authorize_bound(principal, required, context)
+                if not principal.scopes.issuperset(required):
+                    TokenVerifier.require_scopes(principal, required)  # raises, naming the scopes
+                return principal
             except OAuthError as exc:
                 context.abort_with_status(_Base.refusal(method, exc))
                 raise AssertionError("unreachable") from exc  # abort_with_status raises
@@ -276,7 +266,24 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             if rule is None:
                 raise _NO_POLICY
-            principal = await self._principal(method, rule, handler_call_details.invocation_metadata)
+            # the caller, verified at once when its key is cached (no coroutine of its own, and
+            # verify_token inlined); only a key fetch is awaited. Its scopes are checked here
+            # unless its token is bound to a certificate, whose check (then the scopes') runs in
+            # the handler.
+            token = bearer_token(handler_call_details.invocation_metadata)
+            verifier = self._base.verifier
+            try:
+                principal = verifier.verify(token, block=False, peer_certificate=DEFER_BINDING)
+            except WouldBlock as pending:
+                principal = await verify_after_fetch(
+                    verifier, token, pending, where=method, peer_certificate=DEFER_BINDING
+                )
+            except OAuthError:
+                raise
+            except Exception as exc:
+                raise unexpected_failure(method) from exc
+            if principal.certificate_thumbprint is None and not principal.scopes.issuperset(rule):
+                TokenVerifier.require_scopes(principal, rule)  # raises, naming the scopes
         except OAuthError as exc:
             status = _Base.refusal(method, exc)
 
@@ -312,26 +319,6 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
             if len(self._on_the_loop) < 10_000:
                 self._on_the_loop[behavior] = known
         return known
-
-    async def _principal(
-        self, method: str, required: Sequence[str], metadata: Iterable[tuple[str, str | bytes]] | None
-    ) -> Principal:
-        """The verified caller; its scopes are checked here unless its token is bound to a
-        certificate, whose check (and then the scopes') runs in the handler. A token whose key
-        is cached is verified at once (no coroutine of its own); only a key fetch is awaited."""
-        token = bearer_token(metadata)
-        verifier = self._base.verifier
-        try:
-            principal = verify_token(
-                verifier, token, block=False, where=method, peer_certificate=DEFER_BINDING
-            )
-        except WouldBlock as pending:
-            principal = await verify_after_fetch(
-                verifier, token, pending, where=method, peer_certificate=DEFER_BINDING
-            )
-        if principal.certificate_thumbprint is None and not principal.scopes.issuperset(required):
-            TokenVerifier.require_scopes(principal, required)  # raises, naming the scopes
-        return principal
 
 
 def _bound_behavior(

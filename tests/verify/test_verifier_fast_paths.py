@@ -16,7 +16,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,7 +29,13 @@ from hypothesis import strategies as st
 
 from authsvc.core.errors import InvalidToken
 from authsvc.core.keys import jwks_json, public_jwk, rfc7638_thumbprint
-from authsvc.verify import AuthInterceptor, StaticJwksSource, TokenVerifier, current_principal
+from authsvc.verify import (
+    AioAuthInterceptor,
+    AuthInterceptor,
+    StaticJwksSource,
+    TokenVerifier,
+    current_principal,
+)
 from authsvc.verify.binding import DEFER_BINDING
 from authsvc.verify.principal import _token_of, bearer_token
 from authsvc.verify.verifier import MAX_TOKEN_BYTES, Principal, _new_principal
@@ -249,3 +257,87 @@ def test_sync_guarded_handler_is_built_once_and_judges_each_call_by_its_own_meta
         with pytest.raises(_Aborted):
             call(b"", context)
         assert context.status is not None and context.status.code == code
+
+
+def test_a_method_whose_handler_changes_is_guarded_with_the_new_handler() -> None:
+    """The guarded handlers are remembered per method: a generic handler that answers the method
+    with another handler later gets that one guarded, never the old one."""
+    path = "/bench.v1.Bench/Ping"
+    interceptor = AuthInterceptor(verifier(), policy={path: ["echo:read"]})
+    details: Any = SimpleNamespace(method=path, invocation_metadata=())
+    old: Any = grpc.unary_unary_rpc_method_handler(lambda request, context: "old")
+    new: Any = grpc.unary_unary_rpc_method_handler(lambda request, context: "new")
+    metadata = (("authorization", f"Bearer {FORGE.token()}"),)
+    first: Any = interceptor.intercept_service(lambda _: old, details)
+    assert first is not None and first.unary_unary(b"", _Context(metadata)) == "old"
+    second: Any = interceptor.intercept_service(lambda _: new, details)
+    assert second is not None and second is not first
+    assert second.unary_unary(b"", _Context(metadata)) == "new"
+    assert interceptor.intercept_service(lambda _: new, details) is second
+
+
+class _Broken(TokenVerifier):
+    """A verifier with a bug: every verification raises something that is not an OAuthError."""
+
+    def verify(self, token: str, **_: Any) -> Principal:
+        raise RuntimeError("bug")
+
+
+class _AioContext:
+    def __init__(self) -> None:
+        self.status: grpc.Status | None = None
+
+    async def abort_with_status(self, status: grpc.Status) -> None:
+        self.status = status
+        raise _Aborted
+
+
+def test_a_verifier_bug_is_a_clean_refusal_through_both_interceptors(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Both interceptors call the verifier themselves (no verify_token frame): an unexpected
+    error from it must still be UNAUTHENTICATED, logged once with its traceback, never an
+    UNKNOWN status with the bug's message."""
+    path = "/bench.v1.Bench/Ping"
+    broken = _Broken(
+        issuer=ISSUER, audience=AUDIENCE, jwks=StaticJwksSource(jwks_json([public_jwk(KEY.public_key())]))
+    )
+    metadata = (("authorization", f"Bearer {FORGE.token()}"),)
+    details: Any = SimpleNamespace(method=path, invocation_metadata=metadata)
+
+    sync_handler: Any = grpc.unary_unary_rpc_method_handler(lambda request, context: "ran")
+    guarded: Any = AuthInterceptor(broken, policy={path: ["echo:read"]}).intercept_service(
+        lambda _: sync_handler, details
+    )
+    assert guarded is not None
+    context = _Context(metadata)
+    with caplog.at_level(logging.ERROR, logger="authsvc.verify"), pytest.raises(_Aborted):
+        guarded.unary_unary(b"", context)
+    assert context.status is not None and context.status.code == grpc.StatusCode.UNAUTHENTICATED
+    assert "bug" not in context.status.details
+
+    async def ran(request: Any, context: Any) -> str:
+        return "ran"
+
+    aio_handler: Any = grpc.unary_unary_rpc_method_handler(ran)
+
+    async def continuation(_: Any) -> Any:
+        return aio_handler
+
+    async def call() -> _AioContext:
+        interceptor = AioAuthInterceptor(broken, policy={path: ["echo:read"]})
+        handler: Any = await interceptor.intercept_service(continuation, details)
+        assert handler is not None and handler is not aio_handler
+        aio_context = _AioContext()
+        with pytest.raises(_Aborted):
+            await handler.unary_unary(b"", aio_context)
+        return aio_context
+
+    with caplog.at_level(logging.ERROR, logger="authsvc.verify"):
+        aio_context = asyncio.run(call())
+    assert aio_context.status is not None and aio_context.status.code == grpc.StatusCode.UNAUTHENTICATED
+    assert "bug" not in aio_context.status.details
+    failures = [
+        r for r in caplog.records if "failed unexpectedly on '/bench.v1.Bench/Ping'" in r.getMessage()
+    ]
+    assert len(failures) == 2 and all(r.exc_info and r.exc_info[0] is RuntimeError for r in failures)
