@@ -10,7 +10,8 @@ only HTTP reaches the TokenService, and applies each answer as a snapshot.
 
 Entries are dropped as time passes (an injected clock), once no token they refuse can still be
 accepted: ``keep_after_expiry`` seconds after their ``expires_at``, which covers the verifier's
-leeway on ``exp`` (at most 300 s).
+leeway on ``exp`` (at most 300 s); never sooner, and at most once every ``DROP_INTERVAL`` seconds,
+since each drop rebuilds the list.
 
 Staleness is an explicit policy. The list is *stale* once no stream has worked for
 ``max_staleness`` seconds (counting from creation while none ever has). Then either
@@ -73,6 +74,12 @@ REVOKED_MESSAGE = "the token has been revoked"
 
 KEEP_AFTER_EXPIRY = 300.0
 """Seconds an entry is kept after its ``expires_at``: the largest leeway a TokenVerifier allows."""
+
+DROP_INTERVAL = 10.0
+"""Seconds at least between two drops of expired entries. Each drop rebuilds the list (it is
+immutable, read without a lock), so dropping every entry the moment it may go would cost a
+rebuild per entry under the lock a verification takes then; an entry kept a little longer refuses
+only tokens that are past their ``exp`` and leeway anyway."""
 
 
 class RevocationSink(Protocol):
@@ -211,7 +218,7 @@ class RevocationCache:
         with self._changed:
             base = RevocationSet() if snapshot else self._set
             new = base.with_entries(entries, sequence=sequence).without_expired(now - self.keep_after_expiry)
-            self._install(new)
+            self._install(new, now)
             if snapshot:
                 self._has_list = True
             if self._has_list:
@@ -242,13 +249,15 @@ class RevocationCache:
     def _drop_expired(self, now: float) -> RevocationSet:
         with self._changed:
             if now >= self._next_expiry:
-                self._install(self._set.without_expired(now - self.keep_after_expiry))
+                self._install(self._set.without_expired(now - self.keep_after_expiry), now)
             return self._set
 
-    def _install(self, new: RevocationSet) -> None:
-        """Swap in ``new``; the caller holds the lock."""
+    def _install(self, new: RevocationSet, now: float) -> None:
+        """Swap in ``new`` and schedule the next drop: when its first entry may go, but not
+        sooner than DROP_INTERVAL from ``now``; the caller holds the lock."""
         expiries = [*new.by_jti.values(), *(exp for _, exp in new.by_client.values())]
-        self._next_expiry = min(expiries) + self.keep_after_expiry if expiries else math.inf
+        first = min(expiries) + self.keep_after_expiry if expiries else math.inf
+        self._next_expiry = max(first, now + DROP_INTERVAL)
         self._set = new
 
 

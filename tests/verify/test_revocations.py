@@ -28,7 +28,7 @@ from authsvc.core.keys import jwks_json, public_jwk, rfc7638_thumbprint
 from authsvc.core.revocation import Revocation, RevocationSet
 from authsvc.v1 import token_pb2, token_pb2_grpc
 from authsvc.verify import GrpcRevocationSource, RevocationCache, StaticJwksSource, TokenVerifier
-from authsvc.verify.revocations import REVOKED_MESSAGE
+from authsvc.verify.revocations import DROP_INTERVAL, REVOKED_MESSAGE
 from tests.conftest import ISSUER
 from tests.core.fakes import FakeMonotonic, FrozenClock
 from tests.keypool import rsa_key as pooled_rsa_key
@@ -240,6 +240,27 @@ def test_each_change_is_a_new_immutable_set() -> None:
     cache.apply(snapshot=False, sequence=2, entries=[token_entry("b")])
     assert set(before.by_jti) == {"a"}  # a reader holding the old view sees it unchanged
     assert cache.revocations is not before
+
+
+def test_entries_expiring_one_by_one_rebuild_the_list_at_most_once_per_drop_interval() -> None:
+    """Each drop rebuilds the whole list under the lock a verification takes then: 1,000 entries
+    expiring a second apart must not cost a rebuild each (that was O(n) per entry), and no
+    entry may go before no token it refuses can pass (its expiry plus keep_after_expiry)."""
+    clock = FrozenClock(1_000_000.0)
+    cache = RevocationCache(clock=clock, keep_after_expiry=30)
+    entries = [token_entry(f"jti-{i}", 1_000_000 + i) for i in range(1, 1001)]
+    cache.apply(snapshot=True, sequence=1, entries=entries)
+    views, seconds = [cache.revocations], 300  # held, so that no view's id is reused
+    for _ in range(seconds):
+        clock.advance(1)
+        now = clock.now()
+        cache.check(jti="unrelated", client_id="x", issued_at=now)  # what drops, as verification does
+        if cache.revocations is not views[-1]:
+            views.append(cache.revocations)
+        held = cache.revocations.by_jti
+        assert all(f"jti-{i}" in held for i in range(1, 1001) if 1_000_000 + i + 30 > now)
+    assert len(views) <= seconds / DROP_INTERVAL + 2, f"{len(views)} rebuilds in {seconds} s"
+    assert "jti-1" not in cache.revocations.by_jti  # and they do go
 
 
 def test_entries_are_dropped_once_no_token_they_refuse_can_pass() -> None:
