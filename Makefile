@@ -68,7 +68,7 @@ lint: $(STAMP) $(NODE_STAMP) proto-check
 bench: $(STAMP)
 	$(PY) tests/bench/bench_http_token.py
 	$(PY) tests/bench/bench_issue_token.py
-	$(PY) tests/bench/bench_interceptor.py
+	$(PY) tests/bench/bench_interceptor.py --callgrind
 	$(PY) tests/bench/bench_cold_cache.py
 	$(PY) tests/bench/bench_metrics.py
 	$(PY) tests/bench/bench_store.py

@@ -24,7 +24,7 @@ Run as ``.venv/bin/python tests/bench/bench_interceptor.py`` (``make bench``). I
    message;
 6. profiles the two ``cached`` servers under the same load with py-spy (``--gil``: where the thread
    holding the GIL is, i.e. where the server's Python time goes), when py-spy can attach;
-7. with ``--callgrind`` (not in ``make bench``: about 7 more minutes), counts instructions per call of
+7. with ``--callgrind`` (``make bench`` passes it; about 7 more minutes), counts instructions per call of
    the plain, noop and cached servers of both kinds under ``valgrind --tool=callgrind``, which, unlike
    the timings, repeat from run to run whatever else the machine does;
 8. writes its section of ``tests/bench/RESULTS.md`` and prints a summary.
@@ -878,8 +878,8 @@ def _commands(report: Report) -> list[str]:
 def _callgrind_lines(report: Report) -> list[str]:
     if not report.instructions:
         return [
-            "Instruction counts: not measured in this run (they take `--callgrind`, about 7 more minutes "
-            "on 2 cores, so `make bench` leaves them out; or no valgrind).",
+            "Instruction counts: not measured in this run (they take `--callgrind`, which `make bench` "
+            "passes, and valgrind, which this machine lacks).",
             "",
         ]
     rows = [
@@ -897,7 +897,8 @@ def _callgrind_lines(report: Report) -> list[str]:
         "figure per call is (mean of the long runs - mean of the short runs) / the difference in calls, so "
         "that start-up and the connections cancel out. 'spread' is how far the two pairs' estimates lie "
         "apart. The aio and sync server of a mode run side by side. Run with "
-        f"`python {SCRIPT} --callgrind` (`make bench` leaves them out: about 7 more minutes on 2 cores). "
+        f"`python {SCRIPT} --callgrind` (as `make bench` does: about 7 more minutes on 2 cores; the "
+        "timed ratios of this shared machine swing more between runs than the effects measured here). "
         "Caveat: valgrind hides SHA-NI, so "
         "OpenSSL's SHA-256 of the token (the verified-token cache's key) runs its generic code under "
         "callgrind, several times the instructions it takes on this CPU (`sha_ni` in /proc/cpuinfo): the "
