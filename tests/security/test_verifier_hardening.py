@@ -166,6 +166,55 @@ def test_revocation_drops_cached_acceptances_but_adding_a_key_keeps_them() -> No
         verifier.verify(token)
 
 
+class _SwapWatched(JwksCache):
+    """A JwksCache that runs ``between`` just before each write of its epoch or its set while
+    ``between`` is set: the moments a reader on another thread could land in during a swap."""
+
+    between: Callable[[], None] | None = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("epoch", "_set") and self.between is not None:
+            self.between()
+        super().__setattr__(name, value)
+
+
+def test_no_verification_during_a_key_set_swap_accepts_a_key_the_set_no_longer_holds() -> None:
+    """JwksCache writes a new set's epoch before the set (the verifier's cached path reads the
+    epoch alone). At every moment of the swap, a token is accepted only while its key is still
+    installed, from the cache or not, and nothing verified during the swap outlives the
+    revocation. Written the other way round, a reader between the two writes would meet the new
+    set under the old epoch, and a cached token of the revoked key would still pass."""
+    source = PushSource(jwks_of(KEY, OTHER))
+    cache = _SwapWatched(source, cooldown=3600, max_age=3600)
+    assert cache.refresh()
+    verifier = TokenVerifier(issuer=ISSUER, audience=AUDIENCE, jwks=cache, cache_size=100)
+    cached, fresh = FORGE.token(), FORGE.token()
+    verifier.verify(cached)  # remembered under the old epoch
+    moments: list[tuple[bool, bool]] = []  # (KEY installed, a token of KEY accepted)
+
+    def between() -> None:
+        cache.between = None  # the verifications below must not recurse into the hook
+        try:
+            for token in (cached, fresh):
+                try:
+                    verifier.verify(token)
+                    accepted = True
+                except InvalidToken:
+                    accepted = False
+                moments.append((KID in cache.kids, accepted))
+        finally:
+            cache.between = between
+
+    cache.between = between
+    source.push(jwks_of(OTHER))  # KEY revoked
+    cache.between = None
+    assert len(moments) == 4, moments  # two writes, two tokens at each
+    assert all(installed for installed, accepted in moments if accepted), moments
+    for token in (cached, fresh):
+        with pytest.raises(InvalidToken):
+            verifier.verify(token)
+
+
 def test_a_fetch_answered_before_a_push_does_not_undo_it() -> None:
     """A GetJwks answer computed before a revocation, arriving after the WatchJwks push of it,
     must not bring the revoked key back."""
