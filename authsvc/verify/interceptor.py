@@ -39,8 +39,8 @@ from authsvc.verify.principal import (
     _PRINCIPAL,
     bearer_token,
     current_principal,
-    unexpected_failure,
     verify_after_fetch,
+    verify_token,
 )
 from authsvc.verify.verifier import Principal, TokenVerifier
 
@@ -212,13 +212,12 @@ class AuthInterceptor(grpc.ServerInterceptor):
             call's connection if the token is bound to one; else the call is aborted. May wait
             for a key fetch (bounded): it runs in the handler's own thread."""
             try:
-                token = bearer_token(context.invocation_metadata())
-                try:  # verify_token, inlined: one frame less per call
-                    principal = verifier.verify(token, peer_certificate=DEFER_BINDING)
-                except OAuthError:
-                    raise
-                except Exception as exc:
-                    raise unexpected_failure(method) from exc
+                principal = verify_token(
+                    verifier,
+                    bearer_token(context.invocation_metadata()),
+                    where=method,
+                    peer_certificate=DEFER_BINDING,
+                )
                 if principal.certificate_thumbprint is not None:
                     return _authorize_bound(principal, required, context)
                 if not principal.scopes.issuperset(required):
@@ -266,22 +265,19 @@ class AioAuthInterceptor(grpc.aio.ServerInterceptor):
         try:
             if rule is None:
                 raise _NO_POLICY
-            # the caller, verified at once when its key is cached (no coroutine of its own, and
-            # verify_token inlined); only a key fetch is awaited. Its scopes are checked here
-            # unless its token is bound to a certificate, whose check (then the scopes') runs in
-            # the handler.
+            # the caller, verified at once when its key is cached (no coroutine of its own); only
+            # a key fetch is awaited. Its scopes are checked here unless its token is bound to a
+            # certificate, whose check (then the scopes') runs in the handler.
             token = bearer_token(handler_call_details.invocation_metadata)
             verifier = self._base.verifier
             try:
-                principal = verifier.verify(token, block=False, peer_certificate=DEFER_BINDING)
+                principal = verify_token(
+                    verifier, token, block=False, where=method, peer_certificate=DEFER_BINDING
+                )
             except WouldBlock as pending:
                 principal = await verify_after_fetch(
                     verifier, token, pending, where=method, peer_certificate=DEFER_BINDING
                 )
-            except OAuthError:
-                raise
-            except Exception as exc:
-                raise unexpected_failure(method) from exc
             if principal.certificate_thumbprint is None and not principal.scopes.issuperset(rule):
                 TokenVerifier.require_scopes(principal, rule)  # raises, naming the scopes
         except OAuthError as exc:

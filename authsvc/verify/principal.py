@@ -154,15 +154,8 @@ def verify_token(
     except (OAuthError, WouldBlock):
         raise
     except Exception as exc:
-        raise unexpected_failure(where) from exc
-
-
-def unexpected_failure(where: str) -> InvalidToken:
-    """Log the exception being handled (a verifier bug: with its traceback) and return the clean
-    refusal to raise in its place; for an edge that calls :meth:`TokenVerifier.verify` itself,
-    as :func:`verify_token` does. ``where`` (the method or path) names the request in the log."""
-    log.exception("token verification failed unexpectedly on %s", loggable(where))
-    return InvalidToken("the access token could not be verified")
+        log.exception("token verification failed unexpectedly on %s", loggable(where))
+        raise InvalidToken("the access token could not be verified") from exc
 
 
 async def verify_on_event_loop(

@@ -295,9 +295,9 @@ class _AioContext:
 def test_a_verifier_bug_is_a_clean_refusal_through_both_interceptors(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Both interceptors call the verifier themselves (no verify_token frame): an unexpected
-    error from it must still be UNAUTHENTICATED, logged once with its traceback, never an
-    UNKNOWN status with the bug's message."""
+    """Through either interceptor (each calls verify_token in its own cached path) an
+    unexpected error from the verifier must be UNAUTHENTICATED, logged once with its traceback,
+    never an UNKNOWN status with the bug's message."""
     path = "/bench.v1.Bench/Ping"
     broken = _Broken(
         issuer=ISSUER, audience=AUDIENCE, jwks=StaticJwksSource(jwks_json([public_jwk(KEY.public_key())]))
