@@ -2,10 +2,11 @@
 
 Run as ``.venv/bin/python tests/bench/bench_cold_cache.py`` (``make bench``). Over gRPC a fresh
 token per call costs the server several times what ``verifier.verify`` costs in a loop (the
-``interceptor`` and ``scale`` sections). This script measures why, in process: before each timed
-call it does other work that pushes the verifier's code and data out of the caches, as a server's
-gRPC and asyncio work between two verifications does, then times the one call with
-``time.perf_counter``. Each call is timed alone (median of ``CALLS``), after:
+``interceptor`` and ``scale`` sections). This script measures how much of that cold caches can
+account for, in process: before each timed call it does other work that pushes the verifier's code
+and data out of the caches, as a server's gRPC and asyncio work between two verifications may, then
+times the one call with
+``time.perf_counter``. Each call is timed alone (median of ``CALLS``, in interleaved rounds), after:
 
 - nothing (warm: calls back to back);
 - ``json.dumps`` of 50 small dicts (about a bare call's worth of Python work);
@@ -41,7 +42,8 @@ from tests.bench.bench_interceptor import SCOPE, make_verifier, sign_tokens
 from tests.bench.common import BenchError, Environment
 
 SECTION = "cold_cache"
-CALLS = 301  # timed calls per case and condition (the median is reported)
+ROUNDS, CALLS_PER_ROUND = 15, 21  # interleaved rounds; calls per case and condition in each
+CALLS = ROUNDS * CALLS_PER_ROUND  # timed calls per case and condition (the median is reported)
 _JUNK = [{"id": i, "name": f"item-{i}", "tags": [i, i + 1]} for i in range(200)]
 _BUFFER = bytearray(1 << 20)
 
@@ -83,14 +85,15 @@ class Row:
     us: dict[str, float]  # case: median microseconds of one call
 
 
-def timed_after(work: Callable[[], None], call: Callable[[], object]) -> float:
+def timed_after(work: Callable[[], None], call: Callable[[], object], count: int) -> list[float]:
+    """``count`` calls, each after ``work`` and timed alone (seconds)."""
     times = []
-    for _ in range(CALLS):
+    for _ in range(count):
         work()
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e6
+    return times
 
 
 def measure() -> list[Row]:
@@ -109,14 +112,23 @@ def measure() -> list[Row]:
         "sha256": lambda: hashlib.sha256(message).digest(),
         "full": lambda: verifier.verify(token),
     }
-    rows = []
+    work_us = {}
     for condition, work in CONDITIONS.items():
         start = time.perf_counter()
         for _ in range(50):
             work()
-        work_us = (time.perf_counter() - start) / 50 * 1e6
-        us = {name: timed_after(work, call) for name, call in cases.items()}
-        rows.append(Row(condition, work_us, us))
+        work_us[condition] = (time.perf_counter() - start) / 50 * 1e6
+    # interleaved: every round times every case after every condition, so that a change in what
+    # the machine does meanwhile falls on all of them alike
+    times: dict[tuple[str, str], list[float]] = {(c, n): [] for c in CONDITIONS for n in cases}
+    for _ in range(ROUNDS):
+        for condition, work in CONDITIONS.items():
+            for name, call in cases.items():
+                times[condition, name] += timed_after(work, call, CALLS_PER_ROUND)
+    rows = []
+    for condition in CONDITIONS:
+        us = {name: statistics.median(times[condition, name]) * 1e6 for name in cases}
+        rows.append(Row(condition, work_us[condition], us))
         print(f"  {condition}: " + ", ".join(f"{name} {t:.1f} us" for name, t in us.items()))
     return rows
 
@@ -144,16 +156,18 @@ def render(environment: Environment, rows: list[Row]) -> str:
         *table,
         "",
         f"Each figure is the median of {CALLS} calls timed one at a time, each after the work in the first "
-        "column (the work itself is not timed). 'raw' is `public_key.verify(sig, input, PKCS1v15(), "
+        f"column (the work itself is not timed), in {ROUNDS} rounds that each time every case after every "
+        "condition. 'raw' is `public_key.verify(sig, input, PKCS1v15(), "
         "SHA256())` of an RSA-2048 token; 'full' is `TokenVerifier.verify(token)` with `cache_size=0`. "
         "Run with `.venv/bin/python tests/bench/bench_cold_cache.py`.",
         "",
-        "What it shows: the in-process ratios elsewhere in this file time calls back to back, with the "
-        "verifier's code and data in the CPU's caches. A server does gRPC and asyncio work between two "
-        "verifications, and each one then starts with colder caches; the Python part of a verification "
-        "(parsing, claim checks, the principal) is the most sensitive to it. This is why a fresh token per "
-        "call costs the server several times the in-process figure (the `interceptor` and `scale` "
-        "sections): the same instructions, more cache misses.",
+        "Why it is measured: the in-process ratios elsewhere in this file time calls back to back, with "
+        "the verifier's code and data in the CPU's caches, while a server does gRPC and asyncio work "
+        "between two verifications, and a fresh token per call costs the server several times the "
+        "in-process figure (the `interceptor` and `scale` sections). The ratios to warm above say how "
+        "much of that other work between calls accounts for in this run; on this shared machine they "
+        "have differed widely between runs (full verify after the 1 MiB write: from 0.72x to 3.7x warm "
+        "in the first three runs, before the rounds were interleaved), so compare them within a run only.",
         common.end_marker(SECTION),
         "",
     ]
